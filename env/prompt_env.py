@@ -1,0 +1,243 @@
+"""PromptEnv: routing prompts to capacity-limited specialist agents, as a batched cooperative game.
+
+``B`` worlds step together on one torch device (as in VMAS, Bettini et al. 2022, arXiv 2207.03530).
+In each world ``N`` routers each receive a prompt per step and pick one of ``K`` agents.
+
+Dynamics per agent ``k`` (capacity ``c_k`` requests per step, ``inf`` if unbounded)::
+
+    arrivals_k = #routers that chose k this step
+    queue_k'   = max(0, queue_k + arrivals_k - c_k)
+    load_k     = min(queue_k' / c_k, load_clip)          # steps of backlog, 0 when unbounded
+
+Reward of router ``n`` that sent prompt ``p`` to agent ``k``::
+
+    r_n = quality[p, k] - cost_weight * cost_usd[p, k] - congestion_weight * load_k
+
+``f(load) = load``: the backlog a request joins, in steps of the agent's service rate, i.e. its
+expected wait. With ``team`` sharing every router gets the mean of its world's ``r_n``.
+Episodes are truncated after ``T`` steps (never terminated: routing has no terminal state) and
+auto-reset: the queues are cleared and the obs returned is the first of the next episode, while
+``final_obs``/``final_state`` hold the true next obs for bootstrapping the truncated step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from env.config import EnvConfig
+from env.specs import TensorSpec
+
+
+@dataclass
+class EnvStep:
+    """What :meth:`PromptEnv.reset` and :meth:`PromptEnv.step` return.
+
+    Attributes:
+        obs: ``[B, N, D]`` float32, each router's observation (after auto-reset).
+        state: ``[B, S]`` float32, ``S = N * D``: all routers' obs, for a centralised critic.
+        action_mask: ``[B, N, K]`` bool, True where the agent may be chosen.
+        reward: ``[B, N]`` float32 (zeros after reset).
+        terminated: ``[B]`` bool, a terminal state was reached (never, in PromptEnv).
+        truncated: ``[B]`` bool, the episode hit its time limit ``T``.
+        final_obs: ``[B, N, D]`` float32, the next obs before auto-reset (== obs where not done).
+        final_state: ``[B, S]`` float32, likewise for the state.
+        quality: ``[B, N]`` float32, outcome quality of each routed prompt.
+        cost_usd: ``[B, N]`` float32, USD cost of each routed prompt.
+        congestion: ``[B, N]`` float32, ``f(load)`` of the agent each router chose.
+    """
+
+    obs: torch.Tensor
+    state: torch.Tensor
+    action_mask: torch.Tensor
+    reward: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+    final_obs: torch.Tensor
+    final_state: torch.Tensor
+    quality: torch.Tensor
+    cost_usd: torch.Tensor
+    congestion: torch.Tensor
+
+    @property
+    def done(self) -> torch.Tensor:
+        """``[B]`` bool, ``terminated | truncated``."""
+        return self.terminated | self.truncated
+
+
+class PromptEnv:
+    """Batched multi-router routing game over a fixed set of embedded prompts.
+
+    Args:
+        embeddings: ``[P, E]`` float, prompt embeddings (unit norm for SBERT).
+        quality: ``[P, K]`` float in [0, 1].
+        cost_usd: ``[P, K]`` float, USD per call.
+        capacity: length ``K``; requests per step each agent serves, None = unbounded.
+        config: :class:`EnvConfig`.
+        device: torch device for every tensor the env holds and returns.
+        seed: seed of the env's own ``torch.Generator`` (prompt sampling, agents down).
+        validate_actions: check every action's range and mask in :meth:`step` (one host sync per
+            step; the trainer turns it off, its actions come from a masked policy).
+
+    Raises:
+        ValueError: inconsistent shapes.
+    """
+
+    def __init__(
+        self,
+        embeddings: torch.Tensor | np.ndarray,
+        quality: torch.Tensor | np.ndarray,
+        cost_usd: torch.Tensor | np.ndarray,
+        capacity: list[int | None],
+        config: EnvConfig | None = None,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        validate_actions: bool = True,
+    ) -> None:
+        self.validate_actions = validate_actions
+        self.config = config or EnvConfig()
+        self.device = torch.device(device)
+        self.embeddings = torch.as_tensor(embeddings, dtype=torch.float32, device=self.device)
+        self.quality = torch.as_tensor(quality, dtype=torch.float32, device=self.device)
+        self.cost_usd = torch.as_tensor(cost_usd, dtype=torch.float32, device=self.device)
+        if self.embeddings.ndim != 2 or self.quality.ndim != 2 or self.quality.shape != self.cost_usd.shape:
+            raise ValueError("expected embeddings [P, E], quality [P, K] and cost_usd [P, K]")
+        if self.embeddings.shape[0] != self.quality.shape[0]:
+            raise ValueError(f"{self.embeddings.shape[0]} embeddings for {self.quality.shape[0]} prompts")
+        if len(capacity) != self.quality.shape[1]:
+            raise ValueError(f"{len(capacity)} capacities for {self.quality.shape[1]} agents")
+        self.capacity = torch.tensor(
+            [math.inf if c is None else float(c) for c in capacity], dtype=torch.float32, device=self.device
+        )
+        cfg = self.config
+        self.num_worlds, self.num_routers, self.episode_len = cfg.num_worlds, cfg.num_routers, cfg.episode_len
+        self.num_prompts, self.embed_dim = self.embeddings.shape
+        self.num_agents = self.quality.shape[1]
+        self.obs_dim = self.embed_dim + self.num_agents + (self.num_routers if cfg.include_agent_id else 0)
+        self.state_dim = self.num_routers * self.obs_dim
+        self._gen = torch.Generator(device=self.device).manual_seed(seed)
+        B, N, K = self.num_worlds, self.num_routers, self.num_agents
+        self._agent_id = torch.eye(N, device=self.device).expand(B, N, N)
+        self.queue = torch.zeros(B, K, device=self.device)
+        self.t = torch.zeros(B, dtype=torch.long, device=self.device)
+        self.prompt_idx = torch.zeros(B, N, dtype=torch.long, device=self.device)
+        self.agent_up = torch.ones(B, K, dtype=torch.bool, device=self.device)
+
+    # ----------------------------------------------------------------- specs
+    @property
+    def observation_spec(self) -> TensorSpec:
+        return TensorSpec((self.num_worlds, self.num_routers, self.obs_dim), torch.float32)
+
+    @property
+    def state_spec(self) -> TensorSpec:
+        return TensorSpec((self.num_worlds, self.state_dim), torch.float32)
+
+    @property
+    def action_spec(self) -> TensorSpec:
+        return TensorSpec((self.num_worlds, self.num_routers), torch.int64, 0, self.num_agents - 1)
+
+    @property
+    def action_mask_spec(self) -> TensorSpec:
+        return TensorSpec((self.num_worlds, self.num_routers, self.num_agents), torch.bool)
+
+    @property
+    def reward_spec(self) -> TensorSpec:
+        cfg = self.config
+        low = -cfg.cost_weight * float(self.cost_usd.max()) - cfg.congestion_weight * cfg.load_clip
+        return TensorSpec((self.num_worlds, self.num_routers), torch.float32, low - 1e-6, 1.0 + 1e-6)
+
+    @property
+    def done_spec(self) -> TensorSpec:
+        return TensorSpec((self.num_worlds,), torch.bool)
+
+    # ------------------------------------------------------------- dynamics
+    def load(self) -> torch.Tensor:
+        """``[B, K]`` float32, normalised load ``min(queue / capacity, load_clip)`` (0 if unbounded)."""
+        return (self.queue / self.capacity).clamp(max=self.config.load_clip)
+
+    def _observe(self) -> tuple[torch.Tensor, torch.Tensor]:
+        B, N = self.num_worlds, self.num_routers
+        parts = [self.embeddings[self.prompt_idx], self.load().unsqueeze(1).expand(B, N, self.num_agents)]
+        if self.config.include_agent_id:
+            parts.append(self._agent_id)
+        obs = torch.cat(parts, dim=-1)
+        return obs, obs.reshape(B, self.state_dim)
+
+    def _mask(self) -> torch.Tensor:
+        return self.agent_up.unsqueeze(1).expand(self.num_worlds, self.num_routers, self.num_agents)
+
+    def _sample_prompts(self) -> None:
+        self.prompt_idx = torch.randint(
+            self.num_prompts, (self.num_worlds, self.num_routers), generator=self._gen, device=self.device
+        )
+
+    def _reset_worlds(self, which: torch.Tensor) -> None:
+        """Clear queues, clocks and agent outages of the worlds where ``which`` ([B] bool) is set."""
+        keep = (~which).unsqueeze(-1)
+        self.queue = self.queue * keep
+        self.t = self.t * (~which)
+        p = self.config.agent_down_prob
+        if p > 0:
+            down = torch.rand(self.agent_up.shape, generator=self._gen, device=self.device) < p
+            # keep at least one agent up: one drawn at random per world is forced up
+            down.scatter_(1, torch.randint(self.num_agents, (self.num_worlds, 1), generator=self._gen,
+                                           device=self.device), False)
+            self.agent_up = torch.where(keep, self.agent_up, ~down)
+
+    def reset(self, seed: int | None = None) -> EnvStep:
+        """Start a new episode in every world; returns its first obs (rewards zero, nothing done)."""
+        if seed is not None:
+            self._gen.manual_seed(seed)
+        all_worlds = torch.ones(self.num_worlds, dtype=torch.bool, device=self.device)
+        self._reset_worlds(all_worlds)
+        self._sample_prompts()
+        obs, state = self._observe()
+        zeros = torch.zeros(self.num_worlds, self.num_routers, device=self.device)
+        done = ~all_worlds
+        return EnvStep(obs, state, self._mask(), zeros, done, done, obs, state, zeros, zeros, zeros)
+
+    def step(self, action: torch.Tensor) -> EnvStep:
+        """Route every router's current prompt to ``action`` and advance one step.
+
+        Args:
+            action: ``[B, N]`` int64 in ``[0, K)``, allowed by the current action mask.
+
+        Raises:
+            ValueError: wrong shape; with ``validate_actions``, an action outside ``[0, K)`` or
+                masked.
+        """
+        B, N, K = self.num_worlds, self.num_routers, self.num_agents
+        if action.shape != (B, N):
+            raise ValueError(f"action must have shape {(B, N)}, got {tuple(action.shape)}")
+        action = action.to(self.device, torch.long)
+        if self.validate_actions:
+            self.check_range(action)
+            if not self._mask().gather(-1, action.unsqueeze(-1)).all():
+                raise ValueError("an action chose an agent that is masked (down)")
+        cfg = self.config
+        arrivals = torch.zeros(B, K, device=self.device).scatter_add_(1, action, torch.ones(B, N, device=self.device))
+        self.queue = (self.queue + arrivals - self.capacity).clamp(min=0.0)
+        load = self.load()
+        quality = self.quality[self.prompt_idx, action]
+        cost = self.cost_usd[self.prompt_idx, action]
+        congestion = load.gather(1, action)
+        reward = quality - cfg.cost_weight * cost - cfg.congestion_weight * congestion
+        if cfg.reward_sharing == "team":
+            reward = reward.mean(dim=1, keepdim=True).expand(B, N)
+        self.t = self.t + 1
+        truncated = self.t >= self.episode_len
+        terminated = torch.zeros_like(truncated)
+        self._sample_prompts()
+        final_obs, final_state = self._observe()
+        self._reset_worlds(truncated)
+        obs, state = self._observe()
+        return EnvStep(obs, state, self._mask(), reward, terminated, truncated, final_obs, final_state,
+                       quality, cost, congestion)
+
+    def check_range(self, action: torch.Tensor) -> None:
+        """Raise ``ValueError`` when any action is outside ``[0, K)`` (one host sync)."""
+        if action.min() < 0 or action.max() >= self.num_agents:
+            raise ValueError(f"actions must lie in [0, {self.num_agents})")

@@ -1,0 +1,1 @@
+"""The routing service: FastAPI app, settings, schemas, policy serving, experience log, CLI."""

@@ -1,0 +1,1 @@
+"""MAPPO for PromptEnv: networks, rollout buffer, GAE, PPO loss, trainer, checkpoints, evaluation."""

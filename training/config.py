@@ -1,0 +1,145 @@
+"""Training configuration: pydantic models, loaded from YAML and overridden from the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from env.config import EnvConfig
+from env.errors import UserError
+
+
+class DataConfig(BaseModel):
+    """Where the routing data lives and how it is split.
+
+    Relative paths, here and elsewhere in the config, are relative to the working directory.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompts: Path = Path("data/llmrouter-dc/prompts.jsonl.gz")
+    agents: Path = Path("data/llmrouter-dc/agents.json")
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    split_seed: int = 0
+    limit: int | None = Field(default=None, ge=1, description="read only the first N prompts")
+
+
+class EmbedConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "all-MiniLM-L6-v2"
+    cache_dir: Path = Path("var/embeddings")
+    batch_size: int = Field(default=64, ge=1)
+
+
+class NetworkConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hidden: tuple[int, ...] = (256, 256)
+    share_params: bool = True
+    centralised_critic: bool = Field(default=True, description="MAPPO if true, IPPO if false")
+
+
+class PPOConfig(BaseModel):
+    """PPO hyper-parameters (Schulman et al. 2017, arXiv 1707.06347; names as in CleanRL)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    total_steps: int = Field(default=400, ge=1, description="env steps (each steps B worlds)")
+    rollout_len: int = Field(default=16, ge=1, description="T of the rollout buffer")
+    lr: float = Field(default=3e-4, gt=0)
+    anneal_lr: bool = True
+    gamma: float = Field(default=0.99, ge=0, le=1)
+    gae_lambda: float = Field(default=0.95, ge=0, le=1)
+    update_epochs: int = Field(default=4, ge=1)
+    num_minibatches: int = Field(default=4, ge=1)
+    clip_coef: float = Field(default=0.2, gt=0)
+    clip_vloss: bool = False
+    ent_coef: float = Field(default=0.01, ge=0)
+    vf_coef: float = Field(default=0.5, ge=0)
+    max_grad_norm: float = Field(default=0.5, gt=0)
+    norm_adv: bool = True
+
+
+class TrainConfig(BaseModel):
+    """Everything ``agent-router train`` needs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 0
+    device: str = Field(default="auto", description="auto (CUDA when present), cpu, cuda, cuda:1")
+    out_dir: Path = Path("runs/default")
+    checkpoint_dir: Path = Path("checkpoints")
+    eval_every: int = Field(default=0, ge=0, description="iterations between val evals; 0 = end only")
+    data: DataConfig = DataConfig()
+    embed: EmbedConfig = EmbedConfig()
+    env: EnvConfig = EnvConfig()
+    network: NetworkConfig = NetworkConfig()
+    ppo: PPOConfig = PPOConfig()
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v != "auto" and not (v == "cpu" or v.startswith("cuda")):
+            raise ValueError("device must be auto, cpu or cuda[:i]")
+        return v
+
+    def resolve_device(self) -> str:
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(f"device {self.device!r} asked for but CUDA is not available")
+        return self.device
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise UserError(f"override {dotted!r}: {k!r} is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Build a :class:`TrainConfig` from a YAML file and ``key.sub=value`` overrides.
+
+    Override values are parsed as YAML (``ppo.lr=1e-3``, ``network.hidden=[64,64]``).
+
+    Raises:
+        UserError: unreadable file, bad YAML, malformed override, or a value that fails validation
+            (one line naming the field).
+    """
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"{path}: config file not found")
+        try:
+            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"{path}: invalid YAML: {exc}".splitlines()[0]) from None
+        if not isinstance(tree, dict):
+            raise UserError(f"{path}: expected a mapping at the top level")
+    for item in overrides or []:
+        if "=" not in item:
+            raise UserError(f"override {item!r}: expected key=value, e.g. ppo.lr=1e-3")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        _set_path(tree, key.strip(), value)
+    try:
+        cfg = TrainConfig.model_validate(tree)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise UserError(f"{path or 'config'}: {where}: {err['msg']}") from None
+    return cfg

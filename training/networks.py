@@ -1,0 +1,126 @@
+"""Actor (router) and critic networks for MAPPO/IPPO, with or without parameter sharing.
+
+Shapes use ``B`` for any leading batch dims (``[T, B]`` during the update), ``N`` routers,
+``D`` obs features, ``S = N * D`` state features and ``K`` agents.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def orthogonal_init(module: nn.Module, gain: float) -> None:
+    """Orthogonal weights and zero biases (Saxe et al. 2014; the PPO default, Engstrom et al. 2020,
+    arXiv 2005.12729, sec. 3)."""
+    if isinstance(module, nn.Linear):
+        nn.init.orthogonal_(module.weight, gain)
+        nn.init.zeros_(module.bias)
+
+
+class AgentLinear(nn.Module):
+    """``N`` independent linear layers applied in one batched matmul: ``[..., N, I] -> [..., N, O]``."""
+
+    def __init__(self, n_agents: int, in_features: int, out_features: int, gain: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_agents, in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(n_agents, out_features))
+        for w in self.weight.data:
+            nn.init.orthogonal_(w.T, gain)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("...ni,nio->...no", x, self.weight) + self.bias
+
+
+class MultiAgentMLP(nn.Module):
+    """An MLP per router, shared or not: ``[..., N, I] -> [..., N, O]``.
+
+    Args:
+        in_features: ``I``.
+        out_features: ``O``.
+        n_agents: ``N``.
+        share_params: one MLP for all routers (True) or ``N`` separate ones (False).
+        hidden: widths of the hidden layers.
+        out_gain: orthogonal gain of the last layer (0.01 for a policy head, 1 for a value head).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        n_agents: int,
+        share_params: bool,
+        hidden: tuple[int, ...] = (256, 256),
+        out_gain: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.n_agents, self.share_params = n_agents, share_params
+        sizes = [in_features, *hidden, out_features]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+            gain = out_gain if i == len(sizes) - 2 else math.sqrt(2)
+            if share_params:
+                lin = nn.Linear(a, b)
+                orthogonal_init(lin, gain)
+                layers.append(lin)
+            else:
+                layers.append(AgentLinear(n_agents, a, b, gain))
+            if i < len(sizes) - 2:
+                layers.append(nn.Tanh())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Actor(nn.Module):
+    """Decentralised router policy: each router sees only its own obs.
+
+    ``forward(obs [..., N, D], action_mask [..., N, K] bool | None) -> logits [..., N, K]`` with
+    masked entries set to the dtype's minimum (probability 0).
+    """
+
+    def __init__(self, obs_dim: int, n_agents: int, num_actions: int, share_params: bool,
+                 hidden: tuple[int, ...]) -> None:
+        super().__init__()
+        self.net = MultiAgentMLP(obs_dim, num_actions, n_agents, share_params, hidden, out_gain=0.01)
+
+    def forward(self, obs: torch.Tensor, action_mask: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.net(obs)
+        if action_mask is not None:
+            logits = logits.masked_fill(~action_mask, torch.finfo(logits.dtype).min)
+        return logits
+
+    def distribution(self, obs: torch.Tensor, action_mask: torch.Tensor | None = None):
+        """``torch.distributions.Categorical`` over ``K`` agents, batch shape ``[..., N]``."""
+        return torch.distributions.Categorical(logits=self(obs, action_mask))
+
+
+class Critic(nn.Module):
+    """State-value function, one value per router: ``[..., N]`` float32.
+
+    ``centralised=True`` (MAPPO, Yu et al. 2021, arXiv 2103.01955): every router's value is a
+    function of the global state ``[..., S]``; with shared parameters the router's one-hot id is
+    appended so that per-router rewards stay learnable. ``centralised=False`` (IPPO, de Witt et al.
+    2020, arXiv 2011.09533): each router's value is a function of its own obs ``[..., N, D]``.
+    """
+
+    def __init__(self, obs_dim: int, state_dim: int, n_agents: int, centralised: bool,
+                 share_params: bool, hidden: tuple[int, ...]) -> None:
+        super().__init__()
+        self.centralised, self.share_params, self.n_agents = centralised, share_params, n_agents
+        in_features = state_dim + (n_agents if share_params else 0) if centralised else obs_dim
+        self.net = MultiAgentMLP(in_features, 1, n_agents, share_params, hidden, out_gain=1.0)
+        self.register_buffer("_eye", torch.eye(n_agents), persistent=False)
+
+    def forward(self, obs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """Values ``[..., N]`` from obs ``[..., N, D]`` and state ``[..., S]``."""
+        if self.centralised:
+            x = state.unsqueeze(-2).expand(*state.shape[:-1], self.n_agents, state.shape[-1])
+            if self.share_params:
+                x = torch.cat([x, self._eye.expand(*state.shape[:-1], self.n_agents, self.n_agents)], dim=-1)
+        else:
+            x = obs
+        return self.net(x).squeeze(-1)
