@@ -1,0 +1,72 @@
+"""Preallocated on-device rollout buffer ``[T, B, N, ...]`` for MAPPO."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from training.gae import generalized_advantage_estimate
+
+
+class RolloutBuffer:
+    """Holds one rollout of ``T`` steps of ``B`` worlds with ``N`` routers each.
+
+    All storage is allocated once, on ``device``; :meth:`add` writes step ``t`` in place.
+
+    Attributes:
+        obs: ``[T, B, N, D]`` float32.
+        state: ``[T, B, S]`` float32.
+        action_mask: ``[T, B, N, K]`` bool.
+        action: ``[T, B, N]`` int64.
+        log_prob: ``[T, B, N]`` float32, log-prob of ``action`` under the collecting policy.
+        reward: ``[T, B, N]`` float32.
+        value: ``[T, B, N]`` float32, ``V(s_t)``.
+        next_value: ``[T, B, N]`` float32, ``V(s'_t)`` of the true next state (pre-reset).
+        terminated, truncated: ``[T, B]`` bool.
+        advantage, returns: ``[T, B, N]`` float32, filled by :meth:`compute_advantages`.
+    """
+
+    def __init__(self, T: int, B: int, N: int, obs_dim: int, state_dim: int, num_actions: int,
+                 device: str | torch.device) -> None:
+        self.T, self.B, self.N = T, B, N
+
+        def zeros(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+            return torch.zeros(shape, dtype=dtype, device=device)
+
+        self.obs = zeros(T, B, N, obs_dim)
+        self.state = zeros(T, B, state_dim)
+        self.action_mask = zeros(T, B, N, num_actions, dtype=torch.bool)
+        self.action = zeros(T, B, N, dtype=torch.long)
+        self.log_prob = zeros(T, B, N)
+        self.reward = zeros(T, B, N)
+        self.value = zeros(T, B, N)
+        self.next_value = zeros(T, B, N)
+        self.terminated = zeros(T, B, dtype=torch.bool)
+        self.truncated = zeros(T, B, dtype=torch.bool)
+        self.advantage = zeros(T, B, N)
+        self.returns = zeros(T, B, N)
+
+    def add(self, t: int, **step: torch.Tensor) -> None:
+        """Write step ``t``: keyword arguments name attributes (``obs=..., reward=...``)."""
+        for name, value in step.items():
+            getattr(self, name)[t].copy_(value)
+
+    def compute_advantages(self, gamma: float, gae_lambda: float) -> None:
+        """Fill ``advantage`` and ``returns`` with GAE over the whole buffer."""
+        shape = self.value.shape
+        done = (self.terminated | self.truncated).unsqueeze(-1).expand(shape)
+        terminated = self.terminated.unsqueeze(-1).expand(shape)
+        self.advantage, self.returns = generalized_advantage_estimate(
+            self.reward, self.value, self.next_value, done, terminated, gamma, gae_lambda
+        )
+
+    def minibatch_indices(self, num_minibatches: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+        """Shuffled indices into the flattened ``T * B`` samples (a sample keeps its N routers)."""
+        perm = torch.randperm(self.T * self.B, generator=generator, device=generator.device)
+        yield from perm.chunk(num_minibatches)
+
+    def flat(self, name: str) -> torch.Tensor:
+        """Attribute ``name`` viewed as ``[T * B, ...]``."""
+        x = getattr(self, name)
+        return x.reshape(self.T * self.B, *x.shape[2:])
