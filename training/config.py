@@ -107,16 +107,21 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> TrainConfig:
     """Build a :class:`TrainConfig` from a YAML file and ``key.sub=value`` overrides.
 
     Override values are parsed as YAML (``ppo.lr=1e-3``, ``network.hidden=[64,64]``).
+    ``base`` (a config as a dict, e.g. a checkpoint's recorded one) is used when ``path`` is None.
 
     Raises:
         UserError: unreadable file, bad YAML, malformed override, or a value that fails validation
             (one line naming the field).
     """
-    tree: dict[str, Any] = {}
+    tree: dict[str, Any] = dict(base or {})
     if path is not None:
         path = Path(path)
         if not path.is_file():

@@ -1,0 +1,14 @@
+# agent-router: serves the checkpointed policy (trains one on the shipped data first if none is
+# mounted at /app/checkpoints). Installs exactly as README does: torch pinned first, then the project.
+FROM python:3.11-slim
+WORKDIR /app
+ENV PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 ROUTER_HOST=0.0.0.0 ROUTER_PORT=8000
+COPY pyproject.toml README.md ./
+COPY env ./env
+COPY training ./training
+COPY router ./router
+COPY configs ./configs
+COPY data ./data
+RUN pip install --no-cache-dir torch==2.13.0 && pip install --no-cache-dir -e .
+EXPOSE 8000
+CMD ["agent-router", "serve", "--train-if-missing"]

@@ -1,0 +1,192 @@
+"""The ``agent-router`` command line: ``train``, ``eval``, ``serve``, ``embed``, ``data convert``.
+
+A user's mistake (bad file, bad option, bad checkpoint) ends with one line ``error: ...`` on
+stderr and exit code 2, never a traceback. Heavy imports happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from env.errors import UserError
+
+app = typer.Typer(
+    name="agent-router",
+    help="Train, evaluate and serve a learned router for multi-agent LLM systems.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Routing datasets: convert upstream layouts to the project's format.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML training config.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override, e.g. ppo.lr=1e-3 (repeatable).")]
+DEFAULT_CONFIG = Path("configs/default.yaml")
+
+
+def _config(config: Path | None, overrides: list[str] | None):
+    from training.config import load_config
+
+    if config is None and DEFAULT_CONFIG.is_file():
+        config = DEFAULT_CONFIG
+    return load_config(config, overrides or [])
+
+
+@app.command()
+def train(
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Train a MAPPO router on a routing dataset and write a checkpoint.
+
+    Writes metrics.jsonl, reward_curve.png and eval.json to out_dir and a new version directory
+    (policy.safetensors + policy.json) under checkpoint_dir.
+    """
+    from training.run import run_training
+
+    cfg = _config(config, overrides)
+    path = run_training(cfg, progress=not quiet)
+    typer.echo(f"checkpoint: {path}")
+    typer.echo(f"metrics: {Path(cfg.out_dir) / 'metrics.jsonl'}  curve: {Path(cfg.out_dir) / 'reward_curve.png'}")
+
+
+@app.command("eval")
+def eval_(
+    checkpoint: Annotated[Path, typer.Option(help="Version directory, or a directory of versions (newest).")],
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    config: Annotated[Path | None, typer.Option("--config", "-c",
+                                                help="Config of the data (default: the checkpoint's own).")] = None,
+    overrides: SetOpt = None,
+    cost_weight: Annotated[float | None, typer.Option(help="Reward per USD (default: the checkpoint's).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Score a checkpoint on a dataset split beside random, best single, cheapest and oracle."""
+    from training.checkpoint import load_checkpoint
+    from training.config import load_config
+    from training.data import load_splits
+    from training.evaluate import evaluate
+
+    if split not in ("train", "val", "test"):
+        raise UserError(f"--split must be train, val or test, not {split!r}")
+    policy = load_checkpoint(checkpoint)
+    cfg = load_config(config, overrides or [], base=None if config else policy.meta.get("training"))
+    if not Path(cfg.data.prompts).is_file():
+        raise UserError(f"{cfg.data.prompts}: dataset of this checkpoint not found; pass --config")
+    splits = load_splits(cfg)
+    if splits.dataset.agent_names != policy.agents:
+        raise UserError(f"{cfg.data.agents}: agents {splits.dataset.agent_names} do not match the "
+                        f"checkpoint's {policy.agents}")
+    weight = cfg.env.cost_weight if cost_weight is None else cost_weight
+    results = evaluate(policy, splits.splits["train"], splits.splits[split], splits.embeddings(split), weight)
+    if as_json:
+        typer.echo(json.dumps(results))
+        return
+    typer.echo(f"policy {policy.version} on {split} ({len(splits.splits[split])} prompts), cost_weight={weight}")
+    typer.echo(f"{'router':<14}{'quality':>10}{'USD/1k req':>12}{'reward':>10}  agent")
+    for name, m in results.items():
+        typer.echo(f"{name:<14}{m['quality']:>10.4f}{m['cost_usd_per_1k']:>12.5f}{m['reward']:>10.4f}  "
+                   f"{m.get('agent', '')}")
+
+
+@app.command()
+def serve(
+    checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint (default: ROUTER_CHECKPOINT or ./checkpoints).")] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    workers: Annotated[int | None, typer.Option(help="uvicorn worker processes.")] = None,
+    redis_url: Annotated[str | None, typer.Option(help="Redis URL for the experience log (default: SQLite).")] = None,
+    train_if_missing: Annotated[bool, typer.Option(help="Train with --config first when no checkpoint exists.")] = False,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Serve the policy over HTTP (FastAPI under uvicorn).
+
+    Options override the ROUTER_* environment variables (see README).
+    """
+    import uvicorn
+
+    from training.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+
+    for name, value in (("CHECKPOINT", checkpoint), ("HOST", host), ("PORT", port), ("WORKERS", workers),
+                        ("REDIS_URL", redis_url)):
+        if value is not None:
+            os.environ[f"ROUTER_{name}"] = str(value)
+    from router.settings import Settings
+
+    settings = _settings(Settings)
+    try:
+        resolve_checkpoint(settings.checkpoint)
+    except CheckpointError:
+        if not train_if_missing:
+            raise
+        from training.run import run_training
+
+        cfg = _config(config, overrides)
+        typer.echo(f"no checkpoint at {settings.checkpoint}: training one with {config or DEFAULT_CONFIG}", err=True)
+        os.environ["ROUTER_CHECKPOINT"] = str(run_training(cfg))
+        settings = _settings(Settings)
+    load_checkpoint(settings.checkpoint)  # refuse a corrupt one before binding the port
+    uvicorn.run("router.app:create_app", factory=True, host=settings.host, port=settings.port,
+                workers=settings.workers, log_level=settings.log_level)
+
+
+def _settings(cls):
+    from pydantic import ValidationError
+
+    try:
+        return cls()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = "ROUTER_" + "_".join(str(p) for p in err["loc"]).upper()
+        raise UserError(f"{name}: {err['msg']}") from None
+
+
+@app.command()
+def embed(config: ConfigOpt = None, overrides: SetOpt = None) -> None:
+    """Embed every prompt of the configured dataset into the on-disk cache."""
+    from training.data import load_splits
+
+    cfg = _config(config, overrides)
+    splits = load_splits(cfg)
+    vecs = splits.embedder.encode(splits.dataset.prompts)
+    typer.echo(f"{vecs.shape[0]} prompts x {vecs.shape[1]} dims cached in {cfg.embed.cache_dir} "
+               f"({splits.embedder.encode_calls} model batches run)")
+
+
+@data_app.command("convert")
+def data_convert(
+    layout: Annotated[str, typer.Argument(help="Upstream layout: llmrouter-dc.")],
+    src: Annotated[Path, typer.Option(help="Upstream data directory.")],
+    out: Annotated[Path, typer.Option(help="Output directory.")],
+) -> None:
+    """Convert an upstream routing dataset into prompts.jsonl.gz + agents.json."""
+    from env.convert import CONVERTERS
+
+    if layout not in CONVERTERS:
+        raise UserError(f"unknown layout {layout!r}; known: {', '.join(CONVERTERS)}")
+    counts = CONVERTERS[layout](src, out)
+    typer.echo(f"{counts['prompts']} prompts x {counts['agents']} agents written to {out}")
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turning a UserError into one line on stderr."""
+    try:
+        app()
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
