@@ -143,6 +143,7 @@ class Embedder:
                 if self._model is None:
                     os.environ.setdefault("HF_HUB_OFFLINE", "1")
                     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+                    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # "Loading weights" bar
                     from sentence_transformers import SentenceTransformer
 
                     path = resolve_model_path(self.model_name)
