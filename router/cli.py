@@ -99,12 +99,12 @@ def eval_(
 
 @app.command()
 def serve(
-    checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint (default: ROUTER_CHECKPOINT or ./checkpoints).")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint (default: ROUTER_CHECKPOINT).")] = None,
     host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
     workers: Annotated[int | None, typer.Option(help="uvicorn worker processes.")] = None,
     redis_url: Annotated[str | None, typer.Option(help="Redis URL for the experience log (default: SQLite).")] = None,
-    train_if_missing: Annotated[bool, typer.Option(help="Train with --config first when no checkpoint exists.")] = False,
+    train_if_missing: Annotated[bool, typer.Option(help="Train (--config) first if no checkpoint exists.")] = False,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:

@@ -7,6 +7,7 @@ Shapes use ``B`` for any leading batch dims (``[T, B]`` during the update), ``N`
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -59,7 +60,7 @@ class MultiAgentMLP(nn.Module):
         self.n_agents, self.share_params = n_agents, share_params
         sizes = [in_features, *hidden, out_features]
         layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        for i, (a, b) in enumerate(pairwise(sizes)):
             gain = out_gain if i == len(sizes) - 2 else math.sqrt(2)
             if share_params:
                 lin = nn.Linear(a, b)

@@ -120,7 +120,7 @@ def test_bad_agents_files(tmp_path):
     with pytest.raises(DataError, match="duplicate agent names: a"):
         load_dataset(prompts, tmp_path / "dup.json")
     (tmp_path / "bad.yaml").write_text("agents: [name: a, capacity: -1]")
-    with pytest.raises(DataError, match="bad.yaml"):
+    with pytest.raises(DataError, match=r"bad\.yaml"):
         load_dataset(prompts, tmp_path / "bad.yaml")
     with pytest.raises(DataError, match="agents file not found"):
         load_dataset(prompts, tmp_path / "missing.json")

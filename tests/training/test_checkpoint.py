@@ -59,7 +59,7 @@ def test_corrupt_weights_are_refused(tmp_path):
     data = bytearray((path / WEIGHTS).read_bytes())
     data[-5] ^= 0xFF
     (path / WEIGHTS).write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="does not match policy.json"):
+    with pytest.raises(CheckpointError, match=r"does not match policy\.json"):
         load_checkpoint(path)
 
 
