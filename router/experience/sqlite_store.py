@@ -1,0 +1,201 @@
+"""Experience log in one SQLite file (the default when no Redis is configured).
+
+Tables::
+
+    decisions(decision_id TEXT PRIMARY KEY, context TEXT, created_at REAL, expires_at REAL)
+    experience(seq INTEGER PRIMARY KEY AUTOINCREMENT, decision_id TEXT UNIQUE, record TEXT,
+               created_at REAL)
+
+Times are Unix seconds. The file is in WAL mode with ``synchronous=FULL``, so a committed write
+is on disk; several processes may share it (writers wait up to the busy timeout). Entry ids of
+:meth:`SqliteExperienceStore.read_experience` are ``str(seq)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from router.experience.base import (
+    DuplicateFeedback,
+    ExperienceStore,
+    StoreUnavailable,
+    UnknownDecision,
+    build_record,
+    require_decision_id,
+)
+
+T = TypeVar("T")
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS decisions (decision_id TEXT PRIMARY KEY, context TEXT NOT NULL, "
+    "created_at REAL NOT NULL, expires_at REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS decisions_expires_at ON decisions (expires_at)",
+    "CREATE TABLE IF NOT EXISTS experience (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+    "decision_id TEXT NOT NULL UNIQUE, record TEXT NOT NULL, created_at REAL NOT NULL)",
+)
+
+PURGE_EVERY_S = 60.0
+
+
+class SqliteExperienceStore(ExperienceStore):
+    """:class:`ExperienceStore` on a SQLite file.
+
+    Opening creates the parent directories, the file and the tables (blocking; call it from a
+    thread in async code).
+
+    Args:
+        path: database file.
+        decision_ttl_s: seconds a decision waits for feedback; expired ones are purged now and
+            then and answer :class:`UnknownDecision`.
+        busy_timeout_s: how long a write waits for another process's write lock.
+
+    Raises:
+        StoreUnavailable: the file cannot be created or opened as a database.
+    """
+
+    def __init__(self, path: str | Path, decision_ttl_s: int = 86400,
+                 busy_timeout_s: float = 10.0) -> None:
+        self.path = Path(path)
+        self.decision_ttl_s = decision_ttl_s
+        self._lock = threading.Lock()
+        self._last_purge = 0.0
+        self._conn: sqlite3.Connection | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreUnavailable(f"{self.path}: cannot open the database: {exc}") from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            with _transaction(conn):
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreUnavailable(f"{self.path}: cannot open the database: {exc}") from exc
+        self._conn = conn
+
+    async def _run(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def locked() -> T:
+            with self._lock:
+                if self._conn is None:
+                    raise StoreUnavailable(f"{self.path}: the experience store is closed")
+                try:
+                    return fn(self._conn)
+                except sqlite3.IntegrityError:
+                    raise
+                except sqlite3.Error as exc:
+                    raise StoreUnavailable(f"sqlite {what} failed: {exc}") from exc
+
+        return await asyncio.to_thread(locked)
+
+    async def put_decision(self, context: dict[str, Any]) -> None:
+        """Insert the context (and purge expired decisions about once a minute)."""
+        decision_id = require_decision_id(context)
+        payload = json.dumps(context, separators=(",", ":"), allow_nan=False)
+
+        def write(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            with _transaction(conn):
+                if now - self._last_purge >= PURGE_EVERY_S:
+                    conn.execute("DELETE FROM decisions WHERE expires_at <= ?", (now,))
+                conn.execute(
+                    "INSERT INTO decisions (decision_id, context, created_at, expires_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (decision_id, payload, now, now + self.decision_ttl_s),
+                )
+            if now - self._last_purge >= PURGE_EVERY_S:
+                self._last_purge = now
+
+        try:
+            await self._run("put_decision", write)
+        except sqlite3.IntegrityError as exc:
+            raise ValueError(f"decision {decision_id!r} already exists") from exc
+
+    async def record_feedback(self, decision_id: str, feedback: dict[str, Any]) -> dict[str, Any]:
+        """Check, insert and commit in one ``BEGIN IMMEDIATE`` transaction."""
+
+        def write(conn: sqlite3.Connection) -> dict[str, Any]:
+            now = time.time()
+            with _transaction(conn):
+                row = conn.execute(
+                    "SELECT context FROM decisions WHERE decision_id = ? AND expires_at > ?",
+                    (decision_id, now),
+                ).fetchone()
+                if row is None:
+                    raise UnknownDecision(decision_id)
+                done = conn.execute(
+                    "SELECT 1 FROM experience WHERE decision_id = ?", (decision_id,)
+                ).fetchone()
+                if done is not None:
+                    raise DuplicateFeedback(decision_id)
+                record = build_record(json.loads(row[0]), feedback)
+                conn.execute(
+                    "INSERT INTO experience (decision_id, record, created_at) VALUES (?, ?, ?)",
+                    (decision_id, json.dumps(record, separators=(",", ":"), allow_nan=False), now),
+                )
+            return record
+
+        try:
+            return await self._run("record_feedback", write)
+        except sqlite3.IntegrityError as exc:  # a concurrent writer won the UNIQUE race
+            raise DuplicateFeedback(decision_id) from exc
+
+    async def read_experience(
+        self, after: str | None = None, count: int = 1000
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Rows of ``experience`` with ``seq > int(after)``, by ``seq``."""
+        if count < 1:
+            raise ValueError(f"count must be >= 1, got {count}")
+        if after is not None and not after.isdigit():
+            raise ValueError(f"{after!r} is not an experience id of this store (digits)")
+        start = int(after) if after is not None else 0
+
+        def read(conn: sqlite3.Connection) -> list[tuple[str, dict[str, Any]]]:
+            rows = conn.execute(
+                "SELECT seq, record FROM experience WHERE seq > ? ORDER BY seq LIMIT ?",
+                (start, count),
+            ).fetchall()
+            return [(str(seq), json.loads(record)) for seq, record in rows]
+
+        return await self._run("read_experience", read)
+
+    async def ping(self) -> None:
+        """Run a trivial query."""
+        await self._run("ping", lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def close(self) -> None:
+        """Close the connection (waits for a running call)."""
+
+        def close() -> None:
+            with self._lock:
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+
+        await asyncio.to_thread(close)
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` when the block or the commit raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise

@@ -1,0 +1,215 @@
+"""Policy serving: embed a prompt, build the observation, run the router network, choose an agent.
+
+Everything here is synchronous and CPU-bound; the app runs it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from env.embedder import Embedder
+from env.errors import UserError
+from router.experience.base import utc_now_iso
+from training.checkpoint import CheckpointError, Policy
+
+
+class CandidateError(UserError):
+    """``candidates`` names no agent, repeats one, or names one the policy does not know."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One routing decision.
+
+    Attributes:
+        decision_id: uuid4 hex (32 characters).
+        created_at: ISO 8601 UTC time of the decision.
+        action: index of the chosen agent in ``Policy.agents``.
+        agent: its name.
+        probabilities: ``[K]`` float32, the serving policy's distribution (masked agents 0).
+        log_prob: natural log of ``probabilities[action]`` (also under greedy choice).
+        embedding: ``[E]`` float32 unit-norm prompt embedding.
+        load: ``[K]`` float32 normalised load used in the observation.
+        action_mask: ``[K]`` bool, True where the agent was allowed.
+        explore: True when the agent was sampled, False when it was the argmax.
+    """
+
+    decision_id: str
+    created_at: str
+    action: int
+    agent: str
+    probabilities: np.ndarray
+    log_prob: float
+    embedding: np.ndarray
+    load: np.ndarray
+    action_mask: np.ndarray
+    explore: bool
+
+
+def encode_embedding(vector: np.ndarray) -> str:
+    """Base64 of the little-endian float16 bytes of a ``[E]`` vector (``E * 2`` bytes)."""
+    return base64.b64encode(np.asarray(vector, dtype="<f2").tobytes()).decode("ascii")
+
+
+def decode_embedding(text: str) -> np.ndarray:
+    """Inverse of :func:`encode_embedding`: ``[E]`` float32.
+
+    Raises:
+        ValueError: not valid base64 of float16 bytes.
+    """
+    raw = base64.b64decode(text, validate=True)
+    if len(raw) % 2:
+        raise ValueError("embedding has an odd number of bytes")
+    return np.frombuffer(raw, dtype="<f2").astype(np.float32)
+
+
+class RoutingService:
+    """Serves one loaded policy.
+
+    Args:
+        policy: the loaded checkpoint (networks on CPU).
+        embedder: prompt embedder of the model the policy was trained on
+            (``policy.embedding_model``).
+        seed: seed of the sampler used when ``explore`` is true; None: from the OS.
+
+    Thread-safe: :meth:`route` may run in several threads at once.
+    """
+
+    def __init__(self, policy: Policy, embedder: Embedder, seed: int | None = None) -> None:
+        self.policy = policy
+        self.embedder = embedder
+        self.agents: list[str] = policy.agents
+        self._index = {name: i for i, name in enumerate(self.agents)}
+        self._rng = np.random.default_rng(seed)
+        self._rng_lock = threading.Lock()
+        layout = policy.meta["obs_layout"]
+        extra = layout["num_routers"] if layout["include_agent_id"] else 0
+        self.embed_dim = int(layout["obs_dim"]) - len(self.agents) - int(extra)
+
+    @property
+    def version(self) -> str:
+        """Version string of the served policy."""
+        return self.policy.version
+
+    def warm_up(self) -> None:
+        """Load the embedding model and run one prompt through the whole path.
+
+        Raises:
+            UserError: the embedding model cannot be loaded.
+            CheckpointError: the model's embedding width does not fit the policy's observation.
+        """
+        width = self.embedder.encode(["warm-up"]).shape[1]
+        if width != self.embed_dim:
+            raise CheckpointError(
+                f"{self.policy.path}: the policy expects {self.embed_dim}-dim embeddings but "
+                f"{self.embedder.model_id} gives {width}"
+            )
+        self.route("warm-up")
+
+    def action_mask(self, candidates: Sequence[str] | None) -> np.ndarray:
+        """``[K]`` bool mask allowing exactly ``candidates`` (all agents when None).
+
+        Raises:
+            CandidateError: ``candidates`` is empty, has duplicates, or has unknown names.
+        """
+        k = len(self.agents)
+        if candidates is None:
+            return np.ones(k, dtype=bool)
+        if len(candidates) == 0:
+            raise CandidateError("candidates is empty: name at least one agent, or leave it out")
+        dupes = sorted({c for c in candidates if candidates.count(c) > 1})
+        if dupes:
+            raise CandidateError(f"candidates lists {', '.join(map(repr, dupes))} more than once")
+        unknown = [c for c in candidates if c not in self._index]
+        if unknown:
+            raise CandidateError(
+                f"unknown candidates {', '.join(map(repr, unknown))}; "
+                f"the agents are {', '.join(self.agents)}"
+            )
+        mask = np.zeros(k, dtype=bool)
+        mask[[self._index[c] for c in candidates]] = True
+        return mask
+
+    def route(
+        self,
+        prompt: str,
+        candidates: Sequence[str] | None = None,
+        explore: bool = False,
+    ) -> Decision:
+        """Choose an agent for ``prompt``.
+
+        The observation is ``policy.build_obs(embedding [1, E], load [1, K])``. The load is all
+        zeros for now: live per-agent load (from Redis, as in training) comes in a later issue.
+
+        Args:
+            prompt: the prompt text (not stored; validated by the caller).
+            candidates: agent names allowed; None allows every agent.
+            explore: sample from the distribution (True) or take its argmax (False).
+
+        Raises:
+            CandidateError: bad ``candidates``.
+        """
+        mask = self.action_mask(candidates)
+        embedding = self.embedder.encode([prompt])
+        load = np.zeros((1, len(self.agents)), dtype=np.float32)
+        obs = self.policy.build_obs(torch.from_numpy(embedding), torch.from_numpy(load))
+        mask_t = None if mask.all() else torch.from_numpy(mask).view(1, 1, -1)
+        probs = self.policy.probabilities(obs, mask_t)[0, 0].cpu().numpy().astype(np.float32)
+        probs[~mask] = 0.0
+        if explore:
+            p = probs.astype(np.float64)
+            with self._rng_lock:
+                action = int(self._rng.choice(len(p), p=p / p.sum()))
+        else:
+            action = int(np.argmax(probs))
+        chosen = float(probs[action])
+        log_prob = math.log(chosen) if chosen > 0.0 else math.log(np.finfo(np.float32).tiny)
+        return Decision(
+            decision_id=uuid.uuid4().hex,
+            created_at=utc_now_iso(),
+            action=action,
+            agent=self.agents[action],
+            probabilities=probs,
+            log_prob=log_prob,
+            embedding=embedding[0],
+            load=load[0],
+            action_mask=mask,
+            explore=explore,
+        )
+
+    def decision_context(
+        self, decision: Decision, prompt: str, session_id: str | None
+    ) -> dict[str, Any]:
+        """The JSON-serialisable context persisted for ``decision`` (the prompt only as sha256).
+
+        Keys: ``decision_id``, ``policy_version``, ``created_at``, ``session_id``,
+        ``prompt_sha256`` (hex), ``embedding`` (:func:`encode_embedding`), ``embedding_dtype``
+        (``"float16"``), ``load`` (``[K]`` floats), ``action_mask`` (``[K]`` bools), ``action``
+        (int), ``agent``, ``log_prob``, ``probabilities`` (``[K]`` floats), ``explore``.
+        """
+        return {
+            "decision_id": decision.decision_id,
+            "policy_version": self.version,
+            "created_at": decision.created_at,
+            "session_id": session_id,
+            "prompt_sha256": hashlib.sha256(prompt.encode("utf-8")).hexdigest(),
+            "embedding": encode_embedding(decision.embedding),
+            "embedding_dtype": "float16",
+            "load": [float(x) for x in decision.load],
+            "action_mask": [bool(x) for x in decision.action_mask],
+            "action": decision.action,
+            "agent": decision.agent,
+            "log_prob": decision.log_prob,
+            "probabilities": [float(x) for x in decision.probabilities],
+            "explore": decision.explore,
+        }

@@ -1,0 +1,367 @@
+"""Fixtures of the router tests: a real checkpoint, real uvicorn servers, the real Redis."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parents[2]
+AGENTS = [
+    "code-expert",
+    "math-solver",
+    "general-chat",
+    "web-search",
+    "translator",
+    "summariser",
+    "sql-writer",
+    "legal-advisor",
+    "medical-info",
+]
+STARTUP_TIMEOUT_S = 60.0
+
+
+def agent_specs() -> list[dict]:
+    """``agent_specs`` of the test checkpoint (AgentSpec fields)."""
+    return [
+        {
+            "name": name,
+            "description": f"{name} specialist",
+            "price_per_1m_tokens": None if i % 3 == 0 else 0.5 * (i + 1),
+            "cost_per_call_usd": 0.001 * i if i % 3 == 0 else None,
+            "capacity": None if i == 4 else 2 + i,
+        }
+        for i, name in enumerate(AGENTS)
+    ]
+
+
+def make_checkpoint(parent: Path) -> Path:
+    """Save a freshly initialised (almost uniform) 9-agent policy under ``parent``."""
+    from training.checkpoint import build_networks, save_checkpoint
+
+    meta = {
+        "agents": AGENTS,
+        "agent_specs": agent_specs(),
+        "embedding": {"model": "sentence-transformers/all-MiniLM-L6-v2", "dim": 384},
+        "obs_layout": {
+            "obs_dim": 384 + len(AGENTS),
+            "num_routers": 1,
+            "load_clip": 4.0,
+            "include_agent_id": False,
+        },
+        "network": {"hidden": [64, 64], "share_params": True, "centralised_critic": True},
+    }
+    actor, critic = build_networks(meta)
+    return save_checkpoint(parent, actor, critic, meta)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    """A version directory of a valid checkpoint."""
+    return make_checkpoint(tmp_path_factory.mktemp("checkpoints"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A uvicorn process serving ``router.app:create_app`` on a free port."""
+
+    env: dict[str, str]
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+    sqlite_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Server:
+        """Launch the process (does not wait)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")}
+        env.update({"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+        env.update(self.env)
+        self._err = self.log_path.open("wb")
+        self._out = self.log_path.with_suffix(".stdout").open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "router.app:create_app", "--factory",
+             "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=ROOT,
+            env=env,
+            stdout=self._out,
+            stderr=self._err,
+        )
+        return self
+
+    def wait_ready(self) -> Server:
+        """Poll ``/healthz`` until it answers 200.
+
+        Raises:
+            AssertionError: the process exited or did not get ready in time (with its log).
+        """
+        assert self.proc is not None
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"server not ready after {STARTUP_TIMEOUT_S} s:\n{self.log()}")
+
+    def wait_exit(self, timeout: float = STARTUP_TIMEOUT_S) -> int:
+        """Wait for the process to exit by itself; its exit code."""
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def log(self) -> str:
+        """What the process wrote to stderr so far (uvicorn's log)."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def stdout(self) -> str:
+        """What the process wrote to stdout so far."""
+        return self.log_path.with_suffix(".stdout").read_text(encoding="utf-8", errors="replace")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 10 s."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for f in (getattr(self, "_err", None), getattr(self, "_out", None)):
+            if f is not None:
+                f.close()
+
+
+@pytest.fixture(scope="session")
+def start_server(tmp_path_factory) -> Iterator:
+    """``start_server(env) -> Server`` (launched, not waited for); all are stopped at the end."""
+    servers: list[Server] = []
+
+    def start(env: dict[str, str]) -> Server:
+        log = tmp_path_factory.mktemp("server") / "stderr.log"
+        server = Server(env=env, log_path=log).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+# Every server the collected tests need is launched at once by ``_prelaunch`` (their start-up,
+# mostly importing torch and loading the model, then overlaps); ``<name>`` fixtures wait for them.
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _prelaunch(request) -> None:
+    """Launch, before the first test, the servers that any collected test uses."""
+    needed = set().union(*(item.fixturenames for item in request.session.items))
+    for name in ("sqlite_server", "redis_server", "redis_down_server", "failed_starts"):
+        if name in needed:
+            # No Redis: the skip (or, with CI=true, the failure) is cached by pytest and
+            # raised again in the tests that need Redis, not here.
+            with contextlib.suppress(pytest.skip.Exception, pytest.fail.Exception):
+                request.getfixturevalue(f"{name}_launched")
+
+
+@pytest.fixture(scope="session")
+def sqlite_server_launched(start_server, checkpoint, tmp_path_factory) -> Server:
+    db = tmp_path_factory.mktemp("experience") / "experience.sqlite3"
+    server = start_server(
+        {
+            "ROUTER_CHECKPOINT": str(checkpoint.parent),
+            "ROUTER_SQLITE_PATH": str(db),
+            "ROUTER_MAX_PROMPT_CHARS": "100",
+        }
+    )
+    server.sqlite_path = db
+    return server
+
+
+@pytest.fixture(scope="session")
+def sqlite_server(sqlite_server_launched) -> Server:
+    """A server with the default SQLite experience store and a 100-character prompt limit."""
+    return sqlite_server_launched.wait_ready()
+
+
+@pytest.fixture(scope="session")
+def redis_server_launched(start_server, checkpoint, redis_url) -> Iterator[tuple[Server, str]]:
+    prefix = f"test-{uuid.uuid4().hex}"
+    server = start_server(
+        {
+            "ROUTER_CHECKPOINT": str(checkpoint),
+            "ROUTER_REDIS_URL": redis_url,
+            "ROUTER_REDIS_PREFIX": prefix,
+            "ROUTER_DECISION_TTL_S": "600",
+            "ROUTER_STREAM_MAXLEN": "1000",
+        }
+    )
+    yield server, prefix
+    server.stop()
+    delete_prefix(redis_url, prefix)
+
+
+@pytest.fixture(scope="session")
+def redis_server(redis_server_launched) -> tuple[Server, str]:
+    """``(server, prefix)``: a server logging to the real Redis under a unique key prefix."""
+    server, prefix = redis_server_launched
+    return server.wait_ready(), prefix
+
+
+@pytest.fixture(scope="session")
+def redis_down_server_launched(start_server, checkpoint) -> Server:
+    return start_server(
+        {
+            "ROUTER_CHECKPOINT": str(checkpoint),
+            "ROUTER_REDIS_URL": "redis://127.0.0.1:1/0",
+            "ROUTER_RETRY_AFTER_S": "7",
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def redis_down_server(redis_down_server_launched) -> Server:
+    """A server whose Redis URL points at a port nothing listens on."""
+    return redis_down_server_launched.wait_ready()
+
+
+def _expected_checkpoint_error(path: Path) -> str:
+    from training.checkpoint import CheckpointError, load_checkpoint
+
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    return str(info.value)
+
+
+@pytest.fixture(scope="session")
+def failed_starts_launched(start_server, checkpoint, tmp_path_factory) -> dict:
+    from training.checkpoint import WEIGHTS
+
+    root = tmp_path_factory.mktemp("broken")
+    missing = root / "nowhere"
+    corrupt = root / "corrupt" / checkpoint.name
+    shutil.copytree(checkpoint, corrupt)
+    data = bytearray((corrupt / WEIGHTS).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (corrupt / WEIGHTS).write_bytes(bytes(data))
+    return {
+        "missing": (
+            start_server({"ROUTER_CHECKPOINT": str(missing)}),
+            _expected_checkpoint_error(missing),
+        ),
+        "corrupt": (
+            start_server({"ROUTER_CHECKPOINT": str(corrupt)}),
+            _expected_checkpoint_error(corrupt),
+        ),
+        "settings": (
+            start_server({"ROUTER_CHECKPOINT": str(checkpoint), "ROUTER_MAX_PROMPT_CHARS": "0"}),
+            "invalid settings: ROUTER_MAX_PROMPT_CHARS: Input should be greater than or equal to 1",
+        ),
+    }
+
+
+@pytest.fixture(scope="session")
+def failed_starts(failed_starts_launched) -> dict[str, tuple[int, str, str, str]]:
+    """``case -> (exit code, stderr, stdout, expected message)`` of servers that cannot start:
+    a missing checkpoint, a corrupt one (a flipped byte in the weights), an invalid setting."""
+    return {
+        name: (server.wait_exit(), server.log(), server.stdout(), message)
+        for name, (server, message) in failed_starts_launched.items()
+    }
+
+
+@pytest.fixture
+def client(sqlite_server) -> Iterator[httpx.Client]:
+    """An HTTP client of :func:`sqlite_server`."""
+    with httpx.Client(base_url=sqlite_server.url, timeout=30.0) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """URL of the real Redis (``REDIS_URL`` or localhost); skip when absent, fail when CI=true."""
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2) as r:
+            r.ping()
+    except redis.RedisError as exc:
+        message = f"Redis at {url} is unreachable: {exc}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return url
+
+
+@pytest.fixture
+def redis_prefix(redis_url) -> Iterator[str]:
+    """A unique key prefix whose keys are deleted afterwards."""
+    prefix = f"test-{uuid.uuid4().hex}"
+    yield prefix
+    delete_prefix(redis_url, prefix)
+
+
+def delete_prefix(url: str, prefix: str) -> None:
+    """Delete every key ``<prefix>:*``."""
+    with redis.Redis.from_url(url) as r:
+        keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            r.delete(*keys)
+
+
+def _check_record(record: dict, route: dict, prompt: str, feedback: dict) -> None:
+    """Assert that an experience record matches the route answer and the feedback sent."""
+    from datetime import datetime
+
+    from router.service import decode_embedding
+
+    assert record["decision_id"] == route["decision_id"]
+    assert record["policy_version"] == route["policy_version"]
+    assert record["agent"] == route["agent"] == AGENTS[record["action"]]
+    assert record["probabilities"] == pytest.approx([route["probabilities"][a] for a in AGENTS])
+    assert abs(record["log_prob"] - math.log(record["probabilities"][record["action"]])) < 1e-5
+    assert record["prompt_sha256"] == hashlib.sha256(prompt.encode()).hexdigest()
+    assert prompt not in json.dumps(record) and "prompt" not in record
+    assert record["embedding_dtype"] == "float16"
+    vec = decode_embedding(record["embedding"])
+    assert vec.shape == (384,) and abs(float(np.linalg.norm(vec)) - 1.0) < 1e-2
+    assert record["load"] == [0.0] * len(AGENTS)
+    assert len(record["action_mask"]) == len(AGENTS)
+    assert all(isinstance(m, bool) for m in record["action_mask"])
+    for key in ("created_at", "feedback_at"):
+        assert datetime.fromisoformat(record[key]).utcoffset().total_seconds() == 0
+    for key in ("quality", "cost_usd", "latency_ms"):
+        assert record[key] == feedback.get(key)
+
+
+@pytest.fixture
+def check_record():
+    """``check_record(record, route_json, prompt, feedback_json)``: assert they all agree."""
+    return _check_record
