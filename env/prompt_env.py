@@ -67,6 +67,10 @@ class EnvStep:
         """``[B]`` bool, ``terminated | truncated``."""
         return self.terminated | self.truncated
 
+    def metrics(self) -> dict[str, torch.Tensor]:
+        """Per-step figures the trainer logs (see :class:`env.base.MultiAgentStep`)."""
+        return {"quality": self.quality, "cost_usd": self.cost_usd, "congestion": self.congestion}
+
 
 class PromptEnv:
     """Batched multi-router routing game over a fixed set of embedded prompts.
@@ -125,6 +129,11 @@ class PromptEnv:
         self.t = torch.zeros(B, dtype=torch.long, device=self.device)
         self.prompt_idx = torch.zeros(B, N, dtype=torch.long, device=self.device)
         self.agent_up = torch.ones(B, K, dtype=torch.bool, device=self.device)
+
+    @property
+    def num_actions(self) -> int:
+        """``K``: a router's action is the index of an agent (the :class:`env.base.MultiAgentEnv` API)."""
+        return self.num_agents
 
     # ----------------------------------------------------------------- specs
     @property

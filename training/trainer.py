@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from env.prompt_env import PromptEnv
+from env.base import MultiAgentEnv
 from training.buffer import RolloutBuffer
 from training.config import TrainConfig
 from training.networks import Actor, Critic
@@ -38,7 +38,7 @@ def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
 
 
 class MAPPOTrainer:
-    """Trains a router policy on a :class:`~env.prompt_env.PromptEnv`.
+    """Trains a router policy on a :class:`~env.prompt_env.PromptEnv` or any :class:`~env.base.MultiAgentEnv`.
 
     Args:
         config: the whole :class:`~training.config.TrainConfig` (``network`` and ``ppo`` are used).
@@ -50,11 +50,11 @@ class MAPPOTrainer:
         history: one dict of metrics per iteration.
     """
 
-    def __init__(self, config: TrainConfig, env: PromptEnv) -> None:
+    def __init__(self, config: TrainConfig, env: MultiAgentEnv) -> None:
         self.config, self.env = config, env
         self.device = env.device
         net, ppo = config.network, config.ppo
-        N, D, K = env.num_routers, env.obs_dim, env.num_agents
+        N, D, K = env.num_routers, env.obs_dim, env.num_actions
         self.actor = Actor(D, N, K, net.share_params, net.hidden).to(self.device)
         self.critic = Critic(D, env.state_dim, N, net.centralised_critic, net.share_params, net.hidden).to(self.device)
         self.optimizer = torch.optim.Adam(
@@ -75,8 +75,7 @@ class MAPPOTrainer:
         buf, env = self.buffer, self.env
         finished_sum = torch.zeros((), device=self.device)
         finished_n = torch.zeros((), device=self.device)
-        quality_sum = torch.zeros((), device=self.device)
-        cost_sum = torch.zeros((), device=self.device)
+        info_sum: dict[str, torch.Tensor] = {}
         cur = self._next
         for t in range(buf.T):
             dist = self.actor.distribution(cur.obs, cur.action_mask)
@@ -92,8 +91,8 @@ class MAPPOTrainer:
             finished_sum += (self._episode_return * done).sum()
             finished_n += done.sum()
             self._episode_return *= ~done
-            quality_sum += nxt.quality.mean()
-            cost_sum += nxt.cost_usd.mean()
+            for k, v in nxt.metrics().items():
+                info_sum[k] = info_sum.get(k, 0) + v.float().mean()
             cur = nxt
         self._next = cur
         self.env_steps += buf.T
@@ -101,9 +100,7 @@ class MAPPOTrainer:
         return {
             "episode_reward": finished_sum.item() / n if n else float("nan"),
             "reward": buf.reward.mean().item(),
-            "quality": quality_sum.item() / buf.T,
-            "cost_usd": cost_sum.item() / buf.T,
-        }
+        } | {k: v.item() / buf.T for k, v in info_sum.items()}
 
     def update(self) -> dict[str, float]:
         """GAE, then ``update_epochs`` passes of ``num_minibatches`` clipped-PPO steps."""
