@@ -44,19 +44,35 @@ def _config(config: Path | None, overrides: list[str] | None):
 def train(
     config: ConfigOpt = None,
     overrides: SetOpt = None,
+    resume: Annotated[Path | None, typer.Option(
+        help="Run directory (out_dir) of a run to continue from its trainer_state.pt; its config is the "
+             "base, --config/--set override it (e.g. -s ppo.total_steps=16000 to train longer).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Train a MAPPO router on a routing dataset and write a checkpoint.
 
-    Writes metrics.jsonl, reward_curve.png and eval.json to out_dir and a new version directory
-    (policy.safetensors + policy.json) under checkpoint_dir.
+    Writes metrics.jsonl, reward_curve.png, eval.json and trainer_state.pt to out_dir and a new
+    version directory (policy.safetensors + policy.json) under checkpoint_dir. Under
+    `torchrun --nproc_per_node P -m router.cli train ...` the worlds are split across P processes.
     """
+    from training.config import load_config
+    from training.distributed import launched_by_torchrun
+    from training.resume import load_trainer_state, state_file
     from training.run import run_training
 
-    cfg = _config(config, overrides)
-    path = run_training(cfg, progress=not quiet)
-    typer.echo(f"checkpoint: {path}")
-    typer.echo(f"metrics: {Path(cfg.out_dir) / 'metrics.jsonl'}  curve: {Path(cfg.out_dir) / 'reward_curve.png'}")
+    state = None
+    if resume is not None:
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        path = state_file(resume, rank, world) if resume.is_dir() else resume
+        stored, state = load_trainer_state(path)
+        cfg = load_config(config, overrides or [], base=stored)
+    else:
+        cfg = _config(config, overrides)
+    path = run_training(cfg, progress=not quiet, resume_state=state)
+    if path is not None:
+        typer.echo(f"checkpoint: {path}")
+        typer.echo(f"metrics: {Path(cfg.out_dir) / 'metrics.jsonl'}  curve: {Path(cfg.out_dir) / 'reward_curve.png'}"
+                   + ("" if not launched_by_torchrun() else "  (rank 0's worlds)"))
 
 
 @app.command("eval")

@@ -57,8 +57,11 @@ class PPOConfig(BaseModel):
     update_epochs: int = Field(default=4, ge=1)
     num_minibatches: int = Field(default=4, ge=1)
     clip_coef: float = Field(default=0.2, gt=0)
-    clip_vloss: bool = False
+    clip_vloss: bool = Field(default=False, description="clip the value change to clip_coef (PPO2/CleanRL)")
+    norm_value: bool = Field(default=True, description="running value-target normalisation (MAPPO, Yu et al.)")
+    target_kl: float | None = Field(default=None, gt=0, description="stop the update when approx_kl > 1.5x this")
     ent_coef: float = Field(default=0.01, ge=0)
+    ent_coef_end: float | None = Field(default=None, ge=0, description="anneal ent_coef linearly to this")
     vf_coef: float = Field(default=0.5, ge=0)
     max_grad_norm: float = Field(default=0.5, gt=0)
     norm_adv: bool = True
@@ -73,7 +76,7 @@ class TrainConfig(BaseModel):
     device: str = Field(default="auto", description="auto (CUDA when present), cpu, cuda, cuda:1")
     out_dir: Path = Path("runs/default")
     checkpoint_dir: Path = Path("checkpoints")
-    eval_every: int = Field(default=0, ge=0, description="iterations between val evals; 0 = end only")
+    save_every: int = Field(default=0, ge=0, description="iterations between resumable trainer states; 0 = end only")
     data: DataConfig = DataConfig()
     embed: EmbedConfig = EmbedConfig()
     env: EnvConfig = EnvConfig()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -10,12 +11,15 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from env.errors import UserError
 from env.prompt_env import PromptEnv
 from training.checkpoint import Policy, save_checkpoint
 from training.config import TrainConfig
 from training.data import EmbeddedSplits, load_splits
+from training.distributed import DistContext, init_distributed, shutdown
 from training.evaluate import evaluate
 from training.plots import plot_reward_curve
+from training.resume import ResumeError, save_trainer_state, state_file
 from training.trainer import MAPPOTrainer, seed_everything
 
 
@@ -50,39 +54,93 @@ def checkpoint_meta(cfg: TrainConfig, splits: EmbeddedSplits, env: PromptEnv,
     }
 
 
-def run_training(cfg: TrainConfig, progress: bool = True) -> Path:
+def _rank_config(cfg: TrainConfig, ctx: DistContext) -> TrainConfig:
+    """This rank's share of the worlds and its own seed (the recorded config stays ``cfg``)."""
+    if not ctx.enabled:
+        return cfg
+    if cfg.env.num_worlds % ctx.world_size:
+        raise UserError(f"env.num_worlds ({cfg.env.num_worlds}) must be divisible by the number of "
+                        f"processes ({ctx.world_size})")
+    env = cfg.env.model_copy(update={"num_worlds": cfg.env.num_worlds // ctx.world_size})
+    return cfg.model_copy(update={"seed": cfg.seed + ctx.rank, "env": env})
+
+
+def run_training(cfg: TrainConfig, progress: bool = True, resume_state: dict[str, Any] | None = None) -> Path | None:
     """Train a policy as configured and write its artefacts.
 
-    Writes ``cfg.out_dir/metrics.jsonl`` (one JSON object per iteration),
-    ``cfg.out_dir/reward_curve.png``, ``cfg.out_dir/eval.json`` and a new checkpoint version under
-    ``cfg.checkpoint_dir``.
+    Writes ``cfg.out_dir/metrics.jsonl`` (one JSON object per iteration; appended to on resume),
+    ``cfg.out_dir/reward_curve.png``, ``cfg.out_dir/eval.json``, the resumable
+    ``cfg.out_dir/trainer_state.pt`` (every ``save_every`` iterations and at the end) and a new
+    checkpoint version under ``cfg.checkpoint_dir``. Under ``torchrun`` every rank trains on
+    ``num_worlds / world_size`` worlds and rank 0 writes the files.
+
+    Args:
+        cfg: the run's config.
+        progress: show a progress bar.
+        resume_state: a trainer state (:func:`training.resume.load_trainer_state`) to continue from.
 
     Returns:
-        The new checkpoint's directory.
+        The new checkpoint's directory (None on ranks other than 0).
 
     Raises:
-        DataError: bad dataset; UserError: bad device or model.
+        DataError: bad dataset; UserError: bad device or model; ResumeError: a state that does not
+            fit ``cfg``.
     """
-    device = cfg.resolve_device()
-    seed_everything(cfg.seed)
+    ctx, device = init_distributed(cfg.resolve_device())
+    try:
+        return _run(cfg, _rank_config(cfg, ctx), ctx, device, progress, resume_state)
+    finally:
+        shutdown()
+
+
+def _run(cfg: TrainConfig, rank_cfg: TrainConfig, ctx: DistContext, device: str, progress: bool,
+         resume_state: dict[str, Any] | None) -> Path | None:
+    seed_everything(rank_cfg.seed)
     splits = load_splits(cfg, device=device)
-    env = build_env(cfg, splits, device)
-    trainer = MAPPOTrainer(cfg, env)
+    if ctx.enabled:  # rank 0 fills the embedding cache, the others then read it
+        if not ctx.is_main:
+            torch.distributed.barrier()
+        splits.embeddings("train")
+        if ctx.is_main:
+            torch.distributed.barrier()
+    env = build_env(rank_cfg, splits, device)
+    trainer = MAPPOTrainer(rank_cfg, env)
+    if resume_state is not None:
+        try:
+            trainer.load_state_dict(resume_state)
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise ResumeError(f"trainer state does not fit this config: {str(exc).splitlines()[0]}") from None
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    state_path = state_file(out_dir, ctx.rank, ctx.world_size)
+    config_dict = cfg.model_dump(mode="json")
     metrics_path = out_dir / "metrics.jsonl"
-    bar = tqdm(total=trainer.num_iterations, desc=f"MAPPO on {device}", unit="it", disable=not progress)
-    with metrics_path.open("w", encoding="utf-8") as metrics_file:
+    bar = tqdm(total=trainer.num_iterations, initial=trainer.iteration, desc=f"MAPPO on {device}", unit="it",
+               disable=not progress or not ctx.is_main)
+    mode = "w"
+    if resume_state is not None and ctx.is_main and metrics_path.is_file():
+        # drop iterations logged after the state was saved: they are run again
+        kept = [line for line in metrics_path.read_text(encoding="utf-8").splitlines()
+                if line and json.loads(line)["iteration"] <= trainer.iteration]
+        metrics_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        mode = "a"
+    with open(metrics_path if ctx.is_main else os.devnull, mode, encoding="utf-8") as metrics_file:
 
         def on_iteration(m: dict[str, Any]) -> None:
             metrics_file.write(json.dumps(m) + "\n")
             metrics_file.flush()
             bar.update(1)
-            bar.set_postfix(reward=f"{m['reward']:.3f}", quality=f"{m['quality']:.3f}",
-                            kl=f"{m['approx_kl']:.4f}", ev=f"{m['explained_variance']:.2f}")
+            bar.set_postfix(reward=f"{m['reward']:.3f}", kl=f"{m['approx_kl']:.4f}",
+                            ev=f"{m['explained_variance']:.2f}")
+            if cfg.save_every and trainer.iteration % cfg.save_every == 0:
+                save_trainer_state(state_path, trainer.state_dict(), config_dict)
 
-        history = trainer.train(on_iteration)
+        trainer.train(on_iteration)
     bar.close()
+    save_trainer_state(state_path, trainer.state_dict(), config_dict)
+    if not ctx.is_main:
+        return None
+    history = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line]
     plot_reward_curve(history, out_dir / "reward_curve.png")
     meta = checkpoint_meta(cfg, splits, env, eval_metrics={})
     policy = Policy(out_dir, meta, trainer.actor.eval(), trainer.critic.eval())

@@ -15,11 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from env.base import MultiAgentEnv
+from env.base import MultiAgentEnv, MultiAgentStep
 from training.buffer import RolloutBuffer
 from training.config import TrainConfig
+from training.distributed import all_reduce_mean, is_distributed
 from training.networks import Actor, Critic
 from training.ppo import ppo_loss
+from training.value_norm import ValueNorm
 
 
 def seed_everything(seed: int) -> None:
@@ -41,13 +43,17 @@ class MAPPOTrainer:
     """Trains a router policy on a :class:`~env.prompt_env.PromptEnv` or any :class:`~env.base.MultiAgentEnv`.
 
     Args:
-        config: the whole :class:`~training.config.TrainConfig` (``network`` and ``ppo`` are used).
-        env: the environment; its device is the training device.
+        config: the whole :class:`~training.config.TrainConfig` (``seed``, ``network`` and ``ppo``
+            are used).
+        env: the environment; its device is the training device. Under ``torchrun`` each rank
+            passes its own share of the worlds; gradients are averaged by DDP.
 
     Attributes:
-        actor, critic: the networks being trained.
-        optimizer: Adam over both (eps 1e-5, as in CleanRL).
-        history: one dict of metrics per iteration.
+        actor, critic: the networks being trained (unwrapped, also under DDP).
+        value_norm: :class:`~training.value_norm.ValueNorm` of the value targets.
+        optimizer: Adam over both networks (eps 1e-5, as in CleanRL).
+        iteration: iterations done; ``num_iterations`` in all (``total_steps // rollout_len``).
+        history: one dict of metrics per iteration run by this object.
     """
 
     def __init__(self, config: TrainConfig, env: MultiAgentEnv) -> None:
@@ -57,6 +63,16 @@ class MAPPOTrainer:
         N, D, K = env.num_routers, env.obs_dim, env.num_actions
         self.actor = Actor(D, N, K, net.share_params, net.hidden).to(self.device)
         self.critic = Critic(D, env.state_dim, N, net.centralised_critic, net.share_params, net.hidden).to(self.device)
+        self.value_norm = ValueNorm(ppo.norm_value).to(self.device)
+        self._actor_train: torch.nn.Module = self.actor
+        self._critic_train: torch.nn.Module = self.critic
+        if is_distributed():
+            # DDP broadcasts rank 0's parameters here, then averages gradients in backward().
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device] if self.device.type == "cuda" else None
+            self._actor_train = DDP(self.actor, device_ids=ids)
+            self._critic_train = DDP(self.critic, device_ids=ids)
         self.optimizer = torch.optim.Adam(
             [*self.actor.parameters(), *self.critic.parameters()], lr=ppo.lr, eps=1e-5
         )
@@ -69,10 +85,31 @@ class MAPPOTrainer:
         self._episode_return = torch.zeros(env.num_worlds, device=self.device)
         self.history: list[dict[str, Any]] = []
 
+    # ------------------------------------------------------------- schedules
+    def _progress(self) -> float:
+        """Fraction of the iterations done, in [0, 1)."""
+        return self.iteration / self.num_iterations
+
+    def current_lr(self) -> float:
+        """``lr``, annealed linearly to 0 over the run when ``ppo.anneal_lr``."""
+        ppo = self.config.ppo
+        return ppo.lr * (1.0 - self._progress()) if ppo.anneal_lr else ppo.lr
+
+    def current_ent_coef(self) -> float:
+        """``ent_coef``, annealed linearly to ``ent_coef_end`` over the run when that is set."""
+        ppo = self.config.ppo
+        if ppo.ent_coef_end is None:
+            return ppo.ent_coef
+        return ppo.ent_coef + (ppo.ent_coef_end - ppo.ent_coef) * self._progress()
+
+    # ------------------------------------------------------------ collection
     @torch.no_grad()
     def collect(self) -> dict[str, float]:
-        """Fill the buffer with ``rollout_len`` steps of every world (no host sync per step)."""
-        buf, env = self.buffer, self.env
+        """Fill the buffer with ``rollout_len`` steps of every world (no host sync per step).
+
+        Values are stored de-normalised (on the returns' scale), so GAE sees real rewards.
+        """
+        buf, env, vn = self.buffer, self.env, self.value_norm
         finished_sum = torch.zeros((), device=self.device)
         finished_n = torch.zeros((), device=self.device)
         info_sum: dict[str, torch.Tensor] = {}
@@ -80,9 +117,9 @@ class MAPPOTrainer:
         for t in range(buf.T):
             dist = self.actor.distribution(cur.obs, cur.action_mask)
             action = dist.sample()
-            value = self.critic(cur.obs, cur.state)
+            value = vn.denormalize(self.critic(cur.obs, cur.state))
             nxt = env.step(action)
-            next_value = self.critic(nxt.final_obs, nxt.final_state)
+            next_value = vn.denormalize(self.critic(nxt.final_obs, nxt.final_state))
             buf.add(t, obs=cur.obs, state=cur.state, action_mask=cur.action_mask, action=action,
                     log_prob=dist.log_prob(action), reward=nxt.reward, value=value, next_value=next_value,
                     terminated=nxt.terminated, truncated=nxt.truncated)
@@ -102,48 +139,66 @@ class MAPPOTrainer:
             "reward": buf.reward.mean().item(),
         } | {k: v.item() / buf.T for k, v in info_sum.items()}
 
+    # ---------------------------------------------------------------- update
     def update(self) -> dict[str, float]:
-        """GAE, then ``update_epochs`` passes of ``num_minibatches`` clipped-PPO steps."""
-        ppo, buf = self.config.ppo, self.buffer
+        """GAE, then ``update_epochs`` passes of ``num_minibatches`` clipped-PPO steps.
+
+        With ``ppo.target_kl`` set, the update stops before the first minibatch whose approx_kl
+        (averaged over ranks) exceeds ``1.5 * target_kl``, as in Stable-Baselines3's PPO.
+        """
+        ppo, buf, vn = self.config.ppo, self.buffer, self.value_norm
         buf.compute_advantages(ppo.gamma, ppo.gae_lambda)
+        vn.update(buf.returns)
         obs, state, mask = buf.flat("obs"), buf.flat("state"), buf.flat("action_mask")
         action, old_log_prob = buf.flat("action"), buf.flat("log_prob")
         advantage, returns, old_value = buf.flat("advantage"), buf.flat("returns"), buf.flat("value")
+        returns_n, old_value_n = vn.normalize(returns), vn.normalize(old_value)
+        ent_coef = self.current_ent_coef()
         stats: dict[str, list[torch.Tensor]] = {k: [] for k in
                                                 ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")}
         params = [*self.actor.parameters(), *self.critic.parameters()]
+        steps, stopped = 0, False
         for _ in range(ppo.update_epochs):
             for idx in buf.minibatch_indices(ppo.num_minibatches, self._gen):
-                dist = self.actor.distribution(obs[idx], mask[idx])
+                dist = torch.distributions.Categorical(logits=self._actor_train(obs[idx], mask[idx]))
                 new_log_prob = dist.log_prob(action[idx])
                 adv = advantage[idx]
                 if ppo.norm_adv and adv.numel() > 1:
                     adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                out = ppo_loss(new_log_prob, old_log_prob[idx], adv, self.critic(obs[idx], state[idx]),
-                               old_value[idx], returns[idx], dist.entropy(), ppo.clip_coef, ppo.ent_coef,
+                out = ppo_loss(new_log_prob, old_log_prob[idx], adv, self._critic_train(obs[idx], state[idx]),
+                               old_value_n[idx], returns_n[idx], dist.entropy(), ppo.clip_coef, ent_coef,
                                ppo.vf_coef, ppo.clip_vloss)
+                for k in stats:
+                    stats[k].append(getattr(out, k).detach())
+                if ppo.target_kl is not None and all_reduce_mean(out.approx_kl) > 1.5 * ppo.target_kl:
+                    stopped = True
+                    break
                 self.optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, ppo.max_grad_norm)
                 self.optimizer.step()
-                for k in stats:
-                    stats[k].append(getattr(out, k).detach())
+                steps += 1
+            if stopped:
+                break
         result = {k: torch.stack(v).mean().item() for k, v in stats.items()}
         result["explained_variance"] = explained_variance(buf.value.flatten(), buf.returns.flatten())
+        result["ent_coef"] = ent_coef
+        result["grad_steps"] = steps
+        result["early_stop"] = float(stopped)
+        result["value_mean"], result["value_std"] = float(vn.mean), float(vn.std)
         return result
 
     def train(self, on_iteration: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-        """Run the remaining iterations; returns the metrics history.
+        """Run the remaining iterations (all of them, or those after a resume); returns the metrics.
 
-        ``on_iteration`` is called with each iteration's metrics (progress bars, files).
+        ``on_iteration`` is called with each iteration's metrics (progress bars, files, saving).
         """
         ppo = self.config.ppo
         agent_steps_per_iter = ppo.rollout_len * self.env.num_worlds * self.env.num_routers
         while self.iteration < self.num_iterations:
-            if ppo.anneal_lr:
-                frac = 1.0 - self.iteration / self.num_iterations
-                for group in self.optimizer.param_groups:
-                    group["lr"] = frac * ppo.lr
+            lr = self.current_lr()
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
             start = time.perf_counter()
             metrics = self.collect()
             collect_s = time.perf_counter() - start
@@ -154,7 +209,7 @@ class MAPPOTrainer:
                 "iteration": self.iteration,
                 "env_steps": self.env_steps,
                 "agent_steps": self.iteration * agent_steps_per_iter,
-                "lr": self.optimizer.param_groups[0]["lr"],
+                "lr": lr,
                 "collect_agent_steps_per_s": agent_steps_per_iter / max(collect_s, 1e-9),
                 "iteration_s": elapsed,
             }
@@ -162,3 +217,50 @@ class MAPPOTrainer:
             if on_iteration is not None:
                 on_iteration(metrics)
         return self.history
+
+    # ---------------------------------------------------------------- resume
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run exactly: networks, optimizer, value normaliser,
+        counters, RNG states (global torch, the minibatch generator, CUDA), the env's state (when
+        it has ``state_dict``) and the obs the next rollout starts from."""
+        state: dict[str, Any] = {
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "value_norm": self.value_norm.state_dict(),
+            "iteration": self.iteration,
+            "env_steps": self.env_steps,
+            "episode_return": self._episode_return.clone(),
+            "minibatch_rng": self._gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "next": {"obs": self._next.obs, "state": self._next.state, "action_mask": self._next.action_mask},
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        if hasattr(self.env, "state_dict"):
+            state["env"] = self.env.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output; the next :meth:`train` continues where it stopped.
+
+        Raises:
+            KeyError, RuntimeError: a state of another shape or layout (wrong network or env).
+        """
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.value_norm.load_state_dict(state["value_norm"])
+        self.iteration, self.env_steps = int(state["iteration"]), int(state["env_steps"])
+        self._episode_return = state["episode_return"].to(self.device)
+        self._gen.set_state(state["minibatch_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        if "env" in state and hasattr(self.env, "load_state_dict"):
+            self.env.load_state_dict(state["env"])
+        nxt = {k: v.to(self.device) for k, v in state["next"].items()}
+        zeros = torch.zeros(self.env.num_worlds, self.env.num_routers, device=self.device)
+        never = torch.zeros(self.env.num_worlds, dtype=torch.bool, device=self.device)
+        self._next = MultiAgentStep(nxt["obs"], nxt["state"], nxt["action_mask"], zeros, never, never,
+                                    nxt["obs"], nxt["state"])

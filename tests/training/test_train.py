@@ -48,3 +48,21 @@ def test_cli_train_then_eval_json(small_config, tmp_path):
     assert result["oracle"]["quality"] >= result["best_single"]["quality"] >= result["random"]["quality"]
     table = _cli("eval", "--checkpoint", str(small_config.checkpoint_dir))
     assert table.returncode == 0 and "best_single" in table.stdout and "oracle" in table.stdout
+
+
+def test_cli_resume_continues_a_run(small_config, tmp_path):
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(json.dumps(small_config.model_dump(mode="json")))
+    first = _cli("train", "--config", str(cfg_path), "-s", "ppo.total_steps=96", "-s", "save_every=2", "--quiet")
+    assert first.returncode == 0, first.stderr
+    out = small_config.out_dir
+    assert (out / "trainer_state.pt").is_file()
+    more = _cli("train", "--resume", str(out), "-s", "ppo.total_steps=160", "--quiet")
+    assert more.returncode == 0, more.stderr
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["iteration"] for m in lines] == list(range(1, 11))
+    assert len(list(small_config.checkpoint_dir.iterdir())) == 2
+    missing = _cli("train", "--resume", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2
+    assert missing.stderr.strip().startswith("error:") and "no trainer state" in missing.stderr
+    assert "Traceback" not in missing.stderr
