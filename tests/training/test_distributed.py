@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from training.trainer import MAPPOTrainer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_trainer_options import config, game  # noqa: E402
+from test_trainer_options import config, game
 
 WORLDS = 16
 FIELDS = ("obs", "state", "action_mask", "action", "log_prob", "reward", "value", "next_value",
