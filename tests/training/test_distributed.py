@@ -12,10 +12,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tests.training.test_trainer_options import config, game
 from training.trainer import MAPPOTrainer
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_trainer_options import config, game
 
 WORLDS = 16
 FIELDS = ("obs", "state", "action_mask", "action", "log_prob", "reward", "value", "next_value",
