@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from env.embedder import Embedder
 from env.errors import UserError
+from router.auth import warn_if_open
 from router.errors import install_error_handlers
 from router.experience import ExperienceStore, StoreUnavailable, open_store
 from router.schemas import (
@@ -266,6 +267,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except UserError as exc:
             failures.append(exc)
             raise
+        warn_if_open(settings.admin_token)
         try:
             await store.ping()
         except StoreUnavailable as exc:  # the server still starts; requests answer 503 meanwhile

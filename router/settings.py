@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="TCP port uvicorn listens on.")
     workers: int = Field(1, ge=1, le=256, description="uvicorn worker processes.")
     log_level: LogLevel = Field("info", description="uvicorn log level.")
+    admin_token: SecretStr | None = Field(
+        None,
+        description="Bearer token of the /admin endpoints; unset: they are open (a warning at start-up).",
+    )
     retry_after_s: int = Field(
         1,
         ge=0,
