@@ -18,6 +18,12 @@ expected wait. With ``team`` sharing every router gets the mean of its world's `
 Episodes are truncated after ``T`` steps (never terminated: routing has no terminal state) and
 auto-reset: the queues are cleared and the obs returned is the first of the next episode, while
 ``final_obs``/``final_state`` hold the true next obs for bootstrapping the truncated step.
+
+Performance (everything stays on the env's device; no host sync and no Python loop over worlds or
+routers per step): an obs is one ``index_select`` of a ``[P, D]`` table whose load (and agent id)
+columns are then written in place, ``state`` is a view of it, and quality and cost are read with
+one flat index. Every world's clock advances together, so the host knows which steps truncate:
+on the others ``obs is final_obs`` (the same tensor, built once).
 """
 
 from __future__ import annotations
@@ -43,7 +49,9 @@ class EnvStep:
         reward: ``[B, N]`` float32 (zeros after reset).
         terminated: ``[B]`` bool, a terminal state was reached (never, in PromptEnv).
         truncated: ``[B]`` bool, the episode hit its time limit ``T``.
-        final_obs: ``[B, N, D]`` float32, the next obs before auto-reset (== obs where not done).
+        final_obs: ``[B, N, D]`` float32, the next obs before auto-reset (== obs where not done; on
+            a step where no world is done it is the very tensor ``obs``, which callers may use to
+            skip recomputing anything on it).
         final_state: ``[B, S]`` float32, likewise for the state.
         quality: ``[B, N]`` float32, outcome quality of each routed prompt.
         cost_usd: ``[B, N]`` float32, USD cost of each routed prompt.
@@ -104,13 +112,13 @@ class PromptEnv:
         self.validate_actions = validate_actions
         self.config = config or EnvConfig()
         self.device = torch.device(device)
-        self.embeddings = torch.as_tensor(embeddings, dtype=torch.float32, device=self.device)
+        embeddings = torch.as_tensor(embeddings, dtype=torch.float32, device=self.device)
         self.quality = torch.as_tensor(quality, dtype=torch.float32, device=self.device)
         self.cost_usd = torch.as_tensor(cost_usd, dtype=torch.float32, device=self.device)
-        if self.embeddings.ndim != 2 or self.quality.ndim != 2 or self.quality.shape != self.cost_usd.shape:
+        if embeddings.ndim != 2 or self.quality.ndim != 2 or self.quality.shape != self.cost_usd.shape:
             raise ValueError("expected embeddings [P, E], quality [P, K] and cost_usd [P, K]")
-        if self.embeddings.shape[0] != self.quality.shape[0]:
-            raise ValueError(f"{self.embeddings.shape[0]} embeddings for {self.quality.shape[0]} prompts")
+        if embeddings.shape[0] != self.quality.shape[0]:
+            raise ValueError(f"{embeddings.shape[0]} embeddings for {self.quality.shape[0]} prompts")
         if len(capacity) != self.quality.shape[1]:
             raise ValueError(f"{len(capacity)} capacities for {self.quality.shape[1]} agents")
         self.capacity = torch.tensor(
@@ -118,17 +126,48 @@ class PromptEnv:
         )
         cfg = self.config
         self.num_worlds, self.num_routers, self.episode_len = cfg.num_worlds, cfg.num_routers, cfg.episode_len
-        self.num_prompts, self.embed_dim = self.embeddings.shape
+        self.num_prompts, self.embed_dim = embeddings.shape
         self.num_agents = self.quality.shape[1]
         self.obs_dim = self.embed_dim + self.num_agents + (self.num_routers if cfg.include_agent_id else 0)
         self.state_dim = self.num_routers * self.obs_dim
         self._gen = torch.Generator(device=self.device).manual_seed(seed)
         B, N, K = self.num_worlds, self.num_routers, self.num_agents
+        # [P, D] float32: each prompt's obs at zero load (embedding, then K + (N) zero columns);
+        # ``embeddings`` [P, E] is a view of its first E columns
+        self._obs_table = torch.zeros(self.num_prompts, self.obs_dim, device=self.device)
+        self._obs_table[:, : self.embed_dim] = embeddings
+        self.embeddings = self._obs_table[:, : self.embed_dim]
         self._agent_id = torch.eye(N, device=self.device).expand(B, N, N)
+        # all agents unbounded (the shipped data): queues and loads stay 0, nothing to track
+        self._unbounded = bool(torch.isinf(self.capacity).all())
+        self._ones = torch.ones(B, N, device=self.device)
         self.queue = torch.zeros(B, K, device=self.device)
         self.t = torch.zeros(B, dtype=torch.long, device=self.device)
         self.prompt_idx = torch.zeros(B, N, dtype=torch.long, device=self.device)
         self.agent_up = torch.ones(B, K, dtype=torch.bool, device=self.device)
+
+    @property
+    def t(self) -> torch.Tensor:
+        """``[B]`` int64, steps taken in each world's current episode."""
+        return self._t
+
+    @t.setter
+    def t(self, value: torch.Tensor) -> None:
+        self._t = value
+        # the host no longer knows the clock: the next step reads it back once (see _host_clock)
+        self._host_t: int | None = None
+
+    def _host_clock(self) -> int:
+        """The step count shared by every world, or -1 when the worlds' clocks differ.
+
+        ``reset`` and ``step`` keep it on the host for free; after ``t`` was assigned from outside
+        (a test, a restored state) it is read back from the device once.
+        """
+        if self._host_t is None:
+            lo, hi = torch.aminmax(self._t)
+            lo, hi = int(lo), int(hi)
+            self._host_t = lo if lo == hi else -1
+        return self._host_t
 
     @property
     def num_actions(self) -> int:
@@ -167,13 +206,18 @@ class PromptEnv:
         """``[B, K]`` float32, normalised load ``min(queue / capacity, load_clip)`` (0 if unbounded)."""
         return (self.queue / self.capacity).clamp(max=self.config.load_clip)
 
-    def _observe(self) -> tuple[torch.Tensor, torch.Tensor]:
-        B, N = self.num_worlds, self.num_routers
-        parts = [self.embeddings[self.prompt_idx], self.load().unsqueeze(1).expand(B, N, self.num_agents)]
+    def _observe(self, load: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(obs [B, N, D], state [B, S])`` of the current prompts; ``state`` is a view of ``obs``.
+
+        ``load`` ``[B, K]`` is written into every router's load columns; None means all zero.
+        """
+        B, N, E, K = self.num_worlds, self.num_routers, self.embed_dim, self.num_agents
+        obs = self._obs_table.index_select(0, self.prompt_idx.reshape(-1)).view(B, N, self.obs_dim)
+        if load is not None:
+            obs[:, :, E : E + K] = load.unsqueeze(1)
         if self.config.include_agent_id:
-            parts.append(self._agent_id)
-        obs = torch.cat(parts, dim=-1)
-        return obs, obs.reshape(B, self.state_dim)
+            obs[:, :, E + K :] = self._agent_id
+        return obs, obs.view(B, self.state_dim)
 
     def _mask(self) -> torch.Tensor:
         return self.agent_up.unsqueeze(1).expand(self.num_worlds, self.num_routers, self.num_agents)
@@ -187,7 +231,7 @@ class PromptEnv:
         """Clear queues, clocks and agent outages of the worlds where ``which`` ([B] bool) is set."""
         keep = (~which).unsqueeze(-1)
         self.queue = self.queue * keep
-        self.t = self.t * (~which)
+        self._t = self._t * (~which)
         p = self.config.agent_down_prob
         if p > 0:
             down = torch.rand(self.agent_up.shape, generator=self._gen, device=self.device) < p
@@ -202,8 +246,9 @@ class PromptEnv:
             self._gen.manual_seed(seed)
         all_worlds = torch.ones(self.num_worlds, dtype=torch.bool, device=self.device)
         self._reset_worlds(all_worlds)
+        self._host_t = 0
         self._sample_prompts()
-        obs, state = self._observe()
+        obs, state = self._observe(None)  # the queues were just cleared
         zeros = torch.zeros(self.num_worlds, self.num_routers, device=self.device)
         done = ~all_worlds
         return EnvStep(obs, state, self._mask(), zeros, done, done, obs, state, zeros, zeros, zeros)
@@ -227,22 +272,48 @@ class PromptEnv:
             if not self._mask().gather(-1, action.unsqueeze(-1)).all():
                 raise ValueError("an action chose an agent that is masked (down)")
         cfg = self.config
-        arrivals = torch.zeros(B, K, device=self.device).scatter_add_(1, action, torch.ones(B, N, device=self.device))
-        self.queue = (self.queue + arrivals - self.capacity).clamp(min=0.0)
-        load = self.load()
-        quality = self.quality[self.prompt_idx, action]
-        cost = self.cost_usd[self.prompt_idx, action]
-        congestion = load.gather(1, action)
-        reward = quality - cfg.cost_weight * cost - cfg.congestion_weight * congestion
+        clock = self._host_clock()
+        load: torch.Tensor | None
+        if self._unbounded:
+            # queue + arrivals - inf clamps to 0: no queue, no load, no congestion
+            self.queue = torch.zeros_like(self.queue)
+            load = None
+            congestion = torch.zeros(B, N, device=self.device)
+        else:
+            arrivals = torch.zeros(B, K, device=self.device).scatter_add_(1, action, self._ones)
+            self.queue = (self.queue + arrivals - self.capacity).clamp(min=0.0)
+            load = self.load()
+            congestion = load.gather(1, action)
+        flat = self.prompt_idx * K + action  # [B, N] index into the flattened [P, K] tables
+        quality = self.quality.take(flat)
+        cost = self.cost_usd.take(flat)
+        # quality - cost_weight * cost - congestion_weight * congestion; a zero-weight term adds
+        # exactly 0, so it is skipped
+        reward = quality.clone()
+        if cfg.cost_weight:
+            reward = reward - cfg.cost_weight * cost
+        if cfg.congestion_weight:
+            reward = reward - cfg.congestion_weight * congestion
         if cfg.reward_sharing == "team":
             reward = reward.mean(dim=1, keepdim=True).expand(B, N)
-        self.t = self.t + 1
-        truncated = self.t >= self.episode_len
+        self._t = self._t + 1
+        truncated = self._t >= self.episode_len
         terminated = torch.zeros_like(truncated)
         self._sample_prompts()
-        final_obs, final_state = self._observe()
-        self._reset_worlds(truncated)
-        obs, state = self._observe()
+        final_obs, final_state = self._observe(load)
+        if clock >= 0 and clock + 1 < self.episode_len:
+            # no world is truncated: nothing to reset, the next obs is the final obs
+            self._host_t = clock + 1
+            if cfg.agent_down_prob > 0:
+                self._reset_worlds(truncated)  # draws the outages as always (same random stream)
+            obs, state = final_obs, final_state
+        else:
+            self._reset_worlds(truncated)
+            if clock >= 0:  # every world was truncated and reset together
+                self._host_t = 0
+                obs, state = self._observe(None)
+            else:
+                obs, state = self._observe(None if self._unbounded else self.load())
         return EnvStep(obs, state, self._mask(), reward, terminated, truncated, final_obs, final_state,
                        quality, cost, congestion)
 

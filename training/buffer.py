@@ -53,13 +53,13 @@ class RolloutBuffer:
             getattr(self, name)[t].copy_(value)
 
     def compute_advantages(self, gamma: float, gae_lambda: float) -> None:
-        """Fill ``advantage`` and ``returns`` with GAE over the whole buffer."""
+        """Fill ``advantage`` and ``returns`` with GAE over the whole buffer, in place (no allocation
+        but GAE's ``[T, B, N]`` discount mask and ``[B, N]`` carry)."""
         shape = self.value.shape
         done = (self.terminated | self.truncated).unsqueeze(-1).expand(shape)
         terminated = self.terminated.unsqueeze(-1).expand(shape)
-        self.advantage, self.returns = generalized_advantage_estimate(
-            self.reward, self.value, self.next_value, done, terminated, gamma, gae_lambda
-        )
+        generalized_advantage_estimate(self.reward, self.value, self.next_value, done, terminated, gamma,
+                                       gae_lambda, out=(self.advantage, self.returns))
 
     def minibatch_indices(self, num_minibatches: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
         """Shuffled indices into the flattened ``T * B`` samples (a sample keeps its N routers)."""

@@ -64,6 +64,7 @@ def ppo_loss(
     entropy_mean = entropy.mean()
     loss = policy_loss + vf_coef * value_loss - ent_coef * entropy_mean
     with torch.no_grad():
-        approx_kl = ((ratio - 1) - log_ratio).mean()
-        clipfrac = ((ratio - 1).abs() > clip_coef).float().mean()
+        ratio_m1 = ratio - 1
+        approx_kl = (ratio_m1 - log_ratio).mean()
+        clipfrac = (ratio_m1.abs() > clip_coef).float().mean()
     return PPOLoss(loss, policy_loss, value_loss, entropy_mean, approx_kl, clipfrac)
