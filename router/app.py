@@ -20,14 +20,21 @@ import anyio
 import torch
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, status
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from env.embedder import Embedder
 from env.errors import UserError
+from router.admin_agents import router as admin_agents_router
+from router.admin_policy import router as admin_router
 from router.auth import warn_if_open
+from router.batcher import EmbedBatcher
 from router.errors import install_error_handlers
 from router.experience import ExperienceStore, StoreUnavailable, open_store
+from router.limits import BodySizeLimitMiddleware
+from router.load import LoadTracker, get_load_tracker, live_agent_infos, open_load_tracker
+from router.logging import configure_logging
+from router.metrics import ObservabilityMiddleware, RouterMetrics, annotate, metrics_api, note_decision
+from router.registry import hot_swap
 from router.schemas import (
     AgentInfo,
     ErrorResponse,
@@ -54,21 +61,32 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 # --- dependencies -------------------------------------------------------------------------
+# They are ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop
+# per dependency per request.
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The app's :class:`Settings`."""
     return request.app.state.settings
 
 
-def get_service(request: Request) -> RoutingService:
-    """The :class:`RoutingService` of the served policy."""
+async def get_service(request: Request) -> RoutingService:
+    """The :class:`RoutingService` of the served policy (hot-swapped by ``app.state.registry``).
+
+    A handler gets it once, when the request starts, and uses that one reference to the end, so a
+    request in flight during a swap finishes on the policy it started with.
+    """
     return request.app.state.service
 
 
-def get_store(request: Request) -> ExperienceStore:
+async def get_store(request: Request) -> ExperienceStore:
     """The open :class:`ExperienceStore`."""
     return request.app.state.store
+
+
+async def get_batcher(request: Request) -> EmbedBatcher:
+    """The app's micro-batching embedder (with its LRU cache)."""
+    return request.app.state.batcher
 
 
 # --- endpoints ----------------------------------------------------------------------------
@@ -79,14 +97,20 @@ api = APIRouter()
 @api.post(
     "/v1/route",
     response_model=RouteResponse,
-    responses=_ERRORS,
+    responses={
+        **_ERRORS,
+        409: {"model": ErrorResponse, "description": "Every allowed agent is marked down (POST /admin/agents/...)."},
+    },
     summary="Choose the agent for a prompt",
 )
 async def route(
     body: RouteRequest,
+    request: Request,
     settings: Settings = Depends(get_settings),
     service: RoutingService = Depends(get_service),
     store: ExperienceStore = Depends(get_store),
+    batcher: EmbedBatcher = Depends(get_batcher),
+    load: LoadTracker = Depends(get_load_tracker),
 ) -> RouteResponse:
     """Embed the prompt, run the policy (masked to ``candidates``), persist the decision context,
     and return the chosen agent with the full distribution."""
@@ -95,8 +119,16 @@ async def route(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             f"prompt has {len(body.prompt)} characters; the limit is {settings.max_prompt_chars}",
         )
-    decision = await run_in_threadpool(service.route, body.prompt, body.candidates, body.explore)
-    await store.put_decision(service.decision_context(decision, body.prompt, body.session_id))
+    service.action_mask(body.candidates)  # bad candidates: 422 before any encoding
+    embedding = await batcher.embed(service.embedder, body.prompt)  # micro-batched, LRU-cached
+    live = await load.snapshot(service.agents)  # in-flight requests and agents down (router.load)
+    decision = service.route(body.prompt, body.candidates, body.explore, embedding=embedding,
+                             in_flight=live.in_flight, down=live.down)
+    note_decision(request, decision.decision_id, decision.agent, service.version)
+    await store.put_decision(
+        service.decision_context(decision, body.prompt, body.session_id, store_prompt=settings.store_prompts)
+    )
+    await load.take(decision.agent, decision.decision_id)
     return RouteResponse(
         decision_id=decision.decision_id,
         agent=decision.agent,
@@ -119,20 +151,29 @@ async def route(
     summary="Report how the chosen agent did",
 )
 async def feedback(
-    body: FeedbackRequest, store: ExperienceStore = Depends(get_store)
+    body: FeedbackRequest,
+    request: Request,
+    store: ExperienceStore = Depends(get_store),
+    load: LoadTracker = Depends(get_load_tracker),
 ) -> FeedbackResponse:
     """Append the experience record (decision context + feedback); 202 only once it is durable."""
-    await store.record_feedback(
+    annotate(request, decision_id=body.decision_id)
+    record = await store.record_feedback(
         body.decision_id,
         {"quality": body.quality, "cost_usd": body.cost_usd, "latency_ms": body.latency_ms},
     )
+    if isinstance(record.get("agent"), str):
+        await load.release(record["agent"], body.decision_id)
     return FeedbackResponse(status="accepted", decision_id=body.decision_id)
 
 
 @api.get("/v1/agents", response_model=list[AgentInfo], summary="The agents, in action order")
-async def agents(service: RoutingService = Depends(get_service)) -> list[AgentInfo]:
-    """Every agent of the served policy with its description, price and capacity when known."""
-    return agent_infos(service.policy)
+async def agents(
+    service: RoutingService = Depends(get_service), load: LoadTracker = Depends(get_load_tracker)
+) -> list[AgentInfo]:
+    """Every agent of the served policy with its description, price and capacity when known, and
+    its live state: requests in flight, the load the policy sees, and whether it is marked down."""
+    return live_agent_infos(agent_infos(service.policy), service, await load.snapshot(service.agents))
 
 
 @api.get("/healthz", response_model=HealthResponse, summary="Liveness")
@@ -209,7 +250,8 @@ def _start_policy(settings: Settings) -> RoutingService:
     _quiet_model_loading()
     policy = load_checkpoint(settings.checkpoint)
     embedder = Embedder(
-        model=policy.embedding_model, cache_dir=settings.embed_cache_dir, device=settings.device
+        model=policy.embedding_model, cache_dir=settings.embed_cache_dir, device=settings.device,
+        batch_size=settings.encode_batch, progress=False,
     )
     service = RoutingService(policy, embedder)
     service.warm_up()
@@ -235,8 +277,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     Returns:
         The FastAPI app. While it runs, ``app.state`` holds ``settings``, ``policy``,
-        ``embedder``, ``service`` (:class:`RoutingService`) and ``store``
-        (:class:`ExperienceStore`).
+        ``embedder``, ``service`` (:class:`RoutingService`), ``store``
+        (:class:`ExperienceStore`), ``batcher`` (:class:`~router.batcher.EmbedBatcher`) and
+        ``metrics`` (:class:`~router.metrics.RouterMetrics`, from creation on).
 
     Raises (at startup, from the lifespan):
         UserError: invalid settings; :class:`~training.checkpoint.CheckpointError` for a missing,
@@ -257,6 +300,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if settings_error is not None:
                 raise settings_error
             assert settings is not None
+            configure_logging(settings.log_level, settings.log_format)
             service = await anyio.to_thread.run_sync(_start_policy, settings)
             try:
                 store = await open_store(settings)
@@ -272,14 +316,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await store.ping()
         except StoreUnavailable as exc:  # the server still starts; requests answer 503 meanwhile
             logger.warning("experience store not reachable yet: %s", exc)
+        if settings.max_body_bytes < 6 * settings.max_prompt_chars + 4096:
+            logger.warning("ROUTER_MAX_BODY_BYTES=%d may refuse (413) prompts under ROUTER_MAX_PROMPT_CHARS=%d "
+                           "when their characters are JSON-escaped (6 bytes each)",
+                           settings.max_body_bytes, settings.max_prompt_chars)
+        metrics: RouterMetrics = app.state.metrics
+        app.state.batcher = EmbedBatcher(
+            window_ms=settings.batch_window_ms, max_batch=settings.max_batch, lru_size=settings.lru_size,
+            on_batch=metrics.observe_batch, on_lookup=metrics.observe_lookup,
+        )
         app.state.settings = settings
         app.state.policy = service.policy
         app.state.embedder = service.embedder
         app.state.service = service
         app.state.store = store
+        app.state.load = open_load_tracker(settings.redis_url, settings.redis_prefix, settings.inflight_ttl_s)
         try:
-            yield
+            async with hot_swap(app.state, settings, service):
+                yield
         finally:
+            await app.state.batcher.aclose()
+            await app.state.load.close()
             await store.close()
             if service.embedder.cache is not None:
                 service.embedder.cache.close()
@@ -290,7 +347,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
+    app.state.metrics = RouterMetrics()
+    app.state.metrics.bind(app)
+    body_limit = settings.max_body_bytes if settings is not None else Settings.model_fields["max_body_bytes"].default
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=body_limit)
+    app.add_middleware(ObservabilityMiddleware, owner=app)
     app.add_middleware(_OneLineStartupErrors, failures=failures)
     install_error_handlers(app)
     app.include_router(api)
+    app.include_router(metrics_api)
+    app.include_router(admin_router)
+    app.include_router(admin_agents_router)
     return app

@@ -8,6 +8,7 @@ other request validation errors    422     also ``errors``: ``[{loc, msg, type}]
 ``UserError`` (bad candidates...)  422
 ``UnknownDecision``                404
 ``DuplicateFeedback``              409
+``NoAgentAvailable``               409     every allowed agent is marked down
 ``StoreUnavailable``               503     ``Retry-After: <settings.retry_after_s>``
 anything else                      500     logged with its traceback
 =================================  ======  =============================================
@@ -26,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from env.errors import UserError
 from router.experience.base import DuplicateFeedback, StoreUnavailable, UnknownDecision
+from router.load import NoAgentAvailable
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +96,10 @@ async def _duplicate_feedback(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=409)
 
 
+async def _no_agent_available(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=409)
+
+
 async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
     settings = getattr(request.app.state, "settings", None)
     retry_after = settings.retry_after_s if settings is not None else 1
@@ -116,5 +122,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(UserError, _user_error)
     app.add_exception_handler(UnknownDecision, _unknown_decision)
     app.add_exception_handler(DuplicateFeedback, _duplicate_feedback)
+    app.add_exception_handler(NoAgentAvailable, _no_agent_available)
     app.add_exception_handler(StoreUnavailable, _store_unavailable)
     app.add_exception_handler(Exception, _internal_error)

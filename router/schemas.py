@@ -115,6 +115,15 @@ class AgentInfo(BaseModel):
         None, description="Flat USD per call, if priced per call."
     )
     capacity: int | None = Field(None, description="Requests served per env step; null: unbounded.")
+    in_flight: int = Field(
+        0, description="Requests routed to the agent and not yet released by feedback or by "
+        "ROUTER_INFLIGHT_TTL_S (all replicas with Redis; this process without)."
+    )
+    load: float = Field(
+        0.0, description="Normalised load fed into the policy's observation: "
+        "min(max(0, in_flight - capacity) / capacity, load_clip); 0 when unbounded."
+    )
+    down: bool = Field(False, description="Marked down by an admin: no decision picks it.")
 
 
 class HealthResponse(BaseModel):
@@ -128,3 +137,37 @@ class ErrorResponse(BaseModel):
     """Body of every error response."""
 
     detail: str = Field(description="What went wrong, in one readable sentence.")
+
+
+class PolicyReloadRequest(BaseModel):
+    """Body of ``POST /admin/policy/reload`` (the body may also be left out)."""
+
+    model_config = _REQUEST
+
+    checkpoint: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description="A version name (a directory of ROUTER_CHECKPOINT's checkpoint root) or a path "
+        "(a version directory, or a directory of versions: its newest); omitted or null: the newest "
+        "version under ROUTER_CHECKPOINT.",
+    )
+
+
+class PolicyInfo(BaseModel):
+    """Body of ``GET /admin/policy`` and of a successful reload or rollback."""
+
+    version: str = Field(description="Version of the policy this replica serves.")
+    path: str = Field(description="Its version directory on this replica.")
+    created_at: str | None = Field(None, description="When the checkpoint was written (ISO 8601).")
+    loaded_at: str = Field(description="When this replica started serving it (ISO 8601, UTC).")
+    agents: list[str] = Field(description="Agent names in action order.")
+    embedding_model: str = Field(description="Embedding model the policy was trained on.")
+    weights_sha256: str | None = Field(None, description="SHA-256 of the weights file.")
+    previous_version: str | None = Field(
+        None, description="The version served before it here (the rollback target); null: none."
+    )
+    follows_redis: bool = Field(
+        description="Whether this replica publishes and follows the version in Redis "
+        "(<prefix>:policy:current); false: it swaps alone."
+    )

@@ -10,7 +10,7 @@ import hashlib
 import math
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch
 from env.embedder import Embedder
 from env.errors import UserError
 from router.experience.base import utc_now_iso
+from router.load import live_mask, normalised_load, policy_capacities
 from training.checkpoint import CheckpointError, Policy
 
 
@@ -95,6 +96,10 @@ class RoutingService:
         layout = policy.meta["obs_layout"]
         extra = layout["num_routers"] if layout["include_agent_id"] else 0
         self.embed_dim = int(layout["obs_dim"]) - len(self.agents) - int(extra)
+        #: capacity of each agent in requests per env step (None: unbounded), from the checkpoint
+        self.capacities = policy_capacities(policy.meta, self.agents)
+        #: clip of the normalised load, as in training (``EnvConfig.load_clip``, default 4.0)
+        self.load_clip = float(layout.get("load_clip", 4.0))
 
     @property
     def version(self) -> str:
@@ -115,6 +120,13 @@ class RoutingService:
                 f"{self.embedder.model_id} gives {width}"
             )
         self.route("warm-up")
+
+    def load_vector(self, in_flight: Mapping[str, int] | None) -> np.ndarray:
+        """``[K]`` float32 observation load from in-flight counts (see :mod:`router.load`)."""
+        if not in_flight:
+            return np.zeros(len(self.agents), dtype=np.float32)
+        counts = [int(in_flight.get(name, 0)) for name in self.agents]
+        return normalised_load(counts, self.capacities, self.load_clip)
 
     def action_mask(self, candidates: Sequence[str] | None) -> np.ndarray:
         """``[K]`` bool mask allowing exactly ``candidates`` (all agents when None).
@@ -145,23 +157,36 @@ class RoutingService:
         prompt: str,
         candidates: Sequence[str] | None = None,
         explore: bool = False,
+        in_flight: Mapping[str, int] | None = None,
+        down: Collection[str] = (),
+        embedding: np.ndarray | None = None,
     ) -> Decision:
         """Choose an agent for ``prompt``.
 
-        The observation is ``policy.build_obs(embedding [1, E], load [1, K])``. The load is all
-        zeros for now: live per-agent load (from Redis, as in training) comes in a later issue.
+        The observation is ``policy.build_obs(embedding [1, E], load [1, K])`` with the live load
+        of :meth:`load_vector`, as in training. The allowed agents are ``candidates`` minus those
+        ``down``; the choice is the most probable allowed agent under the masked policy (so when
+        the unmasked favourite is masked, the next most probable allowed agent).
 
         Args:
             prompt: the prompt text (not stored; validated by the caller).
             candidates: agent names allowed; None allows every agent.
             explore: sample from the distribution (True) or take its argmax (False).
+            in_flight: agent name -> requests in flight (missing agents: 0); None: no load.
+            down: names of agents marked down.
+            embedding: the prompt's ``[E]`` embedding if already computed (by the micro-batcher,
+                :mod:`router.batcher`); None: encode ``prompt`` here.
 
         Raises:
             CandidateError: bad ``candidates``.
+            NoAgentAvailable: every allowed agent is down.
         """
-        mask = self.action_mask(candidates)
-        embedding = self.embedder.encode([prompt])
-        load = np.zeros((1, len(self.agents)), dtype=np.float32)
+        mask = live_mask(self.agents, self.action_mask(candidates), down, candidates)
+        if embedding is None:
+            embedding = self.embedder.encode([prompt])
+        else:
+            embedding = np.array(embedding, dtype=np.float32, ndmin=2)  # a writable [1, E] copy
+        load = self.load_vector(in_flight)[None, :]
         obs = self.policy.build_obs(torch.from_numpy(embedding), torch.from_numpy(load))
         mask_t = None if mask.all() else torch.from_numpy(mask).view(1, 1, -1)
         probs = self.policy.probabilities(obs, mask_t)[0, 0].cpu().numpy().astype(np.float32)
@@ -188,16 +213,17 @@ class RoutingService:
         )
 
     def decision_context(
-        self, decision: Decision, prompt: str, session_id: str | None
+        self, decision: Decision, prompt: str, session_id: str | None, store_prompt: bool = False
     ) -> dict[str, Any]:
-        """The JSON-serialisable context persisted for ``decision`` (the prompt only as sha256).
+        """The JSON-serialisable context persisted for ``decision`` (the prompt as sha256, and its
+        text under ``prompt`` only with ``store_prompt``, i.e. ``ROUTER_STORE_PROMPTS=true``).
 
         Keys: ``decision_id``, ``policy_version``, ``created_at``, ``session_id``,
         ``prompt_sha256`` (hex), ``embedding`` (:func:`encode_embedding`), ``embedding_dtype``
         (``"float16"``), ``load`` (``[K]`` floats), ``action_mask`` (``[K]`` bools), ``action``
         (int), ``agent``, ``log_prob``, ``probabilities`` (``[K]`` floats), ``explore``.
         """
-        return {
+        context = {
             "decision_id": decision.decision_id,
             "policy_version": self.version,
             "created_at": decision.created_at,
@@ -213,3 +239,6 @@ class RoutingService:
             "probabilities": [float(x) for x in decision.probabilities],
             "explore": decision.explore,
         }
+        if store_prompt:
+            context["prompt"] = prompt
+        return context

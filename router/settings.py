@@ -53,6 +53,23 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(
         32000, ge=1, description="Longest prompt accepted, in characters."
     )
+    outbox_path: Path = Field(
+        Path("var/outbox.sqlite3"),
+        description="Durable local outbox (SQLite, fsynced) that keeps decisions and experience records "
+        "while Redis is unreachable; drained to Redis in order when it is back.",
+    )
+    store_prompts: bool = Field(
+        False,
+        description="Keep the prompt text in decision and experience records. Off: only its SHA-256 and "
+        "its embedding (float16) are stored.",
+    )
+    inflight_ttl_s: float = Field(
+        300.0,
+        gt=0,
+        le=86400 * 7,
+        description="Seconds after which a request routed to an agent stops counting as in flight when "
+        "no feedback released it (e.g. the client crashed).",
+    )
     embed_cache_dir: Path | None = Field(
         None, description="Directory of the on-disk embedding cache; unset: no cache."
     )
@@ -64,6 +81,35 @@ class Settings(BaseSettings):
         description="torch intra-op threads per server process. 1 suits serving: requests run "
         "concurrently in threads and processes, and more threads per forward pass collapse "
         "under CPU contention (hundreds of ms per prompt instead of ~15 ms).",
+    )
+    batch_window_ms: float = Field(
+        2.0,
+        ge=0.0,
+        le=1000.0,
+        description="Micro-batching: when an embedding batch ends with fewer than max_batch prompts waiting, "
+        "gather more until the oldest waiting one has waited this long. A prompt that arrives while "
+        "nothing is being encoded is encoded at once, so a lone request waits for nothing.",
+    )
+    max_batch: int = Field(64, ge=1, le=4096, description="Most prompts embedded in one encode call.")
+    encode_batch: int = Field(
+        8,
+        ge=1,
+        le=4096,
+        description="Prompts per forward pass of the embedding model: an encode call sorts its prompts by "
+        "length and runs passes of this many, so short prompts are not padded to the longest of a "
+        "micro-batch (on CPU, with prompts of mixed length, 8 is several times faster per prompt than 64).",
+    )
+    lru_size: int = Field(
+        10000, ge=0, description="Prompt embeddings kept in memory (LRU, keyed by SHA-256 of the text); 0: none."
+    )
+    max_body_bytes: int = Field(
+        512 * 1024,
+        ge=1024,
+        description="Largest request body accepted, in bytes; larger ones get 413. The default fits a "
+        "32,000-character prompt even when every character is JSON-escaped (up to 12 bytes each).",
+    )
+    log_format: Literal["json", "text"] = Field(
+        "json", description="Format of the router's own log lines (logger 'router'): JSON objects or text."
     )
     host: str = Field("127.0.0.1", min_length=1, description="Interface uvicorn binds to.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port uvicorn listens on.")
@@ -78,6 +124,13 @@ class Settings(BaseSettings):
         ge=0,
         le=3600,
         description="Seconds sent in Retry-After when the experience store is unavailable.",
+    )
+    policy_poll_s: float = Field(
+        2.0,
+        gt=0,
+        le=3600,
+        description="Seconds between reads of the published policy version in Redis (besides its "
+        "pub/sub messages), so a replica that missed a message still converges.",
     )
 
     @field_validator("log_level", mode="before")

@@ -14,12 +14,37 @@ Lua script, so checking the decision, checking the marker, appending the record 
 marker happen atomically. A write is "durable" once Redis acknowledged it; configure the server's
 persistence (``appendfsync always``) for durability across Redis restarts. The keys of one call
 live in different hash slots: use a standalone Redis (or a single-shard deployment).
+
+Outbox (when constructed with an :class:`~router.experience.outbox.Outbox`, as the server does):
+
+- Redis unreachable (connection error, timeout, Redis still loading): ``put_decision`` appends the
+  context to the outbox (fsynced) and returns, so ``POST /v1/route`` keeps answering; until the
+  outbox has drained, later decisions go straight to the outbox (the store is *degraded*).
+- Feedback: a decision held in the outbox (made during the outage) is validated there (404 when
+  expired, 409 when its feedback is already there) and its record appended there, so its
+  ``/v1/feedback`` answers 202 once the record is fsynced. For any other decision only Redis can
+  tell whether it exists and has feedback: when Redis is unreachable that feedback answers 503
+  with Retry-After (never a 202 for a record that is not durable anywhere).
+- A background task drains the outbox to Redis in append order (a decision before its feedback),
+  one Lua script per record, and deletes the rows Redis took. Draining is idempotent: a decision
+  is written only if its ``decision:<id>`` key does not exist (``SET NX``, then ``XADD``), an
+  experience record only if its ``feedback:<id>`` marker does not exist (``XADD``, then set the
+  marker), atomically; so a row drained twice (a crash between the script and the delete,
+  several processes sharing the file) or a write whose reply was lost lands once. A record found
+  already in Redis is dropped and counted in ``outbox_duplicates``. A decision that expired
+  while it waited is still appended to the stream, with a 1 s key.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
+import math
 import re
+import time
+from collections import Counter
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -37,6 +62,9 @@ from router.experience.base import (
     require_decision_id,
     utc_now_iso,
 )
+from router.experience.outbox import Outbox, OutboxRow
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -61,6 +89,22 @@ redis.call('SET', KEYS[2], id, 'EX', ARGV[4])
 return {'ok', id, record}
 """
 
+# Drain of one outbox row (see the module docstring); both return 1 when written, 0 when Redis
+# already had it.
+# KEYS: decision key, decisions stream. ARGV: decision id, context JSON, stream maxlen, key TTL (s).
+_DRAIN_DECISION_LUA = """
+if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'EX', ARGV[4]) then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'decision_id', ARGV[1], 'context', ARGV[2])
+return 1
+"""
+# KEYS: feedback marker, experience stream. ARGV: decision id, record JSON, maxlen, marker TTL (s).
+_DRAIN_EXPERIENCE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'decision_id', ARGV[1], 'record', ARGV[2])
+redis.call('SET', KEYS[1], id, 'EX', ARGV[4])
+return 1
+"""
+
 
 class RedisExperienceStore(ExperienceStore):
     """:class:`ExperienceStore` on Redis.
@@ -72,6 +116,15 @@ class RedisExperienceStore(ExperienceStore):
         decision_ttl_s: seconds a decision context is kept waiting for feedback.
         socket_timeout_s: timeout of each socket read/write.
         connect_timeout_s: timeout of each connection attempt.
+        outbox: the durable local outbox used while Redis is unreachable; None: no outbox (writes
+            then fail with :class:`StoreUnavailable` while Redis is down).
+        drain_interval_s: seconds between checks of the outbox (and pings while degraded).
+        drain_batch: outbox rows sent to Redis per pipeline.
+
+    Attributes:
+        outbox_appended: records this store wrote to the outbox.
+        outbox_drained: records it drained into Redis.
+        outbox_duplicates: outbox records it found already in Redis (dropped).
 
     Connections are made lazily: constructing the store never fails because Redis is down.
 
@@ -87,8 +140,20 @@ class RedisExperienceStore(ExperienceStore):
         decision_ttl_s: int = 86400,
         socket_timeout_s: float = 2.0,
         connect_timeout_s: float = 1.0,
+        outbox: Outbox | None = None,
+        drain_interval_s: float = 0.25,
+        drain_batch: int = 200,
     ) -> None:
         self.prefix = prefix
+        self.outbox = outbox
+        self.drain_interval_s = drain_interval_s
+        self.drain_batch = drain_batch
+        self.outbox_appended = 0
+        self.outbox_drained = 0
+        self.outbox_duplicates = 0
+        self._degraded = False
+        self._wake = asyncio.Event()
+        self._drainer: asyncio.Task[None] | None = None
         self.stream_maxlen = stream_maxlen
         self.decision_ttl_s = decision_ttl_s
         self.decisions_stream = f"{prefix}:decisions"
@@ -104,6 +169,11 @@ class RedisExperienceStore(ExperienceStore):
             health_check_interval=30,
         )
         self._feedback_script = self._redis.register_script(_FEEDBACK_LUA)
+        self._drain_decision = self._redis.register_script(_DRAIN_DECISION_LUA)
+        self._drain_experience = self._redis.register_script(_DRAIN_EXPERIENCE_LUA)
+        #: Failed Redis calls by operation (``put_decision``, ...), exported as
+        #: ``router_redis_errors_total`` by :mod:`router.metrics`.
+        self.redis_errors: Counter[str] = Counter()
 
     def decision_key(self, decision_id: str) -> str:
         """Key of a decision context."""
@@ -117,14 +187,32 @@ class RedisExperienceStore(ExperienceStore):
         try:
             return await awaitable
         except RedisError as exc:
+            self.redis_errors[what] += 1
             raise StoreUnavailable(f"redis {what} failed: {type(exc).__name__}: {exc}") from exc
         except OSError as exc:
+            self.redis_errors[what] += 1
             raise StoreUnavailable(f"redis {what} failed: {exc}") from exc
 
     async def put_decision(self, context: dict[str, Any]) -> None:
-        """SET the context with TTL and XADD it to the decisions stream, in one MULTI/EXEC."""
+        """SET the context with TTL and XADD it to the decisions stream, in one MULTI/EXEC; while
+        Redis is unreachable (and until the outbox drained), append it to the outbox instead."""
         decision_id = require_decision_id(context)
         payload = json.dumps(context, separators=(",", ":"), allow_nan=False)
+        if self.outbox is None:
+            await self._put_decision_redis(decision_id, payload)
+            return
+        self.start()
+        if not self._degraded:
+            try:
+                await self._put_decision_redis(decision_id, payload)
+                return
+            except StoreUnavailable as exc:
+                self._degrade(exc)
+        await self.outbox.append_decision(decision_id, payload, self.decision_ttl_s)
+        self.outbox_appended += 1
+        self._wake.set()
+
+    async def _put_decision_redis(self, decision_id: str, payload: str) -> None:
         pipe = self._redis.pipeline(transaction=True)
         pipe.set(self.decision_key(decision_id), payload, ex=self.decision_ttl_s)
         pipe.xadd(
@@ -136,21 +224,37 @@ class RedisExperienceStore(ExperienceStore):
         await self._call("put_decision", pipe.execute())
 
     async def record_feedback(self, decision_id: str, feedback: dict[str, Any]) -> dict[str, Any]:
-        """Run the feedback script; see :meth:`ExperienceStore.record_feedback`."""
+        """Run the feedback script; see :meth:`ExperienceStore.record_feedback`.
+
+        A decision held in the outbox gets its record validated and appended there (see the
+        module docstring); any other needs Redis (:class:`StoreUnavailable` while unreachable).
+        """
         fields = {**feedback}
         fields.setdefault("feedback_at", utc_now_iso())
+        if self.outbox is not None and await self.outbox.holds(decision_id):
+            record = await self.outbox.record_feedback(decision_id, fields)
+            if record is not None:
+                self.outbox_appended += 1
+                self.start()
+                self._wake.set()
+                return record
         payload = json.dumps(fields, separators=(",", ":"), allow_nan=False)
-        result = await self._call(
-            "record_feedback",
-            self._feedback_script(
-                keys=[
-                    self.decision_key(decision_id),
-                    self.feedback_key(decision_id),
-                    self.experience_stream,
-                ],
-                args=[decision_id, payload, self.stream_maxlen, self.decision_ttl_s],
-            ),
-        )
+        try:
+            result = await self._call(
+                "record_feedback",
+                self._feedback_script(
+                    keys=[
+                        self.decision_key(decision_id),
+                        self.feedback_key(decision_id),
+                        self.experience_stream,
+                    ],
+                    args=[decision_id, payload, self.stream_maxlen, self.decision_ttl_s],
+                ),
+            )
+        except StoreUnavailable as exc:
+            if self.outbox is not None:
+                self._degrade(exc)
+            raise
         status = result[0]
         if status == "unknown":
             raise UnknownDecision(decision_id)
@@ -178,6 +282,125 @@ class RedisExperienceStore(ExperienceStore):
         """PING Redis."""
         await self._call("ping", self._redis.ping())
 
+    # --- outbox ----------------------------------------------------------------------------
+
+    @property
+    def degraded(self) -> bool:
+        """True while new decisions go to the outbox (Redis failed and the outbox has not drained)."""
+        return self._degraded
+
+    async def outbox_depth(self) -> int:
+        """Records waiting in the outbox (0 without one); exported as ``router_outbox_depth``.
+
+        Raises:
+            StoreUnavailable: the outbox cannot be read.
+        """
+        return 0 if self.outbox is None else await self.outbox.count()
+
+    def _degrade(self, exc: Exception) -> None:
+        if not self._degraded:
+            logger.warning("redis unreachable (%s): decisions go to the outbox %s until it is back",
+                           exc, self.outbox.path if self.outbox is not None else None)
+        self._degraded = True
+        self._wake.set()
+
+    def start(self) -> None:
+        """Start the background drain of the outbox (idempotent; needs a running event loop)."""
+        if self.outbox is not None and (self._drainer is None or self._drainer.done()):
+            self._drainer = asyncio.get_running_loop().create_task(self._drain_loop(), name="outbox-drain")
+
+    async def drain_once(self) -> int:
+        """Move up to ``drain_batch`` of the oldest outbox rows into Redis, in order.
+
+        With the outbox empty and the store degraded, PING Redis and leave degraded mode.
+
+        Returns:
+            The number of rows taken from the outbox (written or found already there).
+
+        Raises:
+            StoreUnavailable: Redis or the outbox failed; the rows stay and are retried.
+        """
+        if self.outbox is None:
+            return 0
+        rows = await self.outbox.peek(self.drain_batch)
+        if not rows:
+            if self._degraded:
+                await self.ping()
+                self._degraded = False
+                logger.warning("redis reachable again and the outbox is empty: writing to redis directly")
+            return 0
+        pipe = self._redis.pipeline(transaction=False)
+        now = time.time()
+        for row in rows:
+            await self._queue_drain(pipe, row, now)
+        results = await self._call("drain", pipe.execute(raise_on_error=False))
+        done: list[int] = []
+        duplicates = 0
+        failure: Exception | None = None
+        for row, result in zip(rows, results, strict=True):
+            if isinstance(result, Exception):  # keep the order: stop at the first failed row
+                failure = result
+                break
+            done.append(row.seq)
+            if int(result) == 0:
+                duplicates += 1
+                logger.info("outbox: %s of %s was already in redis; dropped the copy", row.kind, row.decision_id)
+        await self.outbox.delete(done)
+        self.outbox_drained += len(done) - duplicates
+        self.outbox_duplicates += duplicates
+        if done:
+            logger.warning("outbox: drained %d records into redis (%d already there)", len(done), duplicates)
+        if failure is not None:
+            raise StoreUnavailable(f"redis drain failed: {type(failure).__name__}: {failure}")
+        return len(done)
+
+    async def _queue_drain(self, pipe: Any, row: OutboxRow, now: float) -> None:
+        if row.kind == "decision":
+            ttl = max(1, math.ceil(row.expires_at - now))
+            await self._drain_decision(
+                keys=[self.decision_key(row.decision_id), self.decisions_stream],
+                args=[row.decision_id, row.payload, self.stream_maxlen, ttl],
+                client=pipe,
+            )
+        else:
+            await self._drain_experience(
+                keys=[self.feedback_key(row.decision_id), self.experience_stream],
+                args=[row.decision_id, row.payload, self.stream_maxlen, self.decision_ttl_s],
+                client=pipe,
+            )
+
+    async def _drain_loop(self) -> None:
+        """Drain whenever woken or every ``drain_interval_s``; back off (up to 2 s) on failures."""
+        wait_s = self.drain_interval_s
+        failing = False
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=wait_s)
+            self._wake.clear()
+            try:
+                while await self.drain_once() >= self.drain_batch:
+                    pass
+            except StoreUnavailable as exc:
+                if not failing:
+                    logger.warning("outbox: cannot drain yet (%s); retrying", exc)
+                failing = True
+                wait_s = min(max(wait_s * 2, self.drain_interval_s), 2.0)
+                continue
+            except Exception:  # never let the drainer die silently
+                logger.exception("outbox: drain failed")
+                wait_s = 2.0
+                continue
+            failing = False
+            wait_s = self.drain_interval_s
+
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Stop the drain task, close the outbox and the connection pool (pending rows stay on disk
+        and are drained by the next start)."""
+        if self._drainer is not None:
+            self._drainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drainer
+            self._drainer = None
+        if self.outbox is not None:
+            await self.outbox.close()
         await self._redis.aclose()

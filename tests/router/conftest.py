@@ -34,7 +34,7 @@ AGENTS = [
     "legal-advisor",
     "medical-info",
 ]
-STARTUP_TIMEOUT_S = 60.0
+STARTUP_TIMEOUT_S = 240.0  # generous: CI machines and shared cores start slowly under load
 
 
 def agent_specs() -> list[dict]:
@@ -184,7 +184,8 @@ def start_server(tmp_path_factory) -> Iterator:
 def _prelaunch(request) -> None:
     """Launch, before the first test, the servers that any collected test uses."""
     needed = set().union(*(item.fixturenames for item in request.session.items))
-    for name in ("sqlite_server", "redis_server", "redis_down_server", "failed_starts"):
+    for name in ("sqlite_server", "redis_server", "redis_down_server", "failed_starts", "live_server",
+                 "outage_server"):
         if name in needed:
             # No Redis: the skip (or, with CI=true, the failure) is cached by pytest and
             # raised again in the tests that need Redis, not here.
@@ -213,7 +214,7 @@ def sqlite_server(sqlite_server_launched) -> Server:
 
 
 @pytest.fixture(scope="session")
-def redis_server_launched(start_server, checkpoint, redis_url) -> Iterator[tuple[Server, str]]:
+def redis_server_launched(start_server, checkpoint, redis_url, tmp_path_factory) -> Iterator[tuple[Server, str]]:
     prefix = f"test-{uuid.uuid4().hex}"
     server = start_server(
         {
@@ -222,6 +223,7 @@ def redis_server_launched(start_server, checkpoint, redis_url) -> Iterator[tuple
             "ROUTER_REDIS_PREFIX": prefix,
             "ROUTER_DECISION_TTL_S": "600",
             "ROUTER_STREAM_MAXLEN": "1000",
+            "ROUTER_OUTBOX_PATH": str(tmp_path_factory.mktemp("outbox") / "outbox.sqlite3"),
         }
     )
     yield server, prefix
@@ -237,12 +239,13 @@ def redis_server(redis_server_launched) -> tuple[Server, str]:
 
 
 @pytest.fixture(scope="session")
-def redis_down_server_launched(start_server, checkpoint) -> Server:
+def redis_down_server_launched(start_server, checkpoint, tmp_path_factory) -> Server:
     return start_server(
         {
             "ROUTER_CHECKPOINT": str(checkpoint),
             "ROUTER_REDIS_URL": "redis://127.0.0.1:1/0",
             "ROUTER_RETRY_AFTER_S": "7",
+            "ROUTER_OUTBOX_PATH": str(tmp_path_factory.mktemp("outbox-down") / "outbox.sqlite3"),
         }
     )
 
@@ -365,3 +368,14 @@ def _check_record(record: dict, route: dict, prompt: str, feedback: dict) -> Non
 def check_record():
     """``check_record(record, route_json, prompt, feedback_json)``: assert they all agree."""
     return _check_record
+
+
+# Fixtures of the live-load and outbox tests; imported here so that ``_prelaunch`` can start them.
+from tests.router.live_fixtures import (  # noqa: E402, F401
+    capacity_checkpoint,
+    live_server,
+    live_server_launched,
+    outage_server,
+    outage_server_launched,
+    own_redis,
+)

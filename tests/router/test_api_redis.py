@@ -65,16 +65,23 @@ def test_unknown_and_expired_decisions_are_404(rclient, redis_server, redis_url)
     assert experience(redis_url, prefix, body["decision_id"]) == []
 
 
-def test_redis_down_is_503_with_retry_after(redis_down_server):
+def test_redis_down_routes_via_the_outbox_and_503s_what_it_cannot_check(redis_down_server):
     with httpx.Client(base_url=redis_down_server.url, timeout=30.0) as c:
         assert c.get("/healthz").status_code == 200
+        # Route keeps answering: the decision goes to the durable outbox.
         r = c.post("/v1/route", json={"prompt": "anything"})
-        assert r.status_code == 503, r.text
-        assert r.headers["retry-after"] == "7"
-        assert "retry later" in r.json()["detail"]
+        assert r.status_code == 200, r.text
+        decision_id = r.json()["decision_id"]
+        # Its feedback is validated against the outbox and made durable there: 202, then 409.
+        r = c.post("/v1/feedback", json={"decision_id": decision_id, "quality": 0.5})
+        assert r.status_code == 202, r.text
+        r = c.post("/v1/feedback", json={"decision_id": decision_id, "quality": 0.7})
+        assert r.status_code == 409, r.text
+        # A decision the outbox does not hold can only be checked by Redis: 503 + Retry-After.
         r = c.post("/v1/feedback", json={"decision_id": uuid.uuid4().hex, "quality": 0.5})
         assert r.status_code == 503
         assert r.headers["retry-after"] == "7"
+        assert "retry later" in r.json()["detail"]
         # Input errors are still the client's: 422, not 503.
         assert c.post("/v1/route", json={"prompt": ""}).status_code == 422
     assert "Traceback" not in redis_down_server.log()
