@@ -10,12 +10,14 @@ import logging
 import secrets
 
 from fastapi import HTTPException, Request, status
+from pydantic import SecretStr
 
 logger = logging.getLogger(__name__)
 
 
-def warn_if_open(token: str | None) -> None:
-    if not token:
+def warn_if_open(token: SecretStr | None) -> None:
+    """Log a warning when no admin token is configured (None or empty)."""
+    if token is None or not token.get_secret_value():
         logger.warning("ROUTER_ADMIN_TOKEN is not set: the /admin endpoints are open to anyone who can reach "
                        "this server")
 
@@ -27,7 +29,7 @@ def require_admin(request: Request) -> None:
         HTTPException: 401 (missing or malformed header) or 403 (wrong token).
     """
     configured = request.app.state.settings.admin_token
-    if configured is None:
+    if configured is None or not configured.get_secret_value():
         return
     header = request.headers.get("authorization", "")
     scheme, _, given = header.partition(" ")

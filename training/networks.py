@@ -96,7 +96,7 @@ class Actor(nn.Module):
 
     def distribution(self, obs: torch.Tensor, action_mask: torch.Tensor | None = None):
         """``torch.distributions.Categorical`` over ``K`` agents, batch shape ``[..., N]``."""
-        return torch.distributions.Categorical(logits=self(obs, action_mask))
+        return torch.distributions.Categorical(logits=self(obs, action_mask), validate_args=False)
 
 
 class Critic(nn.Module):

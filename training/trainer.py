@@ -51,7 +51,7 @@ class MAPPOTrainer:
     Attributes:
         actor, critic: the networks being trained (unwrapped, also under DDP).
         value_norm: :class:`~training.value_norm.ValueNorm` of the value targets.
-        optimizer: Adam over both networks (eps 1e-5, as in CleanRL).
+        optimizer: Adam over both networks (eps 1e-5, as in CleanRL; the fused kernel).
         iteration: iterations done; ``num_iterations`` in all (``total_steps // rollout_len``).
         history: one dict of metrics per iteration run by this object.
     """
@@ -74,7 +74,7 @@ class MAPPOTrainer:
             self._actor_train = DDP(self.actor, device_ids=ids)
             self._critic_train = DDP(self.critic, device_ids=ids)
         self.optimizer = torch.optim.Adam(
-            [*self.actor.parameters(), *self.critic.parameters()], lr=ppo.lr, eps=1e-5
+            [*self.actor.parameters(), *self.critic.parameters()], lr=ppo.lr, eps=1e-5, fused=True
         )
         self.buffer = RolloutBuffer(ppo.rollout_len, env.num_worlds, N, D, env.state_dim, K, self.device)
         self.num_iterations = max(1, ppo.total_steps // ppo.rollout_len)
@@ -114,10 +114,12 @@ class MAPPOTrainer:
         finished_n = torch.zeros((), device=self.device)
         info_sum: dict[str, torch.Tensor] = {}
         cur = self._next
+        value = None
         for t in range(buf.T):
             dist = self.actor.distribution(cur.obs, cur.action_mask)
             action = dist.sample()
-            value = vn.denormalize(self.critic(cur.obs, cur.state))
+            if value is None:
+                value = vn.denormalize(self.critic(cur.obs, cur.state))
             nxt = env.step(action)
             next_value = vn.denormalize(self.critic(nxt.final_obs, nxt.final_state))
             buf.add(t, obs=cur.obs, state=cur.state, action_mask=cur.action_mask, action=action,
@@ -130,6 +132,8 @@ class MAPPOTrainer:
             self._episode_return *= ~done
             for k, v in nxt.metrics().items():
                 info_sum[k] = info_sum.get(k, 0) + v.float().mean()
+            # no world reset (the env hands back the same tensors): V(s') is the next step's V(s)
+            value = next_value if nxt.final_obs is nxt.obs and nxt.final_state is nxt.state else None
             cur = nxt
         self._next = cur
         self.env_steps += buf.T
@@ -160,7 +164,8 @@ class MAPPOTrainer:
         steps, stopped = 0, False
         for _ in range(ppo.update_epochs):
             for idx in buf.minibatch_indices(ppo.num_minibatches, self._gen):
-                dist = torch.distributions.Categorical(logits=self._actor_train(obs[idx], mask[idx]))
+                logits = self._actor_train(obs[idx], mask[idx])
+                dist = torch.distributions.Categorical(logits=logits, validate_args=False)
                 new_log_prob = dist.log_prob(action[idx])
                 adv = advantage[idx]
                 if ppo.norm_adv and adv.numel() > 1:
