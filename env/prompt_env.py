@@ -317,6 +317,24 @@ class PromptEnv:
         return EnvStep(obs, state, self._mask(), reward, terminated, truncated, final_obs, final_state,
                        quality, cost, congestion)
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The dynamic state (queues, clocks, prompts, outages, RNG) for resuming a training run."""
+        return {"queue": self.queue.clone(), "t": self.t.clone(), "prompt_idx": self.prompt_idx.clone(),
+                "agent_up": self.agent_up.clone(), "rng": self._gen.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`state_dict`'s output.
+
+        Raises:
+            ValueError: a state of other shapes (another ``num_worlds``, ``N`` or ``K``).
+        """
+        for name in ("queue", "t", "prompt_idx", "agent_up"):
+            if state[name].shape != getattr(self, name).shape:
+                raise ValueError(f"env state {name!r} has shape {tuple(state[name].shape)}, "
+                                 f"this env has {tuple(getattr(self, name).shape)}")
+            setattr(self, name, state[name].to(self.device))
+        self._gen.set_state(state["rng"])
+
     def check_range(self, action: torch.Tensor) -> None:
         """Raise ``ValueError`` when any action is outside ``[0, K)`` (one host sync)."""
         if action.min() < 0 or action.max() >= self.num_agents:
