@@ -109,6 +109,8 @@ class Embedder:
         cache_dir: directory of the cache database (``embeddings.sqlite3``); None disables caching.
         device: torch device for the model (``cpu``, ``cuda``); None picks CUDA when available.
         batch_size: texts per forward pass.
+        progress: show a progress bar for calls of more than ``4 * batch_size`` texts (a server
+            turns it off).
 
     Attributes:
         model_id: canonical model name, recorded in caches and checkpoints.
@@ -121,11 +123,13 @@ class Embedder:
         cache_dir: str | Path | None = None,
         device: str | None = None,
         batch_size: int = 64,
+        progress: bool = True,
     ) -> None:
         self.model_name = model
         self.model_id = canonical_model_id(model)
         self.device = device
         self.batch_size = batch_size
+        self.progress = progress
         self.cache = EmbeddingCache(Path(cache_dir) / "embeddings.sqlite3") if cache_dir else None
         self._model: Any = None
         self._load_lock = threading.Lock()
@@ -166,7 +170,7 @@ class Embedder:
             batch_size=self.batch_size,
             normalize_embeddings=True,
             convert_to_numpy=True,
-            show_progress_bar=len(texts) > 4 * self.batch_size,
+            show_progress_bar=self.progress and len(texts) > 4 * self.batch_size,
         )
         return np.asarray(vecs, dtype=np.float32)
 

@@ -1,0 +1,432 @@
+"""Serving latency and throughput: raw SBERT encoding in-process, then the real server over HTTP.
+
+One run measures:
+
+1. raw ``Embedder.encode`` in this process, with the server's torch threads: throughput of
+   batches of 64 (prompts/s, from the median batch; as one padded forward pass, and as the server
+   encodes a micro-batch: sorted by length, in passes of ``ROUTER_ENCODE_BATCH``), and latency of
+   one prompt (batch 1, median ms), measured paired with the concurrency-1 run: each request is
+   preceded by a raw encode of the same prompt, so both see the same load on a shared machine;
+2. the real server (``uvicorn router.app:create_app`` in a subprocess, on a free port) over HTTP
+   with httpx async clients at concurrency 1, 16 and 64: p50, p99 (ms) and requests/s of
+   ``POST /v1/route``, every request with a prompt not sent before (the LRU cache does not help),
+   and the mean micro-batch size (from the server's /metrics);
+3. the same with one prompt repeated (LRU cache hits: the server's own overhead), at concurrency 1
+   and 64.
+
+Goals (printed as ratios): p50 at concurrency 1 within raw batch-1 encode + 3 ms; throughput at
+concurrency 64 at least 85% of the raw batch-64 encode throughput.
+
+The prompts are the shipped dataset's (``data/llmrouter-dc``, distinct texts, shuffled with
+``--seed``), else generated ones. The server logs to SQLite in a temporary directory (``--redis-url``:
+to Redis, under a unique key prefix deleted afterwards). The client runs on the same machine as
+the server, so they share its cores.
+
+Usage::
+
+    .venv/bin/python benchmarks/serve_latency.py [--checkpoint DIR] [--redis-url redis://127.0.0.1:6379/0]
+
+Prints a table, then as its last line one JSON object with every figure and ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import json
+import math
+import os
+import random
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+
+from benchmarks.common import machine, print_json_line, print_table  # noqa: E402
+
+DATASET = ROOT / "data" / "llmrouter-dc" / "prompts.jsonl.gz"
+C1_GOAL_MS = 3.0
+C64_GOAL_RATIO = 0.85
+
+
+# --- inputs ----------------------------------------------------------------------------------
+
+
+def load_prompts(count: int, seed: int, max_chars: int) -> tuple[list[str], str]:
+    """``count`` distinct prompts (dataset, else generated), shuffled; and where they came from."""
+    texts: list[str] = []
+    if DATASET.is_file():
+        seen: set[str] = set()
+        with gzip.open(DATASET, "rt", encoding="utf-8") as f:
+            for line in f:
+                text = json.loads(line)["prompt"][:max_chars]
+                if text.strip() and text not in seen:
+                    seen.add(text)
+                    texts.append(text)
+        source = f"{DATASET.relative_to(ROOT)} ({len(texts)} distinct)"
+    else:
+        source = "generated"
+    random.Random(seed).shuffle(texts)
+    words = ("sort", "parse", "prove", "translate", "summarise", "explain", "debug", "price", "plan", "draft")
+    things = ("a list", "this contract", "the integral of x^2", "a SQL join", "a poem", "my symptoms", "the news")
+    i = 0
+    while len(texts) < count:  # top up with generated prompts when the dataset is short or absent
+        rng = random.Random(seed * 1_000_003 + i)
+        texts.append(f"Request {i}: please {rng.choice(words)} {rng.choice(things)} "
+                     + " ".join(rng.choice(words) for _ in range(rng.randint(3, 40))))
+        i += 1
+    return texts[:count], source
+
+
+def make_checkpoint(parent: Path) -> Path:
+    """A freshly initialised 9-agent policy (as tests/router/conftest.py builds)."""
+    from training.checkpoint import build_networks, save_checkpoint
+
+    agents = [f"agent-{i}" for i in range(9)]
+    meta = {
+        "agents": agents,
+        "agent_specs": [{"name": a, "description": f"{a} specialist", "price_per_1m_tokens": 0.5,
+                         "cost_per_call_usd": None, "capacity": None} for a in agents],
+        "embedding": {"model": "sentence-transformers/all-MiniLM-L6-v2", "dim": 384},
+        "obs_layout": {"obs_dim": 384 + len(agents), "num_routers": 1, "load_clip": 4.0, "include_agent_id": False},
+        "network": {"hidden": [64, 64], "share_params": True, "centralised_critic": True},
+    }
+    actor, critic = build_networks(meta)
+    return save_checkpoint(parent, actor, critic, meta)
+
+
+# --- raw encoding ----------------------------------------------------------------------------
+
+
+def raw_embedder(threads: int, warm: list[str]):
+    """The in-process ``Embedder`` (all-MiniLM-L6-v2 on CPU, ``threads`` torch threads), warmed up."""
+    import torch
+
+    from env.embedder import Embedder
+
+    torch.set_num_threads(threads)
+    embedder = Embedder(device="cpu", progress=False)
+    embedder.encode(warm)
+    for p in warm[:5]:
+        embedder.encode([p])
+    return embedder
+
+
+def raw_b64(embedder, prompts: list[str], sub_batch: int) -> dict[str, float]:
+    """Batch-64 throughput (prompts/s, from the median batch) of ``Embedder.encode``.
+
+    Each batch is timed twice, interleaved: as one forward pass of 64 (every prompt padded to the
+    longest), and as the server encodes a micro-batch (``ROUTER_ENCODE_BATCH``): sorted by length,
+    in forward passes of ``sub_batch``.
+    """
+    b64, b64_sub = [], []
+    for i in range(0, len(prompts) - 63, 64):
+        batch = prompts[i : i + 64]
+        for size, out in ((64, b64), (sub_batch, b64_sub)):
+            embedder.batch_size = size
+            start = time.perf_counter()
+            embedder.encode(batch)
+            out.append(time.perf_counter() - start)
+    embedder.batch_size = 64
+    return {
+        "raw_encode_b64_per_s": 64 / statistics.median(b64),
+        "raw_encode_b64_batch_ms": statistics.median(b64) * 1000,
+        f"raw_encode_b64_sub{sub_batch}_per_s": 64 / statistics.median(b64_sub),
+        "raw_b64_batches": len(b64),
+    }
+
+
+def load_average() -> list[float]:
+    """1, 5 and 15 minute load averages: how shared the machine was."""
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else []
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+# --- the server ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """``uvicorn router.app:create_app --factory`` on a free port."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")}
+        full_env.update({"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **env})
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "router.app:create_app", "--factory", "--host", "127.0.0.1",
+             "--port", str(self.port)],
+            cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout_s: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"error: the server exited with {self.proc.returncode}:\n"
+                                 + self.log_path.read_text(errors="replace")[-3000:])
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise SystemExit(f"error: the server did not get ready in {timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+async def load_level(url: str, prompts: list[str], concurrency: int, warmup: list[str]) -> dict[str, float]:
+    """Send every prompt to ``POST /v1/route`` with ``concurrency`` clients; latency and throughput."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=120.0, limits=limits) as client:
+
+        async def worker(queue: list[str], out: list[float] | None) -> None:
+            while queue:
+                prompt = queue.pop()
+                start = time.perf_counter()
+                r = await client.post("/v1/route", json={"prompt": prompt})
+                took = time.perf_counter() - start
+                if r.status_code != 200:
+                    raise RuntimeError(f"POST /v1/route answered {r.status_code}: {r.text[:200]}")
+                if out is not None:
+                    out.append(took)
+
+        warm = list(warmup)
+        await asyncio.gather(*(worker(warm, None) for _ in range(concurrency)))  # opens the connections
+        queue = list(reversed(prompts))
+        latencies: list[float] = []
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(queue, latencies) for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    return {
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": percentile(latencies, 99) * 1000,
+        "rps": len(latencies) / wall,
+        "requests": len(latencies),
+    }
+
+
+async def paired_c1(url: str, prompts: list[str], embedder, warmup: list[str]) -> dict[str, float]:
+    """Concurrency 1, each request paired with a raw in-process encode of the same prompt just before it.
+
+    On a shared machine the load drifts; pairing makes the raw batch-1 figure and the server's
+    figure see the same conditions (the server is idle while the raw encode runs).
+    """
+    async with httpx.AsyncClient(base_url=url, timeout=120.0) as client:
+        for prompt in warmup:
+            (await client.post("/v1/route", json={"prompt": prompt})).raise_for_status()
+        raw, served = [], []
+        start_all = time.perf_counter()
+        for prompt in prompts:
+            start = time.perf_counter()
+            embedder.encode([prompt])
+            raw.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            r = await client.post("/v1/route", json={"prompt": prompt})
+            served.append(time.perf_counter() - start)
+            if r.status_code != 200:
+                raise RuntimeError(f"POST /v1/route answered {r.status_code}: {r.text[:200]}")
+        wall = time.perf_counter() - start_all - sum(raw)
+    return {
+        "raw_b1_ms": statistics.median(raw) * 1000,
+        "raw_b1_p99_ms": percentile(raw, 99) * 1000,
+        "p50_ms": statistics.median(served) * 1000,
+        "p99_ms": percentile(served, 99) * 1000,
+        "rps": len(served) / wall,
+        "requests": len(served),
+        "paired_overhead_ms": statistics.median([s - r for s, r in zip(served, raw, strict=True)]) * 1000,
+    }
+
+
+def scrape_batches(url: str) -> tuple[float, float]:
+    """``(router_embed_batch_size_sum, router_embed_batch_size_count)`` from /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    values = {}
+    for name in ("router_embed_batch_size_sum", "router_embed_batch_size_count"):
+        m = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.M)
+        values[name] = float(m.group(1)) if m else float("nan")
+    return values["router_embed_batch_size_sum"], values["router_embed_batch_size_count"]
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, help="Policy to serve (default: a fresh 9-agent one).")
+    parser.add_argument("--redis-url", help="Log experience to this Redis (default: SQLite in a temp dir).")
+    parser.add_argument("--concurrency", default="1,16,64", help="Comma-separated client counts.")
+    parser.add_argument("--requests", type=int, default=600,
+                        help="Requests per concurrency level (c=1: a third, each paired with a raw encode).")
+    parser.add_argument("--raw-b64", type=int, default=6, help="Batches of 64 encoded in-process.")
+    parser.add_argument("--repeat-requests", type=int, default=300, help="Requests of the repeated-prompt runs.")
+    parser.add_argument("--max-chars", type=int, default=2000, help="Prompts are cut to this many characters.")
+    parser.add_argument("--torch-threads", type=int, default=1, help="ROUTER_TORCH_THREADS, also used for raw.")
+    parser.add_argument("--encode-batch", type=int, default=8,
+                        help="ROUTER_ENCODE_BATCH of the server, also timed raw (default: the server's default).")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--server-env", action="append", default=[], metavar="ROUTER_X=V",
+                        help="Extra server settings (repeatable), e.g. ROUTER_BATCH_WINDOW_MS=1.")
+    args = parser.parse_args(argv)
+    load_start = load_average()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    per_level = {c: (max(args.requests // 3, 50) if c == 1 else args.requests) for c in levels}
+    warm_per_level = {c: max(2 * c, 10) for c in levels}
+    need = 64 + args.raw_b64 * 64 + sum(per_level.values()) + sum(warm_per_level.values()) + 10
+    prompts, source = load_prompts(need, args.seed, args.max_chars)
+    cursor = 0
+
+    def take(n: int) -> list[str]:
+        nonlocal cursor
+        cursor += n
+        return prompts[cursor - n : cursor]
+
+    embedder = raw_embedder(args.torch_threads, take(64))
+    raw = raw_b64(embedder, take(args.raw_b64 * 64), args.encode_batch)
+    sub_key = f"raw_encode_b64_sub{args.encode_batch}_per_s"
+    print(f"raw encode: batch 64 {raw['raw_encode_b64_per_s']:.1f} prompts/s, in sorted passes of "
+          f"{args.encode_batch} {raw[sub_key]:.1f} prompts/s", file=sys.stderr)
+
+    work = Path(tempfile.mkdtemp(prefix="serve-latency-"))
+    prefix = f"bench-{uuid.uuid4().hex[:12]}"
+    server: ServerProcess | None = None
+    try:
+        checkpoint = args.checkpoint or make_checkpoint(work / "checkpoints")
+        env = {"ROUTER_CHECKPOINT": str(checkpoint), "ROUTER_TORCH_THREADS": str(args.torch_threads),
+               "ROUTER_ENCODE_BATCH": str(args.encode_batch),
+               "ROUTER_SQLITE_PATH": str(work / "experience.sqlite3")}
+        if args.redis_url:
+            env.update({"ROUTER_REDIS_URL": args.redis_url, "ROUTER_REDIS_PREFIX": prefix})
+        for item in args.server_env:
+            key, _, val = item.partition("=")
+            env[key] = val
+        server = ServerProcess(env, work / "server.log")
+        server.wait_ready()
+        results: dict[int, dict[str, float]] = {}
+        for c in levels:
+            warm, batch = take(warm_per_level[c]), take(per_level[c])
+            sum0, count0 = scrape_batches(server.url)
+            if c == 1:
+                results[c] = asyncio.run(paired_c1(server.url, batch, embedder, warm))
+                raw["raw_encode_b1_ms"] = results[c]["raw_b1_ms"]
+                raw["raw_encode_b1_p99_ms"] = results[c]["raw_b1_p99_ms"]
+            else:
+                results[c] = asyncio.run(load_level(server.url, batch, c, warm))
+            sum1, count1 = scrape_batches(server.url)
+            results[c]["mean_batch"] = (sum1 - sum0) / max(count1 - count0, 1)
+            print(f"c={c}: p50 {results[c]['p50_ms']:.2f} ms, p99 {results[c]['p99_ms']:.2f} ms, "
+                  f"{results[c]['rps']:.1f} req/s", file=sys.stderr)
+        same = f"repeated prompt {uuid.uuid4().hex}"
+        repeat = {c: asyncio.run(load_level(server.url, [same] * args.repeat_requests, c, [same]))
+                  for c in (1, max(levels))}
+    finally:
+        if server is not None:
+            server.stop()
+        if args.redis_url:
+            import redis
+
+            with redis.Redis.from_url(args.redis_url) as r:
+                keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
+                if keys:
+                    r.delete(*keys)
+        shutil.rmtree(work, ignore_errors=True)
+
+    top = max(levels)
+    figures: dict[str, Any] = {
+        "benchmark": "serve_latency",
+        "store": "redis" if args.redis_url else "sqlite",
+        "prompts": source,
+        "mean_prompt_chars": round(statistics.mean(len(p) for p in prompts[: cursor]), 1),
+        **raw,
+    }
+    for c in levels:
+        for key in ("p50_ms", "p99_ms", "rps", "mean_batch", "requests"):
+            figures[f"c{c}_{key}"] = results[c][key]
+    for c, res in repeat.items():
+        figures[f"repeat_c{c}_p50_ms"] = res["p50_ms"]
+        figures[f"repeat_c{c}_p99_ms"] = res["p99_ms"]
+        figures[f"repeat_c{c}_rps"] = res["rps"]
+    if 1 in results:
+        figures["c1_overhead_ms"] = results[1]["p50_ms"] - raw["raw_encode_b1_ms"]
+        figures["c1_paired_overhead_ms"] = results[1]["paired_overhead_ms"]
+        figures["c1_goal_ms"] = C1_GOAL_MS
+        figures["c1_goal_met"] = figures["c1_overhead_ms"] <= C1_GOAL_MS
+    figures[f"c{top}_rps_over_raw_b64"] = results[top]["rps"] / raw["raw_encode_b64_per_s"]
+    figures[f"c{top}_rps_over_raw_b64_sub{args.encode_batch}"] = results[top]["rps"] / raw[sub_key]
+    figures[f"c{top}_goal_ratio"] = C64_GOAL_RATIO
+    figures[f"c{top}_goal_met"] = figures[f"c{top}_rps_over_raw_b64"] >= C64_GOAL_RATIO
+    load_end = load_average()
+    figures["machine"] = machine() | {"torch_threads": args.torch_threads, "loadavg_start": load_start,
+                                      "loadavg_end": load_end}
+
+    print(f"prompts: {source}, mean {figures['mean_prompt_chars']} chars; store: {figures['store']}; "
+          f"torch threads {args.torch_threads}; load average {load_start} at the start, {load_end} at the end "
+          "(the machine was shared)")
+    rows: list[list[Any]] = [
+        ["raw encode, batch 1 (in-process, paired with c=1)", f"{raw.get('raw_encode_b1_ms', math.nan):.2f} ms",
+         "", f"{raw.get('raw_encode_b1_p99_ms', math.nan):.2f}", "", ""],
+        ["raw encode, batch 64 (in-process)", f"{raw['raw_encode_b64_batch_ms']:.1f} ms/batch", "", "",
+         f"{raw['raw_encode_b64_per_s']:.1f} prompts/s", ""],
+        [f"raw encode, batch 64 in sorted passes of {args.encode_batch}", "", "", "",
+         f"{raw[sub_key]:.1f} prompts/s", ""],
+    ]
+    for c in levels:
+        r = results[c]
+        rows.append([f"server, concurrency {c}", "", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['rps']:.1f}",
+                     f"{r['mean_batch']:.1f}"])
+    for c, r in repeat.items():
+        rows.append([f"server, one repeated prompt, concurrency {c}", "", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
+                     f"{r['rps']:.1f}", "cache"])
+    print_table(["what", "raw", "p50 ms", "p99 ms", "per s", "mean batch"], rows)
+    print()
+    if 1 in results:
+        print(f"c=1 p50 - raw b1 = {figures['c1_overhead_ms']:+.2f} ms (goal <= {C1_GOAL_MS:.0f} ms): "
+              f"{'met' if figures['c1_goal_met'] else 'NOT met'}; median paired difference "
+              f"{figures['c1_paired_overhead_ms']:+.2f} ms")
+    print(f"c={top} throughput / raw b64 throughput = {figures[f'c{top}_rps_over_raw_b64']:.2f} "
+          f"(goal >= {C64_GOAL_RATIO:.2f}): {'met' if figures[f'c{top}_goal_met'] else 'NOT met'}; "
+          f"over raw batch 64 in sorted passes of {args.encode_batch}: "
+          f"{figures[f'c{top}_rps_over_raw_b64_sub{args.encode_batch}']:.2f}")
+    print_json_line(figures)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,304 @@
+"""Prometheus metrics of one app, served at ``GET /metrics`` (text exposition format).
+
+Every app gets its own :class:`~prometheus_client.CollectorRegistry` (created by
+:class:`RouterMetrics` in ``create_app``), so several apps in one process do not collide and
+nothing is registered at import time.
+
+================================================  ==========  ======================================
+metric                                            type        labels / source
+================================================  ==========  ======================================
+``router_http_requests_total``                    counter     ``method``, ``endpoint`` (route
+                                                              template), ``status``
+``router_http_request_duration_seconds``          histogram   ``method``, ``endpoint``, ``status``
+``router_decisions_total``                        counter     ``agent``
+``router_policy_info``                            info        ``version`` of ``app.state.service``,
+                                                              read at scrape time (follows hot swap)
+``router_outbox_depth``                           gauge       ``app.state.store.outbox_depth()``
+                                                              (sync or async) at scrape time; 0 when
+                                                              the store has no outbox
+``router_redis_errors_total``                     counter     ``operation``: the ``redis_errors``
+                                                              mappings of ``app.state.store``,
+                                                              ``.load`` and ``.registry`` (where
+                                                              they have one) plus
+                                                              :func:`count_redis_error` calls
+``router_embed_batch_size``                       histogram   prompts per encode call
+``router_embed_batch_duration_seconds``           histogram   seconds per encode call
+``router_embed_cache_lookups_total``              counter     ``result``: ``hit`` / ``miss``
+``router_embed_cache_entries``                    gauge       prompts in the LRU cache
+================================================  ==========  ======================================
+
+Paths that match no route are counted under ``endpoint="unmatched"`` (no unbounded label values).
+:class:`ObservabilityMiddleware` also writes one structured log line per request
+(:mod:`router.logging`), with the fields the handlers attached via :func:`annotate`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+import time
+import weakref
+from collections import Counter as TallyCounter
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.routing import compile_path
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from router.logging import ACCESS_LOGGER
+
+logger = logging.getLogger(__name__)
+access_logger = logging.getLogger(ACCESS_LOGGER)
+
+#: Scope key of the log fields a handler attaches to its request (see :func:`annotate`).
+LOG_FIELDS_KEY = "agent_router.log"
+UNMATCHED = "unmatched"
+#: Endpoints whose request lines are logged at DEBUG rather than INFO (probes and scrapes).
+QUIET_ENDPOINTS = frozenset({"/metrics", "/healthz", "/readyz"})
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+OUTBOX_TIMEOUT_S = 1.0
+#: ``app.state`` attributes whose ``redis_errors`` mapping (operation -> failures) is exported.
+REDIS_ERROR_SOURCES = ("store", "load", "registry")
+
+
+class RouterMetrics:
+    """The metrics of one app, in their own registry.
+
+    Attributes:
+        registry: the app's ``CollectorRegistry``.
+        requests, latency: HTTP requests and their duration by method, endpoint and status.
+        decisions: routing decisions by chosen agent.
+        embed_batch_size, embed_batch_seconds: per encode call of the micro-batcher.
+        embed_cache: LRU lookups by result (``hit`` / ``miss``).
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.requests = Counter(
+            "router_http_requests", "HTTP requests answered, by route template, method and status.",
+            ["method", "endpoint", "status"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "router_http_request_duration_seconds", "Time from request start to the last response byte.",
+            ["method", "endpoint", "status"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.decisions = Counter(
+            "router_decisions", "Routing decisions, by chosen agent.", ["agent"], registry=self.registry
+        )
+        self.embed_batch_size = Histogram(
+            "router_embed_batch_size", "Prompts embedded per encode call (micro-batching).",
+            buckets=BATCH_BUCKETS, registry=self.registry,
+        )
+        self.embed_batch_seconds = Histogram(
+            "router_embed_batch_duration_seconds", "Seconds per encode call (micro-batching).",
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.embed_cache = Counter(
+            "router_embed_cache_lookups", "Prompt embedding LRU lookups, by result (hit, miss).",
+            ["result"], registry=self.registry,
+        )
+        self._hit = self.embed_cache.labels(result="hit")
+        self._miss = self.embed_cache.labels(result="miss")
+        self.redis_errors: TallyCounter[str] = TallyCounter()
+        self.outbox_depth: float = 0.0
+        self._state: _StateCollector | None = None
+
+    def bind(self, app: FastAPI) -> None:
+        """Export the values read from ``app.state`` at scrape time (policy, outbox, Redis errors)."""
+        if self._state is None:
+            self._state = _StateCollector(app, self)
+            self.registry.register(self._state)
+
+    # hooks of the micro-batcher
+    def observe_batch(self, size: int, seconds: float) -> None:
+        self.embed_batch_size.observe(size)
+        self.embed_batch_seconds.observe(seconds)
+
+    def observe_lookup(self, hit: bool) -> None:
+        (self._hit if hit else self._miss).inc()
+
+    async def refresh(self, app: FastAPI) -> None:
+        """Read the values that need awaiting (the outbox depth) before a scrape."""
+        store = getattr(app.state, "store", None)
+        depth_of = getattr(store, "outbox_depth", None)
+        if depth_of is None:
+            self.outbox_depth = 0.0
+            return
+        try:
+            depth = depth_of()
+            if inspect.isawaitable(depth):
+                depth = await asyncio.wait_for(depth, OUTBOX_TIMEOUT_S)
+            self.outbox_depth = float(depth)
+        except Exception as exc:  # the scrape still answers; the gauge says "unknown"
+            logger.warning("cannot read the outbox depth: %s", exc)
+            self.outbox_depth = math.nan
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+class _StateCollector(Collector):
+    """Reads the served policy version, outbox depth, Redis errors and LRU size at scrape time."""
+
+    def __init__(self, app: FastAPI, metrics: RouterMetrics) -> None:
+        self._app = weakref.ref(app)
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        app = self._app()
+        state = app.state if app is not None else None
+        service = getattr(state, "service", None)
+        info = InfoMetricFamily("router_policy", "The policy being served (follows hot swaps).")
+        if service is not None:
+            info.add_metric([], {"version": str(service.version)})
+        yield info
+        yield GaugeMetricFamily(
+            "router_outbox_depth", "Experience records waiting in the outbox (0 without an outbox).",
+            value=self._metrics.outbox_depth,
+        )
+        errors = TallyCounter(self._metrics.redis_errors)
+        for owner in REDIS_ERROR_SOURCES:
+            counted = getattr(getattr(state, owner, None), "redis_errors", None)
+            if isinstance(counted, Mapping):
+                errors.update({str(k): int(v) for k, v in counted.items()})
+        family = CounterMetricFamily(
+            "router_redis_errors", "Failed Redis calls, by operation.", labels=["operation"]
+        )
+        for operation, count in sorted(errors.items()):
+            family.add_metric([operation], count)
+        yield family
+        batcher = getattr(state, "batcher", None)
+        size = batcher.cache_info()["size"] if batcher is not None else 0
+        yield GaugeMetricFamily("router_embed_cache_entries", "Prompt embeddings in the LRU cache.", value=size)
+
+
+def metrics_of(app: Any) -> RouterMetrics | None:
+    """The app's :class:`RouterMetrics` (``app.state.metrics``), or None."""
+    return getattr(getattr(app, "state", None), "metrics", None)
+
+
+def count_redis_error(app: Any, operation: str = "other") -> None:
+    """Count one failed Redis call in ``router_redis_errors_total{operation=...}``.
+
+    For Redis users other than the experience store (which counts its own): load tracking,
+    the policy registry. A no-op when the app has no metrics.
+    """
+    metrics = metrics_of(app)
+    if metrics is not None:
+        metrics.redis_errors[operation] += 1
+
+
+def annotate(request: Request, **fields: Any) -> None:
+    """Attach log fields (``decision_id``, ``agent``, ``policy_version``, ...) to the request's log line."""
+    request.scope.setdefault(LOG_FIELDS_KEY, {}).update(fields)
+
+
+def note_decision(request: Request, decision_id: str, agent: str, policy_version: str) -> None:
+    """Count a decision for ``agent`` and attach it to the request's log line."""
+    metrics = metrics_of(request.app)
+    if metrics is not None:
+        metrics.decisions.labels(agent=agent).inc()
+    annotate(request, decision_id=decision_id, agent=agent, policy_version=policy_version)
+
+
+def route_template(app: Any, scope: Scope) -> str:
+    """The path template of the route ``scope`` matched (``/v1/route``), or ``"unmatched"``.
+
+    After routing, the route is in ``scope["route"]``; before it (a request refused by a
+    middleware), the path is matched against the paths of the app's OpenAPI schema.
+    """
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if isinstance(path, str):
+        return path
+    templates = getattr(app, "_agent_router_templates", None)
+    if templates is None:
+        try:
+            paths = list(app.openapi().get("paths", {}))
+        except Exception:  # no schema: every path is "unmatched"
+            paths = []
+        templates = [(compile_path(p)[0], p) for p in paths]
+        app._agent_router_templates = templates
+    request_path = scope.get("path", "")
+    for regex, template in templates:
+        if regex.match(request_path):
+            return template
+    return UNMATCHED
+
+
+class ObservabilityMiddleware:
+    """ASGI middleware: request count and latency per endpoint, and one structured log line.
+
+    Args:
+        app: the wrapped ASGI app.
+        owner: the FastAPI app (its routes name the endpoints; its ``state.metrics`` counts).
+    """
+
+    def __init__(self, app: ASGIApp, owner: FastAPI) -> None:
+        self.app = app
+        self.owner = owner
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        except BaseException:
+            status = 500
+            raise
+        finally:
+            self._record(scope, status, time.perf_counter() - started)
+
+    def _record(self, scope: Scope, status: int, seconds: float) -> None:
+        endpoint = route_template(self.owner, scope)
+        method = scope.get("method", "")
+        metrics = metrics_of(self.owner)
+        if metrics is not None:
+            labels = (method, endpoint, str(status))
+            metrics.requests.labels(*labels).inc()
+            metrics.latency.labels(*labels).observe(seconds)
+        level = logging.DEBUG if endpoint in QUIET_ENDPOINTS and status < 400 else logging.INFO
+        if access_logger.isEnabledFor(level):
+            fields = dict(scope.get(LOG_FIELDS_KEY) or {})
+            fields.update(method=method, endpoint=endpoint, status=status, latency_ms=round(seconds * 1000, 3))
+            access_logger.log(level, "request", extra=fields)
+
+
+metrics_api = APIRouter()
+
+
+@metrics_api.get(
+    "/metrics",
+    response_class=Response,
+    summary="Prometheus metrics",
+    responses={200: {"description": "Metrics in the Prometheus text format.",
+                     "content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
+async def metrics_endpoint(request: Request) -> Response:
+    """Request counts and latencies per endpoint, decisions per agent, the policy version, the
+    outbox depth, Redis errors and embedding batch sizes, in the Prometheus text format."""
+    metrics = metrics_of(request.app)
+    if metrics is None:  # pragma: no cover - create_app always installs them
+        return Response("", media_type=CONTENT_TYPE_LATEST)
+    await metrics.refresh(request.app)
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
