@@ -374,8 +374,11 @@ class RedisExperienceStore(ExperienceStore):
         wait_s = self.drain_interval_s
         failing = False
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can lose a cancellation that
+            # lands while the inner wait completes, and close() would then wait forever
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=wait_s)
+                async with asyncio.timeout(wait_s):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 while await self.drain_once() >= self.drain_batch:
@@ -398,8 +401,7 @@ class RedisExperienceStore(ExperienceStore):
         and are drained by the next start)."""
         if self._drainer is not None:
             self._drainer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._drainer
+            await asyncio.wait({self._drainer}, timeout=5.0)  # bounded: close() must never hang
             self._drainer = None
         if self.outbox is not None:
             await self.outbox.close()
