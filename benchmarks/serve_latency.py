@@ -53,6 +53,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+try:  # httpcore imports sniffio on every request; absent, each failed import scans sys.path (~2 ms here)
+    import sniffio  # noqa: F401
+except ImportError:
+    sys.modules["sniffio"] = None  # type: ignore[assignment]  # fails at once: httpcore falls back to asyncio
+
 import httpx  # noqa: E402
 
 from benchmarks.common import machine, print_json_line, print_table  # noqa: E402
