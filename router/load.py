@@ -39,6 +39,7 @@ replayed: a lease whose release was lost keeps counting in Redis until its TTL.
 from __future__ import annotations
 
 import abc
+import itertools
 import logging
 import math
 import threading
@@ -190,7 +191,9 @@ class LocalLoadTracker(LoadTracker):
             for agent in agents:
                 leases = self._leases.get(agent)
                 if leases:
-                    expired = [d for d, exp in leases.items() if exp <= now]
+                    # insertion order is expiry order (one TTL, a monotonic clock): the expired
+                    # leases are a prefix, so a request costs O(expired), not O(in flight)
+                    expired = [d for d, _ in itertools.takewhile(lambda item: item[1] <= now, leases.items())]
                     for d in expired:
                         del leases[d]
                 out[agent] = len(leases) if leases else 0
@@ -207,7 +210,9 @@ class LocalLoadTracker(LoadTracker):
 
     def take_now(self, agent: str, decision_id: str) -> None:
         with self._lock:
-            self._leases.setdefault(agent, {})[decision_id] = self._clock() + self.ttl_s
+            leases = self._leases.setdefault(agent, {})
+            leases.pop(decision_id, None)  # re-inserted last: keeps insertion order = expiry order
+            leases[decision_id] = self._clock() + self.ttl_s
 
     def release_now(self, agent: str, decision_id: str) -> None:
         with self._lock:
