@@ -25,18 +25,16 @@ the outbox.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from router.experience.base import DuplicateFeedback, StoreUnavailable, UnknownDecision, build_record
+from router.experience.base import DuplicateFeedback, UnknownDecision, build_record
+from router.experience.durable_sqlite import DurableSqlite, transaction
 
 T = TypeVar("T")
 
@@ -85,39 +83,10 @@ class Outbox:
     def __init__(self, path: str | Path, prefix: str, busy_timeout_s: float = 10.0) -> None:
         self.path = Path(path)
         self.prefix = prefix
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None,
-                                   check_same_thread=False)
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreUnavailable(f"{self.path}: cannot open the outbox: {exc}") from exc
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-            with _transaction(conn):
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-        except sqlite3.Error as exc:
-            conn.close()
-            raise StoreUnavailable(f"{self.path}: cannot open the outbox: {exc}") from exc
-        self._conn = conn
+        self._db = DurableSqlite(self.path, _SCHEMA, "outbox", busy_timeout_s)
 
     async def _run(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def locked() -> T:
-            with self._lock:
-                if self._conn is None:
-                    raise StoreUnavailable(f"{self.path}: the outbox is closed")
-                try:
-                    return fn(self._conn)
-                except sqlite3.IntegrityError:
-                    raise
-                except sqlite3.Error as exc:
-                    raise StoreUnavailable(f"outbox {what} failed: {exc}") from exc
-
-        return await asyncio.to_thread(locked)
+        return await self._db.run(what, fn)
 
     async def append_decision(self, decision_id: str, context_json: str, ttl_s: float) -> None:
         """Durably append a decision context that accepts feedback for ``ttl_s`` seconds.
@@ -130,7 +99,7 @@ class Outbox:
 
         def write(conn: sqlite3.Connection) -> None:
             now = time.time()
-            with _transaction(conn):
+            with transaction(conn):
                 conn.execute(
                     "INSERT OR IGNORE INTO outbox (prefix, kind, decision_id, payload, created_at, expires_at) "
                     "VALUES (?, 'decision', ?, ?, ?, ?)",
@@ -171,7 +140,7 @@ class Outbox:
 
         def write(conn: sqlite3.Connection) -> dict[str, Any] | None:
             now = time.time()
-            with _transaction(conn):
+            with transaction(conn):
                 rows = {kind: (payload, expires_at) for kind, payload, expires_at in conn.execute(
                     "SELECT kind, payload, expires_at FROM outbox WHERE prefix = ? AND decision_id = ?",
                     (self.prefix, decision_id),
@@ -216,7 +185,7 @@ class Outbox:
             return
 
         def write(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
+            with transaction(conn):
                 conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
 
         await self._run("delete", write)
@@ -230,24 +199,4 @@ class Outbox:
 
     async def close(self) -> None:
         """Close the connection (waits for a running call)."""
-
-        def close() -> None:
-            with self._lock:
-                if self._conn is not None:
-                    self._conn.close()
-                    self._conn = None
-
-        await asyncio.to_thread(close)
-
-
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` when the block or the commit raises."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+        await self._db.close()

@@ -13,24 +13,21 @@ is on disk; several processes may share it (writers wait up to the busy timeout)
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from router.experience.base import (
     DuplicateFeedback,
     ExperienceStore,
-    StoreUnavailable,
     UnknownDecision,
     build_record,
     require_decision_id,
 )
+from router.experience.durable_sqlite import DurableSqlite, transaction
 
 T = TypeVar("T")
 
@@ -65,41 +62,11 @@ class SqliteExperienceStore(ExperienceStore):
                  busy_timeout_s: float = 10.0) -> None:
         self.path = Path(path)
         self.decision_ttl_s = decision_ttl_s
-        self._lock = threading.Lock()
         self._last_purge = 0.0
-        self._conn: sqlite3.Connection | None = None
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-            )
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreUnavailable(f"{self.path}: cannot open the database: {exc}") from exc
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-            with _transaction(conn):
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-        except sqlite3.Error as exc:
-            conn.close()
-            raise StoreUnavailable(f"{self.path}: cannot open the database: {exc}") from exc
-        self._conn = conn
+        self._db = DurableSqlite(self.path, _SCHEMA, "experience database", busy_timeout_s)
 
     async def _run(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def locked() -> T:
-            with self._lock:
-                if self._conn is None:
-                    raise StoreUnavailable(f"{self.path}: the experience store is closed")
-                try:
-                    return fn(self._conn)
-                except sqlite3.IntegrityError:
-                    raise
-                except sqlite3.Error as exc:
-                    raise StoreUnavailable(f"sqlite {what} failed: {exc}") from exc
-
-        return await asyncio.to_thread(locked)
+        return await self._db.run(what, fn)
 
     async def put_decision(self, context: dict[str, Any]) -> None:
         """Insert the context (and purge expired decisions about once a minute)."""
@@ -108,7 +75,7 @@ class SqliteExperienceStore(ExperienceStore):
 
         def write(conn: sqlite3.Connection) -> None:
             now = time.time()
-            with _transaction(conn):
+            with transaction(conn):
                 if now - self._last_purge >= PURGE_EVERY_S:
                     conn.execute("DELETE FROM decisions WHERE expires_at <= ?", (now,))
                 conn.execute(
@@ -129,7 +96,7 @@ class SqliteExperienceStore(ExperienceStore):
 
         def write(conn: sqlite3.Connection) -> dict[str, Any]:
             now = time.time()
-            with _transaction(conn):
+            with transaction(conn):
                 row = conn.execute(
                     "SELECT context FROM decisions WHERE decision_id = ? AND expires_at > ?",
                     (decision_id, now),
@@ -178,24 +145,4 @@ class SqliteExperienceStore(ExperienceStore):
 
     async def close(self) -> None:
         """Close the connection (waits for a running call)."""
-
-        def close() -> None:
-            with self._lock:
-                if self._conn is not None:
-                    self._conn.close()
-                    self._conn = None
-
-        await asyncio.to_thread(close)
-
-
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` when the block or the commit raises."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+        await self._db.close()
