@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from env.config import EnvConfig
-from env.specs import TensorSpec
+from env.specs import BatchedEnvSpecs, TensorSpec
 
 
 @dataclass
@@ -80,7 +80,7 @@ class EnvStep:
         return {"quality": self.quality, "cost_usd": self.cost_usd, "congestion": self.congestion}
 
 
-class PromptEnv:
+class PromptEnv(BatchedEnvSpecs):
     """Batched multi-router routing game over a fixed set of embedded prompts.
 
     Args:
@@ -176,30 +176,10 @@ class PromptEnv:
 
     # ----------------------------------------------------------------- specs
     @property
-    def observation_spec(self) -> TensorSpec:
-        return TensorSpec((self.num_worlds, self.num_routers, self.obs_dim), torch.float32)
-
-    @property
-    def state_spec(self) -> TensorSpec:
-        return TensorSpec((self.num_worlds, self.state_dim), torch.float32)
-
-    @property
-    def action_spec(self) -> TensorSpec:
-        return TensorSpec((self.num_worlds, self.num_routers), torch.int64, 0, self.num_agents - 1)
-
-    @property
-    def action_mask_spec(self) -> TensorSpec:
-        return TensorSpec((self.num_worlds, self.num_routers, self.num_agents), torch.bool)
-
-    @property
     def reward_spec(self) -> TensorSpec:
         cfg = self.config
         low = -cfg.cost_weight * float(self.cost_usd.max()) - cfg.congestion_weight * cfg.load_clip
         return TensorSpec((self.num_worlds, self.num_routers), torch.float32, low - 1e-6, 1.0 + 1e-6)
-
-    @property
-    def done_spec(self) -> TensorSpec:
-        return TensorSpec((self.num_worlds,), torch.bool)
 
     # ------------------------------------------------------------- dynamics
     def load(self) -> torch.Tensor:

@@ -71,3 +71,42 @@ def check_env_specs(env: PromptEnv, steps: int | None = None, seed: int = 0) -> 
         if expect_trunc:
             assert (env.queue == 0).all(), "auto-reset did not clear the queues"
         assert out.action_mask.any(-1).all(), "a router has no allowed agent"
+
+
+class BatchedEnvSpecs:
+    """Spec properties (:class:`TensorSpec`) of a batched multi-agent env with ``num_worlds``,
+    ``num_routers``, ``obs_dim``, ``state_dim`` and ``num_actions``; rewards and obs are unbounded
+    unless a subclass narrows ``reward_spec`` (PromptEnv does)."""
+
+    num_worlds: int
+    num_routers: int
+    obs_dim: int
+    state_dim: int
+
+    @property
+    def num_actions(self) -> int:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @property
+    def observation_spec(self) -> TensorSpec:
+        return TensorSpec((self.num_worlds, self.num_routers, self.obs_dim), torch.float32)
+
+    @property
+    def state_spec(self) -> TensorSpec:
+        return TensorSpec((self.num_worlds, self.state_dim), torch.float32)
+
+    @property
+    def action_spec(self) -> TensorSpec:
+        return TensorSpec((self.num_worlds, self.num_routers), torch.int64, 0, self.num_actions - 1)
+
+    @property
+    def action_mask_spec(self) -> TensorSpec:
+        return TensorSpec((self.num_worlds, self.num_routers, self.num_actions), torch.bool)
+
+    @property
+    def reward_spec(self) -> TensorSpec:
+        return TensorSpec((self.num_worlds, self.num_routers), torch.float32)
+
+    @property
+    def done_spec(self) -> TensorSpec:
+        return TensorSpec((self.num_worlds,), torch.bool)

@@ -10,7 +10,6 @@ import torch
 
 from env.base import MultiAgentStep
 from env.errors import UserError
-from env.specs import TensorSpec
 
 
 class MissingExtraError(UserError, ModuleNotFoundError):
@@ -44,44 +43,6 @@ def action_mask_rows(num_actions: list[int]) -> torch.Tensor:
     """``[N, A]`` bool, ``A = max(num_actions)``: True for agent ``i``'s actions ``0 .. num_actions[i] - 1``."""
     A = max(num_actions)
     return torch.arange(A).unsqueeze(0) < torch.tensor(num_actions).unsqueeze(1)
-
-
-class AdapterSpecs:
-    """Spec properties (:class:`env.specs.TensorSpec`) for an env with ``num_worlds``, ``num_routers``,
-    ``obs_dim``, ``state_dim`` and ``num_actions``; rewards and obs are unbounded."""
-
-    num_worlds: int
-    num_routers: int
-    obs_dim: int
-    state_dim: int
-
-    @property
-    def num_actions(self) -> int:  # pragma: no cover - overridden
-        raise NotImplementedError
-
-    @property
-    def observation_spec(self) -> TensorSpec:
-        return TensorSpec((self.num_worlds, self.num_routers, self.obs_dim), torch.float32)
-
-    @property
-    def state_spec(self) -> TensorSpec:
-        return TensorSpec((self.num_worlds, self.state_dim), torch.float32)
-
-    @property
-    def action_spec(self) -> TensorSpec:
-        return TensorSpec((self.num_worlds, self.num_routers), torch.int64, 0, self.num_actions - 1)
-
-    @property
-    def action_mask_spec(self) -> TensorSpec:
-        return TensorSpec((self.num_worlds, self.num_routers, self.num_actions), torch.bool)
-
-    @property
-    def reward_spec(self) -> TensorSpec:
-        return TensorSpec((self.num_worlds, self.num_routers), torch.float32)
-
-    @property
-    def done_spec(self) -> TensorSpec:
-        return TensorSpec((self.num_worlds,), torch.bool)
 
 
 def check_adapter_specs(env, steps: int = 10, seed: int = 0) -> list[MultiAgentStep]:

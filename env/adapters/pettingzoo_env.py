@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from env.adapters._common import AdapterSpecs
 from env.base import MultiAgentStep
+from env.specs import BatchedEnvSpecs
 
 
 def _dict_space(space: Any) -> dict | None:
@@ -38,7 +38,7 @@ def _dict_space(space: Any) -> dict | None:
     return spaces if isinstance(spaces, dict) else None
 
 
-class PettingZooEnv(AdapterSpecs):
+class PettingZooEnv(BatchedEnvSpecs):
     """``num_worlds`` copies of a PettingZoo ParallelEnv stepped together.
 
     Args:

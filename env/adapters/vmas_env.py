@@ -26,8 +26,9 @@ from typing import Any
 
 import torch
 
-from env.adapters._common import AdapterSpecs, action_mask_rows, pad_stack, require
+from env.adapters._common import action_mask_rows, pad_stack, require
 from env.base import MultiAgentStep
+from env.specs import BatchedEnvSpecs
 
 
 def _flatten_obs(obs: Any, B: int) -> torch.Tensor:
@@ -37,7 +38,7 @@ def _flatten_obs(obs: Any, B: int) -> torch.Tensor:
     return obs.reshape(B, -1).float()
 
 
-class VmasEnv(AdapterSpecs):
+class VmasEnv(BatchedEnvSpecs):
     """A VMAS scenario with ``num_worlds`` vectorised worlds and discrete actions.
 
     Args:
