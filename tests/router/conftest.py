@@ -51,13 +51,21 @@ def agent_specs() -> list[dict]:
     ]
 
 
-def make_checkpoint(parent: Path) -> Path:
-    """Save a freshly initialised (almost uniform) 9-agent policy under ``parent``."""
+def make_checkpoint(parent: Path, capacities: list[int | None] | None = None) -> Path:
+    """Save a freshly initialised (almost uniform) 9-agent policy under ``parent``.
+
+    With ``capacities`` (AGENTS order) the agent specs and ``policy.json`` record them, so that the
+    server feeds live load into the obs; without, the meta has no ``capacities`` (load stays 0).
+    """
     from training.checkpoint import build_networks, save_checkpoint
 
+    specs = agent_specs()
+    if capacities is not None:
+        specs = [{**spec, "capacity": c} for spec, c in zip(specs, capacities, strict=True)]
     meta = {
         "agents": AGENTS,
-        "agent_specs": agent_specs(),
+        "agent_specs": specs,
+        **({"capacities": capacities} if capacities is not None else {}),
         "embedding": {"model": "sentence-transformers/all-MiniLM-L6-v2", "dim": 384},
         "obs_layout": {
             "obs_dim": 384 + len(AGENTS),

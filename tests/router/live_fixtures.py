@@ -22,30 +22,18 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.router.conftest import AGENTS, agent_specs, delete_prefix, free_port
+from tests.router.conftest import delete_prefix, free_port, make_checkpoint
 
 #: Capacities of the live checkpoint (requests per env step; None: unbounded), in AGENTS order.
 CAPACITIES: list[int | None] = [1, 1, 2, 2, None, 3, 3, 4, 4]
-LOAD_CLIP = 4.0
+LOAD_CLIP = 4.0  # the obs_layout load_clip make_checkpoint records
 ADMIN_TOKEN = "live-admin-token"
 REDIS_START_TIMEOUT_S = 30.0
 
 
 def make_capacity_checkpoint(parent: Path) -> Path:
     """A fresh (almost uniform) 9-agent policy whose ``policy.json`` records ``CAPACITIES``."""
-    from training.checkpoint import build_networks, save_checkpoint
-
-    meta = {
-        "agents": AGENTS,
-        "agent_specs": [{**spec, "capacity": c} for spec, c in zip(agent_specs(), CAPACITIES, strict=True)],
-        "capacities": CAPACITIES,
-        "embedding": {"model": "sentence-transformers/all-MiniLM-L6-v2", "dim": 384},
-        "obs_layout": {"obs_dim": 384 + len(AGENTS), "num_routers": 1, "load_clip": LOAD_CLIP,
-                       "include_agent_id": False},
-        "network": {"hidden": [64, 64], "share_params": True, "centralised_critic": True},
-    }
-    actor, critic = build_networks(meta)
-    return save_checkpoint(parent, actor, critic, meta)
+    return make_checkpoint(parent, CAPACITIES)
 
 
 @pytest.fixture(scope="session")
