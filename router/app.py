@@ -123,7 +123,8 @@ async def route(
     embedding = await batcher.embed(service.embedder, body.prompt)  # micro-batched, LRU-cached
     live = await load.snapshot(service.agents)  # in-flight requests and agents down (router.load)
     decision = service.route(body.prompt, body.candidates, body.explore, embedding=embedding,
-                             in_flight=live.in_flight, down=live.down)
+                             in_flight=live.in_flight, down=live.down,
+                             explore_floor=settings.explore_floor)
     note_decision(request, decision.decision_id, decision.agent, service.version)
     await store.put_decision(
         service.decision_context(decision, body.prompt, body.session_id, store_prompt=settings.store_prompts)
@@ -136,6 +137,7 @@ async def route(
             name: float(p) for name, p in zip(service.agents, decision.probabilities, strict=True)
         },
         policy_version=service.version,
+        propensity=decision.propensity,
     )
 
 

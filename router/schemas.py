@@ -38,8 +38,9 @@ class RouteRequest(BaseModel):
     )
     explore: bool = Field(
         False,
-        description="Sample the agent from the policy's distribution instead of taking its most "
-        "probable agent.",
+        description="Sample the agent from the policy's distribution, mixed with uniform so that every "
+        "allowed agent has probability at least ROUTER_EXPLORE_FLOOR, instead of taking its most "
+        "probable agent. The sampling probability is logged as the propensity for retraining.",
     )
 
     @field_validator("prompt")
@@ -75,6 +76,10 @@ class RouteResponse(BaseModel):
         description="The policy's probability of every agent (masked agents 0); sums to 1."
     )
     policy_version: str = Field(description="Version of the policy that decided.")
+    propensity: float = Field(
+        description="Probability with which the agent was chosen: its probability in the "
+        "exploration distribution when explore was on, 1.0 for the policy's most probable agent."
+    )
 
 
 class FeedbackRequest(BaseModel):

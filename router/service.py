@@ -43,6 +43,9 @@ class Decision:
         load: ``[K]`` float32 normalised load used in the observation.
         action_mask: ``[K]`` bool, True where the agent was allowed.
         explore: True when the agent was sampled, False when it was the argmax.
+        propensity: probability with which ``action`` was chosen: under ``explore``, its
+            probability in the sampling distribution (:func:`exploration_distribution`); 1.0 for
+            the deterministic argmax.
     """
 
     decision_id: str
@@ -55,6 +58,33 @@ class Decision:
     load: np.ndarray
     action_mask: np.ndarray
     explore: bool
+    propensity: float = 1.0
+
+
+def exploration_distribution(probs: np.ndarray, mask: np.ndarray, floor: float) -> np.ndarray:
+    """The distribution ``explore`` samples from: the policy mixed with uniform so that every
+    allowed agent has probability at least ``floor``.
+
+    ``mu = (1 - alpha) * pi + alpha / K_a`` over the ``K_a`` allowed agents, with
+    ``alpha = min(1, floor * K_a)`` (epsilon-greedy mixing; Li et al. 2010, "A Contextual-Bandit
+    Approach to Personalized News Article Recommendation", arXiv 1003.0146, sec. 5, logs such
+    propensities for unbiased offline evaluation). ``floor * K_a >= 1`` gives the uniform choice.
+
+    Args:
+        probs: ``[K]`` float, the policy's distribution (masked agents 0).
+        mask: ``[K]`` bool, allowed agents (at least one).
+        floor: minimum probability of each allowed agent, in [0, 1].
+
+    Returns:
+        ``[K]`` float64 summing to 1, 0 where ``mask`` is False.
+    """
+    allowed = mask.astype(np.float64)
+    k_allowed = allowed.sum()
+    pi = probs.astype(np.float64) * allowed
+    pi = pi / pi.sum() if pi.sum() > 0 else allowed / k_allowed
+    alpha = min(1.0, max(0.0, floor) * k_allowed)
+    mu = (1.0 - alpha) * pi + alpha * allowed / k_allowed
+    return mu / mu.sum()
 
 
 def encode_embedding(vector: np.ndarray) -> str:
@@ -160,6 +190,7 @@ class RoutingService:
         in_flight: Mapping[str, int] | None = None,
         down: Collection[str] = (),
         embedding: np.ndarray | None = None,
+        explore_floor: float = 0.0,
     ) -> Decision:
         """Choose an agent for ``prompt``.
 
@@ -171,7 +202,8 @@ class RoutingService:
         Args:
             prompt: the prompt text (not stored; validated by the caller).
             candidates: agent names allowed; None allows every agent.
-            explore: sample from the distribution (True) or take its argmax (False).
+            explore: sample from :func:`exploration_distribution` (True) or take the argmax of the
+                policy (False).
             in_flight: agent name -> requests in flight (missing agents: 0); None: no load.
             down: names of agents marked down.
             embedding: the prompt's ``[E]`` embedding if already computed (by the micro-batcher,
@@ -191,10 +223,12 @@ class RoutingService:
         mask_t = None if mask.all() else torch.from_numpy(mask).view(1, 1, -1)
         probs = self.policy.probabilities(obs, mask_t)[0, 0].cpu().numpy().astype(np.float32)
         probs[~mask] = 0.0
+        propensity = 1.0
         if explore:
-            p = probs.astype(np.float64)
+            mu = exploration_distribution(probs, mask, explore_floor)
             with self._rng_lock:
-                action = int(self._rng.choice(len(p), p=p / p.sum()))
+                action = int(self._rng.choice(len(mu), p=mu))
+            propensity = float(mu[action])
         else:
             action = int(np.argmax(probs))
         chosen = float(probs[action])
@@ -210,6 +244,7 @@ class RoutingService:
             load=load[0],
             action_mask=mask,
             explore=explore,
+            propensity=propensity,
         )
 
     def decision_context(
@@ -221,7 +256,9 @@ class RoutingService:
         Keys: ``decision_id``, ``policy_version``, ``created_at``, ``session_id``,
         ``prompt_sha256`` (hex), ``embedding`` (:func:`encode_embedding`), ``embedding_dtype``
         (``"float16"``), ``load`` (``[K]`` floats), ``action_mask`` (``[K]`` bools), ``action``
-        (int), ``agent``, ``log_prob``, ``probabilities`` (``[K]`` floats), ``explore``.
+        (int), ``agent``, ``log_prob`` (natural log of the policy's probability of the action),
+        ``probabilities`` (``[K]`` floats), ``explore``, ``propensity`` (probability the action was
+        chosen with: 1.0 for the argmax; see :class:`Decision`).
         """
         context = {
             "decision_id": decision.decision_id,
@@ -238,6 +275,7 @@ class RoutingService:
             "log_prob": decision.log_prob,
             "probabilities": [float(x) for x in decision.probabilities],
             "explore": decision.explore,
+            "propensity": decision.propensity,
         }
         if store_prompt:
             context["prompt"] = prompt

@@ -125,6 +125,14 @@ class Settings(BaseSettings):
         le=3600,
         description="Seconds sent in Retry-After when the experience store is unavailable.",
     )
+    explore_floor: float = Field(
+        0.02,
+        ge=0.0,
+        le=1.0,
+        description="With explore=true on POST /v1/route, the least probability of each allowed agent: the "
+        "policy is mixed with uniform (alpha = min(1, floor * allowed)) so logged data covers more than the "
+        "greedy choice; the chosen agent's probability is logged as its propensity.",
+    )
     policy_poll_s: float = Field(
         2.0,
         gt=0,

@@ -96,6 +96,10 @@ def test_candidates_mask_the_choice(client, sqlite_server):
     (record,) = [rec for _, rec in read_all(sqlite_server) if rec["decision_id"] == body["decision_id"]]
     assert record["action_mask"] == [a in allowed for a in AGENTS]
     assert record["explore"] is True
+    # the propensity is the chosen agent's probability under the policy mixed with uniform over the
+    # 2 allowed agents (ROUTER_EXPLORE_FLOOR 0.02: alpha 0.04), as the response says
+    pi = record["probabilities"][record["action"]]
+    assert record["propensity"] == body["propensity"] == pytest.approx(0.96 * pi + 0.04 / 2, rel=1e-6)
 
 
 def test_greedy_is_deterministic_and_explore_samples(client):
