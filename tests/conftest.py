@@ -1,10 +1,14 @@
-"""Shared fixtures: the shipped dataset, a session-wide embedding cache, a small real config."""
+"""Shared fixtures: the shipped dataset, a session-wide embedding cache, a small real config, Redis."""
 
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "llmrouter-dc"
@@ -46,3 +50,34 @@ def small_config(tmp_path, embed_cache, shipped_paths):
             "ppo.gamma=0.0",
         ],
     )
+
+
+def delete_prefix(url: str, prefix: str) -> None:
+    """Delete every key ``<prefix>:*``."""
+    with redis.Redis.from_url(url) as r:
+        keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            r.delete(*keys)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """URL of the real Redis (``REDIS_URL`` or localhost); skip when absent, fail when CI=true."""
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2) as r:
+            r.ping()
+    except redis.RedisError as exc:
+        message = f"Redis at {url} is unreachable: {exc}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return url
+
+
+@pytest.fixture
+def redis_prefix(redis_url) -> Iterator[str]:
+    """A unique key prefix whose keys are deleted afterwards."""
+    prefix = f"test-{uuid.uuid4().hex}"
+    yield prefix
+    delete_prefix(redis_url, prefix)

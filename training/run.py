@@ -143,6 +143,7 @@ def _run(cfg: TrainConfig, rank_cfg: TrainConfig, ctx: DistContext, device: str,
     history = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line]
     plot_reward_curve(history, out_dir / "reward_curve.png")
     meta = checkpoint_meta(cfg, splits, env, eval_metrics={})
+    meta["value_norm"] = trainer.value_norm.to_meta()
     policy = Policy(out_dir, meta, trainer.actor.eval(), trainer.critic.eval())
     meta["eval"] = {"val": evaluate(policy, splits.splits["train"], splits.splits["val"],
                                     splits.embeddings("val"), cfg.env.cost_weight)}

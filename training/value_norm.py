@@ -68,3 +68,20 @@ class ValueNorm(nn.Module):
         if not self.enabled:
             return x
         return (x * self.std + self.mean).to(x.dtype)
+
+    def to_meta(self) -> dict[str, float | bool]:
+        """``{"enabled", "mean", "var", "count"}`` as JSON numbers, for a checkpoint's ``policy.json``
+        (so a warm start, :mod:`training.retrain`, reads the critic on the returns' scale)."""
+        return {"enabled": self.enabled, "mean": float(self.mean), "var": float(self.var),
+                "count": float(self.count)}
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, float | bool] | None, enabled: bool = True) -> ValueNorm:
+        """A :class:`ValueNorm` with the moments of :meth:`to_meta`; fresh (count eps) when ``meta``
+        is None (a checkpoint written before the moments were recorded)."""
+        vn = cls(bool(meta["enabled"]) if meta else enabled)
+        if meta:
+            vn.mean.fill_(float(meta["mean"]))
+            vn.var.fill_(float(meta["var"]))
+            vn.count.fill_(float(meta["count"]))
+        return vn

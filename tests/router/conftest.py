@@ -20,7 +20,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import redis
+
+from tests.conftest import delete_prefix
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENTS = [
@@ -316,37 +317,6 @@ def client(sqlite_server) -> Iterator[httpx.Client]:
         yield c
 
 
-@pytest.fixture(scope="session")
-def redis_url() -> str:
-    """URL of the real Redis (``REDIS_URL`` or localhost); skip when absent, fail when CI=true."""
-    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    try:
-        with redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2) as r:
-            r.ping()
-    except redis.RedisError as exc:
-        message = f"Redis at {url} is unreachable: {exc}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return url
-
-
-@pytest.fixture
-def redis_prefix(redis_url) -> Iterator[str]:
-    """A unique key prefix whose keys are deleted afterwards."""
-    prefix = f"test-{uuid.uuid4().hex}"
-    yield prefix
-    delete_prefix(redis_url, prefix)
-
-
-def delete_prefix(url: str, prefix: str) -> None:
-    """Delete every key ``<prefix>:*``."""
-    with redis.Redis.from_url(url) as r:
-        keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
-        if keys:
-            r.delete(*keys)
-
-
 def _check_record(record: dict, route: dict, prompt: str, feedback: dict) -> None:
     """Assert that an experience record matches the route answer and the feedback sent."""
     from datetime import datetime
@@ -358,6 +328,9 @@ def _check_record(record: dict, route: dict, prompt: str, feedback: dict) -> Non
     assert record["agent"] == route["agent"] == AGENTS[record["action"]]
     assert record["probabilities"] == pytest.approx([route["probabilities"][a] for a in AGENTS])
     assert abs(record["log_prob"] - math.log(record["probabilities"][record["action"]])) < 1e-5
+    assert record["propensity"] == route["propensity"]
+    if not record["explore"]:
+        assert record["propensity"] == 1.0
     assert record["prompt_sha256"] == hashlib.sha256(prompt.encode()).hexdigest()
     assert prompt not in json.dumps(record) and "prompt" not in record
     assert record["embedding_dtype"] == "float16"

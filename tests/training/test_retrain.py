@@ -1,0 +1,192 @@
+"""``retrain`` against the real Redis stream and the SQLite store: records logged through the
+production store classes, the watermark, crash recovery, the gate."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+import redis
+
+from router.experience.redis_store import RedisExperienceStore
+from router.experience.sqlite_store import SqliteExperienceStore
+from router.service import RoutingService
+from training.checkpoint import META, load_checkpoint
+from training.data import load_splits
+from training.retrain import RetrainConfig, run_retrain
+from training.retrain import job as retrain_job
+from training.run import run_training
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def v1(small_config, tmp_path):
+    """A barely trained policy (one PPO iteration): near uniform, so logged feedback can improve it."""
+    cfg = small_config.model_copy(update={"ppo": small_config.ppo.model_copy(update={"total_steps": 16})})
+    return cfg, run_training(cfg, progress=False)
+
+
+async def _log(store, policy, cfg, n: int, seed: int = 0) -> list[str]:
+    """Route ``n`` train prompts with ``explore`` (3 a session) and post their dataset outcomes."""
+    splits = load_splits(cfg)
+    ds, emb = splits.splits["train"], splits.embeddings("train")
+    service = RoutingService(policy, embedder=None, seed=seed)
+    ids = []
+    for p in range(n):
+        decision = service.route("x", explore=True, embedding=emb[p], explore_floor=0.05)
+        await store.put_decision(service.decision_context(decision, ds.prompts[p], f"s-{p // 3}"))
+        a = decision.action
+        await store.record_feedback(decision.decision_id, {"quality": float(ds.quality[p, a]),
+                                                           "cost_usd": float(ds.cost_usd[p, a])})
+        ids.append(decision.decision_id)
+    return ids
+
+
+def _log_redis(url, prefix, policy, cfg, n):
+    async def go():
+        store = RedisExperienceStore(url, prefix=prefix)
+        try:
+            return await _log(store, policy, cfg, n)
+        finally:
+            await store.close()
+    return asyncio.run(go())
+
+
+def _versions(root):
+    return sorted(p.name for p in root.iterdir() if (p / META).is_file())
+
+
+def test_retrain_publishes_a_better_policy_then_has_nothing_to_do(v1, redis_url, redis_prefix):
+    cfg, v1_dir = v1
+    root = v1_dir.parent
+    _log_redis(redis_url, redis_prefix, load_checkpoint(v1_dir), cfg, 300)
+    rc = RetrainConfig(checkpoint_root=root, redis_url=redis_url, redis_prefix=redis_prefix)
+    result = run_retrain(rc)
+    assert result.status == "published", result
+    assert result.records == result.used == 300 and result.sessions == 100
+    assert result.gate["candidate"]["reward"] > result.gate["serving"]["reward"]
+    v2 = load_checkpoint(result.checkpoint)
+    with redis.Redis.from_url(redis_url, decode_responses=True) as r:
+        last = r.xrevrange(f"{redis_prefix}:experience", count=1)[0][0]
+        assert r.get(f"{redis_prefix}:policy:current") == v2.path.name
+        assert r.xpending(f"{redis_prefix}:experience", "retrain")["pending"] == 0
+    assert v2.meta["data"]["watermark"] == {"source": "redis", "name": f"{redis_prefix}:experience", "id": last}
+    assert v2.meta["retrain"]["parent_version"] == load_checkpoint(v1_dir).version
+    # the logged update moved the policy within the clip around the logging policy
+    assert 0 < result.train["clipfrac"] < 1 and np.isfinite(result.train["approx_kl"])
+
+    again = run_retrain(rc)
+    assert again.status == "too_few" and again.records == 0
+    assert again.serving_version == v2.version
+    assert _versions(root) == sorted([v1_dir.name, v2.path.name])
+
+
+def test_crash_between_checkpoint_and_publish_trains_each_record_once(v1, redis_url, redis_prefix, monkeypatch):
+    cfg, v1_dir = v1
+    root = v1_dir.parent
+    _log_redis(redis_url, redis_prefix, load_checkpoint(v1_dir), cfg, 120)
+    rc = RetrainConfig(checkpoint_root=root, redis_url=redis_url, redis_prefix=redis_prefix, update_epochs=2,
+                       margin=1.0)
+
+    def crash(self, ref, version):
+        raise KeyboardInterrupt("killed after the checkpoint was durable")
+
+    monkeypatch.setattr(retrain_job.Publisher, "publish", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_retrain(rc)
+    monkeypatch.undo()
+    (candidate,) = set(_versions(root)) - {v1_dir.name}
+    key = f"{redis_prefix}:policy:current"
+    with redis.Redis.from_url(redis_url, decode_responses=True) as r:
+        assert r.get(key) is None
+        assert r.xpending(f"{redis_prefix}:experience", "retrain")["pending"] == 120  # delivered, not acked
+
+    rerun = run_retrain(rc)
+    assert rerun.recovered == load_checkpoint(root / candidate).version  # the publish is finished
+    assert rerun.stale_acked == 120 and rerun.records == 0 and rerun.status == "too_few"
+    assert set(_versions(root)) == {v1_dir.name, candidate}  # not trained a second time
+    with redis.Redis.from_url(redis_url, decode_responses=True) as r:
+        assert r.get(key) == candidate
+        assert r.xpending(f"{redis_prefix}:experience", "retrain")["pending"] == 0
+
+
+def test_crash_before_the_checkpoint_leaves_the_records_pending(v1, redis_url, redis_prefix, monkeypatch):
+    cfg, v1_dir = v1
+    root = v1_dir.parent
+    _log_redis(redis_url, redis_prefix, load_checkpoint(v1_dir), cfg, 90)
+    rc = RetrainConfig(checkpoint_root=root, redis_url=redis_url, redis_prefix=redis_prefix, update_epochs=2,
+                       margin=1.0)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed while training")
+
+    monkeypatch.setattr(retrain_job, "save_checkpoint", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_retrain(rc)
+    monkeypatch.undo()
+    assert _versions(root) == [v1_dir.name]
+    # a crashed run's entries are claimed by the next run, whichever consumer it is
+    rerun = run_retrain(rc.model_copy(update={"consumer": "retrain-2"}))
+    assert rerun.records == 90 and rerun.stale_acked == 0 and rerun.status == "published"
+    with redis.Redis.from_url(redis_url, decode_responses=True) as r:
+        assert r.xpending(f"{redis_prefix}:experience", "retrain")["pending"] == 0
+
+
+def test_gate_rejects_a_worse_candidate(v1, redis_url, redis_prefix):
+    """Feedback that rewards the worst agent: the candidate gets worse on held-out data and is kept
+    under rejected/, never published; its records are still consumed."""
+    cfg, v1_dir = v1
+    root = v1_dir.parent
+    policy = load_checkpoint(v1_dir)
+    splits = load_splits(cfg)
+    ds, emb = splits.splits["train"], splits.embeddings("train")
+    worst = int(np.argmin(ds.quality.mean(0)))
+
+    async def go():
+        store = RedisExperienceStore(redis_url, prefix=redis_prefix)
+        service = RoutingService(policy, embedder=None, seed=1)
+        try:
+            for p in range(200):
+                d = service.route("x", explore=True, embedding=emb[p], explore_floor=0.1)
+                await store.put_decision(service.decision_context(d, ds.prompts[p], None))
+                await store.record_feedback(d.decision_id, {"quality": 1.0 if d.action == worst else 0.0})
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+    result = run_retrain(RetrainConfig(checkpoint_root=root, redis_url=redis_url, redis_prefix=redis_prefix,
+                                       margin=0.0))
+    assert result.status == "rejected", result.gate
+    assert (root / "rejected" / result.version / META).is_file()
+    assert _versions(root) == [v1_dir.name]
+    with redis.Redis.from_url(redis_url, decode_responses=True) as r:
+        assert r.get(f"{redis_prefix}:policy:current") is None
+    assert run_retrain(RetrainConfig(checkpoint_root=root, redis_url=redis_url,
+                                     redis_prefix=redis_prefix)).records == 0
+
+
+def test_sqlite_store_watermark(v1, tmp_path):
+    cfg, v1_dir = v1
+    root, db = v1_dir.parent, tmp_path / "experience.sqlite3"
+
+    async def go(n):
+        store = SqliteExperienceStore(db)
+        try:
+            await _log(store, load_checkpoint(v1_dir), cfg, n)
+        finally:
+            await store.close()
+
+    asyncio.run(go(60))
+    rc = RetrainConfig(checkpoint_root=root, sqlite_path=db, update_epochs=2, margin=1.0)
+    first = run_retrain(rc)
+    assert first.status == "saved" and first.records == 60 and first.watermark == "60"
+    assert run_retrain(rc).records == 0
+    asyncio.run(go(30))
+    second = run_retrain(rc)
+    assert second.records == 30 and second.watermark == "90"
+    assert second.serving_version == first.version  # the newest version, without Redis
+    meta = json.loads((root / second.version / META).read_text())
+    assert meta["data"]["watermark"]["id"] == "90"

@@ -1,0 +1,306 @@
+"""The retraining job: logged feedback -> a candidate policy -> the gate -> a new served version.
+
+One run (:func:`run_retrain`):
+
+1. **Serving policy**: the version published in Redis (``<prefix>:policy:current``), else the
+   newest version in the checkpoint root. The candidate is warm-started from it.
+2. **Watermark**: the last entry id used by any checkpoint of the root (published, unpublished or
+   rejected; ``policy.json`` ``data.watermark``). Entries up to it were trained on already.
+3. **Recovery**: a version that passed the gate but was never published (the previous run stopped
+   between its checkpoint and its publish) is published now.
+4. **Read** unacknowledged entries (:mod:`.source`); those at or before the watermark are
+   acknowledged unused; fewer than ``min_records`` new ones: stop, leaving them pending.
+5. **Train**: per-session trajectories (:mod:`.trajectories`), clipped PPO against the logged
+   propensities (:mod:`.offline_ppo`), optionally MAPPO on simulated PromptEnv rollouts.
+6. **Gate**: mean reward of the greedy choice on the held-out split, candidate vs serving.
+7. **Checkpoint** (atomic, fsynced) with the new watermark: in the root when the gate passed,
+   in ``<root>/rejected`` when not. **Publish** (SET + PUBLISH + a record of the publish, one
+   MULTI), then **acknowledge** the entries.
+
+A crash anywhere leaves either no checkpoint (the entries are still pending: the re-run trains on
+them) or a durable checkpoint whose watermark covers them (the re-run acknowledges them unused and
+finishes the publish), so each record is trained on once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+import torch
+from redis.exceptions import RedisError
+
+from env.errors import UserError
+from training.checkpoint import META, Policy, load_checkpoint, resolve_checkpoint, save_checkpoint
+from training.config import TrainConfig
+from training.retrain.config import RetrainConfig
+from training.retrain.offline_ppo import logged_update
+from training.retrain.source import ExperienceSource, RedisGroupSource, SourceError, SqliteSource
+from training.retrain.trajectories import build_batch
+from training.value_norm import ValueNorm
+
+logger = logging.getLogger(__name__)
+
+REJECTED = "rejected"
+#: Redis names, under ``<prefix>:`` (the first two are the servers' :mod:`router.registry` ones)
+CURRENT_KEY, EVENTS_CHANNEL, PUBLISHED_SET = "policy:current", "policy:events", "retrain:published"
+
+
+@dataclass
+class RetrainResult:
+    """What one run did.
+
+    Attributes:
+        status: ``published`` (passed the gate, published), ``saved`` (passed, not published:
+            ``publish`` off or no Redis), ``rejected`` (failed the gate; saved under
+            ``<root>/rejected``), ``too_few`` (fewer new records than ``min_records``).
+        serving_version: the policy the candidate was warm-started from.
+        records: new records read; ``used`` of them trained on (the others in ``skipped``).
+        sessions: sessions they formed.
+        stale_acked: entries at or before the watermark acknowledged unused (a crashed run's).
+        recovered: version published by recovery, if any.
+        checkpoint: the candidate's directory; version: its version; watermark: its last entry id.
+        gate: ``{"split", "serving", "candidate", "margin", "passed"}`` (mean reward, quality,
+            cost_usd_per_1k of both).
+        train: metrics of the update.
+    """
+
+    status: str
+    serving_version: str
+    records: int = 0
+    used: int = 0
+    sessions: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    stale_acked: int = 0
+    recovered: str | None = None
+    checkpoint: str | None = None
+    version: str | None = None
+    watermark: str | None = None
+    gate: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def open_source(cfg: RetrainConfig) -> ExperienceSource:
+    """The configured experience source (Redis consumer group, else the SQLite store)."""
+    if cfg.redis_url:
+        return RedisGroupSource(cfg.redis_url, cfg.redis_prefix, cfg.group, cfg.consumer)
+    return SqliteSource(cfg.sqlite_path)
+
+
+def _versions(root: Path) -> list[tuple[Path, dict[str, Any]]]:
+    out = []
+    for parent in (root, root / REJECTED):
+        if not parent.is_dir():
+            continue
+        for child in parent.iterdir():
+            try:
+                out.append((child, json.loads((child / META).read_text(encoding="utf-8"))))
+            except (OSError, json.JSONDecodeError):
+                continue
+    return out
+
+
+def _watermark_of(meta: dict[str, Any], source: ExperienceSource) -> str | None:
+    mark = (meta.get("data") or {}).get("watermark")
+    if isinstance(mark, dict) and mark.get("source") == source.kind and mark.get("name") == source.name:
+        return str(mark["id"])
+    return None
+
+
+def last_watermark(root: Path, source: ExperienceSource) -> str | None:
+    """The latest entry id recorded by any checkpoint under ``root`` (and ``root/rejected``)."""
+    marks = [m for _, meta in _versions(root) if (m := _watermark_of(meta, source)) is not None]
+    return max(marks, key=source.order_key) if marks else None
+
+
+class Publisher:
+    """The policy version published to every server replica (see :mod:`router.registry`)."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self._redis = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10.0)
+        self.key, self.channel = f"{prefix}:{CURRENT_KEY}", f"{prefix}:{EVENTS_CHANNEL}"
+        self.published_set = f"{prefix}:{PUBLISHED_SET}"
+
+    def current(self) -> str | None:
+        try:
+            return self._redis.get(self.key)
+        except (RedisError, OSError) as exc:
+            raise SourceError(f"cannot read {self.key}: {exc}") from None
+
+    def was_published(self, version: str) -> bool:
+        try:
+            return bool(self._redis.sismember(self.published_set, version))
+        except (RedisError, OSError) as exc:
+            raise SourceError(f"cannot read {self.published_set}: {exc}") from None
+
+    def publish(self, ref: str, version: str) -> None:
+        """SET the key, PUBLISH the event and record ``version`` as published, in one MULTI."""
+        try:
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(self.key, ref).publish(self.channel, ref).sadd(self.published_set, version)
+                pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise SourceError(f"could not publish {ref!r}: {exc}") from None
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+def _resolve_ref(root: Path, ref: str | None) -> Path:
+    if ref:
+        path = Path(ref) if Path(ref).is_absolute() else root / ref
+        if (path / META).is_file():
+            return path
+        logger.warning("published policy %r not found under %s; using the newest version", ref, root)
+    return resolve_checkpoint(root)
+
+
+def _training_config(policy: Policy) -> TrainConfig:
+    from training.config import load_config
+
+    cfg = load_config(None, [], base=policy.meta.get("training"))
+    if not Path(cfg.data.prompts).is_file():
+        raise UserError(f"{cfg.data.prompts}: the dataset the serving policy was trained on is not here "
+                        "(retrain evaluates on its held-out split); run from the project directory")
+    return cfg
+
+
+def _gate(serving: Policy, candidate: Policy, cfg: RetrainConfig, train_cfg: TrainConfig, splits,
+          cost_weight: float) -> dict[str, Any]:
+    from training.evaluate import policy_choices, summarize
+
+    ds, emb = splits.splits[cfg.eval_split], splits.embeddings(cfg.eval_split)
+    scores = {name: summarize(policy_choices(p, emb), ds.quality, ds.cost_usd, cost_weight)
+              for name, p in (("serving", serving), ("candidate", candidate))}
+    passed = scores["candidate"]["reward"] >= scores["serving"]["reward"] - cfg.margin
+    return {"split": cfg.eval_split, "prompts": len(ds), **scores, "margin": cfg.margin, "passed": bool(passed)}
+
+
+def run_retrain(cfg: RetrainConfig, source: ExperienceSource | None = None) -> RetrainResult:
+    """Run one retraining job (see the module docstring).
+
+    Raises:
+        UserError: no checkpoint under ``cfg.checkpoint_root``, its dataset missing, a
+            multi-router policy with a centralised critic (its state needs every router's obs);
+            SourceError (a UserError): the experience log or Redis cannot be reached.
+    """
+    root = Path(cfg.checkpoint_root)
+    source = source or open_source(cfg)
+    publisher = Publisher(cfg.redis_url, cfg.redis_prefix) if cfg.redis_url else None
+    try:
+        return _run(cfg, root, source, publisher)
+    finally:
+        source.close()
+        if publisher is not None:
+            publisher.close()
+
+
+def _run(cfg: RetrainConfig, root: Path, source: ExperienceSource, publisher: Publisher | None) -> RetrainResult:
+    serving_dir = _resolve_ref(root, publisher.current() if publisher else None)
+    watermark = last_watermark(root, source)
+    recovered = None
+    if publisher is not None:
+        newest = resolve_checkpoint(root)
+        meta = json.loads((newest / META).read_text(encoding="utf-8"))
+        run = meta.get("retrain") or {}
+        # passed the gate, meant to be published, never published: finish the earlier run's publish
+        if ((run.get("gate") or {}).get("passed") and run.get("config", {}).get("publish") and cfg.publish
+                and not publisher.was_published(meta["version"])):
+            publisher.publish(newest.name, meta["version"])
+            recovered, serving_dir = meta["version"], newest
+            logger.info("published %s, left unpublished by an earlier run", recovered)
+    serving = load_checkpoint(serving_dir)
+    layout = serving.meta["obs_layout"]
+    if layout["num_routers"] > 1 and serving.meta["network"]["centralised_critic"]:
+        raise UserError(f"{serving_dir}: retrain supports single-router policies or IPPO critics; this one "
+                        f"has {layout['num_routers']} routers and a centralised critic")
+    result = RetrainResult(status="too_few", serving_version=serving.version, recovered=recovered)
+
+    entries = source.read(watermark, cfg.max_records)
+    if watermark is not None:
+        stale = [eid for eid, _ in entries if source.order_key(eid) <= source.order_key(watermark)]
+        if stale:
+            source.ack(stale)
+            entries = [(eid, rec) for eid, rec in entries if eid not in set(stale)]
+        result.stale_acked = len(stale)
+    result.records = len(entries)
+    if len(entries) < cfg.min_records:
+        return result
+
+    train_cfg = _training_config(serving)
+    cost_weight = train_cfg.env.cost_weight if cfg.cost_weight is None else cfg.cost_weight
+    gamma = train_cfg.ppo.gamma if cfg.gamma is None else cfg.gamma
+    batch = build_batch(entries, serving, cost_weight)
+    result.used, result.sessions, result.skipped = len(batch), batch.sessions, batch.skipped
+
+    from training.data import load_splits
+
+    splits = load_splits(train_cfg)
+    candidate = load_checkpoint(serving_dir)  # a second copy, trained in place
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    value_norm = ValueNorm.from_meta(serving.meta.get("value_norm"), train_cfg.ppo.norm_value)
+    params = [*candidate.actor.parameters(), *candidate.critic.parameters()]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=1e-5)
+    if len(batch):
+        result.train = logged_update(candidate.actor, candidate.critic, value_norm, optimizer, batch, cfg, gamma,
+                                     generator)
+    if cfg.sim_iterations:
+        result.train |= _simulate(cfg, train_cfg, splits, candidate, value_norm)
+
+    result.gate = _gate(serving, candidate, cfg, train_cfg, splits, cost_weight)
+    last = max((eid for eid, _ in entries), key=source.order_key)
+    meta = {k: v for k, v in serving.meta.items() if k not in ("format", "version", "created_at", "weights_sha256")}
+    meta["data"] = {**meta.get("data", {}), "watermark": {"source": source.kind, "name": source.name, "id": last}}
+    meta["value_norm"] = value_norm.to_meta()
+    meta["eval"] = {"retrain_gate": result.gate}
+    meta["retrain"] = {"parent_version": serving.version, "records": result.records, "used": result.used,
+                       "sessions": result.sessions, "skipped": result.skipped, "cost_weight": cost_weight,
+                       "gamma": gamma, "config": cfg.model_dump(mode="json", exclude={"redis_url"}),
+                       "train": result.train, "gate": result.gate}
+    passed = result.gate["passed"]
+    path = save_checkpoint(root if passed else root / REJECTED, candidate.actor, candidate.critic, meta)
+    result.checkpoint, result.watermark = str(path), last
+    result.version = json.loads((path / META).read_text(encoding="utf-8"))["version"]
+    if not passed:
+        result.status = "rejected"
+    elif publisher is not None and cfg.publish:
+        publisher.publish(path.name, result.version)
+        result.status = "published"
+    else:
+        result.status = "saved"
+    source.ack([eid for eid, _ in entries])
+    return result
+
+
+def _simulate(cfg: RetrainConfig, train_cfg: TrainConfig, splits, candidate: Policy,
+              value_norm: ValueNorm) -> dict[str, float]:
+    """``cfg.sim_iterations`` MAPPO iterations on PromptEnv (the training split and env config the
+    serving policy was trained with), continuing from the candidate's weights."""
+    from training.run import build_env
+    from training.trainer import MAPPOTrainer
+
+    sim_cfg = train_cfg.model_copy(update={"seed": cfg.seed, "device": "cpu"})
+    trainer = MAPPOTrainer(sim_cfg, build_env(sim_cfg, splits, "cpu"))
+    trainer.actor.load_state_dict(candidate.actor.state_dict())
+    trainer.critic.load_state_dict(candidate.critic.state_dict())
+    trainer.value_norm.load_state_dict(value_norm.state_dict())
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = cfg.lr
+    rewards = []
+    for _ in range(cfg.sim_iterations):
+        rewards.append(trainer.collect()["reward"])
+        trainer.update()
+    candidate.actor.load_state_dict(trainer.actor.state_dict())
+    candidate.critic.load_state_dict(trainer.critic.state_dict())
+    value_norm.load_state_dict(trainer.value_norm.state_dict())
+    candidate.actor.eval()
+    candidate.critic.eval()
+    return {"sim_iterations": float(cfg.sim_iterations), "sim_reward_last": rewards[-1]}
