@@ -52,6 +52,18 @@ def small_config(tmp_path, embed_cache, shipped_paths):
     )
 
 
+@pytest.fixture
+def weak_policy(small_config):
+    """``(config, version_dir)`` of a policy that has learnt next to nothing (one PPO iteration at
+    lr 1e-6 on ``small_config``): near uniform, its argmax an arbitrary agent per prompt, so logged
+    feedback can improve on it."""
+    from training.run import run_training
+
+    ppo = small_config.ppo.model_copy(update={"total_steps": 16, "lr": 1e-6})
+    cfg = small_config.model_copy(update={"ppo": ppo})
+    return cfg, run_training(cfg, progress=False)
+
+
 def delete_prefix(url: str, prefix: str) -> None:
     """Delete every key ``<prefix>:*``."""
     with redis.Redis.from_url(url) as r:

@@ -17,16 +17,13 @@ from training.checkpoint import META, load_checkpoint
 from training.data import load_splits
 from training.retrain import RetrainConfig, run_retrain
 from training.retrain import job as retrain_job
-from training.run import run_training
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def v1(small_config, tmp_path):
-    """A barely trained policy (one PPO iteration): near uniform, so logged feedback can improve it."""
-    cfg = small_config.model_copy(update={"ppo": small_config.ppo.model_copy(update={"total_steps": 16})})
-    return cfg, run_training(cfg, progress=False)
+def v1(weak_policy):
+    return weak_policy
 
 
 async def _log(store, policy, cfg, n: int, seed: int = 0) -> list[str]:

@@ -1,0 +1,83 @@
+"""The whole loop over real HTTP and Redis: a server with policy v1 routes train prompts, a client
+posts the dataset's outcomes as feedback, ``agent-router retrain`` produces v2, the server hot-swaps
+to it without a restart, and v2 routes held-out prompts better than v1."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+import redis
+
+from tests.router.conftest import ROOT
+from training.checkpoint import load_checkpoint
+from training.data import load_splits
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+
+def _held_out_quality(client: httpx.Client, ds) -> tuple[float, set[str]]:
+    """Mean dataset quality of the agents the server picks (greedy) for the split's prompts."""
+    names = ds.agent_names
+    quality, versions = [], set()
+    for p, prompt in enumerate(ds.prompts):
+        body = client.post("/v1/route", json={"prompt": prompt}).raise_for_status().json()
+        quality.append(ds.quality[p, names.index(body["agent"])])
+        versions.add(body["policy_version"])
+    return float(np.mean(quality)), versions
+
+
+def test_feedback_retrain_hot_swap_improves_the_policy(weak_policy, start_server, redis_url, redis_prefix,
+                                                        embed_cache):
+    cfg, v1_dir = weak_policy
+    root = v1_dir.parent
+    v1 = load_checkpoint(v1_dir).version
+    server = start_server({
+        "ROUTER_CHECKPOINT": str(root),
+        "ROUTER_REDIS_URL": redis_url,
+        "ROUTER_REDIS_PREFIX": redis_prefix,
+        "ROUTER_EMBED_CACHE_DIR": str(embed_cache),
+        "ROUTER_EXPLORE_FLOOR": "0.05",
+        "ROUTER_POLICY_POLL_S": "30",  # the swap must come from the pub/sub message
+    }).wait_ready()
+    splits = load_splits(cfg)
+    train, test = splits.splits["train"], splits.splits["test"]
+    with httpx.Client(base_url=server.url, timeout=30.0) as client:
+        before, versions = _held_out_quality(client, test)
+        assert versions == {v1}
+
+        for p, prompt in enumerate(train.prompts):  # the users' traffic, with exploration on
+            body = client.post("/v1/route", json={"prompt": prompt, "session_id": f"user-{p // 4}",
+                                                  "explore": True}).raise_for_status().json()
+            a = train.agent_names.index(body["agent"])
+            r = client.post("/v1/feedback", json={"decision_id": body["decision_id"],
+                                                  "quality": float(train.quality[p, a]),
+                                                  "cost_usd": float(train.cost_usd[p, a])})
+            assert r.status_code == 202, r.text
+
+        env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
+        run = subprocess.run([sys.executable, "-m", "router", "retrain", "--checkpoint", str(root),
+                              "--redis-url", redis_url, "--prefix", redis_prefix, "--json"],
+                             capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+        assert run.returncode == 0, run.stderr
+        result = json.loads(run.stdout)
+        assert result["status"] == "published", result
+        assert result["records"] == result["used"] == len(train)
+        v2 = result["version"]
+
+        deadline = time.monotonic() + 10
+        while client.get("/admin/policy").json()["version"] != v2:
+            assert time.monotonic() < deadline, "the server did not hot-swap to v2"
+            time.sleep(0.1)
+        after, versions = _held_out_quality(client, test)
+        assert versions == {v2}
+    assert after > before, (before, after)
+    with redis.Redis.from_url(redis_url, decode_responses=True) as r:
+        last = r.xrevrange(f"{redis_prefix}:experience", count=1)[0][0]
+    assert load_checkpoint(root / v2).meta["data"]["watermark"]["id"] == last
+    print(f"held-out quality v1 {before:.4f} -> v2 {after:.4f} ({len(test)} prompts, {len(train)} records)")
