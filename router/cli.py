@@ -180,7 +180,7 @@ def embed(config: ConfigOpt = None, overrides: SetOpt = None) -> None:
 
 @data_app.command("convert")
 def data_convert(
-    layout: Annotated[str, typer.Argument(help="Upstream layout: llmrouter-dc.")],
+    layout: Annotated[str, typer.Argument(help="Upstream layout: llmrouter-dc or routellm-evals.")],
     src: Annotated[Path, typer.Option(help="Upstream data directory.")],
     out: Annotated[Path, typer.Option(help="Output directory.")],
 ) -> None:
