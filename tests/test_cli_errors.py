@@ -48,6 +48,10 @@ def test_agents_file_that_does_not_match(tmp_path, shipped_paths):
         (["eval", "--checkpoint", "/no/such/checkpoint"], "checkpoint not found"),
         (["serve", "--checkpoint", "/no/such/checkpoint"], "checkpoint not found"),
         (["data", "convert", "nope", "--src", ".", "--out", "/tmp/x"], "unknown layout"),
+        (["retrain", "--set", "update_epochs=0"], "update_epochs"),
+        (["retrain", "--set", "nonsense"], "expected key=value"),
+        (["retrain", "--sqlite-path", "/no/such.sqlite3"], "no SQLite experience store"),
+        (["retrain", "--redis-url", "redis://127.0.0.1:1/0", "--checkpoint", "/no/such"], "cannot read"),
     ],
 )
 def test_bad_options(args, needle):
