@@ -6,7 +6,6 @@ stderr and exit code 2, never a traceback. Heavy imports happen inside the comma
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -83,13 +82,36 @@ def eval_(
                                                 help="Config of the data (default: the checkpoint's own).")] = None,
     overrides: SetOpt = None,
     cost_weight: Annotated[float | None, typer.Option(help="Reward per USD (default: the checkpoint's).")] = None,
+    curve: Annotated[list[Path] | None, typer.Option(
+        help="More checkpoints for the policy's cost-quality curve (repeatable): a version directory, or a "
+             "directory whose every version is a point (e.g. one per env.cost_weight).")] = None,
+    capacity: Annotated[list[str] | None, typer.Option(
+        help="Override an agent's capacity for the capacity-limited table, NAME=N requests per env step "
+             "(or NAME=none); repeatable.")] = None,
+    seed: Annotated[int | None, typer.Option(
+        help="Seed of the MLP and the capacity env (default: the config's).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Env steps per router in the capacity table.", min=1)] = None,
+    plot_dir: Annotated[Path | None, typer.Option(help="Write pareto.png and per_task.png here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Score a checkpoint on a dataset split beside random, best single, cheapest and oracle."""
+    """Score a checkpoint on a dataset split against baselines, curves and capacity limits.
+
+    Baselines: random, best single agent, cheapest, oracle, kNN and MLP on the same embeddings, the
+    Zero router (mixtures of single agents), and in PromptEnv (when any agent has a capacity) a
+    load-aware greedy rule. Figures: mean quality, USD per 1k requests, reward, AIQ (RouterBench),
+    per task; APGR and CPT(50%/80%) (RouteLLM) when there are two agents.
+    """
     from training.checkpoint import load_checkpoint
     from training.config import load_config
     from training.data import load_splits
-    from training.evaluate import evaluate
+    from training.evaluation.plots import write_plots
+    from training.evaluation.report import (
+        format_report,
+        load_curve_policies,
+        parse_capacity_overrides,
+        run_eval,
+        to_json,
+    )
 
     if split not in ("train", "val", "test"):
         raise UserError(f"--split must be train, val or test, not {split!r}")
@@ -101,16 +123,17 @@ def eval_(
     if splits.dataset.agent_names != policy.agents:
         raise UserError(f"{cfg.data.agents}: agents {splits.dataset.agent_names} do not match the "
                         f"checkpoint's {policy.agents}")
+    caps = parse_capacity_overrides(capacity, policy.agents)
+    capacities = [caps.get(a.name, a.capacity) for a in splits.dataset.agents]
+    curve_policies = load_curve_policies(curve or [], policy.agents)
     weight = cfg.env.cost_weight if cost_weight is None else cost_weight
-    results = evaluate(policy, splits.splits["train"], splits.splits[split], splits.embeddings(split), weight)
-    if as_json:
-        typer.echo(json.dumps(results))
-        return
-    typer.echo(f"policy {policy.version} on {split} ({len(splits.splits[split])} prompts), cost_weight={weight}")
-    typer.echo(f"{'router':<14}{'quality':>10}{'USD/1k req':>12}{'reward':>10}  agent")
-    for name, m in results.items():
-        typer.echo(f"{name:<14}{m['quality']:>10.4f}{m['cost_usd_per_1k']:>12.5f}{m['reward']:>10.4f}  "
-                   f"{m.get('agent', '')}")
+    report = run_eval(policy, splits.splits["train"], splits.splits[split], splits.embeddings("train"),
+                      splits.embeddings(split), weight, env_config=cfg.env, capacities=capacities,
+                      curve_policies=curve_policies, seed=cfg.seed if seed is None else seed, steps=steps,
+                      split_name=split)
+    if plot_dir is not None:
+        report["plots"] = [str(p) for p in write_plots(report, plot_dir)]
+    typer.echo(to_json(report) if as_json else format_report(report))
 
 
 @app.command()

@@ -41,10 +41,10 @@ def test_cli_train_then_eval_json(small_config, tmp_path):
     assert "checkpoint:" in train.stdout
     ev = _cli("eval", "--checkpoint", str(small_config.checkpoint_dir), "--split", "test", "--json")
     assert ev.returncode == 0, ev.stderr
-    result = json.loads(ev.stdout.strip().splitlines()[-1])
-    assert set(result) == {"policy", "random", "best_single", "cheapest", "oracle"}
+    result = json.loads(ev.stdout.strip().splitlines()[-1])["routers"]
+    assert {"policy", "random", "best_single", "cheapest", "oracle", "knn", "mlp"} <= set(result)
     for m in result.values():
-        assert set(m) >= {"quality", "cost_usd_per_1k", "reward"}
+        assert set(m) >= {"quality", "cost_usd_per_1k", "reward", "aiq"}
     assert result["oracle"]["quality"] >= result["best_single"]["quality"] >= result["random"]["quality"]
     table = _cli("eval", "--checkpoint", str(small_config.checkpoint_dir))
     assert table.returncode == 0 and "best_single" in table.stdout and "oracle" in table.stdout
