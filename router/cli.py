@@ -1,4 +1,4 @@
-"""The ``agent-router`` command line: ``train``, ``eval``, ``serve``, ``embed``, ``data convert``.
+"""The ``agent-router`` command line: ``train``, ``eval``, ``serve``, ``retrain``, ``embed``, ``data convert``.
 
 A user's mistake (bad file, bad option, bad checkpoint) ends with one line ``error: ...`` on
 stderr and exit code 2, never a traceback. Heavy imports happen inside the commands.
@@ -6,6 +6,7 @@ stderr and exit code 2, never a traceback. Heavy imports happen inside the comma
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -187,6 +188,81 @@ def _settings(cls):
         err = exc.errors()[0]
         name = "ROUTER_" + "_".join(str(p) for p in err["loc"]).upper()
         raise UserError(f"{name}: {err['msg']}") from None
+
+
+@app.command()
+def retrain(
+    checkpoint: Annotated[Path | None, typer.Option(
+        help="Checkpoint root the servers serve from (default: ROUTER_CHECKPOINT).")] = None,
+    redis_url: Annotated[str | None, typer.Option(
+        help="Redis of the experience stream and the published version (default: ROUTER_REDIS_URL; "
+             "unset: the SQLite store).")] = None,
+    prefix: Annotated[str | None, typer.Option(help="Redis key prefix (default: ROUTER_REDIS_PREFIX).")] = None,
+    sqlite_path: Annotated[Path | None, typer.Option(
+        help="SQLite experience store without Redis (default: ROUTER_SQLITE_PATH).")] = None,
+    margin: Annotated[float | None, typer.Option(
+        help="Publish unless the candidate's held-out reward is lower than the serving one's by more.")] = None,
+    sim_iterations: Annotated[int | None, typer.Option(
+        help="MAPPO iterations on simulated PromptEnv rollouts mixed in after the logged update.")] = None,
+    publish: Annotated[bool, typer.Option(help="Publish a candidate that passes the gate.")] = True,
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", "-s", help="Any RetrainConfig field, e.g. update_epochs=20, eval_split=test (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
+) -> None:
+    """Retrain the serving policy on logged feedback; publish the candidate if it passes the gate.
+
+    Reads the experience records after the watermark of the checkpoints (Redis consumer group, or
+    the SQLite store), runs PPO warm-started from the serving policy with the logged propensities
+    as the old policy, compares candidate and serving policy on the held-out split, writes the
+    candidate (with its watermark) and publishes it: every server replica following Redis
+    hot-swaps to it. Records are acknowledged only after the checkpoint is durable.
+    """
+    import yaml
+    from pydantic import ValidationError
+
+    from router.settings import Settings
+    from training.retrain import RetrainConfig, run_retrain
+
+    settings = _settings(Settings)
+    fields: dict = {
+        "checkpoint_root": checkpoint or settings.checkpoint,
+        "redis_url": redis_url if redis_url is not None else settings.redis_url,
+        "redis_prefix": prefix or settings.redis_prefix,
+        "sqlite_path": sqlite_path or settings.sqlite_path,
+        "publish": publish,
+    }
+    if margin is not None:
+        fields["margin"] = margin
+    if sim_iterations is not None:
+        fields["sim_iterations"] = sim_iterations
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise UserError(f"--set {item!r}: expected key=value, e.g. update_epochs=20")
+        fields[key.strip()] = yaml.safe_load(raw)
+    try:
+        cfg = RetrainConfig.model_validate(fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise UserError(f"retrain: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
+    result = run_retrain(cfg)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    typer.echo(f"serving {result.serving_version}: {result.records} new records"
+               + (f" ({result.used} used in {result.sessions} sessions, skipped {result.skipped})"
+                  if result.records else "")
+               + (f"; {result.stale_acked} already trained on, acknowledged" if result.stale_acked else ""))
+    if result.recovered:
+        typer.echo(f"published {result.recovered}, left unpublished by an earlier run")
+    if result.status == "too_few":
+        typer.echo(f"nothing trained (fewer than min_records={cfg.min_records} new records)")
+        return
+    gate = result.gate
+    typer.echo(f"held-out {gate['split']} ({gate['prompts']} prompts) reward: serving "
+               f"{gate['serving']['reward']:.4f}, candidate {gate['candidate']['reward']:.4f} "
+               f"(margin {gate['margin']})")
+    typer.echo(f"{result.status}: {result.version} at {result.checkpoint} (watermark {result.watermark})")
 
 
 @app.command()

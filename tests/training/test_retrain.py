@@ -72,8 +72,9 @@ def test_retrain_publishes_a_better_policy_then_has_nothing_to_do(v1, redis_url,
         assert r.xpending(f"{redis_prefix}:experience", "retrain")["pending"] == 0
     assert v2.meta["data"]["watermark"] == {"source": "redis", "name": f"{redis_prefix}:experience", "id": last}
     assert v2.meta["retrain"]["parent_version"] == load_checkpoint(v1_dir).version
-    # the logged update moved the policy within the clip around the logging policy
-    assert 0 < result.train["clipfrac"] < 1 and np.isfinite(result.train["approx_kl"])
+    # 10 epochs x 4 minibatches moved the policy away from the logging policy, boundedly
+    assert result.train["grad_steps"] == 40
+    assert 0 < result.train["approx_kl"] < 0.5 and result.train["clipfrac"] < 1
 
     again = run_retrain(rc)
     assert again.status == "too_few" and again.records == 0
