@@ -232,3 +232,18 @@ def test_cli_eval_json_and_plots(small_config, tmp_path, capsys, monkeypatch):
         cli.main()
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.startswith("error: --capacity") and len(err.strip().splitlines()) == 1
+
+
+def test_knn_neighbour_count_is_chosen_by_leave_one_out():
+    from training.evaluation.classifiers import fit_knn
+
+    # clusters of 60: more than 59 neighbours mixes in the other cluster, whose cheap specialist is
+    # wrong here, so at a price on cost the dear generalist wins and the reward drops
+    emb, data = _three_agents([60, 60], seed=0)
+    assert fit_knn(emb, data, cost_weight=10.0).model.n_neighbors in (5, 10, 25, 50)
+    # pure noise around a0 (60% right) vs a1 (50%): the more neighbours, the steadier the choice
+    rng = np.random.default_rng(0)
+    emb, _ = _clusters([300], seed=1)
+    q = (rng.random((300, 2)) < np.array([0.6, 0.5])).astype(np.float32)
+    noisy = _dataset(q, np.full((300, 2), 0.001, np.float32), ["t"] * 300)
+    assert fit_knn(emb, noisy).model.n_neighbors == 100

@@ -11,6 +11,8 @@ reward the policy is trained on; sweeping ``λ`` (:func:`wtp_grid`) traces the p
 cost-quality curve (on two agents it is a threshold on the predicted quality gap).
 
 Both are deterministic: kNN is exact (brute force, ties by training order), the MLP is seeded.
+The kNN's neighbour count is chosen on train by leave-one-out; the MLP has the policy network's
+default size (two hidden layers of 256) and stops early on 10% of train.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ import numpy as np
 
 from env.dataset import RoutingDataset
 
-#: Neighbours averaged by the kNN predictor.
-KNN_NEIGHBORS = 25
-#: Hidden layers of the MLP predictor.
-MLP_HIDDEN = (128,)
+#: Neighbour counts the kNN predictor chooses from (leave-one-out on train, see :func:`fit_knn`).
+KNN_GRID = (5, 10, 25, 50, 100)
+#: Hidden layers of the MLP predictor (the policy network's default size).
+MLP_HIDDEN = (256, 256)
 
 
 @dataclass
@@ -62,16 +64,46 @@ def _targets(train: RoutingDataset) -> tuple[np.ndarray, float]:
     return np.concatenate([train.quality, train.cost_usd / scale], axis=1).astype(np.float64), scale
 
 
-def fit_knn(embeddings: np.ndarray, train: RoutingDataset, neighbors: int = KNN_NEIGHBORS) -> QualityPredictor:
+def fit_knn(embeddings: np.ndarray, train: RoutingDataset, neighbors: int | None = None,
+            cost_weight: float = 0.0, grid: tuple[int, ...] = KNN_GRID) -> QualityPredictor:
     """kNN regressor: the mean quality and cost vectors of the ``neighbors`` nearest train prompts
-    (Euclidean on the unit-norm SBERT embeddings, i.e. cosine)."""
+    (Euclidean on the unit-norm SBERT embeddings, i.e. cosine).
+
+    ``neighbors=None`` picks it from ``grid`` by leave-one-out on train: each train prompt routed
+    (at willingness to pay ``cost_weight``) on its nearest *other* train prompts; the count with
+    the best mean reward wins (ties: the smaller). The choice is in ``model.n_neighbors``.
+    """
     from sklearn.neighbors import KNeighborsRegressor
 
+    x = np.asarray(embeddings, dtype=np.float32)
     y, scale = _targets(train)
-    model = KNeighborsRegressor(n_neighbors=min(neighbors, len(y)), weights="uniform", algorithm="brute")
-    model.fit(np.asarray(embeddings, dtype=np.float32), y)
-    k = train.quality.shape[1]
+    n, k = len(y), train.quality.shape[1]
+    if neighbors is None:
+        neighbors = _loo_neighbors(x, y, scale, train, cost_weight, [g for g in grid if g < n] or [max(1, n - 1)])
+    model = KNeighborsRegressor(n_neighbors=max(1, min(neighbors, n)), weights="uniform", algorithm="brute")
+    model.fit(x, y)
     return QualityPredictor("knn", model, k, scale, np.zeros(2 * k), np.ones(2 * k))
+
+
+def _loo_neighbors(x: np.ndarray, y: np.ndarray, scale: float, train: RoutingDataset, cost_weight: float,
+                   grid: list[int]) -> int:
+    from sklearn.neighbors import NearestNeighbors
+
+    n, k = len(y), train.quality.shape[1]
+    top = min(max(grid) + 1, n)
+    idx = NearestNeighbors(n_neighbors=top, algorithm="brute").fit(x).kneighbors(x, return_distance=False)
+    # drop each prompt itself (or, when an identical embedding came first, the farthest neighbour)
+    own = idx == np.arange(n)[:, None]
+    own[~own.any(axis=1), -1] = True
+    idx = idx[~own].reshape(n, top - 1)
+    sums = np.cumsum(y[idx], axis=1)  # [n, top - 1, 2K]
+    rewards = []
+    for g in grid:
+        mean = sums[:, g - 1] / g
+        choice = route_wtp(mean[:, :k], mean[:, k:] * scale, cost_weight)
+        rows = np.arange(n)
+        rewards.append(float((train.quality[rows, choice] - cost_weight * train.cost_usd[rows, choice]).mean()))
+    return grid[int(np.argmax(rewards))]
 
 
 def fit_mlp(embeddings: np.ndarray, train: RoutingDataset, seed: int = 0,
@@ -93,9 +125,11 @@ def fit_mlp(embeddings: np.ndarray, train: RoutingDataset, seed: int = 0,
     return QualityPredictor("mlp", model, train.quality.shape[1], scale, mean, std)
 
 
-def fit_predictors(embeddings: np.ndarray, train: RoutingDataset, seed: int = 0) -> dict[str, QualityPredictor]:
-    """``{"knn": ..., "mlp": ...}`` fitted on the train split's embeddings ``[P, E]``."""
-    return {"knn": fit_knn(embeddings, train), "mlp": fit_mlp(embeddings, train, seed=seed)}
+def fit_predictors(embeddings: np.ndarray, train: RoutingDataset, seed: int = 0,
+                   cost_weight: float = 0.0) -> dict[str, QualityPredictor]:
+    """``{"knn": ..., "mlp": ...}`` fitted on the train split's embeddings ``[P, E]`` (the kNN's
+    neighbour count chosen for ``cost_weight``, see :func:`fit_knn`)."""
+    return {"knn": fit_knn(embeddings, train, cost_weight=cost_weight), "mlp": fit_mlp(embeddings, train, seed=seed)}
 
 
 def route_wtp(quality: np.ndarray, cost_usd: np.ndarray, wtp: float, mask: np.ndarray | None = None) -> np.ndarray:

@@ -8,8 +8,9 @@ curve:
   checkpoints, one point per checkpoint, labelled with the ``env.cost_weight`` it was trained at.
 * ``policy_threshold`` (two agents only): the main checkpoint thresholding ``π(strong | prompt)``
   (RouteLLM-style); its point at threshold 0.5 is the greedy policy.
-* ``knn``, ``mlp``: :mod:`training.evaluation.classifiers`, at willingness to pay ``λ =
-  cost_weight``; curve: the ``λ`` sweep of :func:`~training.evaluation.classifiers.wtp_grid`.
+* ``knn``, ``mlp``: :mod:`training.evaluation.classifiers` (the kNN's neighbour count chosen by
+  leave-one-out on train), at willingness to pay ``λ = cost_weight``; curve: the ``λ`` sweep of
+  :func:`~training.evaluation.classifiers.wtp_grid`.
 * ``random`` (uniform, exact expectation), ``best_single`` (best mean train reward),
   ``cheapest`` (lowest mean train cost): one point each.
 * ``zero_router``: RouterBench's Zero router, mixtures of single agents: the hull of the
@@ -209,6 +210,8 @@ def offline_report(
         choices[name] = route_wtp(q_hat, c_hat, cost_weight)
         pts[name] = _sweep(q_hat, c_hat, split, cost_weight, strong, wtp_points)
         extra[name] = {"wtp": cost_weight}
+        if name == "knn":
+            extra[name]["neighbors"] = int(pred.model.n_neighbors)
 
     # simple baselines (chosen on train) and the oracle
     train_reward = train.quality - cost_weight * train.cost_usd
@@ -416,7 +419,7 @@ def run_eval(
     """
     if len(split) == 0:
         raise UserError(f"split {split_name or '?'} has no prompts")
-    predictors = fit_predictors(train_embeddings, train, seed=seed)
+    predictors = fit_predictors(train_embeddings, train, seed=seed, cost_weight=cost_weight)
     report: dict[str, Any] = {"split": split_name, "prompts": len(split), "cost_weight": cost_weight,
                               "policy_version": policy.version, "agents": split.agent_names}
     report |= offline_report(policy, train, split, embeddings, cost_weight, predictors, curve_policies)
@@ -441,6 +444,8 @@ def format_report(report: Mapping[str, Any]) -> str:
              f"{'router':<18}{'quality':>9}{'USD/1k':>11}{'reward':>9}{'AIQ':>8}  note"]
     for name, m in report["routers"].items():
         note = m.get("agent") or (f"λ={m['wtp']:g}" if "wtp" in m else "")
+        if "neighbors" in m:
+            note += f", k={m['neighbors']}"
         if name == "policy":
             note = f"{len(report['curves']['policy'])} checkpoint(s) on its curve"
         lines.append(f"{name:<18}{m['quality']:>9.4f}{m['cost_usd_per_1k']:>11.5f}{m['reward']:>9.4f}"
