@@ -1,7 +1,8 @@
 """Admin endpoints that take a specialist agent out of routing and put it back (bearer token).
 
 =====================================  =============================================================
-``POST /admin/agents/{name}/down``     mark the agent down: no decision picks it (every replica
+``POST /admin/agents/{name}/down``     mark the agent down (a name may hold "/", e.g.
+                                       ``mistralai/Mixtral-8x7B-Instruct-v0.1``): no decision picks it (every replica
                                        with Redis, this process without) until it is marked up
 ``POST /admin/agents/{name}/up``       mark it up again
 =====================================  =============================================================
@@ -55,14 +56,14 @@ def _check_agent(request: Request, name: str) -> str:
     return name
 
 
-@router.post("/agents/{name}/down", response_model=AgentState, summary="Take an agent out of routing")
+@router.post("/agents/{name:path}/down", response_model=AgentState, summary="Take an agent out of routing")
 async def agent_down(name: str, request: Request, load: LoadTracker = Depends(get_load_tracker)) -> AgentState:
     """Mark ``name`` down for every replica; decisions fall back to the next most probable agent."""
     await load.set_down(_check_agent(request, name), True)
     return AgentState(name=name, down=True)
 
 
-@router.post("/agents/{name}/up", response_model=AgentState, summary="Put an agent back into routing")
+@router.post("/agents/{name:path}/up", response_model=AgentState, summary="Put an agent back into routing")
 async def agent_up(name: str, request: Request, load: LoadTracker = Depends(get_load_tracker)) -> AgentState:
     """Mark ``name`` up again."""
     await load.set_down(_check_agent(request, name), False)
