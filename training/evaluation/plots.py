@@ -33,8 +33,10 @@ def plot_pareto(report: Mapping[str, Any], path: str | Path) -> Path:
         color = COLORS.get(name, "C8")
         aiq = report["routers"].get(name, {}).get("aiq")
         label = f"{name} (AIQ {aiq:.3f})" if aiq is not None else name
-        ax.scatter([p["cost_usd_per_1k"] for p in pts], [p["quality"] for p in pts], s=14, color=color,
-                   alpha=0.6, marker="o" if len(pts) > 1 else "D")
+        mine = name in ("policy", "policy_threshold")  # drawn on top, larger
+        ax.scatter([p["cost_usd_per_1k"] for p in pts], [p["quality"] for p in pts], s=40 if mine else 14,
+                   color=color, alpha=0.9 if mine else 0.6, marker="o" if len(pts) > 1 else "D",
+                   zorder=4 if mine else 2, edgecolors="black" if mine else "none")
         hull = report["hulls"][name]
         xs, ys = [h[0] for h in hull] + [hi], [h[1] for h in hull] + [hull[-1][1]]
         ax.plot(xs, ys, color=color, lw=1.4, ls="--" if name in ("oracle", "zero_router") else "-", label=label)
