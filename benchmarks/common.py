@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from training.json_safe import finite_or_null
+
 
 def load_average() -> list[float]:
     """The 1, 5 and 15 minute load averages (NaN where the OS has none): how shared the CPU was."""
@@ -58,13 +60,4 @@ def print_table(headers: list[str], rows: list[list[Any]]) -> None:
 def print_json_line(figures: dict[str, Any]) -> None:
     """Every figure as one JSON object on the last line of stdout (NaN written as null)."""
 
-    def clean(x: Any) -> Any:
-        if isinstance(x, float) and not math.isfinite(x):
-            return None
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, list | tuple):
-            return [clean(v) for v in x]
-        return x
-
-    print(json.dumps(clean(figures), sort_keys=False), flush=True)
+    print(json.dumps(finite_or_null(figures), sort_keys=False), flush=True)

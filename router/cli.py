@@ -103,7 +103,7 @@ def eval_(
     per task; APGR and CPT(50%/80%) (RouteLLM) when there are two agents.
     """
     from training.checkpoint import load_checkpoint
-    from training.config import load_config
+    from training.config import checkpoint_config
     from training.data import load_splits
     from training.evaluation.plots import write_plots
     from training.evaluation.report import (
@@ -117,9 +117,7 @@ def eval_(
     if split not in ("train", "val", "test"):
         raise UserError(f"--split must be train, val or test, not {split!r}")
     policy = load_checkpoint(checkpoint)
-    cfg = load_config(config, overrides or [], base=None if config else policy.meta.get("training"))
-    if not Path(cfg.data.prompts).is_file():
-        raise UserError(f"{cfg.data.prompts}: dataset of this checkpoint not found; pass --config")
+    cfg = checkpoint_config(policy.meta, config, overrides)
     splits = load_splits(cfg)
     if splits.dataset.agent_names != policy.agents:
         raise UserError(f"{cfg.data.agents}: agents {splits.dataset.agent_names} do not match the "

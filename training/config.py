@@ -151,3 +151,22 @@ def load_config(
         where = ".".join(str(p) for p in err["loc"])
         raise UserError(f"{path or 'config'}: {where}: {err['msg']}") from None
     return cfg
+
+
+def checkpoint_config(
+    meta: dict[str, Any],
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    hint: str = "pass --config",
+) -> TrainConfig:
+    """The config a checkpoint was trained with (``policy.json`` ``training``), or the YAML at
+    ``path`` instead, with ``overrides``; its dataset must be readable from here.
+
+    Raises:
+        UserError: as :func:`load_config`, or the dataset file is missing (the message ends with
+            ``hint``).
+    """
+    cfg = load_config(path, overrides or [], base=None if path else meta.get("training"))
+    if not Path(cfg.data.prompts).is_file():
+        raise UserError(f"{cfg.data.prompts}: dataset of this checkpoint not found; {hint}")
+    return cfg

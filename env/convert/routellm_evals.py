@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from env.convert.llmrouter_dc import _token_counter
+from env.dataset import open_text
 from env.errors import DataError
 
 WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
@@ -102,10 +103,9 @@ _USER = "\n\n### User:\n"
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    opener = gzip.open if path.suffix == ".gz" else open
     rows = []
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
+        with open_text(path) as f:
             for lineno, line in enumerate(f, start=1):
                 if not line.strip():
                     continue

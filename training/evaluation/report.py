@@ -43,6 +43,7 @@ from training.evaluate import policy_choices, summarize
 from training.evaluation import capacity as cap
 from training.evaluation import curves
 from training.evaluation.classifiers import QualityPredictor, fit_predictors, route_wtp, wtp_grid
+from training.json_safe import finite_or_null
 
 #: Routers that are baselines for the AIQ goal (not the policy, not the oracle bound).
 AIQ_BASELINES = ("random", "best_single", "cheapest", "zero_router", "knn", "mlp")
@@ -499,13 +500,4 @@ def format_report(report: Mapping[str, Any]) -> str:
 def to_json(report: Mapping[str, Any]) -> str:
     """One line of JSON; non-finite floats become null."""
 
-    def clean(x: Any) -> Any:
-        if isinstance(x, float) and not math.isfinite(x):
-            return None
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, list | tuple):
-            return [clean(v) for v in x]
-        return x
-
-    return json.dumps(clean(report))
+    return json.dumps(finite_or_null(report))

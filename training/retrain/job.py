@@ -36,7 +36,7 @@ from redis.exceptions import RedisError
 
 from env.errors import UserError
 from training.checkpoint import META, Policy, load_checkpoint, resolve_checkpoint, save_checkpoint
-from training.config import TrainConfig
+from training.config import TrainConfig, checkpoint_config
 from training.retrain.config import RetrainConfig
 from training.retrain.offline_ppo import logged_update
 from training.retrain.source import ExperienceSource, RedisGroupSource, SourceError, SqliteSource
@@ -162,16 +162,6 @@ def _resolve_ref(root: Path, ref: str | None) -> Path:
     return resolve_checkpoint(root)
 
 
-def _training_config(policy: Policy) -> TrainConfig:
-    from training.config import load_config
-
-    cfg = load_config(None, [], base=policy.meta.get("training"))
-    if not Path(cfg.data.prompts).is_file():
-        raise UserError(f"{cfg.data.prompts}: the dataset the serving policy was trained on is not here "
-                        "(retrain evaluates on its held-out split); run from the project directory")
-    return cfg
-
-
 def _gate(serving: Policy, candidate: Policy, cfg: RetrainConfig, train_cfg: TrainConfig, splits,
           cost_weight: float) -> dict[str, Any]:
     from training.evaluate import policy_choices, summarize
@@ -234,7 +224,8 @@ def _run(cfg: RetrainConfig, root: Path, source: ExperienceSource, publisher: Pu
     if len(entries) < cfg.min_records:
         return result
 
-    train_cfg = _training_config(serving)
+    train_cfg = checkpoint_config(serving.meta, hint="retrain evaluates on its held-out split: run from the "
+                                                      "project directory")
     cost_weight = train_cfg.env.cost_weight if cfg.cost_weight is None else cfg.cost_weight
     gamma = train_cfg.ppo.gamma if cfg.gamma is None else cfg.gamma
     batch = build_batch(entries, serving, cost_weight)
