@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import torch
 
 from training.gae import generalized_advantage_estimate
+from training.update import minibatch_indices
 
 
 class RolloutBuffer:
@@ -47,10 +48,20 @@ class RolloutBuffer:
         self.advantage = zeros(T, B, N)
         self.returns = zeros(T, B, N)
 
-    def add(self, t: int, **step: torch.Tensor) -> None:
-        """Write step ``t``: keyword arguments name attributes (``obs=..., reward=...``)."""
-        for name, value in step.items():
-            getattr(self, name)[t].copy_(value)
+    def add(self, t: int, *, obs: torch.Tensor, state: torch.Tensor, action_mask: torch.Tensor,
+            action: torch.Tensor, log_prob: torch.Tensor, reward: torch.Tensor, value: torch.Tensor,
+            next_value: torch.Tensor, terminated: torch.Tensor, truncated: torch.Tensor) -> None:
+        """Write step ``t`` of every field (shapes as the attributes', without ``T``), in place."""
+        self.obs[t].copy_(obs)
+        self.state[t].copy_(state)
+        self.action_mask[t].copy_(action_mask)
+        self.action[t].copy_(action)
+        self.log_prob[t].copy_(log_prob)
+        self.reward[t].copy_(reward)
+        self.value[t].copy_(value)
+        self.next_value[t].copy_(next_value)
+        self.terminated[t].copy_(terminated)
+        self.truncated[t].copy_(truncated)
 
     def compute_advantages(self, gamma: float, gae_lambda: float) -> None:
         """Fill ``advantage`` and ``returns`` with GAE over the whole buffer, in place (no allocation
@@ -62,9 +73,9 @@ class RolloutBuffer:
                                        gae_lambda, out=(self.advantage, self.returns))
 
     def minibatch_indices(self, num_minibatches: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-        """Shuffled indices into the flattened ``T * B`` samples (a sample keeps its N routers)."""
-        perm = torch.randperm(self.T * self.B, generator=generator, device=generator.device)
-        yield from perm.chunk(num_minibatches)
+        """Shuffled indices into the flattened ``T * B`` samples (a sample keeps its N routers), drawn
+        as :func:`training.update.ppo_update` draws one epoch's."""
+        yield from minibatch_indices(self.T * self.B, num_minibatches, generator)
 
     def flat(self, name: str) -> torch.Tensor:
         """Attribute ``name`` viewed as ``[T * B, ...]``."""

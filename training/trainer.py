@@ -18,9 +18,9 @@ import torch
 from env.base import MultiAgentEnv, MultiAgentStep
 from training.buffer import RolloutBuffer
 from training.config import TrainConfig
-from training.distributed import all_reduce_mean, is_distributed
+from training.distributed import is_distributed
 from training.networks import Actor, Critic
-from training.ppo import ppo_loss
+from training.update import ppo_update
 from training.value_norm import ValueNorm
 
 
@@ -145,11 +145,8 @@ class MAPPOTrainer:
 
     # ---------------------------------------------------------------- update
     def update(self) -> dict[str, float]:
-        """GAE, then ``update_epochs`` passes of ``num_minibatches`` clipped-PPO steps.
-
-        With ``ppo.target_kl`` set, the update stops before the first minibatch whose approx_kl
-        (averaged over ranks) exceeds ``1.5 * target_kl``, as in Stable-Baselines3's PPO.
-        """
+        """GAE, then :func:`training.update.ppo_update` over the flattened buffer (``update_epochs``
+        passes of ``num_minibatches`` clipped-PPO steps, ``target_kl`` early stop)."""
         ppo, buf, vn = self.config.ppo, self.buffer, self.value_norm
         buf.compute_advantages(ppo.gamma, ppo.gae_lambda)
         vn.update(buf.returns)
@@ -158,38 +155,14 @@ class MAPPOTrainer:
         advantage, returns, old_value = buf.flat("advantage"), buf.flat("returns"), buf.flat("value")
         returns_n, old_value_n = vn.normalize(returns), vn.normalize(old_value)
         ent_coef = self.current_ent_coef()
-        stats: dict[str, list[torch.Tensor]] = {k: [] for k in
-                                                ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")}
         params = [*self.actor.parameters(), *self.critic.parameters()]
-        steps, stopped = 0, False
-        for _ in range(ppo.update_epochs):
-            for idx in buf.minibatch_indices(ppo.num_minibatches, self._gen):
-                logits = self._actor_train(obs[idx], mask[idx])
-                dist = torch.distributions.Categorical(logits=logits, validate_args=False)
-                new_log_prob = dist.log_prob(action[idx])
-                adv = advantage[idx]
-                if ppo.norm_adv and adv.numel() > 1:
-                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                out = ppo_loss(new_log_prob, old_log_prob[idx], adv, self._critic_train(obs[idx], state[idx]),
-                               old_value_n[idx], returns_n[idx], dist.entropy(), ppo.clip_coef, ent_coef,
-                               ppo.vf_coef, ppo.clip_vloss)
-                for k in stats:
-                    stats[k].append(getattr(out, k).detach())
-                if ppo.target_kl is not None and all_reduce_mean(out.approx_kl) > 1.5 * ppo.target_kl:
-                    stopped = True
-                    break
-                self.optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, ppo.max_grad_norm)
-                self.optimizer.step()
-                steps += 1
-            if stopped:
-                break
-        result = {k: torch.stack(v).mean().item() for k, v in stats.items()}
+        result = ppo_update(self._actor_train, self._critic_train, self.optimizer, params, obs, state, mask,
+                            action, old_log_prob, advantage, returns_n, old_value_n, ppo, self._gen, ent_coef)
+        steps, stopped = result.pop("grad_steps"), result.pop("early_stop")
         result["explained_variance"] = explained_variance(buf.value.flatten(), buf.returns.flatten())
         result["ent_coef"] = ent_coef
         result["grad_steps"] = steps
-        result["early_stop"] = float(stopped)
+        result["early_stop"] = stopped
         result["value_mean"], result["value_std"] = float(vn.mean), float(vn.std)
         return result
 

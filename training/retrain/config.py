@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from training.config import PPOConfig
+
+#: PPO settings of a retraining run (:class:`~training.config.PPOConfig`'s defaults for the others)
+PPO_DEFAULTS: dict[str, Any] = {
+    "update_epochs": 10, "num_minibatches": 4, "lr": 3e-4, "clip_coef": 0.2, "ent_coef": 0.0, "vf_coef": 0.5,
+    "max_grad_norm": 0.5, "gae_lambda": 0.95, "norm_adv": True, "clip_vloss": False, "target_kl": None,
+}
+#: PPO fields accepted at the top level of :class:`RetrainConfig` (they were top-level fields once)
+PPO_SHORTHAND = frozenset({"update_epochs", "num_minibatches", "lr", "clip_coef", "ent_coef", "vf_coef",
+                           "max_grad_norm", "gae_lambda", "clip_vloss", "norm_adv", "target_kl"})
 
 
 class RetrainConfig(BaseModel):
@@ -21,8 +32,11 @@ class RetrainConfig(BaseModel):
         group, consumer: Redis consumer group and consumer name of the job.
         min_records: fewer new records than this: nothing is trained (they stay pending).
         max_records: most records used by one run (the oldest first).
-        update_epochs, num_minibatches, lr, clip_coef, ent_coef, vf_coef, max_grad_norm,
-        gae_lambda: PPO on the logged batch (Schulman et al. 2017, arXiv 1707.06347).
+        ppo: PPO on the logged batch (:class:`~training.config.PPOConfig`; defaults
+            :data:`PPO_DEFAULTS`). ``total_steps``, ``rollout_len``, ``anneal_lr``, ``gamma``,
+            ``norm_value`` and ``ent_coef_end`` are not used (``norm_value`` is the serving
+            policy's). Its fields in :data:`PPO_SHORTHAND` may also be given at the top level
+            (``update_epochs=20`` is ``ppo.update_epochs=20``), as may dotted ``ppo.<field>`` keys.
         gamma: discount within a session; None: the serving policy's training ``ppo.gamma``.
         cost_weight: reward per USD, ``reward = quality - cost_weight * cost_usd``; None: the
             serving policy's training ``env.cost_weight``.
@@ -45,18 +59,29 @@ class RetrainConfig(BaseModel):
     consumer: str = Field(default="retrain-1", min_length=1)
     min_records: int = Field(default=1, ge=1)
     max_records: int = Field(default=1_000_000, ge=1)
-    update_epochs: int = Field(default=10, ge=1)
-    num_minibatches: int = Field(default=4, ge=1)
-    lr: float = Field(default=3e-4, gt=0)
-    clip_coef: float = Field(default=0.2, gt=0)
-    ent_coef: float = Field(default=0.0, ge=0)
-    vf_coef: float = Field(default=0.5, ge=0)
-    max_grad_norm: float = Field(default=0.5, gt=0)
+    ppo: PPOConfig = Field(default_factory=lambda: PPOConfig(**PPO_DEFAULTS))
     gamma: float | None = Field(default=None, ge=0, le=1)
-    gae_lambda: float = Field(default=0.95, ge=0, le=1)
     cost_weight: float | None = Field(default=None, ge=0)
     sim_iterations: int = Field(default=0, ge=0)
     eval_split: Literal["train", "val", "test"] = "val"
     margin: float = Field(default=0.005, ge=0)
     publish: bool = True
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_ppo(cls, data: Any) -> Any:
+        """Move top-level :data:`PPO_SHORTHAND` keys and ``ppo.<field>`` keys under ``ppo``, on top
+        of :data:`PPO_DEFAULTS` (or of a given ``PPOConfig``)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        moved = {k: data.pop(k) for k in list(data) if k in PPO_SHORTHAND}
+        moved |= {k.removeprefix("ppo."): data.pop(k) for k in list(data)
+                  if isinstance(k, str) and k.startswith("ppo.")}
+        ppo = data.get("ppo", {})
+        if isinstance(ppo, PPOConfig):
+            ppo = ppo.model_dump()
+        if isinstance(ppo, dict):
+            data["ppo"] = PPO_DEFAULTS | ppo | moved
+        return data

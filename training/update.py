@@ -1,0 +1,98 @@
+"""One PPO update: epochs of shuffled minibatches of the clipped loss, shared by the on-line
+trainer and the retraining job.
+
+Clipped PPO as in Schulman et al. 2017 (arXiv 1707.06347), loop after CleanRL's ``ppo.py``;
+the ``target_kl`` early stop as in Stable-Baselines3's PPO.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from training.config import PPOConfig
+from training.distributed import all_reduce_mean
+from training.ppo import ppo_loss
+
+LOSS_TERMS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")
+
+
+def minibatch_indices(num_samples: int, num_minibatches: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """A random permutation of ``range(num_samples)`` in ``num_minibatches`` chunks of
+    ``ceil(num_samples / num_minibatches)`` (the last may be smaller; fewer chunks when
+    ``num_samples < num_minibatches``), on the generator's device."""
+    return torch.randperm(num_samples, generator=generator, device=generator.device).chunk(num_minibatches)
+
+
+def ppo_update(
+    actor: torch.nn.Module,
+    critic: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    obs: torch.Tensor,
+    state: torch.Tensor,
+    action_mask: torch.Tensor,
+    action: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    advantage: torch.Tensor,
+    returns: torch.Tensor,
+    old_value: torch.Tensor,
+    ppo: PPOConfig,
+    generator: torch.Generator,
+    ent_coef: float | None = None,
+) -> dict[str, float]:
+    """``ppo.update_epochs`` passes of ``ppo.num_minibatches`` clipped-PPO steps over ``M`` samples.
+
+    Each pass draws one permutation (:func:`minibatch_indices`). Per minibatch: a ``Categorical``
+    over ``actor(obs, action_mask)`` logits, advantages normalised within the minibatch when
+    ``ppo.norm_adv``, :func:`training.ppo.ppo_loss`, then zero_grad, backward,
+    ``clip_grad_norm_(params, ppo.max_grad_norm)`` and ``optimizer.step()``. With ``ppo.target_kl``
+    set, the update stops before the step of the first minibatch whose ``approx_kl`` (averaged over
+    ranks) exceeds ``1.5 * target_kl``; that minibatch's loss terms are still in the means.
+
+    Args:
+        actor: ``(obs, action_mask) -> logits [M', N, K]`` (DDP-wrapped or not).
+        critic: ``(obs, state) -> value [M', N]``, on the normalised scale.
+        optimizer: steps ``params``; params: the parameters whose gradient norm is clipped.
+        obs: ``[M, N, D]`` float32. state: ``[M, S]`` float32. action_mask: ``[M, N, K]`` bool.
+        action: ``[M, N]`` int64. old_log_prob: ``[M, N]`` float32, log-prob under the old policy.
+        advantage: ``[M, N]`` float32. returns, old_value: ``[M, N]`` float32, normalised.
+        ppo: ``clip_coef``, ``ent_coef``, ``vf_coef``, ``clip_vloss``, ``norm_adv``,
+            ``max_grad_norm``, ``update_epochs``, ``num_minibatches``, ``target_kl`` are used.
+        generator: orders the minibatches.
+        ent_coef: overrides ``ppo.ent_coef`` (an annealed value).
+
+    Returns:
+        Means over the minibatches of ``policy_loss``, ``value_loss``, ``entropy``, ``approx_kl``
+        and ``clipfrac``; ``grad_steps`` (optimizer steps taken) and ``early_stop`` (1.0 when
+        ``target_kl`` stopped the update, else 0.0).
+    """
+    ent_coef = ppo.ent_coef if ent_coef is None else ent_coef
+    stats: dict[str, list[torch.Tensor]] = {k: [] for k in LOSS_TERMS}
+    steps, stopped = 0, False
+    for _ in range(ppo.update_epochs):
+        for idx in minibatch_indices(obs.shape[0], ppo.num_minibatches, generator):
+            idx = idx.to(obs.device)
+            logits = actor(obs[idx], action_mask[idx])
+            dist = torch.distributions.Categorical(logits=logits, validate_args=False)
+            new_log_prob = dist.log_prob(action[idx])
+            adv = advantage[idx]
+            if ppo.norm_adv and adv.numel() > 1:
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            out = ppo_loss(new_log_prob, old_log_prob[idx], adv, critic(obs[idx], state[idx]), old_value[idx],
+                           returns[idx], dist.entropy(), ppo.clip_coef, ent_coef, ppo.vf_coef, ppo.clip_vloss)
+            for k in stats:
+                stats[k].append(getattr(out, k).detach())
+            if ppo.target_kl is not None and all_reduce_mean(out.approx_kl) > 1.5 * ppo.target_kl:
+                stopped = True
+                break
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, ppo.max_grad_norm)
+            optimizer.step()
+            steps += 1
+        if stopped:
+            break
+    result: dict[str, float] = {k: torch.stack(v).mean().item() for k, v in stats.items()}
+    result["grad_steps"] = steps
+    result["early_stop"] = float(stopped)
+    return result
