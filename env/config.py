@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class EnvConfig(BaseModel):
-    """Parameters of the routing game (DESIGN.md, "PromptEnv").
+    """Parameters of the routing game (:class:`env.prompt_env.PromptEnv`).
 
     Attributes:
         num_worlds: ``B``, parallel worlds stepped together.

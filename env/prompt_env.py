@@ -19,11 +19,11 @@ Episodes are truncated after ``T`` steps (never terminated: routing has no termi
 auto-reset: the queues are cleared and the obs returned is the first of the next episode, while
 ``final_obs``/``final_state`` hold the true next obs for bootstrapping the truncated step.
 
-Performance (everything stays on the env's device; no host sync and no Python loop over worlds or
-routers per step): an obs is one ``index_select`` of a ``[P, D]`` table whose load (and agent id)
-columns are then written in place, ``state`` is a view of it, and quality and cost are read with
-one flat index. Every world's clock advances together, so the host knows which steps truncate:
-on the others ``obs is final_obs`` (the same tensor, built once).
+Observations follow :mod:`contract.observation` (``embedding ++ load (++ router id)``). Every
+tensor stays on the env's device, with no host sync and no Python loop over worlds or routers per
+step: an obs is one ``index_select`` of a ``[P, D]`` table of the prompts' zero-load obs whose load
+(and router id) columns the layout then writes in place; ``state`` is a view of it. Every world's
+clock advances together, so on a step that truncates nothing ``obs is final_obs``.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from contract.observation import ObsLayout, build_obs
 from env.config import EnvConfig
 from env.specs import BatchedEnvSpecs, TensorSpec
 
@@ -128,16 +129,15 @@ class PromptEnv(BatchedEnvSpecs):
         self.num_worlds, self.num_routers, self.episode_len = cfg.num_worlds, cfg.num_routers, cfg.episode_len
         self.num_prompts, self.embed_dim = embeddings.shape
         self.num_agents = self.quality.shape[1]
-        self.obs_dim = self.embed_dim + self.num_agents + (self.num_routers if cfg.include_agent_id else 0)
-        self.state_dim = self.num_routers * self.obs_dim
+        #: the observation's layout (recorded in checkpoints as ``obs_layout``)
+        self.layout = ObsLayout(embed_dim=self.embed_dim, num_agents=self.num_agents, num_routers=self.num_routers,
+                                include_agent_id=cfg.include_agent_id, load_clip=cfg.load_clip)
+        self.obs_dim, self.state_dim = self.layout.dim, self.layout.state_dim
         self._gen = torch.Generator(device=self.device).manual_seed(seed)
         B, N, K = self.num_worlds, self.num_routers, self.num_agents
-        # [P, D] float32: each prompt's obs at zero load (embedding, then K + (N) zero columns);
-        # ``embeddings`` [P, E] is a view of its first E columns
-        self._obs_table = torch.zeros(self.num_prompts, self.obs_dim, device=self.device)
-        self._obs_table[:, : self.embed_dim] = embeddings
-        self.embeddings = self._obs_table[:, : self.embed_dim]
-        self._agent_id = torch.eye(N, device=self.device).expand(B, N, N)
+        # [P, D] float32: each prompt's obs at zero load, router id 0 (overwritten per step)
+        self._obs_table = build_obs(self.layout, embeddings)[:, 0]
+        self.embeddings = self._obs_table[:, self.layout.embedding_cols]
         # all agents unbounded (the shipped data): queues and loads stay 0, nothing to track
         self._unbounded = bool(torch.isinf(self.capacity).all())
         self._ones = torch.ones(B, N, device=self.device)
@@ -191,12 +191,11 @@ class PromptEnv(BatchedEnvSpecs):
 
         ``load`` ``[B, K]`` is written into every router's load columns; None means all zero.
         """
-        B, N, E, K = self.num_worlds, self.num_routers, self.embed_dim, self.num_agents
+        B, N = self.num_worlds, self.num_routers
         obs = self._obs_table.index_select(0, self.prompt_idx.reshape(-1)).view(B, N, self.obs_dim)
         if load is not None:
-            obs[:, :, E : E + K] = load.unsqueeze(1)
-        if self.config.include_agent_id:
-            obs[:, :, E + K :] = self._agent_id
+            self.layout.write_load(obs, load)
+        self.layout.write_router_ids(obs)
         return obs, obs.view(B, self.state_dim)
 
     def _mask(self) -> torch.Tensor:

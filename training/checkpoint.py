@@ -1,11 +1,6 @@
 """Checkpoints: one directory per policy version, ``policy.safetensors`` + ``policy.json``.
 
-``policy.json`` holds: ``format``, ``version``, ``created_at`` (ISO 8601, UTC), ``agents`` (names in
-action order), ``capacities``, ``embedding`` (``model``, ``dim``), ``obs_layout`` (``obs_dim``,
-``num_routers``, ``load_clip``, ``include_agent_id``), ``network``, ``training`` (the whole
-``TrainConfig``), ``eval`` (metrics), ``weights_sha256`` and ``data`` (dataset fingerprint, source,
-``watermark`` of the experience log consumed so far).
-
+``policy.json`` is a :class:`~contract.policy_meta.PolicyMeta` (its fields are documented there).
 A directory is written under a temporary name, fsynced, then renamed: a reader sees a whole
 checkpoint or none. Loading checks the hash, the tensor shapes and the agent list, and refuses
 with :class:`CheckpointError` otherwise.
@@ -27,10 +22,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from contract.observation import ObsLayout, build_obs
+from contract.policy_meta import PolicyMeta, parse_policy_meta
 from env.errors import UserError
 from training.networks import Actor, Critic
 
-FORMAT = "agent-router/policy/v1"
 WEIGHTS, META = "policy.safetensors", "policy.json"
 
 
@@ -44,45 +40,55 @@ class Policy:
 
     Attributes:
         path: the version directory it was loaded from.
-        meta: the parsed ``policy.json``.
+        meta: the validated ``policy.json``.
         actor: :class:`~training.networks.Actor`, in eval mode.
         critic: :class:`~training.networks.Critic`, in eval mode.
     """
 
     path: Path
-    meta: dict[str, Any]
+    meta: PolicyMeta
     actor: Actor
     critic: Critic
 
+    @classmethod
+    def draft(cls, path: Path, content: dict[str, Any], actor: Actor, critic: Critic) -> Policy:
+        """A policy not yet saved (to evaluate it before :func:`save_checkpoint`): ``content`` as
+        for :func:`save_checkpoint`, with version ``"unsaved"`` and a zero weights hash.
+
+        Raises:
+            ValueError: ``content`` does not validate.
+        """
+        meta = PolicyMeta.model_validate({**content, "version": "unsaved", "created_at": datetime.now(UTC).isoformat(),
+                                          "weights_sha256": "0" * 64})
+        return cls(Path(path), meta, actor, critic)
+
     @property
     def version(self) -> str:
-        return self.meta["version"]
+        return self.meta.version
 
     @property
     def agents(self) -> list[str]:
-        return list(self.meta["agents"])
+        return list(self.meta.agents)
 
     @property
     def embedding_model(self) -> str:
-        return self.meta["embedding"]["model"]
+        return self.meta.embedding.model
 
-    def build_obs(self, embedding: torch.Tensor, load: torch.Tensor, router: int = 0) -> torch.Tensor:
-        """Obs of router ``router`` as in training: ``embedding ++ load (++ one-hot id)``.
+    @property
+    def layout(self) -> ObsLayout:
+        return self.meta.obs_layout
+
+    def build_obs(self, embedding: torch.Tensor, load: torch.Tensor | None, router: int = 0) -> torch.Tensor:
+        """Obs of router ``router`` as in training (:func:`contract.observation.build_obs`).
 
         Args:
             embedding: ``[B, E]`` float32 prompt embeddings.
-            load: ``[B, K]`` float32 normalised load, already clipped to ``[0, load_clip]``.
+            load: ``[B, K]`` float32 normalised load, already clipped to ``[0, load_clip]``; None: 0.
 
         Returns:
             ``[B, 1, D]`` float32.
         """
-        layout = self.meta["obs_layout"]
-        parts = [embedding, load]
-        if layout["include_agent_id"]:
-            one_hot = torch.zeros(embedding.shape[0], layout["num_routers"], dtype=embedding.dtype)
-            one_hot[:, router] = 1.0
-            parts.append(one_hot)
-        return torch.cat(parts, dim=-1).unsqueeze(1)
+        return build_obs(self.layout, embedding, load, router)
 
     @torch.no_grad()
     def probabilities(self, obs: torch.Tensor, action_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -91,7 +97,7 @@ class Policy:
         With parameter sharing the single network serves any router; without it, router 0's.
         """
         if not self.actor.net.share_params:
-            n = self.meta["obs_layout"]["num_routers"]
+            n = self.layout.num_routers
             obs = obs.expand(obs.shape[0], n, obs.shape[-1])
             if action_mask is not None:
                 action_mask = action_mask.expand(obs.shape[0], n, action_mask.shape[-1])
@@ -115,12 +121,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def build_networks(meta: dict[str, Any]) -> tuple[Actor, Critic]:
-    """Fresh actor and critic with the architecture recorded in ``meta``."""
-    layout, net = meta["obs_layout"], meta["network"]
-    n, k, hidden = layout["num_routers"], len(meta["agents"]), tuple(net["hidden"])
-    actor = Actor(layout["obs_dim"], n, k, net["share_params"], hidden)
-    critic = Critic(layout["obs_dim"], n * layout["obs_dim"], n, net["centralised_critic"], net["share_params"], hidden)
+def build_networks(layout: ObsLayout, network: Any) -> tuple[Actor, Critic]:
+    """Fresh actor and critic for observations of ``layout`` with the architecture ``network``
+    (``hidden``, ``share_params``, ``centralised_critic``: a :class:`~contract.policy_meta.NetworkMeta`
+    or ``training.config.NetworkConfig``)."""
+    n, d, k, hidden = layout.num_routers, layout.dim, layout.num_agents, tuple(network.hidden)
+    actor = Actor(d, n, k, network.share_params, hidden)
+    critic = Critic(d, layout.state_dim, n, network.centralised_critic, network.share_params, hidden)
     return actor, critic
 
 
@@ -135,9 +142,14 @@ def save_checkpoint(
     Args:
         checkpoint_dir: parent directory of all versions (created if missing).
         actor, critic: networks whose ``state_dict`` is saved (moved to CPU).
-        meta: everything of ``policy.json`` except ``format``, ``version``, ``created_at`` and
-            ``weights_sha256``, which are filled in here. Must hold ``agents``, ``embedding``,
-            ``obs_layout`` and ``network``.
+        meta: the fields of :class:`~contract.policy_meta.PolicyMeta` but ``format``,
+            ``created_at`` and ``weights_sha256``, which are filled in here (``version`` too
+            unless given).
+
+    Raises:
+        ValueError: ``meta`` does not validate as a :class:`~contract.policy_meta.PolicyMeta`
+            (nothing is written).
+        CheckpointError: that version exists already.
     """
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -150,11 +162,10 @@ def save_checkpoint(
         digest = _sha256(tmp / WEIGHTS)
         now = datetime.now(UTC)
         version = meta.get("version") or f"{now:%Y%m%dT%H%M%S}Z-{digest[:8]}"
-        full = {"format": FORMAT, "version": version, "created_at": now.isoformat(), **meta,
-                "weights_sha256": digest}
-        full["version"] = version
+        full = PolicyMeta.model_validate({**meta, "version": version, "created_at": now.isoformat(),
+                                          "weights_sha256": digest})
         with (tmp / META).open("w", encoding="utf-8") as f:
-            json.dump(full, f, indent=2, default=str)
+            f.write(full.model_dump_json(indent=2))
             f.flush()
             os.fsync(f.fileno())
         with (tmp / WEIGHTS).open("rb") as f:
@@ -168,6 +179,31 @@ def save_checkpoint(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_meta(directory: str | Path) -> PolicyMeta:
+    """The validated ``policy.json`` of a version directory (v1 files migrated).
+
+    Raises:
+        CheckpointError: missing, not JSON, an unknown format, or content that does not validate.
+    """
+    meta_path = Path(directory) / META
+    try:
+        return parse_policy_meta(json.loads(meta_path.read_text(encoding="utf-8")))
+    except OSError as exc:
+        raise CheckpointError(f"{meta_path}: cannot read it ({exc.strerror or exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{meta_path}: unreadable metadata ({type(exc).__name__}: {exc})") from None
+    except ValueError as exc:
+        raise CheckpointError(f"{meta_path}: invalid metadata: {_one_line(exc)}") from None
+
+
+def _one_line(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        return "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ())) or 'policy.json'}: {e.get('msg')}"
+                         for e in errors())
+    return str(exc)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -216,27 +252,21 @@ def load_checkpoint(
     meta_path, weights_path = directory / META, directory / WEIGHTS
     if not weights_path.is_file():
         raise CheckpointError(f"{directory}: {WEIGHTS} missing")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        _ = meta["version"], meta["agents"], meta["obs_layout"]["obs_dim"], meta["network"]["hidden"]
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{meta_path}: unreadable metadata ({type(exc).__name__}: {exc})") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    meta = read_meta(directory)
     digest = _sha256(weights_path)
-    if digest != meta.get("weights_sha256"):
+    if digest != meta.weights_sha256:
         raise CheckpointError(f"{weights_path}: sha256 {digest[:12]}... does not match policy.json (corrupt?)")
-    if expect_agents is not None and list(expect_agents) != list(meta["agents"]):
+    if expect_agents is not None and list(expect_agents) != list(meta.agents):
         raise CheckpointError(
-            f"{directory}: agents {meta['agents']} do not match the expected {list(expect_agents)}"
+            f"{directory}: agents {meta.agents} do not match the expected {list(expect_agents)}"
         )
     try:
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{weights_path}: cannot read weights: {exc}") from None
     try:
-        actor, critic = build_networks(meta)
-    except (KeyError, TypeError, ValueError) as exc:
+        actor, critic = build_networks(meta.obs_layout, meta.network)
+    except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{meta_path}: bad architecture record: {exc}") from None
     for prefix, module in (("actor.", actor), ("critic.", critic)):
         state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from contract.policy_meta import PolicyMeta
 from env.config import EnvConfig
 from env.errors import UserError
 
@@ -154,7 +155,7 @@ def load_config(
 
 
 def checkpoint_config(
-    meta: dict[str, Any],
+    meta: PolicyMeta,
     path: str | Path | None = None,
     overrides: list[str] | None = None,
     hint: str = "pass --config",
@@ -166,7 +167,7 @@ def checkpoint_config(
         UserError: as :func:`load_config`, or the dataset file is missing (the message ends with
             ``hint``).
     """
-    cfg = load_config(path, overrides or [], base=None if path else meta.get("training"))
+    cfg = load_config(path, overrides or [], base=None if path else meta.training)
     if not Path(cfg.data.prompts).is_file():
         raise UserError(f"{cfg.data.prompts}: dataset of this checkpoint not found; {hint}")
     return cfg

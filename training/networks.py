@@ -1,4 +1,4 @@
-"""Actor (router) and critic networks for MAPPO/IPPO, with or without parameter sharing.
+"""Actor (the routing policy) and critic networks for MAPPO/IPPO, with or without parameter sharing.
 
 Shapes use ``B`` for any leading batch dims (``[T, B]`` during the update), ``N`` routers,
 ``D`` obs features, ``S = N * D`` state features and ``K`` agents.
@@ -21,13 +21,13 @@ def orthogonal_init(module: nn.Module, gain: float) -> None:
         nn.init.zeros_(module.bias)
 
 
-class AgentLinear(nn.Module):
+class RouterLinear(nn.Module):
     """``N`` independent linear layers applied in one batched matmul: ``[..., N, I] -> [..., N, O]``."""
 
-    def __init__(self, n_agents: int, in_features: int, out_features: int, gain: float) -> None:
+    def __init__(self, num_routers: int, in_features: int, out_features: int, gain: float) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(n_agents, in_features, out_features))
-        self.bias = nn.Parameter(torch.zeros(n_agents, out_features))
+        self.weight = nn.Parameter(torch.empty(num_routers, in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(num_routers, out_features))
         for w in self.weight.data:
             nn.init.orthogonal_(w.T, gain)
 
@@ -35,13 +35,13 @@ class AgentLinear(nn.Module):
         return torch.einsum("...ni,nio->...no", x, self.weight) + self.bias
 
 
-class MultiAgentMLP(nn.Module):
+class RouterMLP(nn.Module):
     """An MLP per router, shared or not: ``[..., N, I] -> [..., N, O]``.
 
     Args:
         in_features: ``I``.
         out_features: ``O``.
-        n_agents: ``N``.
+        num_routers: ``N``.
         share_params: one MLP for all routers (True) or ``N`` separate ones (False).
         hidden: widths of the hidden layers.
         out_gain: orthogonal gain of the last layer (0.01 for a policy head, 1 for a value head).
@@ -51,13 +51,13 @@ class MultiAgentMLP(nn.Module):
         self,
         in_features: int,
         out_features: int,
-        n_agents: int,
+        num_routers: int,
         share_params: bool,
         hidden: tuple[int, ...] = (256, 256),
         out_gain: float = 1.0,
     ) -> None:
         super().__init__()
-        self.n_agents, self.share_params = n_agents, share_params
+        self.num_routers, self.share_params = num_routers, share_params
         sizes = [in_features, *hidden, out_features]
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(pairwise(sizes)):
@@ -67,7 +67,7 @@ class MultiAgentMLP(nn.Module):
                 orthogonal_init(lin, gain)
                 layers.append(lin)
             else:
-                layers.append(AgentLinear(n_agents, a, b, gain))
+                layers.append(RouterLinear(num_routers, a, b, gain))
             if i < len(sizes) - 2:
                 layers.append(nn.Tanh())
         self.net = nn.Sequential(*layers)
@@ -83,10 +83,10 @@ class Actor(nn.Module):
     masked entries set to the dtype's minimum (probability 0).
     """
 
-    def __init__(self, obs_dim: int, n_agents: int, num_actions: int, share_params: bool,
+    def __init__(self, obs_dim: int, num_routers: int, num_actions: int, share_params: bool,
                  hidden: tuple[int, ...]) -> None:
         super().__init__()
-        self.net = MultiAgentMLP(obs_dim, num_actions, n_agents, share_params, hidden, out_gain=0.01)
+        self.net = RouterMLP(obs_dim, num_actions, num_routers, share_params, hidden, out_gain=0.01)
 
     def forward(self, obs: torch.Tensor, action_mask: torch.Tensor | None = None) -> torch.Tensor:
         logits = self.net(obs)
@@ -108,20 +108,20 @@ class Critic(nn.Module):
     2020, arXiv 2011.09533): each router's value is a function of its own obs ``[..., N, D]``.
     """
 
-    def __init__(self, obs_dim: int, state_dim: int, n_agents: int, centralised: bool,
+    def __init__(self, obs_dim: int, state_dim: int, num_routers: int, centralised: bool,
                  share_params: bool, hidden: tuple[int, ...]) -> None:
         super().__init__()
-        self.centralised, self.share_params, self.n_agents = centralised, share_params, n_agents
-        in_features = state_dim + (n_agents if share_params else 0) if centralised else obs_dim
-        self.net = MultiAgentMLP(in_features, 1, n_agents, share_params, hidden, out_gain=1.0)
-        self.register_buffer("_eye", torch.eye(n_agents), persistent=False)
+        self.centralised, self.share_params, self.num_routers = centralised, share_params, num_routers
+        in_features = state_dim + (num_routers if share_params else 0) if centralised else obs_dim
+        self.net = RouterMLP(in_features, 1, num_routers, share_params, hidden, out_gain=1.0)
+        self.register_buffer("_eye", torch.eye(num_routers), persistent=False)
 
     def forward(self, obs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """Values ``[..., N]`` from obs ``[..., N, D]`` and state ``[..., S]``."""
         if self.centralised:
-            x = state.unsqueeze(-2).expand(*state.shape[:-1], self.n_agents, state.shape[-1])
+            x = state.unsqueeze(-2).expand(*state.shape[:-1], self.num_routers, state.shape[-1])
             if self.share_params:
-                x = torch.cat([x, self._eye.expand(*state.shape[:-1], self.n_agents, self.n_agents)], dim=-1)
+                x = torch.cat([x, self._eye.expand(*state.shape[:-1], self.num_routers, self.num_routers)], dim=-1)
         else:
             x = obs
         return self.net(x).squeeze(-1)

@@ -32,20 +32,15 @@ def build_env(cfg: TrainConfig, splits: EmbeddedSplits, device: str, split: str 
 
 def checkpoint_meta(cfg: TrainConfig, splits: EmbeddedSplits, env: PromptEnv,
                     eval_metrics: dict[str, Any]) -> dict[str, Any]:
-    """The ``policy.json`` content of a checkpoint trained with ``cfg`` (see training.checkpoint)."""
+    """The ``policy.json`` content of a checkpoint trained with ``cfg`` (:class:`~contract.policy_meta.PolicyMeta`
+    but the fields :func:`~training.checkpoint.save_checkpoint` fills in)."""
     ds = splits.dataset
     return {
         "agents": ds.agent_names,
         "agent_specs": [a.model_dump() for a in ds.agents],
         "capacities": ds.capacities,
         "embedding": {"model": splits.embedder.model_id, "dim": env.embed_dim},
-        "obs_layout": {
-            "obs_dim": env.obs_dim,
-            "num_routers": env.num_routers,
-            "load_clip": cfg.env.load_clip,
-            "include_agent_id": cfg.env.include_agent_id,
-            "parts": ["embedding", "load", *(["agent_id"] if cfg.env.include_agent_id else [])],
-        },
+        "obs_layout": env.layout.model_dump(mode="json"),
         "network": cfg.network.model_dump(mode="json"),
         "training": cfg.model_dump(mode="json"),
         "eval": eval_metrics,
@@ -144,7 +139,7 @@ def _run(cfg: TrainConfig, rank_cfg: TrainConfig, ctx: DistContext, device: str,
     plot_reward_curve(history, out_dir / "reward_curve.png")
     meta = checkpoint_meta(cfg, splits, env, eval_metrics={})
     meta["value_norm"] = trainer.value_norm.to_meta()
-    policy = Policy(out_dir, meta, trainer.actor.eval(), trainer.critic.eval())
+    policy = Policy.draft(out_dir, meta, trainer.actor.eval(), trainer.critic.eval())
     meta["eval"] = {"val": evaluate(policy, splits.splits["train"], splits.splits["val"],
                                     splits.embeddings("val"), cfg.env.cost_weight)}
     (out_dir / "eval.json").write_text(json.dumps(meta["eval"], indent=2), encoding="utf-8")

@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
+from env.checks import check_env_specs
 from env.config import EnvConfig
 from env.prompt_env import PromptEnv
-from env.specs import check_env_specs
 
 
 def make_env(capacity, num_routers=3, num_worlds=1, episode_len=4, **cfg):

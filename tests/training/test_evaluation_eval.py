@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ import torch
 from env.config import EnvConfig
 from env.dataset import AgentSpec, RoutingDataset
 from env.errors import UserError
-from training.checkpoint import Policy, build_networks
+from tests.harness import networks_for
+from training.checkpoint import Policy
 from training.evaluation import capacity as cap
 from training.evaluation.classifiers import fit_predictors, route_wtp, wtp_grid
 from training.evaluation.report import offline_report, parse_capacity_overrides, run_eval
@@ -41,14 +43,15 @@ def _clusters(sizes, seed):
 
 
 def _policy(k: int, num_routers: int = 1) -> Policy:
-    meta = {"version": "synthetic", "agents": [f"a{j}" for j in range(k)],
-            "obs_layout": {"obs_dim": E + k, "num_routers": num_routers, "load_clip": 4.0,
+    meta = {"agents": [f"a{j}" for j in range(k)], "capacities": [None] * k,
+            "embedding": {"model": "synthetic", "dim": E},
+            "obs_layout": {"embed_dim": E, "num_agents": k, "num_routers": num_routers, "load_clip": 4.0,
                            "include_agent_id": False},
             "network": {"hidden": [16], "share_params": True, "centralised_critic": True},
             "training": {"env": {"cost_weight": 0.0}}}
     torch.manual_seed(0)
-    actor, critic = build_networks(meta)
-    return Policy(None, meta, actor.eval(), critic.eval())
+    actor, critic = networks_for(meta)
+    return Policy.draft(Path("synthetic"), meta, actor.eval(), critic.eval())
 
 
 def _three_agents(sizes, seed):
@@ -134,8 +137,8 @@ def test_capacity_load_aware_greedy_by_hand():
             return inner(env, step)
         return route
 
-    routers = {"load_greedy": cap.load_aware_greedy_router(q), "best_single": cap.score_router(q[0]),
-               "x": recording("x", cap.random_router(0)), "y": recording("y", cap.score_router(q[0]))}
+    routers = {"load_greedy": cap.load_aware_greedy_rule(q), "best_single": cap.score_rule(q[0]),
+               "x": recording("x", cap.random_rule(0)), "y": recording("y", cap.score_rule(q[0]))}
     out = cap.score_in_env(routers, emb, q, c, [1, None], cfg, seed=3, steps=6, agent_names=["a0", "a1"])
     # greedy: step 1 all three to a0 (load 2), steps 2 and 3 a0 saturated (2, then 1): all to a1
     g = out["load_greedy"]
@@ -156,7 +159,7 @@ def test_policy_runs_in_the_capacity_env_and_misfits_are_user_errors():
     policy = _policy(3)
     cfg = EnvConfig(num_worlds=2, num_routers=3, episode_len=4)
     cap.check_policy_fits(policy, cfg, E, 3)
-    out = cap.score_in_env({"policy": cap.policy_router(policy)}, emb, data.quality, data.cost_usd,
+    out = cap.score_in_env({"policy": cap.policy_rule(policy)}, emb, data.quality, data.cost_usd,
                            [1, None, None], cfg, steps=4)
     assert out["policy"]["requests"] == 24 and math.isfinite(out["policy"]["reward"])
     with pytest.raises(UserError, match="obs has"):

@@ -13,6 +13,7 @@ import redis
 from router.experience.redis_store import RedisExperienceStore
 from router.experience.sqlite_store import SqliteExperienceStore
 from router.service import RoutingService
+from tests.harness import sample_feedback
 from training.checkpoint import META, load_checkpoint
 from training.data import load_splits
 from training.retrain import RetrainConfig, run_retrain
@@ -36,8 +37,8 @@ async def _log(store, policy, cfg, n: int, seed: int = 0) -> list[str]:
         decision = service.route("x", explore=True, embedding=emb[p], explore_floor=0.05)
         await store.put_decision(service.decision_context(decision, ds.prompts[p], f"s-{p // 3}"))
         a = decision.action
-        await store.record_feedback(decision.decision_id, {"quality": float(ds.quality[p, a]),
-                                                           "cost_usd": float(ds.cost_usd[p, a])})
+        await store.record_feedback(decision.decision_id, sample_feedback(float(ds.quality[p, a]),
+                                                                          cost_usd=float(ds.cost_usd[p, a])))
         ids.append(decision.decision_id)
     return ids
 
@@ -70,8 +71,8 @@ def test_retrain_publishes_a_better_policy_then_has_nothing_to_do(v1, redis_url,
         last = r.xrevrange(f"{redis_prefix}:experience", count=1)[0][0]
         assert r.get(f"{redis_prefix}:policy:current") == v2.path.name
         assert r.xpending(f"{redis_prefix}:experience", "retrain")["pending"] == 0
-    assert v2.meta["data"]["watermark"] == {"source": "redis", "name": f"{redis_prefix}:experience", "id": last}
-    assert v2.meta["retrain"]["parent_version"] == load_checkpoint(v1_dir).version
+    assert v2.meta.watermark.model_dump() == {"source": "redis", "name": f"{redis_prefix}:experience", "id": last}
+    assert v2.meta.retrain["parent_version"] == load_checkpoint(v1_dir).version
     # 10 epochs x 4 minibatches moved the policy away from the logging policy, boundedly
     assert result.train["grad_steps"] == 40
     assert 0 < result.train["approx_kl"] < 0.5 and result.train["clipfrac"] < 1
@@ -150,7 +151,7 @@ def test_gate_rejects_a_worse_candidate(v1, redis_url, redis_prefix):
             for p in range(200):
                 d = service.route("x", explore=True, embedding=emb[p], explore_floor=0.1)
                 await store.put_decision(service.decision_context(d, ds.prompts[p], None))
-                await store.record_feedback(d.decision_id, {"quality": 1.0 if d.action == worst else 0.0})
+                await store.record_feedback(d.decision_id, sample_feedback(1.0 if d.action == worst else 0.0))
         finally:
             await store.close()
 

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 def test_short_training_run_beats_random(small_config):
     path = run_training(small_config, progress=False)
     policy = load_checkpoint(path)
-    val = policy.meta["eval"]["val"]
+    val = policy.meta.eval["val"]
     assert val["policy"]["reward"] > val["random"]["reward"] + 0.05, val
     out = small_config.out_dir
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -25,8 +25,8 @@ def test_short_training_run_beats_random(small_config):
     # it learned: later iterations earn more than the first
     assert sum(m["reward"] for m in lines[-5:]) > sum(m["reward"] for m in lines[:5])
     assert (out / "reward_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert policy.meta["data"]["prompts"] == 600
-    assert policy.meta["embedding"] == {"model": "sentence-transformers/all-MiniLM-L6-v2", "dim": 384}
+    assert policy.meta.data.prompts == 600
+    assert policy.meta.embedding.model_dump() == {"model": "sentence-transformers/all-MiniLM-L6-v2", "dim": 384}
 
 
 def _cli(*args, **kw):

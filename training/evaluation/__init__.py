@@ -14,11 +14,11 @@ The plain offline figures used by training (``summarize``, ``baselines``, ``poli
 
 from training.evaluation.capacity import (
     default_steps,
-    load_aware_greedy_router,
-    policy_router,
-    random_router,
+    load_aware_greedy_rule,
+    policy_rule,
+    random_rule,
     score_in_env,
-    score_router,
+    score_rule,
 )
 from training.evaluation.classifiers import QualityPredictor, fit_knn, fit_mlp, fit_predictors, route_wtp, wtp_grid
 from training.evaluation.curves import aiq, apgr, cpt, non_decreasing_convex_hull, pgr, shared_cost_range
@@ -35,16 +35,16 @@ __all__ = [
     "fit_mlp",
     "fit_predictors",
     "format_report",
-    "load_aware_greedy_router",
+    "load_aware_greedy_rule",
     "non_decreasing_convex_hull",
     "offline_report",
     "pgr",
-    "policy_router",
-    "random_router",
+    "policy_rule",
+    "random_rule",
     "route_wtp",
     "run_eval",
     "score_in_env",
-    "score_router",
+    "score_rule",
     "shared_cost_range",
     "to_json",
     "wtp_grid",

@@ -1,12 +1,12 @@
-"""Scoring routers where agents have limited capacity: every router runs in PromptEnv.
+"""Scoring routing rules where agents have limited capacity: every rule runs in PromptEnv.
 
 Queues carry over steps, so what one request does to an agent's backlog changes the next ones'
-congestion; a router is scored by the per-request figures the env reports. Every router gets an
-env built the same way with the same seed: the same prompts arrive in the same order (prompt
-sampling and agent outages use only the env's generator, never the actions), so the figures
-differ only by the routing.
+congestion; a rule is scored by the per-request figures the env reports. Every rule gets an env
+built the same way with the same seed: the same prompts arrive in the same order (prompt sampling
+and agent outages use only the env's generator, never the actions), so the figures differ only by
+the routing.
 
-A router here is a callable ``(env, step) -> actions [B, N] int64`` that sees the env's current
+A :data:`RoutingRule` is a callable ``(env, step) -> actions [B, N] int64`` that sees the env's current
 :class:`~env.prompt_env.EnvStep` (obs = embedding ++ normalised load, action mask) and may read
 ``env.prompt_idx`` (which split prompt each router holds) to look up precomputed predictions.
 """
@@ -19,14 +19,15 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from contract.observation import ObsLayout
 from env.config import EnvConfig
 from env.errors import UserError
 from env.prompt_env import EnvStep, PromptEnv
 from training.checkpoint import Policy
 
-Router = Callable[[PromptEnv, EnvStep], torch.Tensor]
+RoutingRule = Callable[[PromptEnv, EnvStep], torch.Tensor]
 
-#: Requests routed per router by default (over all worlds and routers), at least 4 episodes.
+#: Requests routed per rule by default (over all worlds and routers), at least 4 episodes.
 DEFAULT_REQUESTS = 20_000
 
 
@@ -41,7 +42,7 @@ def _masked_argmax(score: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     return score.masked_fill(~allowed, -math.inf).argmax(-1)
 
 
-def policy_router(policy: Policy) -> Router:
+def policy_rule(policy: Policy) -> RoutingRule:
     """The policy's greedy choice: argmax of its masked probabilities on the env's obs (with load)."""
 
     @torch.no_grad()
@@ -54,19 +55,20 @@ def policy_router(policy: Policy) -> Router:
 def check_policy_fits(policy: Policy, config: EnvConfig, embed_dim: int, num_agents: int) -> None:
     """Raise :class:`UserError` when PromptEnv's obs under ``config``, or its router count, do not
     fit the policy's network."""
-    layout = policy.meta["obs_layout"]
-    obs_dim = embed_dim + num_agents + (config.num_routers if config.include_agent_id else 0)
-    if layout["obs_dim"] != obs_dim:
+    layout = policy.layout
+    env_layout = ObsLayout(embed_dim=embed_dim, num_agents=num_agents, num_routers=config.num_routers,
+                           include_agent_id=config.include_agent_id, load_clip=config.load_clip)
+    if env_layout.dim != layout.dim:
         raise UserError(
-            f"the capacity env's obs has {obs_dim} dims (embedding {embed_dim} + {num_agents} loads"
+            f"the capacity env's obs has {env_layout.dim} dims (embedding {embed_dim} + {num_agents} loads"
             f"{' + router id' if config.include_agent_id else ''}), the policy was trained on "
-            f"{layout['obs_dim']}: use the policy's env.include_agent_id and env.num_routers")
-    if not policy.actor.net.share_params and layout["num_routers"] != config.num_routers:
-        raise UserError(f"the policy has one network per router for {layout['num_routers']} routers; "
+            f"{layout.dim}: use the policy's env.include_agent_id and env.num_routers")
+    if not policy.actor.net.share_params and layout.num_routers != config.num_routers:
+        raise UserError(f"the policy has one network per router for {layout.num_routers} routers; "
                         f"the capacity env has env.num_routers={config.num_routers}")
 
 
-def score_router(score: np.ndarray | torch.Tensor) -> Router:
+def score_rule(score: np.ndarray | torch.Tensor) -> RoutingRule:
     """Load-blind: per prompt the allowed agent with the highest ``score [P, K]`` (or ``[K]``, the
     same for every prompt: a fixed ranking such as best single agent first)."""
     table = torch.as_tensor(np.asarray(score, dtype=np.float32))
@@ -79,7 +81,7 @@ def score_router(score: np.ndarray | torch.Tensor) -> Router:
     return route
 
 
-def load_aware_greedy_router(score: np.ndarray | torch.Tensor) -> Router:
+def load_aware_greedy_rule(score: np.ndarray | torch.Tensor) -> RoutingRule:
     """The best agent by ``score [P, K]`` among those not saturated (normalised load < 1 in the obs,
     i.e. less than one step of backlog); when every allowed agent is saturated, the least loaded
     (ties: the better score). Each router decides on the loads at the start of the step, like the
@@ -88,8 +90,7 @@ def load_aware_greedy_router(score: np.ndarray | torch.Tensor) -> Router:
 
     def route(env: PromptEnv, step: EnvStep) -> torch.Tensor:
         s = table.to(env.device)[env.prompt_idx]  # [B, N, K]
-        e, k = env.embed_dim, env.num_agents
-        load = step.obs[..., e:e + k]
+        load = env.layout.load_of(step.obs)
         allowed = step.action_mask
         free = allowed & (load < 1.0)
         greedy = _masked_argmax(s, free)
@@ -101,7 +102,7 @@ def load_aware_greedy_router(score: np.ndarray | torch.Tensor) -> Router:
     return route
 
 
-def random_router(seed: int) -> Router:
+def random_rule(seed: int) -> RoutingRule:
     """Uniform over the allowed agents, from its own seeded generator (not the env's)."""
     gen: dict[str, torch.Generator] = {}
 
@@ -115,7 +116,7 @@ def random_router(seed: int) -> Router:
 
 
 def score_in_env(
-    routers: Mapping[str, Router],
+    rules: Mapping[str, RoutingRule],
     embeddings: np.ndarray,
     quality: np.ndarray,
     cost_usd: np.ndarray,
@@ -126,15 +127,15 @@ def score_in_env(
     device: str = "cpu",
     agent_names: Sequence[str] | None = None,
 ) -> dict[str, dict[str, object]]:
-    """Run each router in its own PromptEnv (same config, same seed) and average per request.
+    """Run each rule in its own PromptEnv (same config, same seed) and average per request.
 
     Args:
-        routers: name -> router (see the module docstring).
+        rules: name -> routing rule (see the module docstring).
         embeddings, quality, cost_usd: ``[P, E]``, ``[P, K]``, ``[P, K]`` of the split scored.
         capacities: length ``K``, requests per step (None: unbounded).
         config: the env config (``num_worlds``, ``num_routers``, ``episode_len``, weights, ...).
-        seed: the env seed, the same for every router.
-        steps: env steps per router (default :func:`default_steps`).
+        seed: the env seed, the same for every rule.
+        steps: env steps per rule (default :func:`default_steps`).
         device: torch device of the envs.
         agent_names: names for the traffic shares (default ``agent_0``...).
 
@@ -147,7 +148,7 @@ def score_in_env(
     k = quality.shape[1]
     names = list(agent_names or [f"agent_{i}" for i in range(k)])
     out: dict[str, dict[str, object]] = {}
-    for name, route in routers.items():
+    for name, route in rules.items():
         env = PromptEnv(embeddings, quality, cost_usd, list(capacities), config, device=device, seed=seed)
         step = env.reset(seed=seed)
         q_sum = c_sum = g_sum = torch.zeros((), dtype=torch.float64, device=env.device)

@@ -105,7 +105,7 @@ def load_curve_policies(paths: Sequence[str | Path], agents: Sequence[str]) -> l
 def trained_cost_weight(policy: Policy) -> float | None:
     """The ``env.cost_weight`` a checkpoint was trained with (None when not recorded)."""
     try:
-        return float(policy.meta["training"]["env"]["cost_weight"])
+        return float((policy.meta.training or {})["env"]["cost_weight"])
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -336,20 +336,20 @@ def capacity_report(
     emb_dim = embeddings.shape[1] if embeddings.ndim == 2 else 0
     cap.check_policy_fits(policy, config, emb_dim, split.quality.shape[1])
     knn_q, knn_c = predictors["knn"].predict(embeddings)
-    routers: dict[str, cap.Router] = {
-        "policy": cap.policy_router(policy),
-        "load_greedy": cap.load_aware_greedy_router(knn_q - w * knn_c),
-        "knn": cap.score_router(knn_q - w * knn_c),
+    rules: dict[str, cap.RoutingRule] = {
+        "policy": cap.policy_rule(policy),
+        "load_greedy": cap.load_aware_greedy_rule(knn_q - w * knn_c),
+        "knn": cap.score_rule(knn_q - w * knn_c),
     }
     if "mlp" in predictors:
         mlp_q, mlp_c = predictors["mlp"].predict(embeddings)
-        routers["mlp"] = cap.score_router(mlp_q - w * mlp_c)
-    routers["best_single"] = cap.score_router((train.quality - w * train.cost_usd).mean(0))
-    routers["cheapest"] = cap.score_router(-train.cost_usd.mean(0))
-    routers["random"] = cap.random_router(seed)
-    routers["oracle"] = cap.score_router(split.quality - w * split.cost_usd)
+        rules["mlp"] = cap.score_rule(mlp_q - w * mlp_c)
+    rules["best_single"] = cap.score_rule((train.quality - w * train.cost_usd).mean(0))
+    rules["cheapest"] = cap.score_rule(-train.cost_usd.mean(0))
+    rules["random"] = cap.random_rule(seed)
+    rules["oracle"] = cap.score_rule(split.quality - w * split.cost_usd)
     steps = steps or cap.default_steps(config)
-    scores = cap.score_in_env(routers, embeddings, split.quality, split.cost_usd, capacities, config,
+    scores = cap.score_in_env(rules, embeddings, split.quality, split.cost_usd, capacities, config,
                               seed=seed, steps=steps, device=device, agent_names=split.agent_names)
     return {
         "config": {"num_worlds": config.num_worlds, "num_routers": config.num_routers,

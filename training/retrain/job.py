@@ -24,7 +24,6 @@ finishes the publish), so each record is trained on once.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,8 +33,17 @@ import redis
 import torch
 from redis.exceptions import RedisError
 
+from contract.policy_meta import CURRENT_KEY, EVENTS_CHANNEL, PolicyMeta
 from env.errors import UserError
-from training.checkpoint import META, Policy, load_checkpoint, resolve_checkpoint, save_checkpoint
+from training.checkpoint import (
+    META,
+    CheckpointError,
+    Policy,
+    load_checkpoint,
+    read_meta,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from training.config import TrainConfig, checkpoint_config
 from training.retrain.config import RetrainConfig
 from training.retrain.offline_ppo import logged_update
@@ -46,8 +54,8 @@ from training.value_norm import ValueNorm
 logger = logging.getLogger(__name__)
 
 REJECTED = "rejected"
-#: Redis names, under ``<prefix>:`` (the first two are the servers' :mod:`router.registry` ones)
-CURRENT_KEY, EVENTS_CHANNEL, PUBLISHED_SET = "policy:current", "policy:events", "retrain:published"
+#: Redis set, under ``<prefix>:``, of the versions this job published (recovery checks it)
+PUBLISHED_SET = "retrain:published"
 
 
 @dataclass
@@ -94,23 +102,25 @@ def open_source(cfg: RetrainConfig) -> ExperienceSource:
     return SqliteSource(cfg.sqlite_path)
 
 
-def _versions(root: Path) -> list[tuple[Path, dict[str, Any]]]:
+def _versions(root: Path) -> list[tuple[Path, PolicyMeta]]:
     out = []
     for parent in (root, root / REJECTED):
         if not parent.is_dir():
             continue
         for child in parent.iterdir():
+            if not (child / META).is_file():
+                continue
             try:
-                out.append((child, json.loads((child / META).read_text(encoding="utf-8"))))
-            except (OSError, json.JSONDecodeError):
+                out.append((child, read_meta(child)))
+            except CheckpointError:
                 continue
     return out
 
 
-def _watermark_of(meta: dict[str, Any], source: ExperienceSource) -> str | None:
-    mark = (meta.get("data") or {}).get("watermark")
-    if isinstance(mark, dict) and mark.get("source") == source.kind and mark.get("name") == source.name:
-        return str(mark["id"])
+def _watermark_of(meta: PolicyMeta, source: ExperienceSource) -> str | None:
+    mark = meta.watermark
+    if mark is not None and mark.source == source.kind and mark.name == source.name:
+        return mark.id
     return None
 
 
@@ -198,19 +208,19 @@ def _run(cfg: RetrainConfig, root: Path, source: ExperienceSource, publisher: Pu
     recovered = None
     if publisher is not None:
         newest = resolve_checkpoint(root)
-        meta = json.loads((newest / META).read_text(encoding="utf-8"))
-        run = meta.get("retrain") or {}
+        newest_meta = read_meta(newest)
+        run = newest_meta.retrain or {}
         # passed the gate, meant to be published, never published: finish the earlier run's publish
         if ((run.get("gate") or {}).get("passed") and run.get("config", {}).get("publish") and cfg.publish
-                and not publisher.was_published(meta["version"])):
-            publisher.publish(newest.name, meta["version"])
-            recovered, serving_dir = meta["version"], newest
+                and not publisher.was_published(newest_meta.version)):
+            publisher.publish(newest.name, newest_meta.version)
+            recovered, serving_dir = newest_meta.version, newest
             logger.info("published %s, left unpublished by an earlier run", recovered)
     serving = load_checkpoint(serving_dir)
-    layout = serving.meta["obs_layout"]
-    if layout["num_routers"] > 1 and serving.meta["network"]["centralised_critic"]:
+    routers = serving.layout.num_routers
+    if routers > 1 and serving.meta.network.centralised_critic:
         raise UserError(f"{serving_dir}: retrain supports single-router policies or IPPO critics; this one "
-                        f"has {layout['num_routers']} routers and a centralised critic")
+                        f"has {routers} routers and a centralised critic")
     result = RetrainResult(status="too_few", serving_version=serving.version, recovered=recovered)
 
     entries = source.read(watermark, cfg.max_records)
@@ -237,9 +247,9 @@ def _run(cfg: RetrainConfig, root: Path, source: ExperienceSource, publisher: Pu
     candidate = load_checkpoint(serving_dir)  # a second copy, trained in place
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    value_norm = ValueNorm.from_meta(serving.meta.get("value_norm"), train_cfg.ppo.norm_value)
+    value_norm = ValueNorm.from_meta(serving.meta.value_norm, train_cfg.ppo.norm_value)
     params = [*candidate.actor.parameters(), *candidate.critic.parameters()]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=1e-5)
+    optimizer = torch.optim.Adam(params, lr=cfg.ppo.lr, eps=1e-5)
     if len(batch):
         result.train = logged_update(candidate.actor, candidate.critic, value_norm, optimizer, batch, cfg, gamma,
                                      generator)
@@ -248,8 +258,8 @@ def _run(cfg: RetrainConfig, root: Path, source: ExperienceSource, publisher: Pu
 
     result.gate = _gate(serving, candidate, cfg, train_cfg, splits, cost_weight)
     last = max((eid for eid, _ in entries), key=source.order_key)
-    meta = {k: v for k, v in serving.meta.items() if k not in ("format", "version", "created_at", "weights_sha256")}
-    meta["data"] = {**meta.get("data", {}), "watermark": {"source": source.kind, "name": source.name, "id": last}}
+    meta = serving.meta.content()
+    meta["data"]["watermark"] = {"source": source.kind, "name": source.name, "id": last}
     meta["value_norm"] = value_norm.to_meta()
     meta["eval"] = {"retrain_gate": result.gate}
     meta["retrain"] = {"parent_version": serving.version, "records": result.records, "used": result.used,
@@ -259,7 +269,7 @@ def _run(cfg: RetrainConfig, root: Path, source: ExperienceSource, publisher: Pu
     passed = result.gate["passed"]
     path = save_checkpoint(root if passed else root / REJECTED, candidate.actor, candidate.critic, meta)
     result.checkpoint, result.watermark = str(path), last
-    result.version = json.loads((path / META).read_text(encoding="utf-8"))["version"]
+    result.version = read_meta(path).version
     if not passed:
         result.status = "rejected"
     elif publisher is not None and cfg.publish:
@@ -284,7 +294,7 @@ def _simulate(cfg: RetrainConfig, train_cfg: TrainConfig, splits, candidate: Pol
     trainer.critic.load_state_dict(candidate.critic.state_dict())
     trainer.value_norm.load_state_dict(value_norm.state_dict())
     for group in trainer.optimizer.param_groups:
-        group["lr"] = cfg.lr
+        group["lr"] = cfg.ppo.lr
     rewards = []
     for _ in range(cfg.sim_iterations):
         rewards.append(trainer.collect()["reward"])

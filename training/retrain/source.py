@@ -1,8 +1,8 @@
 """Where ``retrain`` reads experience records from, and how it acknowledges them.
 
-Both sources hand back ``(entry_id, record)`` pairs oldest first (``record``: see
-:mod:`router.experience.base`) and order entry ids with :meth:`ExperienceSource.order_key`, so
-the job can compare them with the watermark of a checkpoint.
+Both sources hand back ``(entry_id, record JSON text)`` pairs oldest first (the record is a
+:class:`contract.experience.ExperienceRecord`, parsed by the consumer) and order entry ids with
+:meth:`ExperienceSource.order_key`, so the job can compare them with the watermark of a checkpoint.
 
 * :class:`RedisGroupSource`: the stream ``<prefix>:experience`` through the consumer group
   ``group``. Entries delivered to an earlier run that did not acknowledge them (it crashed) are
@@ -15,17 +15,18 @@ the job can compare them with the watermark of a checkpoint.
 from __future__ import annotations
 
 import abc
-import asyncio
-import json
+import contextlib
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import redis
 from redis.exceptions import RedisError, ResponseError
 
+from contract.experience import EXPERIENCE_STREAM, RECORD_FIELD, SQLITE_EXPERIENCE_QUERY
 from env.errors import UserError
 
-Entry = tuple[str, dict[str, Any]]
+Entry = tuple[str, str]
 
 
 class SourceError(UserError):
@@ -93,7 +94,7 @@ class RedisGroupSource(ExperienceSource):
                                                socket_connect_timeout=5.0)
         except ValueError as exc:
             raise SourceError(f"redis url {url!r}: {exc}") from None
-        self.stream = self.name = f"{prefix}:experience"
+        self.stream = self.name = f"{prefix}:{EXPERIENCE_STREAM}"
         self.group, self.consumer, self.batch = group, consumer, batch
 
     @staticmethod
@@ -130,7 +131,7 @@ class RedisGroupSource(ExperienceSource):
         except (RedisError, OSError) as exc:
             raise SourceError(f"cannot read {self.stream} from Redis: {type(exc).__name__}: {exc}") from None
         ordered = sorted(entries, key=self.order_key)
-        return [(eid, json.loads(entries[eid]["record"])) for eid in ordered]
+        return [(eid, entries[eid].get(RECORD_FIELD, "")) for eid in ordered]
 
     def ack(self, entry_ids: list[str]) -> None:
         try:
@@ -172,28 +173,21 @@ class SqliteSource(ExperienceSource):
         return (int(entry_id),)
 
     def read(self, after: str | None, max_records: int) -> list[Entry]:
-        from router.experience.base import StoreError
-        from router.experience.sqlite_store import SqliteExperienceStore
-
-        async def read_all() -> list[Entry]:
-            store = SqliteExperienceStore(self.path)
-            try:
-                out: list[Entry] = []
-                cursor = after
+        """Rows after ``after`` (a ``seq``), read-only, in pages of 1000."""
+        out: list[Entry] = []
+        try:
+            start = int(after) if after is not None else 0
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10.0)) as conn:
                 while len(out) < max_records:
-                    page = await store.read_experience(cursor, count=min(1000, max_records - len(out)))
+                    page = conn.execute(SQLITE_EXPERIENCE_QUERY, (start, min(1000, max_records - len(out)))).fetchall()
                     if not page:
                         break
-                    out.extend(page)
-                    cursor = page[-1][0]
-                return out
-            finally:
-                await store.close()
-
-        try:
-            return asyncio.run(read_all())
-        except (StoreError, ValueError) as exc:
-            raise SourceError(f"{self.path}: {exc}") from None
+                    out.extend((str(seq), record) for seq, record in page)
+                    start = page[-1][0]
+        except (sqlite3.Error, ValueError) as exc:
+            raise SourceError(f"{self.path}: cannot read the experience table: {exc}") from None
+        return out
 
     def ack(self, entry_ids: list[str]) -> None:
         """Nothing to do: the next run reads after the new checkpoint's watermark."""

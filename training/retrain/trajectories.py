@@ -9,7 +9,6 @@ is over: nothing is bootstrapped after it).
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from router.service import decode_embedding
+from contract.experience import ExperienceRecord, parse_record
 from training.checkpoint import Policy
 
 
@@ -54,74 +53,66 @@ class LoggedBatch:
         return len(self.entry_ids)
 
 
-def _time(record: dict[str, Any]) -> datetime:
-    return datetime.fromisoformat(record["created_at"])
-
-
-def _check(record: dict[str, Any], policy: Policy, embed_dim: int) -> str | None:
+def _check(record: ExperienceRecord, policy: Policy) -> str | None:
     """Why ``record`` cannot be used with ``policy`` (None: it can)."""
-    k = len(policy.agents)
+    k, layout = len(policy.agents), policy.layout
+    if not record.action < k or record.agent != policy.agents[record.action]:
+        return "agent not in the serving policy's action order"
+    if len(record.load) != k or len(record.action_mask) != k:
+        return "load or action_mask of another agent count"
+    if not record.action_mask[record.action]:
+        return "chosen agent masked"
     try:
-        action = int(record["action"])
-        if not 0 <= action < k or record.get("agent") != policy.agents[action]:
-            return "agent not in the serving policy's action order"
-        if len(record["load"]) != k or len(record["action_mask"]) != k:
-            return "load or action_mask of another agent count"
-        if not record["action_mask"][action]:
-            return "chosen agent masked"
-        if decode_embedding(record["embedding"]).shape != (embed_dim,):
-            return "embedding of another width"
-        quality = float(record["quality"])
-        if not 0.0 <= quality <= 1.0:
-            return "quality outside [0, 1]"
-        _time(record)
-        float(record["log_prob"])
-    except (KeyError, TypeError, ValueError):
+        width = record.embedding_vector().shape[0]
+    except ValueError:
         return "malformed record"
+    if width != layout.embed_dim:
+        return "embedding of another width"
     return None
 
 
-def build_batch(entries: list[tuple[str, dict[str, Any]]], policy: Policy, cost_weight: float) -> LoggedBatch:
-    """Rebuild per-session trajectories from ``entries`` (``(entry_id, record)``).
+def build_batch(entries: list[tuple[str, Any]], policy: Policy, cost_weight: float) -> LoggedBatch:
+    """Rebuild per-session trajectories from ``entries`` (``(entry_id, stored record)``).
 
     Args:
-        entries: experience records (:mod:`router.experience.base`), any order.
+        entries: experience records as stored (JSON objects, parsed by
+            :func:`contract.experience.parse_record`), any order.
         policy: the policy being retrained (its agents, obs layout and embedding width).
         cost_weight: reward per USD.
 
     Returns:
-        :class:`LoggedBatch` on CPU; records that do not fit ``policy`` are counted in ``skipped``.
+        :class:`LoggedBatch` on CPU; records that do not parse or do not fit ``policy`` are counted
+        in ``skipped``.
     """
-    layout = policy.meta["obs_layout"]
-    extra = layout["num_routers"] if layout["include_agent_id"] else 0
-    embed_dim = int(layout["obs_dim"]) - len(policy.agents) - int(extra)
     skipped: dict[str, int] = defaultdict(int)
-    sessions: dict[str, list[tuple[datetime, str, dict[str, Any]]]] = defaultdict(list)
-    for entry_id, record in entries:
-        reason = _check(record, policy, embed_dim)
+    sessions: dict[str, list[tuple[datetime, str, ExperienceRecord]]] = defaultdict(list)
+    for entry_id, raw in entries:
+        try:
+            record = parse_record(raw)
+        except ValueError:
+            skipped["malformed record"] += 1
+            continue
+        reason = _check(record, policy)
         if reason:
             skipped[reason] += 1
             continue
-        key = record.get("session_id") or f"decision:{record['decision_id']}"
-        sessions[key].append((_time(record), entry_id, record))
-    ordered: list[tuple[str, dict[str, Any]]] = []
+        key = record.session_id or f"decision:{record.decision_id}"
+        sessions[key].append((datetime.fromisoformat(record.created_at), entry_id, record))
+    ordered: list[tuple[str, ExperienceRecord]] = []
     done: list[bool] = []
     for steps in sessions.values():
         steps.sort(key=lambda s: (s[0], s[1]))
         ordered.extend((eid, rec) for _, eid, rec in steps)
         done.extend([False] * (len(steps) - 1) + [True])
-    m = len(ordered)
-    emb = np.stack([decode_embedding(r["embedding"]) for _, r in ordered]) if m else np.zeros((0, embed_dim))
-    load = np.array([r["load"] for _, r in ordered], dtype=np.float32).reshape(m, len(policy.agents))
+    m, k = len(ordered), len(policy.agents)
+    emb = (np.stack([r.embedding_vector() for _, r in ordered]) if m
+           else np.zeros((0, policy.layout.embed_dim), dtype=np.float32))
+    load = np.array([r.load for _, r in ordered], dtype=np.float32).reshape(m, k)
     obs = policy.build_obs(torch.as_tensor(emb, dtype=torch.float32), torch.from_numpy(load))
-    mask = torch.tensor([r["action_mask"] for _, r in ordered], dtype=torch.bool).reshape(m, 1, -1)
-    action = torch.tensor([int(r["action"]) for _, r in ordered], dtype=torch.long).reshape(m, 1)
-    behaviour = [
-        math.log(max(float(r["propensity"]), 1e-12)) if r.get("explore") and r.get("propensity") is not None
-        else float(r["log_prob"])
-        for _, r in ordered
-    ]
-    reward = [float(r["quality"]) - cost_weight * float(r.get("cost_usd") or 0.0) for _, r in ordered]
+    mask = torch.tensor([r.action_mask for _, r in ordered], dtype=torch.bool).reshape(m, 1, k)
+    action = torch.tensor([r.action for _, r in ordered], dtype=torch.long).reshape(m, 1)
+    behaviour = [r.behaviour_log_prob() for _, r in ordered]
+    reward = [r.quality - cost_weight * (r.cost_usd or 0.0) for _, r in ordered]
     return LoggedBatch(
         obs=obs.float(),
         action_mask=mask,

@@ -1,0 +1,182 @@
+"""What a router policy observes: the column layout of an observation and the one builder of it.
+
+The trainer (:class:`env.prompt_env.PromptEnv`), the checkpoint (:class:`training.checkpoint.Policy`),
+the server, the retrain job and the capacity eval all build observations here, so adding a feature
+means editing this file. The columns, in order (``D = E + K (+ N)``)::
+
+    [ embedding (E) | load (K) | router one-hot (N, only with include_agent_id) ]
+
+``load`` is each agent's normalised backlog, ``min(queue_k / c_k, load_clip)`` in training and
+:func:`normalised_load` of the in-flight requests when serving (see ``docs/serving.md``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: Names of the observation's parts, in column order.
+PARTS = ("embedding", "load", "agent_id")
+
+
+class ObsLayout(BaseModel):
+    """Shape of a router's observation; recorded in ``policy.json`` as ``obs_layout``.
+
+    Attributes:
+        embed_dim: ``E``, width of the prompt embedding.
+        num_agents: ``K``, specialist agents (one load column each).
+        num_routers: ``N``, routers the policy was trained with.
+        include_agent_id: a one-hot router id ``[N]`` ends the observation.
+        load_clip: loads are clipped to ``[0, load_clip]``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    embed_dim: int = Field(ge=1)
+    num_agents: int = Field(ge=1)
+    num_routers: int = Field(default=1, ge=1)
+    include_agent_id: bool = False
+    load_clip: float = Field(default=4.0, gt=0.0)
+    #: derived, written for readers of the file; checked on load
+    obs_dim: int | None = None
+    parts: tuple[str, ...] | None = None
+
+    @model_validator(mode="after")
+    def _derived(self) -> ObsLayout:
+        dim = self.embed_dim + self.num_agents + (self.num_routers if self.include_agent_id else 0)
+        if self.obs_dim is not None and self.obs_dim != dim:
+            raise ValueError(f"obs_dim {self.obs_dim} does not match embed_dim + num_agents"
+                             f"{' + num_routers' if self.include_agent_id else ''} = {dim}")
+        parts = PARTS if self.include_agent_id else PARTS[:2]
+        if self.parts is not None and tuple(self.parts) != parts:
+            raise ValueError(f"obs parts {list(self.parts)} are not {list(parts)}")
+        object.__setattr__(self, "obs_dim", dim)
+        object.__setattr__(self, "parts", parts)
+        return self
+
+    @property
+    def dim(self) -> int:
+        """``D``, the observation width."""
+        assert self.obs_dim is not None
+        return self.obs_dim
+
+    @property
+    def state_dim(self) -> int:
+        """``S = N * D``, the centralised critic's input (all routers' obs)."""
+        return self.num_routers * self.dim
+
+    @property
+    def embedding_cols(self) -> slice:
+        return slice(0, self.embed_dim)
+
+    @property
+    def load_cols(self) -> slice:
+        return slice(self.embed_dim, self.embed_dim + self.num_agents)
+
+    @property
+    def agent_id_cols(self) -> slice:
+        start = self.embed_dim + self.num_agents
+        return slice(start, start + (self.num_routers if self.include_agent_id else 0))
+
+    def write_load(self, obs: torch.Tensor, load: torch.Tensor) -> None:
+        """Write ``load`` (``[B, K]``, or ``[B, N, K]``) into every router's load columns of
+        ``obs`` ``[B, N, D]``, in place."""
+        obs[..., self.load_cols] = load.unsqueeze(1) if load.ndim == 2 else load
+
+    def write_router_ids(self, obs: torch.Tensor, router: int | None = None) -> None:
+        """Write the one-hot router ids into ``obs`` ``[B, N, D]`` in place (no-op without them).
+
+        ``router`` None: position ``n`` is router ``n`` (needs ``N`` positions); an int: every
+        position is that router (serving one router of the policy).
+        """
+        if not self.include_agent_id:
+            return
+        ids = obs[..., self.agent_id_cols]
+        ids.zero_()
+        if router is None:
+            if obs.shape[1] != self.num_routers:
+                raise ValueError(f"{obs.shape[1]} router positions for a policy of {self.num_routers} routers")
+            ids.copy_(torch.eye(self.num_routers, dtype=obs.dtype, device=obs.device).expand_as(ids))
+        else:
+            if not 0 <= router < self.num_routers:
+                raise ValueError(f"router {router} outside [0, {self.num_routers})")
+            ids[..., router] = 1.0
+
+    def load_of(self, obs: torch.Tensor) -> torch.Tensor:
+        """The load columns of ``obs`` ``[..., D]``: a view ``[..., K]``."""
+        return obs[..., self.load_cols]
+
+
+def build_obs(
+    layout: ObsLayout,
+    embedding: torch.Tensor,
+    load: torch.Tensor | None = None,
+    router: int | None = None,
+) -> torch.Tensor:
+    """The observation of each router from its parts.
+
+    Args:
+        layout: the policy's :class:`ObsLayout`.
+        embedding: ``[B, E]`` (one router position) or ``[B, N, E]`` float32 prompt embeddings.
+        load: ``[B, K]`` float32 normalised load (the same for every router of a world), already
+            clipped to ``[0, load_clip]``; None: zero.
+        router: as :meth:`ObsLayout.write_router_ids`; with one position and None, router 0.
+
+    Returns:
+        ``[B, N, D]`` (``N = 1`` for a ``[B, E]`` embedding) float32, on ``embedding``'s device.
+
+    Raises:
+        ValueError: a part of the wrong width.
+    """
+    if embedding.ndim == 2:
+        embedding = embedding.unsqueeze(1)
+        router = 0 if router is None else router
+    b, n, e = embedding.shape
+    if e != layout.embed_dim:
+        raise ValueError(f"embedding has {e} dims, the layout {layout.embed_dim}")
+    obs = torch.zeros(b, n, layout.dim, dtype=torch.float32, device=embedding.device)
+    obs[..., layout.embedding_cols] = embedding
+    if load is not None:
+        if load.shape[-1] != layout.num_agents:
+            raise ValueError(f"load has {load.shape[-1]} agents, the layout {layout.num_agents}")
+        layout.write_load(obs, load.to(obs.dtype))
+    layout.write_router_ids(obs, router)
+    return obs
+
+
+def normalised_load(
+    in_flight: Sequence[int], capacities: Sequence[int | None], load_clip: float
+) -> np.ndarray:
+    """``[K]`` float32 serving-time load: ``min(max(0, n_k - c_k) / c_k, load_clip)``.
+
+    ``n_k`` requests in flight at an agent of capacity ``c_k`` (requests per env step) stand for
+    training's backlog after a step, ``queue_k = max(0, n_k - c_k)`` (derivation in
+    ``docs/serving.md``). Unbounded agents (``c_k`` None) have load 0.
+
+    Raises:
+        ValueError: ``in_flight`` and ``capacities`` differ in length.
+    """
+    if len(in_flight) != len(capacities):
+        raise ValueError(f"{len(in_flight)} in-flight counts for {len(capacities)} agents")
+    load = np.zeros(len(capacities), dtype=np.float32)
+    for k, (n, c) in enumerate(zip(in_flight, capacities, strict=True)):
+        if c is not None:
+            load[k] = min(max(0, int(n) - c) / c, load_clip)
+    return load
+
+
+def capacity_or_none(value: object) -> int | None:
+    """A capacity as recorded (a positive finite number, or None: unbounded).
+
+    Raises:
+        ValueError: anything else.
+    """
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 and math.isfinite(value):
+        return int(value)
+    raise ValueError(f"capacity {value!r} is not a positive number or null")

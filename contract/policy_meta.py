@@ -1,0 +1,182 @@
+"""``policy.json``: the metadata of a checkpoint, typed, versioned, validated on load.
+
+Format ``agent-router/policy/v2`` (:data:`FORMAT`). Files of format v1 load through
+:func:`migrate_v1`: their ``obs_layout`` gains ``embed_dim`` and ``num_agents`` (derived from
+``obs_dim``) and a ``load_clip`` of 4.0 when it had none (``EnvConfig``'s default, which trained
+them); a missing or unusable ``capacities`` becomes all-unbounded.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from contract.observation import ObsLayout, capacity_or_none
+
+FORMAT = "agent-router/policy/v2"
+#: Redis names, under ``<prefix>:``, of the version every replica serves (a version name) and of
+#: the pub/sub channel announcing each publish; written by admin reloads and the retrain job.
+CURRENT_KEY = "policy:current"
+EVENTS_CHANNEL = "policy:events"
+FORMAT_V1 = "agent-router/policy/v1"
+#: ``load_clip`` of v1 files that did not record one (``EnvConfig.load_clip``'s default then)
+V1_LOAD_CLIP = 4.0
+
+
+class EmbeddingMeta(BaseModel):
+    """The sentence embedding model the policy was trained on, and its width."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1)
+    dim: int = Field(ge=1)
+
+
+class NetworkMeta(BaseModel):
+    """Architecture of the actor and critic (``training.config.NetworkConfig``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hidden: tuple[int, ...] = Field(min_length=1)
+    share_params: bool = True
+    centralised_critic: bool = True
+
+
+class Watermark(BaseModel):
+    """The last experience-log entry a checkpoint was trained on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["redis", "sqlite"]
+    name: str
+    id: str
+
+
+class DataMeta(BaseModel):
+    """Where the training data came from."""
+
+    model_config = ConfigDict(extra="allow")
+
+    fingerprint: str | None = None
+    source: str | None = None
+    prompts: int | None = None
+    watermark: Watermark | None = None
+
+
+class PolicyMeta(BaseModel):
+    """Everything ``policy.json`` holds.
+
+    Attributes:
+        format: :data:`FORMAT`.
+        version: the version name (also the directory's name).
+        created_at: ISO 8601 UTC time of writing.
+        agents: ``[K]`` agent names in action order.
+        agent_specs: the dataset's agent records (``name``, ``description``, prices, ``capacity``).
+        capacities: ``[K]`` requests per env step each agent serves (None: unbounded).
+        embedding: the embedding model.
+        obs_layout: :class:`~contract.observation.ObsLayout`.
+        network: :class:`NetworkMeta`.
+        training: the whole training config it was trained with (``TrainConfig`` as JSON).
+        eval: evaluation figures.
+        data: :class:`DataMeta`, including the experience watermark.
+        value_norm: the value normaliser's moments.
+        retrain: what the retrain run that made it did (None for a trained policy).
+        runtime: torch and Python versions.
+        weights_sha256: hex SHA-256 of ``policy.safetensors``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["agent-router/policy/v2"] = FORMAT
+    version: str = Field(min_length=1)
+    created_at: str
+    agents: list[str] = Field(min_length=1)
+    agent_specs: list[dict[str, Any]] = Field(default_factory=list)
+    capacities: list[int | None]
+    embedding: EmbeddingMeta
+    obs_layout: ObsLayout
+    network: NetworkMeta
+    training: dict[str, Any] | None = None
+    eval: dict[str, Any] = Field(default_factory=dict)
+    data: DataMeta = Field(default_factory=DataMeta)
+    value_norm: dict[str, Any] | None = None
+    retrain: dict[str, Any] | None = None
+    runtime: dict[str, Any] | None = None
+    weights_sha256: str = Field(min_length=64, max_length=64)
+
+    @field_validator("capacities", mode="before")
+    @classmethod
+    def _capacities(cls, value: Any) -> Any:
+        return [capacity_or_none(c) for c in value] if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PolicyMeta:
+        k = len(self.agents)
+        if len(set(self.agents)) != k:
+            raise ValueError("agents has duplicate names")
+        if len(self.capacities) != k:
+            raise ValueError(f"{len(self.capacities)} capacities for {k} agents")
+        if self.obs_layout.num_agents != k:
+            raise ValueError(f"obs_layout.num_agents is {self.obs_layout.num_agents}, agents has {k}")
+        if self.obs_layout.embed_dim != self.embedding.dim:
+            raise ValueError(f"obs_layout.embed_dim {self.obs_layout.embed_dim} != embedding.dim {self.embedding.dim}")
+        return self
+
+    @property
+    def watermark(self) -> Watermark | None:
+        return self.data.watermark
+
+    def content(self) -> dict[str, Any]:
+        """What a derived checkpoint copies: everything but ``format``, ``version``,
+        ``created_at`` and ``weights_sha256`` (JSON-ready)."""
+        return self.model_dump(mode="json", exclude={"format", "version", "created_at", "weights_sha256"})
+
+
+def migrate_v1(raw: dict[str, Any]) -> dict[str, Any]:
+    """A v1 ``policy.json`` object as v2 (see the module docstring); other keys are kept.
+
+    Raises:
+        ValueError: the v1 object lacks what v2 derives from (``agents``, ``obs_layout.obs_dim``).
+    """
+    out = dict(raw)
+    try:
+        agents = list(raw["agents"])
+        old = dict(raw["obs_layout"])
+        num_routers = int(old.get("num_routers", 1))
+        include_id = bool(old.get("include_agent_id", False))
+        embed_dim = int(old["obs_dim"]) - len(agents) - (num_routers if include_id else 0)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"v1 metadata without agents or obs_layout.obs_dim ({exc})") from None
+    out["obs_layout"] = {
+        "embed_dim": embed_dim,
+        "num_agents": len(agents),
+        "num_routers": num_routers,
+        "include_agent_id": include_id,
+        "load_clip": float(old.get("load_clip") or V1_LOAD_CLIP),
+    }
+    capacities = raw.get("capacities")
+    try:
+        ok = isinstance(capacities, list) and len(capacities) == len(agents)
+        out["capacities"] = [capacity_or_none(c) for c in capacities] if ok else [None] * len(agents)
+    except ValueError:
+        out["capacities"] = [None] * len(agents)
+    out["format"] = FORMAT
+    return out
+
+
+def parse_policy_meta(raw: Any) -> PolicyMeta:
+    """A ``policy.json`` object of any known format as :class:`PolicyMeta`.
+
+    Raises:
+        ValueError: an unknown format, or content that does not validate (pydantic's
+            ``ValidationError`` is a ``ValueError``).
+    """
+    if not isinstance(raw, dict):
+        raise ValueError(f"expected a JSON object, got {type(raw).__name__}")
+    fmt = raw.get("format")
+    if fmt == FORMAT_V1:
+        raw = migrate_v1(raw)
+    elif fmt != FORMAT:
+        raise ValueError(f"format {fmt!r}, expected {FORMAT!r} (or {FORMAT_V1!r})")
+    return PolicyMeta.model_validate(raw)
