@@ -1,9 +1,11 @@
 # agent-router: serves the checkpointed policy (trains one on the shipped data first if none is
 # mounted at /app/checkpoints). Installs exactly as README does: torch pinned first, then the project.
+# The /admin endpoints answer 403 until a token is passed: docker run -e ROUTER_ADMIN_TOKEN=<secret> ...
 FROM python:3.11-slim
 WORKDIR /app
 ENV PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 ROUTER_HOST=0.0.0.0 ROUTER_PORT=8000
 COPY pyproject.toml README.md ./
+COPY contract ./contract
 COPY env ./env
 COPY training ./training
 COPY router ./router

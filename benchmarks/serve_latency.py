@@ -40,9 +40,7 @@ import os
 import random
 import re
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -61,6 +59,7 @@ except ImportError:
 import httpx  # noqa: E402
 
 from benchmarks.common import machine, print_json_line, print_table  # noqa: E402
+from tests.harness import Server, make_checkpoint  # noqa: E402
 
 DATASET = ROOT / "data" / "llmrouter-dc" / "prompts.jsonl.gz"
 C1_GOAL_MS = 3.0
@@ -94,23 +93,6 @@ def load_prompts(count: int, seed: int, max_chars: int) -> tuple[list[str], str]
                      + " ".join(rng.choice(words) for _ in range(rng.randint(3, 40))))
         i += 1
     return texts[:count], source
-
-
-def make_checkpoint(parent: Path) -> Path:
-    """A freshly initialised 9-agent policy (as tests/router/conftest.py builds)."""
-    from training.checkpoint import build_networks, save_checkpoint
-
-    agents = [f"agent-{i}" for i in range(9)]
-    meta = {
-        "agents": agents,
-        "agent_specs": [{"name": a, "description": f"{a} specialist", "price_per_1m_tokens": 0.5,
-                         "cost_per_call_usd": None, "capacity": None} for a in agents],
-        "embedding": {"model": "sentence-transformers/all-MiniLM-L6-v2", "dim": 384},
-        "obs_layout": {"obs_dim": 384 + len(agents), "num_routers": 1, "load_clip": 4.0, "include_agent_id": False},
-        "network": {"hidden": [64, 64], "share_params": True, "centralised_critic": True},
-    }
-    actor, critic = build_networks(meta)
-    return save_checkpoint(parent, actor, critic, meta)
 
 
 # --- raw encoding ----------------------------------------------------------------------------
@@ -167,53 +149,6 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # --- the server ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    """``uvicorn router.app:create_app --factory`` on a free port."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")}
-        full_env.update({"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **env})
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "router.app:create_app", "--factory", "--host", "127.0.0.1",
-             "--port", str(self.port)],
-            cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self, timeout_s: float = 180.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"error: the server exited with {self.proc.returncode}:\n"
-                                 + self.log_path.read_text(errors="replace")[-3000:])
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise SystemExit(f"error: the server did not get ready in {timeout_s:.0f} s")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
 
 
 async def load_level(url: str, prompts: list[str], concurrency: int, warmup: list[str]) -> dict[str, float]:
@@ -331,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="serve-latency-"))
     prefix = f"bench-{uuid.uuid4().hex[:12]}"
-    server: ServerProcess | None = None
+    server: Server | None = None
     try:
         checkpoint = args.checkpoint or make_checkpoint(work / "checkpoints")
         env = {"ROUTER_CHECKPOINT": str(checkpoint), "ROUTER_TORCH_THREADS": str(args.torch_threads),
@@ -342,8 +277,11 @@ def main(argv: list[str] | None = None) -> int:
         for item in args.server_env:
             key, _, val = item.partition("=")
             env[key] = val
-        server = ServerProcess(env, work / "server.log")
-        server.wait_ready()
+        server = Server(env=env, log_path=work / "server.log").start()
+        try:
+            server.wait_ready(timeout_s=180.0)
+        except AssertionError as exc:
+            raise SystemExit(f"error: {str(exc)[-3000:]}") from None
         results: dict[int, dict[str, float]] = {}
         for c in levels:
             warm, batch = take(warm_per_level[c]), take(per_level[c])

@@ -1,40 +1,65 @@
-"""Bearer-token guard of the admin endpoints (``ROUTER_ADMIN_TOKEN``).
+"""Bearer-token guard of the admin endpoints (``ROUTER_ADMIN_TOKEN``), closed by default.
 
-Compared in constant time (:func:`secrets.compare_digest`). With no token configured the admin
-endpoints are open, and :func:`warn_if_open` logs a warning at start-up.
+With a token set, a request needs ``Authorization: Bearer <token>`` (compared in constant time,
+:func:`secrets.compare_digest`): 401 without it, 403 with a wrong one. With no token the admin
+endpoints answer 403, unless ``ROUTER_ADMIN_OPEN=true``, which the settings accept only on a
+loopback bind, and which then opens them to loopback clients only. The scheme is FastAPI's
+:class:`~fastapi.security.HTTPBearer`, so OpenAPI documents it.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+from typing import Annotated
 
-from fastapi import HTTPException, Request, status
-from pydantic import SecretStr
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from router.deps import SettingsDep
+from router.settings import Settings, is_loopback
 
 logger = logging.getLogger(__name__)
 
+bearer = HTTPBearer(auto_error=False, scheme_name="adminToken",
+                    description="The server's ROUTER_ADMIN_TOKEN, as 'Authorization: Bearer <token>'.")
 
-def warn_if_open(token: SecretStr | None) -> None:
-    """Log a warning when no admin token is configured (None or empty)."""
-    if token is None or not token.get_secret_value():
-        logger.warning("ROUTER_ADMIN_TOKEN is not set: the /admin endpoints are open to anyone who can reach "
-                       "this server")
+CLOSED = ("the admin endpoints are closed: start the server with ROUTER_ADMIN_TOKEN=<secret> and send "
+          "'Authorization: Bearer <secret>' (or, for local use on a loopback bind, ROUTER_ADMIN_OPEN=true)")
 
 
-def require_admin(request: Request) -> None:
-    """FastAPI dependency: 401 without ``Authorization: Bearer <token>``, 403 with a wrong token.
+def log_admin_mode(settings: Settings) -> None:
+    """Say at start-up how the admin endpoints are guarded (never the token)."""
+    if settings.admin_token is not None and settings.admin_token.get_secret_value():
+        return
+    if settings.admin_open:
+        logger.warning("ROUTER_ADMIN_OPEN=true: the /admin endpoints are open to clients on this machine")
+    else:
+        logger.info("ROUTER_ADMIN_TOKEN is not set: the /admin endpoints answer 403")
+
+
+async def require_admin(
+    request: Request,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> None:
+    """FastAPI dependency of every ``/admin`` route.
 
     Raises:
-        HTTPException: 401 (missing or malformed header) or 403 (wrong token).
+        HTTPException: 403 when no token is configured (and the admin is not opened, or the client
+            is not on loopback) or the token is wrong; 401 when the header is missing or malformed.
     """
-    configured = request.app.state.settings.admin_token
+    configured = settings.admin_token
     if configured is None or not configured.get_secret_value():
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given:
+        client = request.client.host if request.client is not None else None
+        if settings.admin_open and is_loopback(client):
+            return
+        raise HTTPException(status.HTTP_403_FORBIDDEN, CLOSED)
+    if credentials is None or not credentials.credentials:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "admin endpoints need 'Authorization: Bearer <token>'",
                             headers={"WWW-Authenticate": "Bearer"})
-    if not secrets.compare_digest(given.strip().encode(), configured.get_secret_value().encode()):
+    if not secrets.compare_digest(credentials.credentials.strip().encode(), configured.get_secret_value().encode()):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "wrong admin token")
+
+
+AdminDep = Depends(require_admin)

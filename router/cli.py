@@ -180,12 +180,12 @@ def serve(
 def _settings(cls):
     from pydantic import ValidationError
 
+    from router.startup import describe_settings_error
+
     try:
         return cls()
     except ValidationError as exc:
-        err = exc.errors()[0]
-        name = "ROUTER_" + "_".join(str(p) for p in err["loc"]).upper()
-        raise UserError(f"{name}: {err['msg']}") from None
+        raise UserError(describe_settings_error(exc)) from None
 
 
 @app.command()

@@ -1,15 +1,14 @@
-"""Mapping of exceptions to JSON error responses ``{"detail": "..."}``.
+"""Errors as JSON responses ``{"detail": "..."}``: domain errors carry their HTTP status.
+
+A :class:`DomainError` subclass names its ``status_code`` (and ``retry_after`` for a 503 that is
+safe to retry); one handler answers all of them. Besides those:
 
 =================================  ======  =============================================
 exception                          status  note
 =================================  ======  =============================================
 malformed JSON body                400     also a body that is not UTF-8
 other request validation errors    422     also ``errors``: ``[{loc, msg, type}]``
-``UserError`` (bad candidates...)  422
-``UnknownDecision``                404
-``DuplicateFeedback``              409
-``NoAgentAvailable``               409     every allowed agent is marked down
-``StoreUnavailable``               503     ``Retry-After: <settings.retry_after_s>``
+``HTTPException``                  its own
 anything else                      500     logged with its traceback
 =================================  ======  =============================================
 """
@@ -17,7 +16,7 @@ anything else                      500     logged with its traceback
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
@@ -25,13 +24,24 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from env.errors import UserError
-from router.experience.base import DuplicateFeedback, StoreUnavailable, UnknownDecision
-from router.load import NoAgentAvailable
-
 logger = logging.getLogger(__name__)
 
 _FASTAPI_BODY_ERROR = "There was an error parsing the body"
+
+
+class DomainError(Exception):
+    """An error of the service that a client can act on.
+
+    Attributes:
+        status_code: the HTTP status it is answered with.
+        retry_after: answer with ``Retry-After: ROUTER_RETRY_AFTER_S`` (the request is safe to retry).
+        public_detail: the message sent instead of ``str(exc)`` (None: ``str(exc)``), for errors
+            whose text is for the server's log only.
+    """
+
+    status_code: ClassVar[int] = 422
+    retry_after: ClassVar[bool] = False
+    public_detail: ClassVar[str | None] = None
 
 
 def _where(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -84,31 +94,19 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return await http_exception_handler(request, exc)
 
 
-async def _user_error(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=422)
+def retry_after_s(request: Request) -> int:
+    """``ROUTER_RETRY_AFTER_S`` of the app serving ``request`` (1 before start-up finished)."""
+    context = getattr(request.app.state, "context", None)
+    return context.settings.retry_after_s if context is not None else 1
 
 
-async def _unknown_decision(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=404)
-
-
-async def _duplicate_feedback(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=409)
-
-
-async def _no_agent_available(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=409)
-
-
-async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    settings = getattr(request.app.state, "settings", None)
-    retry_after = settings.retry_after_s if settings is not None else 1
-    logger.warning("experience store unavailable: %s", exc)
-    return JSONResponse(
-        {"detail": "the experience store is unavailable; retry later"},
-        status_code=503,
-        headers={"Retry-After": str(retry_after)},
-    )
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DomainError)
+    headers = {"Retry-After": str(retry_after_s(request))} if exc.retry_after else None
+    if exc.status_code >= 500:
+        logger.warning("%s: %s", type(exc).__name__, exc)
+    detail = exc.public_detail if exc.public_detail is not None else str(exc)
+    return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -116,12 +114,8 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Register the handlers of the table above on ``app``."""
+    """Register the handlers on ``app``."""
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(UserError, _user_error)
-    app.add_exception_handler(UnknownDecision, _unknown_decision)
-    app.add_exception_handler(DuplicateFeedback, _duplicate_feedback)
-    app.add_exception_handler(NoAgentAvailable, _no_agent_available)
-    app.add_exception_handler(StoreUnavailable, _store_unavailable)
+    app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(Exception, _internal_error)

@@ -1,44 +1,18 @@
 """Live load of the specialist agents (requests in flight) and which agents are marked down.
 
-In-flight requests
-    Every routing decision takes a *lease* on the chosen agent; the lease is released when the
-    decision's feedback arrives, or expires ``ROUTER_INFLIGHT_TTL_S`` seconds after the route (a
-    client that crashed, or never sends feedback, does not hold load for ever). With Redis the
-    leases of all replicas are shared: ``<prefix>:inflight:<agent>`` is a sorted set whose members
-    are decision ids scored by their expiry time (Unix seconds, the replica's clock); expired
-    members are ignored by every count and purged on the next lease of that agent. Without Redis
-    (SQLite store) leases are tracked in the process.
-
-From in-flight requests to the load in the observation
-    In training (:class:`env.prompt_env.PromptEnv`) agent ``k`` serves ``c_k`` requests per env
-    step and the observation holds ``load_k = min(queue_k / c_k, load_clip)``, where ``queue_k`` is
-    the backlog left *after* the step's service: ``queue_k' = max(0, queue_k + arrivals_k - c_k)``.
-    Serving maps one env step to one service time of the agent, so the requests in flight at an
-    agent are exactly ``queue_k + arrivals_k`` (the backlog plus what was just sent to it) and::
-
-        queue_k = max(0, in_flight_k - c_k)
-        load_k  = min(queue_k / c_k, load_clip)        # 0 when c_k is null (unbounded)
-
-    i.e. an agent busy within its capacity shows load 0, as an agent whose queue cleared does in
-    training; every ``c_k`` requests beyond its capacity add 1 (one step of backlog). ``c_k`` and
-    ``load_clip`` come from the checkpoint (``policy.json`` ``capacities`` and
-    ``obs_layout.load_clip``), the values the policy was trained with; a checkpoint without
-    ``capacities`` is treated as all-unbounded (load always 0).
-
-Agents down
-    ``POST /admin/agents/{name}/down`` and ``/up`` (see :mod:`router.admin_agents`) edit the set
-    ``<prefix>:agents:down`` (in the process without Redis). A down agent is masked out of every
-    decision, like an agent not in the request's ``candidates``.
-
-Redis failures never fail a route: a replica that cannot reach Redis counts its own leases (kept
-in the process alongside) and uses the down set it last read, and retries Redis after
-:data:`RETRY_AFTER_FAILURE_S`. Leases taken or released while Redis was unreachable are not
-replayed: a lease whose release was lost keeps counting in Redis until its TTL.
+Each routing decision takes a *lease* on the chosen agent, released by its feedback or expired
+after ``ROUTER_INFLIGHT_TTL_S``. With Redis every replica shares the leases (a sorted set
+``<prefix>:inflight:<agent>`` of decision ids scored by expiry, Unix seconds) and the down set
+``<prefix>:agents:down``; without Redis both live in the process. The in-flight counts become the
+observation's load through :func:`contract.observation.normalised_load`. Redis failures never fail a
+route: the tracker falls back to this process's view, retries after :data:`RETRY_AFTER_FAILURE_S`,
+and counts the failure. ``docs/serving.md`` has the derivation and the failure semantics.
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
 import itertools
 import logging
 import math
@@ -46,18 +20,14 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-import numpy as np
 import redis.asyncio as aioredis
-from fastapi import Request
 from redis.exceptions import RedisError
 
+from router.errors import DomainError
 from router.experience.base import StoreUnavailable
-from router.schemas import AgentInfo
-
-if TYPE_CHECKING:
-    from router.service import RoutingService
+from router.redis_client import RedisErrors, open_redis
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +37,10 @@ T = TypeVar("T")
 RETRY_AFTER_FAILURE_S = 1.0
 
 
-class NoAgentAvailable(Exception):
+class NoAgentAvailable(DomainError):
     """Every agent the request allows is down (HTTP 409)."""
+
+    status_code = 409
 
 
 @dataclass(frozen=True)
@@ -84,46 +56,6 @@ class LoadSnapshot:
     in_flight: Mapping[str, int]
     down: frozenset[str]
     shared: bool = False
-
-
-def policy_capacities(meta: Mapping[str, Any], agents: Sequence[str]) -> list[int | None]:
-    """Capacity (requests per env step; None: unbounded) of each agent, from ``meta["capacities"]``.
-
-    A checkpoint without a usable ``capacities`` list (length ``K``, entries positive numbers or
-    null) gets all None: nothing in training says how its agents saturate.
-    """
-    raw = meta.get("capacities")
-    if not isinstance(raw, list) or len(raw) != len(agents):
-        return [None] * len(agents)
-    out: list[int | None] = []
-    for c in raw:
-        if c is None:
-            out.append(None)
-        elif isinstance(c, int | float) and not isinstance(c, bool) and c > 0 and math.isfinite(c):
-            out.append(int(c))
-        else:
-            return [None] * len(agents)
-    return out
-
-
-def normalised_load(
-    in_flight: Sequence[int], capacities: Sequence[int | None], load_clip: float
-) -> np.ndarray:
-    """``[K]`` float32 load of the observation: ``min(max(0, n_k - c_k) / c_k, load_clip)``.
-
-    See the module docstring for why the in-flight requests beyond capacity stand for the
-    training queue. Unbounded agents (``c_k`` None) have load 0.
-
-    Raises:
-        ValueError: ``in_flight`` and ``capacities`` differ in length.
-    """
-    if len(in_flight) != len(capacities):
-        raise ValueError(f"{len(in_flight)} in-flight counts for {len(capacities)} agents")
-    load = np.zeros(len(capacities), dtype=np.float32)
-    for k, (n, c) in enumerate(zip(in_flight, capacities, strict=True)):
-        if c is not None:
-            load[k] = min(max(0, int(n) - c) / c, load_clip)
-    return load
 
 
 class LoadTracker(abc.ABC):
@@ -247,11 +179,12 @@ class RedisLoadTracker(LoadTracker):
     itself expires ``2 * ttl_s`` after its last lease) and ``<prefix>:agents:down`` (set).
 
     Args:
-        url: Redis URL.
+        url: Redis URL, or an open client to share (closing the tracker leaves it open).
         prefix: key prefix.
         ttl_s: lease lifetime in seconds.
-        socket_timeout_s: timeout of each Redis read/write; short, since a route waits for it.
+        socket_timeout_s: bound on each Redis call; short, since a route waits for it.
         clock: wall-clock time source in Unix seconds (tests pass their own).
+        redis_errors: where failed calls are counted (``load.<call>``); None: a new tally.
 
     Raises:
         ValueError: ``url`` is not a Redis URL.
@@ -259,22 +192,21 @@ class RedisLoadTracker(LoadTracker):
 
     def __init__(
         self,
-        url: str,
+        url: str | aioredis.Redis,
         prefix: str,
         ttl_s: float,
         socket_timeout_s: float = 0.5,
         clock: Callable[[], float] = time.time,
+        redis_errors: RedisErrors | None = None,
     ) -> None:
         super().__init__(ttl_s)
         self.prefix = prefix
         self.down_key = f"{prefix}:agents:down"
         self._clock = clock
-        self._redis = aioredis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=socket_timeout_s,
-            socket_connect_timeout=socket_timeout_s,
-        )
+        self._owns_client = isinstance(url, str)
+        self._redis = open_redis(url, socket_timeout_s, socket_timeout_s) if isinstance(url, str) else url
+        self.timeout_s = socket_timeout_s
+        self.redis_errors = redis_errors if redis_errors is not None else RedisErrors()
         self.local = LocalLoadTracker(ttl_s)
         self._skip_until = 0.0  # monotonic time before which Redis is not tried (after a failure)
 
@@ -287,8 +219,10 @@ class RedisLoadTracker(LoadTracker):
         if time.monotonic() < self._skip_until:
             return False, None
         try:
-            return True, await call()
-        except (RedisError, OSError) as exc:
+            async with asyncio.timeout(self.timeout_s):
+                return True, await call()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.redis_errors.note(f"load.{what}")
             self._skip_until = time.monotonic() + RETRY_AFTER_FAILURE_S
             logger.warning("load tracking: redis %s failed (%s: %s); using this process's view",
                            what, type(exc).__name__, exc)
@@ -341,65 +275,10 @@ class RedisLoadTracker(LoadTracker):
             else:
                 await self._redis.srem(self.down_key, agent)
         except (RedisError, OSError) as exc:
+            self.redis_errors.note("load.set_down")
             raise StoreUnavailable(f"redis set_down failed: {type(exc).__name__}: {exc}") from exc
         self.local.set_down_now(agent, down)
 
     async def close(self) -> None:
-        await self._redis.aclose()
-
-
-def open_load_tracker(redis_url: str | None, prefix: str, ttl_s: float) -> LoadTracker:
-    """A :class:`RedisLoadTracker` when ``redis_url`` is set, else a :class:`LocalLoadTracker`.
-
-    Raises:
-        ValueError: a malformed Redis URL, or ``ttl_s`` <= 0.
-    """
-    if redis_url:
-        return RedisLoadTracker(redis_url, prefix, ttl_s)
-    return LocalLoadTracker(ttl_s)
-
-
-async def get_load_tracker(request: Request) -> LoadTracker:
-    """FastAPI dependency: the app's :class:`LoadTracker` (``app.state.load``)."""
-    return request.app.state.load
-
-
-def live_mask(agents: Sequence[str], allowed: np.ndarray, down: Collection[str],
-              candidates: Sequence[str] | None) -> np.ndarray:
-    """``allowed`` (``[K]`` bool, the ``candidates`` mask) without the agents that are down.
-
-    Raises:
-        NoAgentAvailable: nothing is left; the message names what was asked for and what is down.
-    """
-    if not down:
-        return allowed
-    up = np.array([a not in down for a in agents], dtype=bool)
-    mask = allowed & up
-    if not mask.any():
-        down_names = ", ".join(repr(a) for a in agents if a in down)
-        if candidates is None:
-            raise NoAgentAvailable(f"every agent is marked down ({down_names}); no agent can take the request")
-        raise NoAgentAvailable(
-            f"every candidate is marked down ({', '.join(map(repr, candidates))}); agents up: "
-            f"{', '.join(a for a in agents if a not in down) or 'none'}"
-        )
-    return mask
-
-
-def live_agent_infos(infos: Sequence[AgentInfo], service: RoutingService, snapshot: LoadSnapshot) -> list[AgentInfo]:
-    """``infos`` (one per agent of ``service``, in action order) with ``in_flight``, ``load`` and
-    ``down`` from ``snapshot``; ``capacity`` is the one the load uses when the checkpoint records
-    ``capacities``."""
-    load = service.load_vector(snapshot.in_flight)
-    recorded = isinstance(service.policy.meta.get("capacities"), list)
-    out = []
-    for k, info in enumerate(infos):
-        update: dict[str, Any] = {
-            "in_flight": int(snapshot.in_flight.get(info.name, 0)),
-            "load": float(load[k]),
-            "down": info.name in snapshot.down,
-        }
-        if recorded:
-            update["capacity"] = service.capacities[k]
-        out.append(info.model_copy(update=update))
-    return out
+        if self._owns_client:
+            await self._redis.aclose()

@@ -11,16 +11,14 @@ metric                                            type        labels / source
                                                               template), ``status``
 ``router_http_request_duration_seconds``          histogram   ``method``, ``endpoint``, ``status``
 ``router_decisions_total``                        counter     ``agent``
-``router_policy_info``                            info        ``version`` of ``app.state.service``,
-                                                              read at scrape time (follows hot swap)
-``router_outbox_depth``                           gauge       ``app.state.store.outbox_depth()``
-                                                              (sync or async) at scrape time; 0 when
-                                                              the store has no outbox
-``router_redis_errors_total``                     counter     ``operation``: the ``redis_errors``
-                                                              mappings of ``app.state.store``,
-                                                              ``.load`` and ``.registry`` (where
-                                                              they have one) plus
-                                                              :func:`count_redis_error` calls
+``router_policy_info``                            info        ``version`` of the served policy, read
+                                                              at scrape time (follows hot swap)
+``router_outbox_depth``                           gauge       the store's ``outbox_depth()`` at
+                                                              scrape time; 0 without an outbox
+``router_redis_errors_total``                     counter     ``operation``: failed Redis calls of
+                                                              the store, the load tracker
+                                                              (``load.*``) and the policy follower
+                                                              (``policy.*``), one shared tally
 ``router_embed_batch_size``                       histogram   prompts per encode call
 ``router_embed_batch_duration_seconds``           histogram   seconds per encode call
 ``router_embed_cache_lookups_total``              counter     ``result``: ``hit`` / ``miss``
@@ -29,7 +27,8 @@ metric                                            type        labels / source
 
 Paths that match no route are counted under ``endpoint="unmatched"`` (no unbounded label values).
 :class:`ObservabilityMiddleware` also writes one structured log line per request
-(:mod:`router.logging`), with the fields the handlers attached via :func:`annotate`.
+(:mod:`router.logging`), with the fields the handlers attached via :func:`annotate`. The values
+read at scrape time come from the app's :class:`~router.context.AppContext` (``app.state.context``).
 """
 
 from __future__ import annotations
@@ -40,13 +39,11 @@ import logging
 import math
 import time
 import weakref
-from collections import Counter as TallyCounter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from fastapi import FastAPI, Request
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.routing import compile_path
@@ -66,8 +63,6 @@ QUIET_ENDPOINTS = frozenset({"/metrics", "/healthz", "/readyz"})
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 OUTBOX_TIMEOUT_S = 1.0
-#: ``app.state`` attributes whose ``redis_errors`` mapping (operation -> failures) is exported.
-REDIS_ERROR_SOURCES = ("store", "load", "registry")
 
 
 class RouterMetrics:
@@ -108,12 +103,11 @@ class RouterMetrics:
         )
         self._hit = self.embed_cache.labels(result="hit")
         self._miss = self.embed_cache.labels(result="miss")
-        self.redis_errors: TallyCounter[str] = TallyCounter()
         self.outbox_depth: float = 0.0
         self._state: _StateCollector | None = None
 
     def bind(self, app: FastAPI) -> None:
-        """Export the values read from ``app.state`` at scrape time (policy, outbox, Redis errors)."""
+        """Export the values read from the app's context at scrape time (policy, outbox, Redis errors)."""
         if self._state is None:
             self._state = _StateCollector(app, self)
             self.registry.register(self._state)
@@ -128,7 +122,7 @@ class RouterMetrics:
 
     async def refresh(self, app: FastAPI) -> None:
         """Read the values that need awaiting (the outbox depth) before a scrape."""
-        store = getattr(app.state, "store", None)
+        store = getattr(getattr(app.state, "context", None), "store", None)
         depth_of = getattr(store, "outbox_depth", None)
         if depth_of is None:
             self.outbox_depth = 0.0
@@ -156,28 +150,23 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         app = self._app()
-        state = app.state if app is not None else None
-        service = getattr(state, "service", None)
+        context = getattr(app.state, "context", None) if app is not None else None
         info = InfoMetricFamily("router_policy", "The policy being served (follows hot swaps).")
-        if service is not None:
-            info.add_metric([], {"version": str(service.version)})
+        if context is not None:
+            info.add_metric([], {"version": str(context.registry.current.version)})
         yield info
         yield GaugeMetricFamily(
             "router_outbox_depth", "Experience records waiting in the outbox (0 without an outbox).",
             value=self._metrics.outbox_depth,
         )
-        errors = TallyCounter(self._metrics.redis_errors)
-        for owner in REDIS_ERROR_SOURCES:
-            counted = getattr(getattr(state, owner, None), "redis_errors", None)
-            if isinstance(counted, Mapping):
-                errors.update({str(k): int(v) for k, v in counted.items()})
+        errors = dict(context.redis_errors) if context is not None else {}
         family = CounterMetricFamily(
             "router_redis_errors", "Failed Redis calls, by operation.", labels=["operation"]
         )
         for operation, count in sorted(errors.items()):
             family.add_metric([operation], count)
         yield family
-        batcher = getattr(state, "batcher", None)
+        batcher = getattr(context, "batcher", None)
         size = batcher.cache_info()["size"] if batcher is not None else 0
         yield GaugeMetricFamily("router_embed_cache_entries", "Prompt embeddings in the LRU cache.", value=size)
 
@@ -185,17 +174,6 @@ class _StateCollector(Collector):
 def metrics_of(app: Any) -> RouterMetrics | None:
     """The app's :class:`RouterMetrics` (``app.state.metrics``), or None."""
     return getattr(getattr(app, "state", None), "metrics", None)
-
-
-def count_redis_error(app: Any, operation: str = "other") -> None:
-    """Count one failed Redis call in ``router_redis_errors_total{operation=...}``.
-
-    For Redis users other than the experience store (which counts its own): load tracking,
-    the policy registry. A no-op when the app has no metrics.
-    """
-    metrics = metrics_of(app)
-    if metrics is not None:
-        metrics.redis_errors[operation] += 1
 
 
 def annotate(request: Request, **fields: Any) -> None:
@@ -282,23 +260,3 @@ class ObservabilityMiddleware:
             fields = dict(scope.get(LOG_FIELDS_KEY) or {})
             fields.update(method=method, endpoint=endpoint, status=status, latency_ms=round(seconds * 1000, 3))
             access_logger.log(level, "request", extra=fields)
-
-
-metrics_api = APIRouter()
-
-
-@metrics_api.get(
-    "/metrics",
-    response_class=Response,
-    summary="Prometheus metrics",
-    responses={200: {"description": "Metrics in the Prometheus text format.",
-                     "content": {"text/plain": {"schema": {"type": "string"}}}}},
-)
-async def metrics_endpoint(request: Request) -> Response:
-    """Request counts and latencies per endpoint, decisions per agent, the policy version, the
-    outbox depth, Redis errors and embedding batch sizes, in the Prometheus text format."""
-    metrics = metrics_of(request.app)
-    if metrics is None:  # pragma: no cover - create_app always installs them
-        return Response("", media_type=CONTENT_TYPE_LATEST)
-    await metrics.refresh(request.app)
-    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

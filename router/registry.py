@@ -1,69 +1,47 @@
 """Hot swap of the served policy, and every replica following the version published in Redis.
 
 :class:`PolicyRegistry` holds the :class:`~router.service.RoutingService` being served
-(``current``) and the one before it (``previous``). A reload resolves a version name or path,
-loads and validates the checkpoint in a worker thread (weights hash, tensor shapes and agent list
-by :func:`~training.checkpoint.load_checkpoint`; the embedding model; a smoke forward pass with
-finite probabilities summing to 1), and only then swaps one reference, on the event loop. A
-request handler takes the service reference once, when it starts, and uses it to the end, so
-in-flight requests finish on the policy they started with. A checkpoint that fails any check is
-refused with a :class:`PolicyRefused` and the old policy keeps serving.
-
-With Redis (``ROUTER_REDIS_URL``), :class:`PolicyFollower` keeps every replica on one version:
-
-- ``<prefix>:policy:current`` (string): the published checkpoint, a version name (a directory of
-  the checkpoint root) or, for a checkpoint outside the root, its absolute path;
-- ``<prefix>:policy:events`` (pub/sub channel): a message (the same string) on every publish.
-
-An admin reload or rollback on any replica validates locally, then SETs the key and PUBLISHes
-(one MULTI), then swaps. Every replica subscribes to the channel; on a message it re-reads the key
-(the key is the truth, so the last publish wins), loads off the request path and swaps. It also
-reads the key on start-up, after every reconnect and every ``ROUTER_POLICY_POLL_S`` seconds, so a
-replica started later or one that missed a message converges. Redis going away is logged and
-retried with back-off; the replica keeps serving its current policy meanwhile.
+(``current``) and the one before it. A reload names a version (a directory under
+``ROUTER_CHECKPOINT``), loads and validates it in a worker thread, and only then swaps one
+reference on the event loop; requests in flight finish on the policy they started with, and a
+refused checkpoint leaves the old one serving. With Redis, :class:`PolicyFollower` keeps every
+replica on the version published under ``<prefix>:policy:current`` (pub/sub
+``<prefix>:policy:events``, plus a poll). ``docs/hot-swap.md`` describes the protocol.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import anyio
-import redis.asyncio as aioredis
 import torch
-from redis.exceptions import RedisError
 
 from env.embedder import canonical_model_id
-from env.errors import UserError
+from router.errors import DomainError
 from router.experience.base import utc_now_iso
 from router.service import RoutingService
-from router.settings import Settings
-from training.checkpoint import META, CheckpointError, Policy, load_checkpoint, resolve_checkpoint
+from training.checkpoint import META, CheckpointError, Policy, load_checkpoint, read_meta, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 
-CURRENT_KEY = "policy:current"
-EVENTS_CHANNEL = "policy:events"
 
 
-class PolicyRefused(UserError):
-    """A checkpoint that cannot replace the served policy (corrupt, unfitting, non-finite output).
+#: A version name: a directory of the checkpoint root (no path separators, not "." or "..").
+VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
-    Attributes:
-        status_code: the HTTP status the admin endpoints answer with.
-    """
+
+class PolicyRefused(DomainError):
+    """A checkpoint that cannot replace the served policy (corrupt, unfitting, non-finite output)."""
 
     status_code = 422
 
 
 class UnknownVersion(PolicyRefused):
-    """No checkpoint under that version name or path."""
+    """No policy version of that name under the checkpoint root (or not a version name at all)."""
 
     status_code = 404
 
@@ -74,8 +52,11 @@ class NoPreviousPolicy(PolicyRefused):
     status_code = 409
 
 
-class PublishFailed(Exception):
+class PublishFailed(DomainError):
     """The new version could not be published to Redis; nothing was swapped."""
+
+    status_code = 503
+    retry_after = True
 
 
 def smoke_check(policy: Policy, embed_dim: int, samples: int = 4) -> None:
@@ -89,8 +70,7 @@ def smoke_check(policy: Policy, embed_dim: int, samples: int = 4) -> None:
     embedding = torch.randn(samples, embed_dim, generator=generator)
     embedding = embedding / embedding.norm(dim=-1, keepdim=True)
     k = len(policy.agents)
-    clip = float(policy.meta["obs_layout"].get("load_clip", 1.0) or 1.0)
-    load = torch.rand(samples, k, generator=generator) * clip
+    load = torch.rand(samples, k, generator=generator) * policy.layout.load_clip
     load[0] = 0.0
     try:
         probs = policy.probabilities(policy.build_obs(embedding, load))
@@ -116,8 +96,6 @@ class PolicyRegistry:
             (then its parent is where version names are looked up).
         make_service: builds the service of a newly loaded policy; default
             ``RoutingService(policy, service.embedder)`` (the embedder is shared).
-        state: an object (the app's ``state``) whose ``service`` and ``policy`` attributes are
-            set to the current ones on every swap; None: none.
 
     Attributes:
         current: the service new requests use. Read it once per request.
@@ -132,7 +110,6 @@ class PolicyRegistry:
         service: RoutingService,
         checkpoint: str | Path,
         make_service: Callable[[Policy], RoutingService] | None = None,
-        state: Any = None,
     ) -> None:
         self.current = service
         self.previous: RoutingService | None = None
@@ -143,44 +120,48 @@ class PolicyRegistry:
         self.embedder = service.embedder
         self.embed_dim = service.embed_dim
         self._make_service = make_service or (lambda policy: RoutingService(policy, self.embedder))
-        self._state = state
         self._lock = asyncio.Lock()
         self.publisher: Callable[[str], Awaitable[None]] | None = None
-        self._mirror()
 
     # --- resolving and validating (worker thread) ------------------------------------------
 
+    def versions(self) -> list[str]:
+        """Names of the version directories under the checkpoint root, sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if not p.name.startswith(".") and (p / META).is_file())
+
     def resolve(self, ref: str | None) -> Path:
-        """The version directory ``ref`` names (resolved, absolute).
+        """The version directory ``ref`` names (resolved, absolute), always inside the root.
 
         Args:
-            ref: None or empty: the newest version under ``ROUTER_CHECKPOINT``; a bare name: the
-                version of that name in the checkpoint root; else a path (a version directory,
-                or a directory of versions: its newest).
+            ref: None or empty: the newest version under ``ROUTER_CHECKPOINT``; else a version
+                name (a directory of the checkpoint root).
 
         Raises:
-            UnknownVersion: nothing loadable there.
+            UnknownVersion: no such version. A ``ref`` that is not a version name (a path, ``..``,
+                a link out of the root) gets one message, whether or not something exists there.
         """
         if not ref:
-            target = self.root
-        elif "/" not in ref and "\\" not in ref and ref not in (".", ".."):
-            target = self.root / ref
-            if not (target / META).is_file():
-                known = sorted(p.name for p in self.root.iterdir()
-                               if not p.name.startswith(".") and (p / META).is_file()) if self.root.is_dir() else []
-                shown = ", ".join(known[-10:]) or "none"
-                raise UnknownVersion(f"unknown policy version {ref!r} in {self.root} (versions there: {shown})")
-        else:
-            target = Path(ref).expanduser()
-        try:
-            return resolve_checkpoint(target).resolve()
-        except CheckpointError as exc:
-            raise UnknownVersion(str(exc)) from None
+            try:
+                return resolve_checkpoint(self.root).resolve()
+            except CheckpointError as exc:
+                raise UnknownVersion(str(exc)) from None
+        outside = UnknownVersion(f"{ref!r} is not a policy version: reload takes the name of a version "
+                                 "directory under ROUTER_CHECKPOINT (GET /admin/policy shows the one served)")
+        if not VERSION_NAME.fullmatch(ref):
+            raise outside
+        target = (self.root / ref).resolve()
+        if target.parent != self.root:
+            raise outside
+        if not (target / META).is_file():
+            shown = ", ".join(self.versions()[-10:]) or "none"
+            raise UnknownVersion(f"unknown policy version {ref!r} (the newest versions: {shown})")
+        return target
 
     def ref_for(self, directory: Path) -> str:
-        """What is published for ``directory``: its name when it is in the checkpoint root, else its path."""
-        directory = Path(directory).resolve()
-        return directory.name if directory.parent == self.root else str(directory)
+        """What is published for ``directory``: its version name."""
+        return Path(directory).resolve().name
 
     def prepare(self, directory: Path) -> RoutingService:
         """Load and validate the checkpoint at ``directory``; a service ready to swap in.
@@ -218,19 +199,14 @@ class PolicyRegistry:
             if service is None or Path(service.policy.path).resolve() != directory:
                 continue
             try:
-                meta = json.loads((directory / META).read_text(encoding="utf-8"))
-            except (OSError, ValueError):
+                meta = read_meta(directory)
+            except CheckpointError:
                 return None
-            if isinstance(meta, dict) and meta.get("weights_sha256") == service.policy.meta.get("weights_sha256"):
+            if meta.weights_sha256 == service.policy.meta.weights_sha256:
                 return service
         return None
 
     # --- swapping (event loop) ------------------------------------------------------------
-
-    def _mirror(self) -> None:
-        if self._state is not None:
-            self._state.service = self.current
-            self._state.policy = self.current.policy
 
     def _swap(self, service: RoutingService, source: str) -> bool:
         """Make ``service`` current (one reference assignment); False when it already is."""
@@ -239,7 +215,6 @@ class PolicyRegistry:
         old = self.current
         self.previous, self.previous_loaded_at = old, self.loaded_at
         self.current, self.loaded_at = service, utc_now_iso()
-        self._mirror()
         logger.info("policy %s -> %s (%s)", old.version, service.version, source)
         return True
 
@@ -302,142 +277,3 @@ class PolicyRegistry:
         async with self._lock:
             _, service = await self._obtain(ref)
             return self._swap(service, f"published {ref}")
-
-
-class PolicyFollower:
-    """Publishes versions to Redis and keeps a :class:`PolicyRegistry` on the published one.
-
-    Args:
-        registry: the registry to keep in step.
-        url: Redis URL.
-        prefix: key prefix (``<prefix>:policy:current``, ``<prefix>:policy:events``).
-        poll_interval_s: how often the key is re-read besides the messages.
-        max_backoff_s: longest wait between reconnection attempts.
-
-    Raises:
-        ValueError: ``url`` is not a Redis URL.
-    """
-
-    def __init__(
-        self,
-        registry: PolicyRegistry,
-        url: str,
-        prefix: str,
-        poll_interval_s: float = 2.0,
-        max_backoff_s: float = 5.0,
-    ) -> None:
-        self.registry = registry
-        self.key = f"{prefix}:{CURRENT_KEY}"
-        self.channel = f"{prefix}:{EVENTS_CHANNEL}"
-        self.poll_interval_s = poll_interval_s
-        self.max_backoff_s = max_backoff_s
-        self._redis = aioredis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=2.0, socket_timeout=5.0
-        )
-        self._failed: str | None = None
-        self.first_sync = asyncio.Event()
-
-    async def publish(self, ref: str) -> None:
-        """``SET <key> ref`` and ``PUBLISH <channel> ref`` in one transaction.
-
-        Raises:
-            PublishFailed: Redis is unreachable or refused.
-        """
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.set(self.key, ref)
-                pipe.publish(self.channel, ref)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise PublishFailed(f"could not publish policy {ref!r} to Redis ({type(exc).__name__}: {exc})") from None
-
-    async def sync(self) -> None:
-        """Read the key and serve what it names; a refused version is logged (once) and skipped.
-
-        Raises:
-            RedisError, OSError: Redis is unreachable.
-        """
-        ref = await self._redis.get(self.key)
-        if not ref:
-            return
-        try:
-            await self.registry.follow(ref)
-            self._failed = None
-        except UserError as exc:
-            if ref != self._failed:
-                logger.error("cannot follow the published policy %r: %s", ref, exc)
-            self._failed = ref
-
-    async def run(self) -> None:
-        """Follow the channel until cancelled; reconnect with back-off when Redis goes away."""
-        backoff = 0.1
-        loop = asyncio.get_running_loop()
-        while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self.channel)
-                await self.sync()
-                self.first_sync.set()
-                if backoff > 0.1:
-                    logger.info("policy follower reconnected to Redis")
-                backoff = 0.1
-                next_poll = loop.time() + self.poll_interval_s
-                while True:
-                    timeout = max(0.01, next_poll - loop.time())
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
-                    if message is not None or loop.time() >= next_poll:
-                        await self.sync()
-                        next_poll = loop.time() + self.poll_interval_s
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError) as exc:
-                level = logging.WARNING if backoff == 0.1 else logging.DEBUG
-                logger.log(level, "policy follower lost Redis (%s: %s); retrying in %.1f s",
-                           type(exc).__name__, exc, backoff)
-            except Exception:  # a bug must not end the follower: log it and start over
-                logger.exception("policy follower failed; restarting it in %.1f s", backoff)
-            finally:
-                self.first_sync.set()  # tried once: start-up need not wait any longer
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-            await asyncio.sleep(backoff)
-            backoff = min(self.max_backoff_s, backoff * 2)
-
-    async def close(self) -> None:
-        """Close the Redis connections."""
-        with contextlib.suppress(Exception):
-            await self._redis.aclose()
-
-
-@asynccontextmanager
-async def hot_swap(
-    state: Any,
-    settings: Settings,
-    service: RoutingService,
-    make_service: Callable[[Policy], RoutingService] | None = None,
-) -> AsyncIterator[PolicyRegistry]:
-    """Set ``state.registry`` and, with Redis, run the follower while the context is open.
-
-    On entry with Redis, the published version (if any) is loaded before the context is entered
-    (waiting at most ``ROUTER_POLICY_POLL_S`` + 2 seconds), so a replica started later serves it from
-    its first request. Redis being unreachable does not stop or delay the start-up.
-    """
-    registry = PolicyRegistry(service, settings.checkpoint, make_service=make_service, state=state)
-    state.registry = registry
-    if not settings.redis_url:
-        yield registry
-        return
-    follower = PolicyFollower(registry, settings.redis_url, settings.redis_prefix,
-                              poll_interval_s=settings.policy_poll_s)
-    registry.publisher = follower.publish
-    task = asyncio.create_task(follower.run(), name="policy-follower")
-    try:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(follower.first_sync.wait(), timeout=settings.policy_poll_s + 2.0)
-        yield registry
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await follower.close()
-

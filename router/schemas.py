@@ -138,6 +138,17 @@ class HealthResponse(BaseModel):
     policy_version: str = Field(description="Version of the policy being served.")
 
 
+class ReadyResponse(BaseModel):
+    """Body of ``GET /readyz`` when the server can take traffic."""
+
+    status: Literal["ready"] = Field(description="Always 'ready' (503 otherwise).")
+    policy_version: str = Field(description="Version of the policy being served.")
+    experience_log: str = Field(
+        description="Where decisions are written now: 'redis', 'outbox' (Redis unreachable; the durable "
+        "local outbox takes them) or 'sqlite'."
+    )
+
+
 class ErrorResponse(BaseModel):
     """Body of every error response."""
 
@@ -152,10 +163,9 @@ class PolicyReloadRequest(BaseModel):
     checkpoint: str | None = Field(
         None,
         min_length=1,
-        max_length=4096,
-        description="A version name (a directory of ROUTER_CHECKPOINT's checkpoint root) or a path "
-        "(a version directory, or a directory of versions: its newest); omitted or null: the newest "
-        "version under ROUTER_CHECKPOINT.",
+        max_length=200,
+        description="A version name: a directory of the checkpoint root (ROUTER_CHECKPOINT). Paths are "
+        "refused. Omitted or null: the newest version under ROUTER_CHECKPOINT.",
     )
 
 

@@ -1,31 +1,35 @@
-"""Policy serving: embed a prompt, build the observation, run the router network, choose an agent.
+"""Policy serving: build the observation of a prompt, run the policy, choose an agent.
 
-Everything here is synchronous and CPU-bound; the app runs it in a worker thread.
+Everything here is synchronous. The app calls :meth:`RoutingService.route` on the event loop with
+the embedding the micro-batcher computed (:mod:`router.batcher`), so a route costs one small
+forward pass there.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import math
 import threading
 import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
+from contract.experience import SCHEMA_VERSION, DecisionContext, encode_embedding
+from contract.observation import normalised_load
 from env.embedder import Embedder
-from env.errors import UserError
+from router.errors import DomainError
 from router.experience.base import utc_now_iso
-from router.load import live_mask, normalised_load, policy_capacities
+from router.load import NoAgentAvailable
 from training.checkpoint import CheckpointError, Policy
 
 
-class CandidateError(UserError):
-    """``candidates`` names no agent, repeats one, or names one the policy does not know."""
+class CandidateError(DomainError):
+    """``candidates`` names no agent, repeats one, or names one the policy does not know (422)."""
+
+    status_code = 422
 
 
 @dataclass(frozen=True)
@@ -87,21 +91,26 @@ def exploration_distribution(probs: np.ndarray, mask: np.ndarray, floor: float) 
     return mu / mu.sum()
 
 
-def encode_embedding(vector: np.ndarray) -> str:
-    """Base64 of the little-endian float16 bytes of a ``[E]`` vector (``E * 2`` bytes)."""
-    return base64.b64encode(np.asarray(vector, dtype="<f2").tobytes()).decode("ascii")
-
-
-def decode_embedding(text: str) -> np.ndarray:
-    """Inverse of :func:`encode_embedding`: ``[E]`` float32.
+def live_mask(agents: Sequence[str], allowed: np.ndarray, down: Collection[str],
+              candidates: Sequence[str] | None) -> np.ndarray:
+    """``allowed`` (``[K]`` bool, the ``candidates`` mask) without the agents that are down.
 
     Raises:
-        ValueError: not valid base64 of float16 bytes.
+        NoAgentAvailable: nothing is left; the message names what was asked for and what is down.
     """
-    raw = base64.b64decode(text, validate=True)
-    if len(raw) % 2:
-        raise ValueError("embedding has an odd number of bytes")
-    return np.frombuffer(raw, dtype="<f2").astype(np.float32)
+    if not down:
+        return allowed
+    up = np.array([a not in down for a in agents], dtype=bool)
+    mask = allowed & up
+    if not mask.any():
+        down_names = ", ".join(repr(a) for a in agents if a in down)
+        if candidates is None:
+            raise NoAgentAvailable(f"every agent is marked down ({down_names}); no agent can take the request")
+        raise NoAgentAvailable(
+            f"every candidate is marked down ({', '.join(map(repr, candidates))}); agents up: "
+            f"{', '.join(a for a in agents if a not in down) or 'none'}"
+        )
+    return mask
 
 
 class RoutingService:
@@ -123,13 +132,11 @@ class RoutingService:
         self._index = {name: i for i, name in enumerate(self.agents)}
         self._rng = np.random.default_rng(seed)
         self._rng_lock = threading.Lock()
-        layout = policy.meta["obs_layout"]
-        extra = layout["num_routers"] if layout["include_agent_id"] else 0
-        self.embed_dim = int(layout["obs_dim"]) - len(self.agents) - int(extra)
+        self.embed_dim = policy.layout.embed_dim
         #: capacity of each agent in requests per env step (None: unbounded), from the checkpoint
-        self.capacities = policy_capacities(policy.meta, self.agents)
-        #: clip of the normalised load, as in training (``EnvConfig.load_clip``, default 4.0)
-        self.load_clip = float(layout.get("load_clip", 4.0))
+        self.capacities: list[int | None] = list(policy.meta.capacities)
+        #: clip of the normalised load, as in training
+        self.load_clip = policy.layout.load_clip
 
     @property
     def version(self) -> str:
@@ -152,7 +159,8 @@ class RoutingService:
         self.route("warm-up")
 
     def load_vector(self, in_flight: Mapping[str, int] | None) -> np.ndarray:
-        """``[K]`` float32 observation load from in-flight counts (see :mod:`router.load`)."""
+        """``[K]`` float32 observation load from in-flight counts
+        (:func:`contract.observation.normalised_load`)."""
         if not in_flight:
             return np.zeros(len(self.agents), dtype=np.float32)
         counts = [int(in_flight.get(name, 0)) for name in self.agents]
@@ -194,10 +202,10 @@ class RoutingService:
     ) -> Decision:
         """Choose an agent for ``prompt``.
 
-        The observation is ``policy.build_obs(embedding [1, E], load [1, K])`` with the live load
-        of :meth:`load_vector`, as in training. The allowed agents are ``candidates`` minus those
-        ``down``; the choice is the most probable allowed agent under the masked policy (so when
-        the unmasked favourite is masked, the next most probable allowed agent).
+        The observation is :func:`contract.observation.build_obs` of the embedding ``[1, E]`` and
+        the live load of :meth:`load_vector` ``[1, K]``, as in training. The allowed agents are
+        ``candidates`` minus those ``down``; the choice is the most probable allowed agent under the
+        masked policy (so when the unmasked favourite is masked, the next most probable allowed one).
 
         Args:
             prompt: the prompt text (not stored; validated by the caller).
@@ -228,7 +236,7 @@ class RoutingService:
             mu = exploration_distribution(probs, mask, explore_floor)
             with self._rng_lock:
                 action = int(self._rng.choice(len(mu), p=mu))
-            propensity = float(mu[action])
+            propensity = min(1.0, float(mu[action]))
         else:
             action = int(np.argmax(probs))
         chosen = float(probs[action])
@@ -249,34 +257,24 @@ class RoutingService:
 
     def decision_context(
         self, decision: Decision, prompt: str, session_id: str | None, store_prompt: bool = False
-    ) -> dict[str, Any]:
-        """The JSON-serialisable context persisted for ``decision`` (the prompt as sha256, and its
-        text under ``prompt`` only with ``store_prompt``, i.e. ``ROUTER_STORE_PROMPTS=true``).
-
-        Keys: ``decision_id``, ``policy_version``, ``created_at``, ``session_id``,
-        ``prompt_sha256`` (hex), ``embedding`` (:func:`encode_embedding`), ``embedding_dtype``
-        (``"float16"``), ``load`` (``[K]`` floats), ``action_mask`` (``[K]`` bools), ``action``
-        (int), ``agent``, ``log_prob`` (natural log of the policy's probability of the action),
-        ``probabilities`` (``[K]`` floats), ``explore``, ``propensity`` (probability the action was
-        chosen with: 1.0 for the argmax; see :class:`Decision`).
-        """
-        context = {
-            "decision_id": decision.decision_id,
-            "policy_version": self.version,
-            "created_at": decision.created_at,
-            "session_id": session_id,
-            "prompt_sha256": hashlib.sha256(prompt.encode("utf-8")).hexdigest(),
-            "embedding": encode_embedding(decision.embedding),
-            "embedding_dtype": "float16",
-            "load": [float(x) for x in decision.load],
-            "action_mask": [bool(x) for x in decision.action_mask],
-            "action": decision.action,
-            "agent": decision.agent,
-            "log_prob": decision.log_prob,
-            "probabilities": [float(x) for x in decision.probabilities],
-            "explore": decision.explore,
-            "propensity": decision.propensity,
-        }
-        if store_prompt:
-            context["prompt"] = prompt
-        return context
+    ) -> DecisionContext:
+        """The :class:`~contract.experience.DecisionContext` persisted for ``decision``: the prompt
+        as SHA-256, and its text only with ``store_prompt`` (``ROUTER_STORE_PROMPTS=true``)."""
+        return DecisionContext(
+            schema_version=SCHEMA_VERSION,
+            decision_id=decision.decision_id,
+            policy_version=self.version,
+            created_at=decision.created_at,
+            session_id=session_id,
+            prompt_sha256=hashlib.sha256(prompt.encode("utf-8")).hexdigest(),
+            prompt=prompt if store_prompt else None,
+            embedding=encode_embedding(decision.embedding),
+            load=[float(x) for x in decision.load],
+            action_mask=[bool(x) for x in decision.action_mask],
+            action=decision.action,
+            agent=decision.agent,
+            log_prob=decision.log_prob,
+            probabilities=[float(x) for x in decision.probabilities],
+            explore=decision.explore,
+            propensity=decision.propensity,
+        )

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is a loopback address."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
@@ -117,7 +130,13 @@ class Settings(BaseSettings):
     log_level: LogLevel = Field("info", description="uvicorn log level.")
     admin_token: SecretStr | None = Field(
         None,
-        description="Bearer token of the /admin endpoints; unset: they are open (a warning at start-up).",
+        description="Bearer token of the /admin endpoints (send 'Authorization: Bearer <token>'); unset: "
+        "they answer 403, unless admin_open.",
+    )
+    admin_open: bool = Field(
+        False,
+        description="With no admin_token, open the /admin endpoints to clients on this machine. Only on a "
+        "loopback bind (host 127.0.0.1, ::1 or localhost): the server refuses to start otherwise.",
     )
     retry_after_s: int = Field(
         1,
@@ -140,6 +159,13 @@ class Settings(BaseSettings):
         description="Seconds between reads of the published policy version in Redis (besides its "
         "pub/sub messages), so a replica that missed a message still converges.",
     )
+
+    @model_validator(mode="after")
+    def _admin_open_on_loopback(self) -> Settings:
+        if self.admin_open and not is_loopback(self.host):
+            raise ValueError(f"admin_open needs a loopback host (127.0.0.1, ::1, localhost), not {self.host!r}; "
+                             "set ROUTER_ADMIN_TOKEN instead")
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod

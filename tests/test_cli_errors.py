@@ -59,12 +59,22 @@ def test_bad_options(args, needle):
 
 
 def test_corrupt_checkpoint_is_refused_by_eval_and_serve(tmp_path):
-    from training.checkpoint import WEIGHTS, build_networks, save_checkpoint
+    from tests.harness import networks_for
+    from training.checkpoint import WEIGHTS, save_checkpoint
 
-    meta = {"agents": ["a", "b"], "embedding": {"model": "m", "dim": 4},
-            "obs_layout": {"obs_dim": 6, "num_routers": 1, "load_clip": 4.0, "include_agent_id": False},
+    meta = {"agents": ["a", "b"], "capacities": [None, None], "embedding": {"model": "m", "dim": 4},
+            "obs_layout": {"embed_dim": 4, "num_agents": 2, "num_routers": 1, "include_agent_id": False},
             "network": {"hidden": [8], "share_params": True, "centralised_critic": True}}
-    path = save_checkpoint(tmp_path, *build_networks(meta), meta)
+    path = save_checkpoint(tmp_path, *networks_for(meta), meta)
     (path / WEIGHTS).write_bytes(b"\x00" * 64)
     for cmd in ("eval", "serve"):
         _assert_one_line_error(_cli(cmd, "--checkpoint", str(path)), "sha256", "corrupt")
+
+
+def test_admin_open_on_a_public_bind_refuses_to_start(tmp_path):
+    import os
+
+    env = {**os.environ, "ROUTER_ADMIN_OPEN": "true"}
+    proc = subprocess.run([sys.executable, "-m", "router", "serve", "--host", "0.0.0.0", "--checkpoint",
+                           str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
+    _assert_one_line_error(proc, "admin_open needs a loopback host", "ROUTER_ADMIN_TOKEN")

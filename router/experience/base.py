@@ -1,9 +1,9 @@
 """The experience log: what the router decided, and the feedback it got, for offline retraining.
 
-A *decision context* is the JSON object written by ``POST /v1/route`` (see
-:func:`router.service.decision_context`); an *experience record* is that context plus the
-feedback fields (``quality``, ``cost_usd``, ``latency_ms``) and ``feedback_at`` (ISO 8601, UTC).
-Records are appended in write order and read back with :meth:`ExperienceStore.read_experience`.
+A store keeps :class:`~contract.experience.DecisionContext` objects written by ``POST /v1/route``
+until their :class:`~contract.experience.Feedback` comes, then appends the
+:class:`~contract.experience.ExperienceRecord` (context + feedback) to the log. Records are read
+back in write order with :meth:`ExperienceStore.read_experience`.
 """
 
 from __future__ import annotations
@@ -12,13 +12,20 @@ import abc
 from datetime import UTC, datetime
 from typing import Any
 
+from contract.experience import DecisionContext, ExperienceRecord, Feedback
+from router.errors import DomainError
 
-class StoreError(Exception):
+
+class StoreError(DomainError):
     """Base class of the errors an :class:`ExperienceStore` raises."""
+
+    status_code = 503
 
 
 class UnknownDecision(StoreError):
     """No decision with this id, or it expired before the feedback came (HTTP 404)."""
+
+    status_code = 404
 
     def __init__(self, decision_id: str) -> None:
         self.decision_id = decision_id
@@ -28,6 +35,8 @@ class UnknownDecision(StoreError):
 class DuplicateFeedback(StoreError):
     """The decision already has feedback; only the first is recorded (HTTP 409)."""
 
+    status_code = 409
+
     def __init__(self, decision_id: str) -> None:
         self.decision_id = decision_id
         super().__init__(f"decision {decision_id!r} already has feedback")
@@ -36,6 +45,10 @@ class DuplicateFeedback(StoreError):
 class StoreUnavailable(StoreError):
     """The backend cannot be reached or did not confirm the write (HTTP 503); retrying is safe."""
 
+    status_code = 503
+    retry_after = True
+    public_detail = "the experience store is unavailable; retry later"
+
 
 def utc_now_iso() -> str:
     """The current time as ISO 8601 with a UTC offset, e.g. ``2025-01-31T12:00:00.123456+00:00``."""
@@ -43,29 +56,21 @@ def utc_now_iso() -> str:
 
 
 def build_record(context: dict[str, Any], feedback: dict[str, Any]) -> dict[str, Any]:
-    """The experience record: ``context``, then ``feedback``, then ``feedback_at`` if not given.
+    """The stored record (JSON object) of a stored context and a feedback object.
 
     Raises:
-        ValueError: ``feedback`` would overwrite a key of ``context``.
+        ValueError: a feedback key clashes with the context, or the result is not an
+            :class:`~contract.experience.ExperienceRecord`.
     """
-    clash = sorted(set(context) & set(feedback))
-    if clash:
-        raise ValueError(f"feedback keys {clash} clash with the decision context")
-    record = {**context, **feedback}
-    record.setdefault("feedback_at", utc_now_iso())
-    return record
+    return ExperienceRecord.join(context, feedback).to_json_dict()
 
 
-def require_decision_id(context: dict[str, Any]) -> str:
-    """``context["decision_id"]``.
+def dump_json(obj: DecisionContext | Feedback | dict[str, Any]) -> str:
+    """Compact JSON text of a context, feedback or record (no NaN)."""
+    import json
 
-    Raises:
-        ValueError: it is missing or not a non-empty string.
-    """
-    decision_id = context.get("decision_id")
-    if not isinstance(decision_id, str) or not decision_id:
-        raise ValueError("a decision context needs a non-empty string 'decision_id'")
-    return decision_id
+    data = obj if isinstance(obj, dict) else obj.to_json_dict()
+    return json.dumps(data, separators=(",", ":"), allow_nan=False)
 
 
 class ExperienceStore(abc.ABC):
@@ -76,16 +81,16 @@ class ExperienceStore(abc.ABC):
     """
 
     @abc.abstractmethod
-    async def put_decision(self, context: dict[str, Any]) -> None:
-        """Store a decision context (JSON-serialisable, with a ``decision_id``) until feedback.
+    async def put_decision(self, context: DecisionContext) -> None:
+        """Store a decision context until its feedback comes.
 
         Raises:
             StoreUnavailable: the write was not confirmed.
-            ValueError: ``context`` has no ``decision_id``.
+            ValueError: a decision with that id exists already.
         """
 
     @abc.abstractmethod
-    async def record_feedback(self, decision_id: str, feedback: dict[str, Any]) -> dict[str, Any]:
+    async def record_feedback(self, decision_id: str, feedback: Feedback) -> ExperienceRecord:
         """Atomically append the experience record of ``decision_id`` and mark it as answered.
 
         Returns only once the record is durably written; when it raises, nothing was marked and
@@ -93,11 +98,10 @@ class ExperienceStore(abc.ABC):
 
         Args:
             decision_id: id returned by the route call.
-            feedback: JSON-serialisable feedback fields (``quality``, ``cost_usd``,
-                ``latency_ms``); ``feedback_at`` is added when absent.
+            feedback: the feedback.
 
         Returns:
-            The full experience record written (context + feedback).
+            The experience record written (context + feedback).
 
         Raises:
             UnknownDecision: no such decision, or it expired.
@@ -116,7 +120,8 @@ class ExperienceStore(abc.ABC):
             count: maximum number of entries, at least 1.
 
         Returns:
-            ``[(entry_id, record), ...]`` in write order.
+            ``[(entry_id, record), ...]`` in write order, each record the JSON object stored
+            (:func:`contract.experience.parse_record` reads it).
 
         Raises:
             StoreUnavailable: the backend cannot be read.
@@ -130,6 +135,15 @@ class ExperienceStore(abc.ABC):
         Raises:
             StoreUnavailable: it does not.
         """
+
+    async def writable(self) -> str:
+        """Where a write would go now (``"redis"``, ``"outbox"``, ``"sqlite"``); for ``/readyz``.
+
+        Raises:
+            StoreUnavailable: nothing can take a write.
+        """
+        await self.ping()
+        return type(self).__name__
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from router.experience.base import DuplicateFeedback, UnknownDecision, build_record
+from router.experience.base import DuplicateFeedback, UnknownDecision, build_record, dump_json
 from router.experience.durable_sqlite import DurableSqlite, transaction
 
 T = TypeVar("T")
@@ -135,7 +135,8 @@ class Outbox:
             DuplicateFeedback: the outbox already holds the decision's experience record.
             UnknownDecision: the decision is held here but expired.
             StoreUnavailable: the write was not committed.
-            ValueError: a feedback field clashes with the context.
+            ValueError: a feedback field clashes with the context, or the record is not an
+                :class:`~contract.experience.ExperienceRecord`.
         """
 
         def write(conn: sqlite3.Connection) -> dict[str, Any] | None:
@@ -156,8 +157,7 @@ class Outbox:
                 conn.execute(
                     "INSERT INTO outbox (prefix, kind, decision_id, payload, created_at, expires_at) "
                     "VALUES (?, 'experience', ?, ?, ?, ?)",
-                    (self.prefix, decision_id, json.dumps(record, separators=(",", ":"), allow_nan=False),
-                     now, expires_at),
+                    (self.prefix, decision_id, dump_json(record), now, expires_at),
                 )
             return record
 

@@ -44,25 +44,29 @@ import logging
 import math
 import re
 import time
-from collections import Counter
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from contract.experience import (
+    EXPERIENCE_STREAM,
+    RECORD_FIELD,
+    DecisionContext,
+    ExperienceRecord,
+    Feedback,
+    parse_record,
+)
 from router.experience.base import (
     DuplicateFeedback,
     ExperienceStore,
     StoreUnavailable,
     UnknownDecision,
-    require_decision_id,
-    utc_now_iso,
+    dump_json,
 )
 from router.experience.outbox import Outbox, OutboxRow
+from router.redis_client import RedisErrors, open_redis
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +114,8 @@ class RedisExperienceStore(ExperienceStore):
     """:class:`ExperienceStore` on Redis.
 
     Args:
-        url: ``redis://host:port/db`` (or ``rediss://``, ``unix://``).
+        url: ``redis://host:port/db`` (or ``rediss://``, ``unix://``), or an open client to share
+            (:func:`router.redis_client.open_redis`; then closing the store leaves it open).
         prefix: key prefix; every key is ``<prefix>:...``.
         stream_maxlen: approximate maximum length of each stream.
         decision_ttl_s: seconds a decision context is kept waiting for feedback.
@@ -120,6 +125,7 @@ class RedisExperienceStore(ExperienceStore):
             then fail with :class:`StoreUnavailable` while Redis is down).
         drain_interval_s: seconds between checks of the outbox (and pings while degraded).
         drain_batch: outbox rows sent to Redis per pipeline.
+        redis_errors: where failed calls are counted (shared by the app); None: a new tally.
 
     Attributes:
         outbox_appended: records this store wrote to the outbox.
@@ -134,7 +140,7 @@ class RedisExperienceStore(ExperienceStore):
 
     def __init__(
         self,
-        url: str,
+        url: str | aioredis.Redis,
         prefix: str = "agent-router",
         stream_maxlen: int = 1_000_000,
         decision_ttl_s: int = 86400,
@@ -143,6 +149,7 @@ class RedisExperienceStore(ExperienceStore):
         outbox: Outbox | None = None,
         drain_interval_s: float = 0.25,
         drain_batch: int = 200,
+        redis_errors: RedisErrors | None = None,
     ) -> None:
         self.prefix = prefix
         self.outbox = outbox
@@ -157,23 +164,15 @@ class RedisExperienceStore(ExperienceStore):
         self.stream_maxlen = stream_maxlen
         self.decision_ttl_s = decision_ttl_s
         self.decisions_stream = f"{prefix}:decisions"
-        self.experience_stream = f"{prefix}:experience"
-        # One retry, on connection errors only (a stale pooled connection); a timeout is not
-        # retried since the command may have run.
-        self._redis = aioredis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=socket_timeout_s,
-            socket_connect_timeout=connect_timeout_s,
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-            health_check_interval=30,
-        )
+        self.experience_stream = f"{prefix}:{EXPERIENCE_STREAM}"
+        self._owns_client = isinstance(url, str)
+        self._redis = open_redis(url, socket_timeout_s, connect_timeout_s) if isinstance(url, str) else url
         self._feedback_script = self._redis.register_script(_FEEDBACK_LUA)
         self._drain_decision = self._redis.register_script(_DRAIN_DECISION_LUA)
         self._drain_experience = self._redis.register_script(_DRAIN_EXPERIENCE_LUA)
         #: Failed Redis calls by operation (``put_decision``, ...), exported as
         #: ``router_redis_errors_total`` by :mod:`router.metrics`.
-        self.redis_errors: Counter[str] = Counter()
+        self.redis_errors = redis_errors if redis_errors is not None else RedisErrors()
 
     def decision_key(self, decision_id: str) -> str:
         """Key of a decision context."""
@@ -193,11 +192,11 @@ class RedisExperienceStore(ExperienceStore):
             self.redis_errors[what] += 1
             raise StoreUnavailable(f"redis {what} failed: {exc}") from exc
 
-    async def put_decision(self, context: dict[str, Any]) -> None:
+    async def put_decision(self, context: DecisionContext) -> None:
         """SET the context with TTL and XADD it to the decisions stream, in one MULTI/EXEC; while
         Redis is unreachable (and until the outbox drained), append it to the outbox instead."""
-        decision_id = require_decision_id(context)
-        payload = json.dumps(context, separators=(",", ":"), allow_nan=False)
+        decision_id = context.decision_id
+        payload = dump_json(context)
         if self.outbox is None:
             await self._put_decision_redis(decision_id, payload)
             return
@@ -223,22 +222,21 @@ class RedisExperienceStore(ExperienceStore):
         )
         await self._call("put_decision", pipe.execute())
 
-    async def record_feedback(self, decision_id: str, feedback: dict[str, Any]) -> dict[str, Any]:
+    async def record_feedback(self, decision_id: str, feedback: Feedback) -> ExperienceRecord:
         """Run the feedback script; see :meth:`ExperienceStore.record_feedback`.
 
         A decision held in the outbox gets its record validated and appended there (see the
         module docstring); any other needs Redis (:class:`StoreUnavailable` while unreachable).
         """
-        fields = {**feedback}
-        fields.setdefault("feedback_at", utc_now_iso())
+        fields = feedback.to_json_dict()
         if self.outbox is not None and await self.outbox.holds(decision_id):
             record = await self.outbox.record_feedback(decision_id, fields)
             if record is not None:
                 self.outbox_appended += 1
                 self.start()
                 self._wake.set()
-                return record
-        payload = json.dumps(fields, separators=(",", ":"), allow_nan=False)
+                return ExperienceRecord.model_validate(record)
+        payload = dump_json(fields)
         try:
             result = await self._call(
                 "record_feedback",
@@ -262,7 +260,7 @@ class RedisExperienceStore(ExperienceStore):
             raise DuplicateFeedback(decision_id)
         if status == "clash":
             raise ValueError(f"feedback key {result[1]!r} clashes with the decision context")
-        return json.loads(result[2])
+        return parse_record(result[2])
 
     async def read_experience(
         self, after: str | None = None, count: int = 1000
@@ -276,11 +274,22 @@ class RedisExperienceStore(ExperienceStore):
         entries = await self._call(
             "read_experience", self._redis.xrange(self.experience_stream, start, "+", count=count)
         )
-        return [(entry_id, json.loads(fields["record"])) for entry_id, fields in entries]
+        return [(entry_id, json.loads(fields[RECORD_FIELD])) for entry_id, fields in entries]
 
     async def ping(self) -> None:
         """PING Redis."""
         await self._call("ping", self._redis.ping())
+
+    async def writable(self) -> str:
+        """``"redis"`` when Redis answers; ``"outbox"`` when only the outbox can take writes."""
+        try:
+            await self.ping()
+            return "redis"
+        except StoreUnavailable:
+            if self.outbox is None:
+                raise
+            await self.outbox.count()
+            return "outbox"
 
     # --- outbox ----------------------------------------------------------------------------
 
@@ -405,4 +414,5 @@ class RedisExperienceStore(ExperienceStore):
             self._drainer = None
         if self.outbox is not None:
             await self.outbox.close()
-        await self._redis.aclose()
+        if self._owns_client:
+            await self._redis.aclose()

@@ -20,12 +20,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from contract.experience import SQLITE_EXPERIENCE_QUERY, DecisionContext, ExperienceRecord, Feedback
 from router.experience.base import (
     DuplicateFeedback,
     ExperienceStore,
     UnknownDecision,
     build_record,
-    require_decision_id,
+    dump_json,
 )
 from router.experience.durable_sqlite import DurableSqlite, transaction
 
@@ -68,10 +69,10 @@ class SqliteExperienceStore(ExperienceStore):
     async def _run(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._db.run(what, fn)
 
-    async def put_decision(self, context: dict[str, Any]) -> None:
+    async def put_decision(self, context: DecisionContext) -> None:
         """Insert the context (and purge expired decisions about once a minute)."""
-        decision_id = require_decision_id(context)
-        payload = json.dumps(context, separators=(",", ":"), allow_nan=False)
+        decision_id = context.decision_id
+        payload = dump_json(context)
 
         def write(conn: sqlite3.Connection) -> None:
             now = time.time()
@@ -91,7 +92,7 @@ class SqliteExperienceStore(ExperienceStore):
         except sqlite3.IntegrityError as exc:
             raise ValueError(f"decision {decision_id!r} already exists") from exc
 
-    async def record_feedback(self, decision_id: str, feedback: dict[str, Any]) -> dict[str, Any]:
+    async def record_feedback(self, decision_id: str, feedback: Feedback) -> ExperienceRecord:
         """Check, insert and commit in one ``BEGIN IMMEDIATE`` transaction."""
 
         def write(conn: sqlite3.Connection) -> dict[str, Any]:
@@ -108,15 +109,15 @@ class SqliteExperienceStore(ExperienceStore):
                 ).fetchone()
                 if done is not None:
                     raise DuplicateFeedback(decision_id)
-                record = build_record(json.loads(row[0]), feedback)
+                record = build_record(json.loads(row[0]), feedback.to_json_dict())
                 conn.execute(
                     "INSERT INTO experience (decision_id, record, created_at) VALUES (?, ?, ?)",
-                    (decision_id, json.dumps(record, separators=(",", ":"), allow_nan=False), now),
+                    (decision_id, dump_json(record), now),
                 )
             return record
 
         try:
-            return await self._run("record_feedback", write)
+            return ExperienceRecord.model_validate(await self._run("record_feedback", write))
         except sqlite3.IntegrityError as exc:  # a concurrent writer won the UNIQUE race
             raise DuplicateFeedback(decision_id) from exc
 
@@ -131,10 +132,7 @@ class SqliteExperienceStore(ExperienceStore):
         start = int(after) if after is not None else 0
 
         def read(conn: sqlite3.Connection) -> list[tuple[str, dict[str, Any]]]:
-            rows = conn.execute(
-                "SELECT seq, record FROM experience WHERE seq > ? ORDER BY seq LIMIT ?",
-                (start, count),
-            ).fetchall()
+            rows = conn.execute(SQLITE_EXPERIENCE_QUERY, (start, count)).fetchall()
             return [(str(seq), json.loads(record)) for seq, record in rows]
 
         return await self._run("read_experience", read)
@@ -142,6 +140,10 @@ class SqliteExperienceStore(ExperienceStore):
     async def ping(self) -> None:
         """Run a trivial query."""
         await self._run("ping", lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def writable(self) -> str:
+        await self.ping()
+        return "sqlite"
 
     async def close(self) -> None:
         """Close the connection (waits for a running call)."""

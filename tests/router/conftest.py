@@ -6,15 +6,9 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -22,151 +16,13 @@ import numpy as np
 import pytest
 
 from tests.conftest import delete_prefix
-
-ROOT = Path(__file__).resolve().parents[2]
-AGENTS = [
-    "code-expert",
-    "math-solver",
-    "general-chat",
-    "web-search",
-    "translator",
-    "summariser",
-    "sql-writer",
-    "legal-advisor",
-    "medical-info",
-]
-STARTUP_TIMEOUT_S = 240.0  # generous: CI machines and shared cores start slowly under load
-
-
-def agent_specs() -> list[dict]:
-    """``agent_specs`` of the test checkpoint (AgentSpec fields)."""
-    return [
-        {
-            "name": name,
-            "description": f"{name} specialist",
-            "price_per_1m_tokens": None if i % 3 == 0 else 0.5 * (i + 1),
-            "cost_per_call_usd": 0.001 * i if i % 3 == 0 else None,
-            "capacity": None if i == 4 else 2 + i,
-        }
-        for i, name in enumerate(AGENTS)
-    ]
-
-
-def make_checkpoint(parent: Path, capacities: list[int | None] | None = None) -> Path:
-    """Save a freshly initialised (almost uniform) 9-agent policy under ``parent``.
-
-    With ``capacities`` (AGENTS order) the agent specs and ``policy.json`` record them, so that the
-    server feeds live load into the obs; without, the meta has no ``capacities`` (load stays 0).
-    """
-    from training.checkpoint import build_networks, save_checkpoint
-
-    specs = agent_specs()
-    if capacities is not None:
-        specs = [{**spec, "capacity": c} for spec, c in zip(specs, capacities, strict=True)]
-    meta = {
-        "agents": AGENTS,
-        "agent_specs": specs,
-        **({"capacities": capacities} if capacities is not None else {}),
-        "embedding": {"model": "sentence-transformers/all-MiniLM-L6-v2", "dim": 384},
-        "obs_layout": {
-            "obs_dim": 384 + len(AGENTS),
-            "num_routers": 1,
-            "load_clip": 4.0,
-            "include_agent_id": False,
-        },
-        "network": {"hidden": [64, 64], "share_params": True, "centralised_critic": True},
-    }
-    actor, critic = build_networks(meta)
-    return save_checkpoint(parent, actor, critic, meta)
+from tests.harness import AGENTS, Server, make_checkpoint
 
 
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory) -> Path:
     """A version directory of a valid checkpoint."""
     return make_checkpoint(tmp_path_factory.mktemp("checkpoints"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    """A uvicorn process serving ``router.app:create_app`` on a free port."""
-
-    env: dict[str, str]
-    log_path: Path
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen | None = None
-    sqlite_path: Path | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Server:
-        """Launch the process (does not wait)."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")}
-        env.update({"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
-        env.update(self.env)
-        self._err = self.log_path.open("wb")
-        self._out = self.log_path.with_suffix(".stdout").open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "router.app:create_app", "--factory",
-             "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=ROOT,
-            env=env,
-            stdout=self._out,
-            stderr=self._err,
-        )
-        return self
-
-    def wait_ready(self) -> Server:
-        """Poll ``/healthz`` until it answers 200.
-
-        Raises:
-            AssertionError: the process exited or did not get ready in time (with its log).
-        """
-        assert self.proc is not None
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"server not ready after {STARTUP_TIMEOUT_S} s:\n{self.log()}")
-
-    def wait_exit(self, timeout: float = STARTUP_TIMEOUT_S) -> int:
-        """Wait for the process to exit by itself; its exit code."""
-        assert self.proc is not None
-        return self.proc.wait(timeout=timeout)
-
-    def log(self) -> str:
-        """What the process wrote to stderr so far (uvicorn's log)."""
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def stdout(self) -> str:
-        """What the process wrote to stdout so far."""
-        return self.log_path.with_suffix(".stdout").read_text(encoding="utf-8", errors="replace")
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 10 s."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for f in (getattr(self, "_err", None), getattr(self, "_out", None)):
-            if f is not None:
-                f.close()
 
 
 @pytest.fixture(scope="session")
@@ -210,6 +66,7 @@ def sqlite_server_launched(start_server, checkpoint, tmp_path_factory) -> Server
             "ROUTER_CHECKPOINT": str(checkpoint.parent),
             "ROUTER_SQLITE_PATH": str(db),
             "ROUTER_MAX_PROMPT_CHARS": "100",
+            "ROUTER_ADMIN_OPEN": "true",
         }
     )
     server.sqlite_path = db
@@ -218,7 +75,8 @@ def sqlite_server_launched(start_server, checkpoint, tmp_path_factory) -> Server
 
 @pytest.fixture(scope="session")
 def sqlite_server(sqlite_server_launched) -> Server:
-    """A server with the default SQLite experience store and a 100-character prompt limit."""
+    """A server with the default SQLite experience store, a 100-character prompt limit, and its admin
+    endpoints opened without a token (``ROUTER_ADMIN_OPEN=true`` on loopback)."""
     return sqlite_server_launched.wait_ready()
 
 
@@ -242,7 +100,8 @@ def redis_server_launched(start_server, checkpoint, redis_url, tmp_path_factory)
 
 @pytest.fixture(scope="session")
 def redis_server(redis_server_launched) -> tuple[Server, str]:
-    """``(server, prefix)``: a server logging to the real Redis under a unique key prefix."""
+    """``(server, prefix)``: a server logging to the real Redis under a unique key prefix, no admin
+    token (its admin endpoints are closed)."""
     server, prefix = redis_server_launched
     return server.wait_ready(), prefix
 
@@ -321,7 +180,7 @@ def _check_record(record: dict, route: dict, prompt: str, feedback: dict) -> Non
     """Assert that an experience record matches the route answer and the feedback sent."""
     from datetime import datetime
 
-    from router.service import decode_embedding
+    from contract.experience import decode_embedding
 
     assert record["decision_id"] == route["decision_id"]
     assert record["policy_version"] == route["policy_version"]

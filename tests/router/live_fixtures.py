@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.router.conftest import delete_prefix, free_port, make_checkpoint
+from tests.conftest import delete_prefix
+from tests.harness import free_port, make_checkpoint, stop_process
 
 #: Capacities of the live checkpoint (requests per env step; None: unbounded), in AGENTS order.
 CAPACITIES: list[int | None] = [1, 1, 2, 2, None, 3, 3, 4, 4]
@@ -119,13 +120,7 @@ class OwnRedis:
         self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def log(self) -> str:
         path = self.directory / "redis.log"

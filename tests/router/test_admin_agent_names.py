@@ -6,9 +6,9 @@ from types import SimpleNamespace
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from router.admin_agents import router as admin_agents_router
 from router.auth import require_admin
-from router.load import get_load_tracker
+from router.deps import get_load, get_service
+from router.routes.admin_agents import api as admin_agents_api
 
 
 class _Load:
@@ -22,11 +22,12 @@ class _Load:
 def test_slashed_agent_names_reach_the_admin_endpoints():
     name = "mistralai/Mixtral-8x7B-Instruct-v0.1"
     app = FastAPI()
-    app.include_router(admin_agents_router)
-    app.state.service = SimpleNamespace(agents=[name, "gpt-4-1106-preview"])
+    app.include_router(admin_agents_api)
+    service = SimpleNamespace(agents=[name, "gpt-4-1106-preview"])
     load = _Load()
     app.dependency_overrides[require_admin] = lambda: None
-    app.dependency_overrides[get_load_tracker] = lambda: load
+    app.dependency_overrides[get_service] = lambda: service
+    app.dependency_overrides[get_load] = lambda: load
     with TestClient(app) as client:
         r = client.post(f"/admin/agents/{name}/down")
         assert r.status_code == 200 and r.json() == {"name": name, "down": True}

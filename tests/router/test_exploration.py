@@ -26,13 +26,49 @@ def test_zero_floor_is_the_policy_and_a_large_floor_is_uniform():
     assert exploration_distribution(probs, mask, 0.5) == pytest.approx([1 / 3] * 3)
 
 
-def test_sampling_matches_the_logged_propensity():
-    """Empirical frequencies of the sampled agents equal the propensities (chi-square, 4 agents)."""
-    rng = np.random.default_rng(0)
-    mu = exploration_distribution(np.array([0.9, 0.1, 0.0, 0.0]), np.array([True, True, True, False]), 0.1)
-    draws = rng.choice(4, size=20000, p=mu)
-    counts = np.bincount(draws, minlength=4)
+def _fixed_policy(tmp_path, logits):
+    """A checkpoint whose distribution is ``softmax(logits)`` whatever the prompt."""
+    import torch
+
+    from tests.harness import checkpoint_content, networks_for
+    from training.checkpoint import load_checkpoint, save_checkpoint
+
+    agents = [f"a{k}" for k in range(len(logits))]
+    content = checkpoint_content(agents, hidden=(8,))
+    actor, critic = networks_for(content)
+    last = actor.net.net[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor(logits))
+    return load_checkpoint(save_checkpoint(tmp_path, actor, critic, content))
+
+
+def test_routing_service_samples_with_the_logged_propensity(tmp_path):
+    """Through ``RoutingService.route(explore=True)`` with a seeded sampler: the empirical
+    frequencies equal the logged propensities (chi-square), masked agents are never drawn, and the
+    same seed draws the same agents."""
+    from router.service import RoutingService
+
+    policy = _fixed_policy(tmp_path, [2.0, 0.0, -1.0, 0.5])
+    embedding = np.ones(384, dtype=np.float32) / np.sqrt(384)
+    candidates = ["a0", "a1", "a2"]
+
+    def draw(seed, n):
+        service = RoutingService(policy, embedder=None, seed=seed)
+        return [service.route("x", candidates=candidates, explore=True, embedding=embedding, explore_floor=0.1)
+                for _ in range(n)]
+
+    decisions = draw(seed=0, n=6000)
+    mu = exploration_distribution(decisions[0].probabilities, np.array([True, True, True, False]), 0.1)
+    counts = np.bincount([d.action for d in decisions], minlength=4)
     assert counts[3] == 0
-    expected = mu[:3] * len(draws)
+    for d in decisions:
+        assert d.explore and d.propensity == pytest.approx(mu[d.action], abs=1e-12)
+        assert d.log_prob == pytest.approx(np.log(d.probabilities[d.action]), abs=1e-6)
+    expected = mu[:3] * len(decisions)
     chi2 = float((((counts[:3] - expected) ** 2) / expected).sum())
     assert chi2 < 13.8  # p = 0.001 for 2 degrees of freedom
+    assert [d.action for d in draw(seed=0, n=50)] == [d.action for d in decisions[:50]]
+    assert [d.action for d in draw(seed=1, n=50)] != [d.action for d in decisions[:50]]
+    greedy = RoutingService(policy, embedder=None, seed=0).route("x", embedding=embedding)
+    assert greedy.action == 0 and greedy.propensity == 1.0 and not greedy.explore

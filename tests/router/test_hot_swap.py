@@ -5,6 +5,7 @@ Redis follower in-process, and the spec's test: two real uvicorn replicas, 16 co
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import shutil
 import threading
@@ -21,7 +22,8 @@ import pytest
 import redis
 import torch
 
-from tests.router.conftest import AGENTS, Server, agent_specs, delete_prefix
+from tests.conftest import delete_prefix
+from tests.harness import AGENTS, Server, agent_specs, checkpoint_content, networks_for
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 TOKEN = "s3cret-admin-token"
@@ -42,18 +44,12 @@ def save_version(
     """Save a policy whose output does not depend on its input: logits ``FAVOURITE_LOGIT`` for
     agent ``favourite``, 0 for the others (NaN everywhere with ``poison``), so every response's
     probabilities tell which version answered."""
-    from training.checkpoint import build_networks, save_checkpoint
+    from training.checkpoint import save_checkpoint
 
-    meta = {
-        "version": version,
-        "agents": agents,
-        "agent_specs": agent_specs()[: len(agents)],
-        "embedding": {"model": model, "dim": 384},
-        "obs_layout": {"obs_dim": 384 + len(agents), "num_routers": 1, "load_clip": 4.0,
-                       "include_agent_id": False},
-        "network": {"hidden": [32, 32], "share_params": True, "centralised_critic": True},
-    }
-    actor, critic = build_networks(meta)
+    meta = {**checkpoint_content(agents, hidden=(32, 32)), "version": version,
+            "agent_specs": agent_specs()[: len(agents)]}
+    meta["embedding"]["model"] = model
+    actor, critic = networks_for(meta)
     last = actor.net.net[-1]
     with torch.no_grad():
         last.weight.zero_()
@@ -73,13 +69,15 @@ def expected_probabilities(favourite: int, k: int = len(AGENTS)) -> list[float]:
 
 @dataclass
 class Versions:
-    """``root`` holds the two good versions ``a`` (favours agent 0) and ``b`` (agent 1, newest);
-    ``bad`` maps a case to a checkpoint path outside ``root`` that must be refused."""
+    """``root`` holds the two good versions ``a`` (favours agent 0) and ``b`` (agent 1, newest),
+    and older ones that must be refused: ``bad`` maps a case to its version name. ``outside`` is a
+    good checkpoint outside ``root`` (reloads must not reach it)."""
 
     root: Path
     a: str
     b: str
-    bad: dict[str, Path] = field(default_factory=dict)
+    bad: dict[str, str] = field(default_factory=dict)
+    outside: Path | None = None
 
     def favourite(self, version: str) -> int:
         return {self.a: 0, self.b: 1}[version]
@@ -89,27 +87,29 @@ def make_versions(base: Path) -> Versions:
     from training.checkpoint import WEIGHTS
 
     root = base / "versions"
+    bad = {  # older than a and b, so that the newest version is b
+        "other-agents": save_version(root, "bad-other-agents", 0, agents=AGENTS[:-1]).name,
+        "reordered-agents": save_version(root, "bad-reordered-agents", 0, agents=[*AGENTS[1:], AGENTS[0]]).name,
+        "nan": save_version(root, "bad-nan", 0, poison=True).name,
+        "other-model": save_version(root, "bad-other-model", 0, model="someone/other-embedder").name,
+    }
+    time.sleep(0.01)
     a = save_version(root, "swap-a", favourite=0)
     time.sleep(0.01)
     b = save_version(root, "swap-b", favourite=1)
-    bad = base / "bad"
-    corrupt = bad / "corrupt"
+    corrupt = root / "bad-corrupt"
     shutil.copytree(a, corrupt)
+    meta = json.loads((corrupt / "policy.json").read_text())
+    meta["created_at"] = "2000-01-01T00:00:00+00:00"  # not the newest
+    (corrupt / "policy.json").write_text(json.dumps(meta))
     data = bytearray((corrupt / WEIGHTS).read_bytes())
     data[len(data) // 2] ^= 0xFF
     (corrupt / WEIGHTS).write_bytes(bytes(data))
-    return Versions(
-        root=root,
-        a=a.name,
-        b=b.name,
-        bad={
-            "corrupt": corrupt,
-            "other-agents": save_version(bad, "other-agents", 0, agents=AGENTS[:-1]),
-            "reordered-agents": save_version(bad, "reordered-agents", 0, agents=[*AGENTS[1:], AGENTS[0]]),
-            "nan": save_version(bad, "nan", 0, poison=True),
-            "other-model": save_version(bad, "other-model", 0, model="someone/other-embedder"),
-        },
-    )
+    bad["corrupt"] = corrupt.name
+    outside = base / "outside" / "swap-a-copy"
+    shutil.copytree(a, outside)
+    (root / "link-out").symlink_to(outside, target_is_directory=True)
+    return Versions(root=root, a=a.name, b=b.name, bad=bad, outside=outside)
 
 
 @pytest.fixture(scope="module")
@@ -161,16 +161,21 @@ def test_registry_reload_rollback_and_refusals(versions):
         assert taken.version == versions.b  # the old reference still serves the old policy
         assert taken.route("in flight").agent == AGENTS[1] and new.route("new").agent == AGENTS[0]
         assert (await registry.reload(None)).version == versions.b  # newest
-        assert (await registry.reload(str(versions.root / versions.a))).version == versions.a  # a path
+        assert (await registry.reload(versions.a)).version == versions.a
         assert (await registry.rollback()).version == versions.b
+        outside = "is not a policy version"
         for ref, error, words in [
             ("no-such-version", UnknownVersion, "unknown policy version 'no-such-version'"),
-            (str(versions.root / "missing-dir"), UnknownVersion, "not found"),
-            (str(versions.bad["corrupt"]), PolicyRefused, "sha256"),
-            (str(versions.bad["other-agents"]), PolicyRefused, "do not match"),
-            (str(versions.bad["reordered-agents"]), PolicyRefused, "do not match"),
-            (str(versions.bad["nan"]), PolicyRefused, "non-finite"),
-            (str(versions.bad["other-model"]), PolicyRefused, "someone/other-embedder"),
+            (str(versions.root / versions.a), UnknownVersion, outside),  # a path, even inside the root
+            (str(versions.outside), UnknownVersion, outside),
+            ("../outside/swap-a-copy", UnknownVersion, outside),
+            ("link-out", UnknownVersion, outside),  # a link out of the root
+            ("/no/such/dir", UnknownVersion, outside),
+            (versions.bad["corrupt"], PolicyRefused, "sha256"),
+            (versions.bad["other-agents"], PolicyRefused, "do not match"),
+            (versions.bad["reordered-agents"], PolicyRefused, "do not match"),
+            (versions.bad["nan"], PolicyRefused, "non-finite"),
+            (versions.bad["other-model"], PolicyRefused, "someone/other-embedder"),
         ]:
             with pytest.raises(error, match=words) as info:
                 await registry.reload(ref)
@@ -184,7 +189,6 @@ def test_registry_reload_rollback_and_refusals(versions):
 def test_registry_ref_for_names_versions_in_the_root(versions, tmp_path):
     registry = make_registry(versions)
     assert registry.ref_for(versions.root / versions.a) == versions.a
-    assert registry.ref_for(versions.bad["nan"]) == str(versions.bad["nan"].resolve())
     # ROUTER_CHECKPOINT may be one version directory: names resolve among its siblings
     from router.registry import PolicyRegistry
 
@@ -194,7 +198,8 @@ def test_registry_ref_for_names_versions_in_the_root(versions, tmp_path):
 
 @pytest.mark.redis
 def test_follower_converges_by_message_by_poll_and_survives_redis_down(versions, redis_url, redis_prefix):
-    from router.registry import PolicyFollower, PublishFailed
+    from router.follower import PolicyFollower
+    from router.registry import PublishFailed
 
     async def scenario() -> None:
         one, two = make_registry(versions), make_registry(versions)
@@ -273,27 +278,11 @@ def replicas(start_server, versions, redis_url) -> Iterator[tuple[list[Server], 
     }
     servers = [start_server(env), start_server(env)]
     try:
-        yield [wait_ready(s, REPLICA_STARTUP_S) for s in servers], prefix
+        yield [s.wait_ready(REPLICA_STARTUP_S) for s in servers], prefix
     finally:
         for s in servers:
             s.stop()
         delete_prefix(redis_url, prefix)
-
-
-def wait_ready(server: Server, timeout_s: float) -> Server:
-    """Like ``Server.wait_ready`` with a longer limit: two replicas start at once on a loaded machine."""
-    assert server.proc is not None
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise AssertionError(f"server exited with {server.proc.returncode}:\n{server.log()}")
-        try:
-            if httpx.get(f"{server.url}/healthz", timeout=2.0).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"server not ready after {timeout_s} s:\n{server.log()}")
 
 
 def versions_served(servers: list[Server]) -> list[str]:
@@ -321,12 +310,34 @@ def test_admin_needs_the_token(replicas, versions):
     assert "ROUTER_ADMIN_TOKEN is not set" not in server.log()
 
 
-def test_admin_is_open_without_a_token(sqlite_server):
-    with httpx.Client(base_url=sqlite_server.url, timeout=30) as c:
+ADMIN_ENDPOINTS = (("GET", "/admin/policy"), ("POST", "/admin/policy/reload"), ("POST", "/admin/policy/rollback"),
+                   ("POST", f"/admin/agents/{AGENTS[0]}/down"), ("POST", f"/admin/agents/{AGENTS[0]}/up"))
+
+
+def test_admin_is_closed_without_a_token(redis_server):
+    server, _ = redis_server  # no ROUTER_ADMIN_TOKEN, no ROUTER_ADMIN_OPEN
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        before = c.get("/healthz").json()["policy_version"]
+        for method, path in ADMIN_ENDPOINTS:
+            for headers in ({}, {"Authorization": "Bearer anything"}):
+                r = c.request(method, path, headers=headers)
+                assert r.status_code == 403, (method, path, r.text)
+                assert "ROUTER_ADMIN_TOKEN" in r.json()["detail"] and "closed" in r.json()["detail"]
+        assert c.get("/healthz").json()["policy_version"] == before
+        assert c.get("/v1/agents").json()[0]["down"] is False  # the refused "down" changed nothing
+        schemes = c.get("/openapi.json").json()["components"]["securitySchemes"]
+        assert schemes["adminToken"] == {"type": "http", "scheme": "bearer",
+                                         "description": schemes["adminToken"]["description"]}
+    assert "answer 403" in server.log()
+
+
+def test_admin_opened_on_loopback_without_a_token(sqlite_server):
+    server = sqlite_server  # started with ROUTER_ADMIN_OPEN=true on 127.0.0.1
+    with httpx.Client(base_url=server.url, timeout=30) as c:
         before = c.get("/healthz").json()["policy_version"]
         info = c.get("/admin/policy").json()
         assert info["version"] == before and info["follows_redis"] is False
-        # the newest version is the one served: a reload (no body) changes nothing, no Redis needed
+        # the newest version is the one served: a reload (no body) changes nothing
         r = c.post("/admin/policy/reload")
         assert r.status_code == 200 and r.json()["version"] == before and r.json()["previous_version"] is None
         r = c.post("/admin/policy/reload", json={})
@@ -334,7 +345,7 @@ def test_admin_is_open_without_a_token(sqlite_server):
         r = c.post("/admin/policy/rollback")
         assert r.status_code == 409 and "no previous policy" in r.json()["detail"]
         assert c.get("/healthz").json()["policy_version"] == before
-    assert "ROUTER_ADMIN_TOKEN is not set" in sqlite_server.log()
+    assert "ROUTER_ADMIN_OPEN=true" in server.log()
 
 
 @pytest.mark.redis
@@ -346,12 +357,11 @@ def test_bad_checkpoints_are_refused_and_the_old_one_keeps_serving(replicas, ver
         published = r.get(f"{prefix}:policy:current")
     cases = [
         ({"checkpoint": "no-such-version"}, 404, "unknown policy version 'no-such-version'"),
-        ({"checkpoint": str(versions.root / "nowhere" / "v1")}, 404, "not found"),
-        ({"checkpoint": str(versions.bad["corrupt"])}, 422, "does not match policy.json"),
-        ({"checkpoint": str(versions.bad["other-agents"])}, 422, "do not match"),
-        ({"checkpoint": str(versions.bad["reordered-agents"])}, 422, "do not match"),
-        ({"checkpoint": str(versions.bad["nan"])}, 422, "non-finite probabilities"),
-        ({"checkpoint": str(versions.bad["other-model"])}, 422, "someone/other-embedder"),
+        ({"checkpoint": versions.bad["corrupt"]}, 422, "does not match policy.json"),
+        ({"checkpoint": versions.bad["other-agents"]}, 422, "do not match"),
+        ({"checkpoint": versions.bad["reordered-agents"]}, 422, "do not match"),
+        ({"checkpoint": versions.bad["nan"]}, 422, "non-finite probabilities"),
+        ({"checkpoint": versions.bad["other-model"]}, 422, "someone/other-embedder"),
         ({"checkpoint": ""}, 422, "checkpoint"),
         ({"checkpoint": 3}, 422, "checkpoint"),
         ({"version": versions.a}, 422, "version"),
@@ -365,6 +375,15 @@ def test_bad_checkpoints_are_refused_and_the_old_one_keeps_serving(replicas, ver
                 assert f"still serving {before[0]}" in r.json()["detail"]
         r = c.post("/admin/policy/reload", content=b"{not json", headers={"content-type": "application/json"})
         assert r.status_code == 400
+        # outside the checkpoint root: one answer, whether the path exists (a valid checkpoint, a
+        # system directory) or not, so the answers tell nothing about the server's filesystem
+        outside = [str(versions.outside), "/etc", "/no/such/dir", "../outside/swap-a-copy", "link-out",
+                   str(versions.root / versions.a), "..", "."]
+        answers = {(r.status_code, r.json()["detail"].replace(repr(ref), "REF"))
+                   for ref in outside for r in [c.post("/admin/policy/reload", json={"checkpoint": ref})]}
+        assert len(answers) == 1, answers
+        ((status, detail),) = answers
+        assert status == 404 and "is not a policy version" in detail
         route = c.post("/v1/route", json={"prompt": "still there?"})
         assert route.status_code == 200 and route.json()["policy_version"] == before[0]
     assert versions_served(servers) == before
@@ -393,7 +412,7 @@ class Swap:
 def test_two_replicas_follow_50_swaps_under_16_clients(replicas, versions, redis_url):
     """The spec: zero failed requests, every response names a version live at the time, both
     replicas report the new version within 1 s of each publish."""
-    from router.registry import EVENTS_CHANNEL
+    from contract.policy_meta import EVENTS_CHANNEL
 
     servers, prefix = replicas
     clients, swaps_wanted, dwell_s = 16, 50, 0.15

@@ -12,15 +12,10 @@ import numpy as np
 import pytest
 import redis
 
-from router.load import (
-    LocalLoadTracker,
-    NoAgentAvailable,
-    RedisLoadTracker,
-    live_mask,
-    normalised_load,
-    policy_capacities,
-)
-from tests.router.conftest import AGENTS
+from contract.observation import normalised_load
+from router.load import LocalLoadTracker, NoAgentAvailable, RedisLoadTracker
+from router.service import live_mask
+from tests.harness import AGENTS
 from tests.router.live_fixtures import ADMIN_TOKEN, CAPACITIES, LOAD_CLIP
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -54,13 +49,6 @@ def test_load_matches_prompt_env_queue_dynamics():
     action = torch.tensor([[k for k, n in enumerate(arrivals) for _ in range(n)]])
     env.step(action)
     assert env.load()[0].tolist() == normalised_load(arrivals, caps, 4.0).tolist()
-
-
-def test_capacities_come_from_the_checkpoint_meta():
-    assert policy_capacities({"capacities": [1, None, 3.0]}, ["a", "b", "c"]) == [1, None, 3]
-    assert policy_capacities({}, ["a", "b"]) == [None, None]
-    assert policy_capacities({"capacities": [1]}, ["a", "b"]) == [None, None]
-    assert policy_capacities({"capacities": [0, 1]}, ["a", "b"]) == [None, None]
 
 
 def test_live_mask_removes_down_agents_and_409s_when_nothing_is_left():
@@ -341,7 +329,7 @@ def test_sqlite_server_tracks_in_flight_and_down_in_process(client):
     assert agents_by_name(client)["sql-writer"]["in_flight"] == before + 1
     feedback(client, body["decision_id"])
     assert agents_by_name(client)["sql-writer"]["in_flight"] == before
-    try:  # no ROUTER_ADMIN_TOKEN on this server: the admin endpoints are open
+    try:  # this server opens its admin endpoints on loopback (ROUTER_ADMIN_OPEN=true)
         assert client.post("/admin/agents/sql-writer/down").status_code == 200
         assert agents_by_name(client)["sql-writer"]["down"] is True
         r = client.post("/v1/route", json={"prompt": "List tables", "candidates": ["sql-writer"]})

@@ -12,9 +12,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from router.app import create_app
-from router.metrics import count_redis_error, route_template
+from router.metrics import route_template
 from router.settings import Settings
-from tests.router.conftest import AGENTS
+from tests.harness import AGENTS
 
 
 def scrape(client: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -168,22 +168,16 @@ def test_state_is_read_at_scrape_time():
     metrics = app.state.metrics
 
     class Store:
-        def __init__(self) -> None:
-            self.redis_errors = {"put_decision": 2}
-
         async def outbox_depth(self) -> int:
             return 7
 
-    app.state.service = SimpleNamespace(version="v1")
-    app.state.store = Store()
-    count_redis_error(app, "load")
+    registry = SimpleNamespace(current=SimpleNamespace(version="v1"))
+    app.state.context = SimpleNamespace(registry=registry, store=Store(), redis_errors={}, batcher=None)
     asyncio.run(metrics.refresh(app))
     reg = metrics.registry
     assert reg.get_sample_value("router_policy_info", {"version": "v1"}) == 1
     assert reg.get_sample_value("router_outbox_depth") == 7
-    assert reg.get_sample_value("router_redis_errors_total", {"operation": "put_decision"}) == 2
-    assert reg.get_sample_value("router_redis_errors_total", {"operation": "load"}) == 1
-    app.state.service = SimpleNamespace(version="v2")  # a hot swap
+    registry.current = SimpleNamespace(version="v2")  # a hot swap
     assert reg.get_sample_value("router_policy_info", {"version": "v2"}) == 1
     assert reg.get_sample_value("router_policy_info", {"version": "v1"}) is None
 

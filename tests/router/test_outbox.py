@@ -17,6 +17,7 @@ import httpx
 import pytest
 import redis
 
+from contract.experience import DecisionContext
 from router.experience import (
     DuplicateFeedback,
     Outbox,
@@ -24,14 +25,21 @@ from router.experience import (
     StoreUnavailable,
     UnknownDecision,
 )
+from tests.harness import sample_context, sample_feedback
 
 DEAD_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
 
-def context(decision_id: str | None = None) -> dict:
-    return {"decision_id": decision_id or uuid.uuid4().hex, "policy_version": "v1", "agent": "a",
-            "action": 0, "probabilities": [0.75, 0.25], "log_prob": -0.2876820724517809,
-            "action_mask": [True, True], "session_id": None}
+NOW = "2026-12-01T12:00:00+00:00"
+
+
+def context(decision_id: str | None = None) -> DecisionContext:
+    return sample_context(decision_id, agents=["a", "b"], probabilities=[0.75, 0.25], action=0, agent="a",
+                          log_prob=-0.2876820724517809)
+
+
+def as_json(ctx: DecisionContext, **changes) -> str:
+    return json.dumps({**ctx.to_json_dict(), **changes})
 
 
 def outbox_rows(path: Path, prefix: str) -> int:
@@ -54,28 +62,29 @@ def test_outbox_validates_feedback_of_the_decisions_it_holds(tmp_path):
     async def run():
         box = await asyncio.to_thread(Outbox, path, "p1")
         ctx, expiring = context(), context()
-        await box.append_decision(ctx["decision_id"], json.dumps(ctx), ttl_s=60)
-        await box.append_decision(ctx["decision_id"], json.dumps({**ctx, "agent": "b"}), ttl_s=60)  # kept first
-        await box.append_decision(expiring["decision_id"], json.dumps(expiring), ttl_s=0.05)
-        assert await box.holds(ctx["decision_id"]) and not await box.holds(uuid.uuid4().hex)
+        await box.append_decision(ctx.decision_id, as_json(ctx), ttl_s=60)
+        await box.append_decision(ctx.decision_id, as_json(ctx, agent="b"), ttl_s=60)  # kept first
+        await box.append_decision(expiring.decision_id, as_json(expiring), ttl_s=0.05)
+        assert await box.holds(ctx.decision_id) and not await box.holds(uuid.uuid4().hex)
 
-        record = await box.record_feedback(ctx["decision_id"], {"quality": 0.5, "feedback_at": "t"})
-        assert record == {**ctx, "quality": 0.5, "feedback_at": "t"}
+        record = await box.record_feedback(ctx.decision_id, {"quality": 0.5, "feedback_at": NOW})
+        assert record == {**ctx.to_json_dict(), "quality": 0.5, "cost_usd": None, "latency_ms": None,
+                          "feedback_at": NOW}
         with pytest.raises(DuplicateFeedback):
-            await box.record_feedback(ctx["decision_id"], {"quality": 0.9, "feedback_at": "t"})
+            await box.record_feedback(ctx.decision_id, {"quality": 0.9, "feedback_at": NOW})
         assert await box.record_feedback(uuid.uuid4().hex, {"quality": 0.5}) is None  # not held: ask Redis
         await asyncio.sleep(0.1)
         with pytest.raises(UnknownDecision):
-            await box.record_feedback(expiring["decision_id"], {"quality": 0.5, "feedback_at": "t"})
+            await box.record_feedback(expiring.decision_id, {"quality": 0.5, "feedback_at": NOW})
         other = context()
-        await box.append_decision(other["decision_id"], json.dumps(other), ttl_s=60)
+        await box.append_decision(other.decision_id, as_json(other), ttl_s=60)
         with pytest.raises(ValueError, match="clash"):
-            await box.record_feedback(other["decision_id"], {"agent": "x"})
+            await box.record_feedback(other.decision_id, {"agent": "x", "quality": 0.5, "feedback_at": NOW})
 
         rows = await box.peek()
         assert [(r.kind, r.decision_id) for r in rows] == [
-            ("decision", ctx["decision_id"]), ("decision", expiring["decision_id"]),
-            ("experience", ctx["decision_id"]), ("decision", rows[3].decision_id)]
+            ("decision", ctx.decision_id), ("decision", expiring.decision_id),
+            ("experience", ctx.decision_id), ("decision", rows[3].decision_id)]
         assert json.loads(rows[0].payload)["agent"] == "a"
         other_prefix = await asyncio.to_thread(Outbox, path, "p2")
         assert await other_prefix.peek() == [] and await other_prefix.count() == 0
@@ -115,17 +124,17 @@ def test_store_falls_back_to_the_outbox_and_drains_in_order_exactly_once(tmp_pat
         down = RedisExperienceStore(DEAD_REDIS, prefix=redis_prefix, decision_ttl_s=600,
                                     outbox=await asyncio.to_thread(Outbox, path, redis_prefix))
         contexts = [context() for _ in range(5)]
-        ids = [c["decision_id"] for c in contexts]
+        ids = [c.decision_id for c in contexts]
         for ctx in contexts:
             await down.put_decision(ctx)
         assert down.degraded
         for i in range(3):
-            record = await down.record_feedback(ids[i], {"quality": i / 4})
-            assert record["quality"] == i / 4 and record["probabilities"] == [0.75, 0.25]
+            record = await down.record_feedback(ids[i], sample_feedback(i / 4))
+            assert record.quality == i / 4 and record.probabilities == [0.75, 0.25]
         with pytest.raises(DuplicateFeedback):
-            await down.record_feedback(ids[0], {"quality": 1.0})
+            await down.record_feedback(ids[0], sample_feedback(1.0))
         with pytest.raises(StoreUnavailable):  # not held locally: only Redis could tell
-            await down.record_feedback(uuid.uuid4().hex, {"quality": 1.0})
+            await down.record_feedback(uuid.uuid4().hex, sample_feedback(1.0))
         assert down.outbox_appended == 8
         await down.close()
 
@@ -145,16 +154,16 @@ def test_store_falls_back_to_the_outbox_and_drains_in_order_exactly_once(tmp_pat
 
         # Once drained, Redis validates: duplicate, and a fresh feedback of a drained decision.
         with pytest.raises(DuplicateFeedback):
-            await up.record_feedback(ids[1], {"quality": 1.0})
-        assert (await up.record_feedback(ids[3], {"quality": 0.75}))["quality"] == 0.75
+            await up.record_feedback(ids[1], sample_feedback(1.0))
+        assert (await up.record_feedback(ids[3], sample_feedback(0.75))).quality == 0.75
 
         # Drained twice (a crash between the script and the delete, or a write whose reply was
         # lost): nothing lands twice.
         box = up.outbox
         assert box is not None
         for i in (0, 3):
-            await box.append_decision(ids[i], json.dumps(contexts[i]), ttl_s=600)
-            await box.record_feedback(ids[i], {"quality": 0.125, "feedback_at": "t"})
+            await box.append_decision(ids[i], as_json(contexts[i]), ttl_s=600)
+            await box.record_feedback(ids[i], {"quality": 0.125, "feedback_at": NOW})
         assert await up.drain_once() == 4
         assert (up.outbox_drained, up.outbox_duplicates) == (8, 4)
         assert [d for d, _ in read_stream(redis_url, f"{redis_prefix}:decisions", "context")] == ids
@@ -268,6 +277,7 @@ def test_redis_killed_mid_load_loses_and_duplicates_nothing(outage_server):
     killed_at = time.monotonic()
     phase[0] = "outage"
     time.sleep(OUTAGE_S)
+    scraped = httpx.get(f"{server.url}/metrics", timeout=30.0).text  # still during the outage
     held_at_restart = outbox_rows(outbox_path, prefix)
     own.start(wait=True)
     outage_s = time.monotonic() - killed_at
@@ -331,3 +341,8 @@ def test_redis_killed_mid_load_loses_and_duplicates_nothing(outage_server):
     assert held_at_restart > 0 and drained >= held_at_restart, summary
     log = server.log()
     assert "Traceback" not in log and '" 500' not in log, log[-3000:]
+    # every user of the one Redis client counted its failures in router_redis_errors_total
+    failed = {op: float(n) for op, n in re.findall(r'router_redis_errors_total\{operation="([^"]+)"\} (\S+)', scraped)}
+    assert failed.get("put_decision", 0) > 0, failed
+    assert any(op.startswith("load.") and n > 0 for op, n in failed.items()), failed
+    assert any(op.startswith("policy.") and n > 0 for op, n in failed.items()), failed

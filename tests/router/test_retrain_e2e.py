@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import redis
 
-from tests.router.conftest import ROOT
+from tests.harness import ROOT
 from training.checkpoint import load_checkpoint
 from training.data import load_splits
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
+ADMIN_TOKEN = "e2e-admin-token"
 
 
 def _held_out_quality(client: httpx.Client, ds) -> tuple[float, set[str]]:
@@ -44,6 +45,7 @@ def test_feedback_retrain_hot_swap_improves_the_policy(weak_policy, start_server
         "ROUTER_EMBED_CACHE_DIR": str(embed_cache),
         "ROUTER_EXPLORE_FLOOR": "0.05",
         "ROUTER_POLICY_POLL_S": "30",  # the swap must come from the pub/sub message
+        "ROUTER_ADMIN_TOKEN": ADMIN_TOKEN,
     }).wait_ready()
     splits = load_splits(cfg)
     train, test = splits.splits["train"], splits.splits["test"]
@@ -71,7 +73,7 @@ def test_feedback_retrain_hot_swap_improves_the_policy(weak_policy, start_server
         v2 = result["version"]
 
         deadline = time.monotonic() + 10
-        while client.get("/admin/policy").json()["version"] != v2:
+        while client.get("/admin/policy", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).json()["version"] != v2:
             assert time.monotonic() < deadline, "the server did not hot-swap to v2"
             time.sleep(0.1)
         after, versions = _held_out_quality(client, test)
@@ -79,5 +81,5 @@ def test_feedback_retrain_hot_swap_improves_the_policy(weak_policy, start_server
     assert after > before, (before, after)
     with redis.Redis.from_url(redis_url, decode_responses=True) as r:
         last = r.xrevrange(f"{redis_prefix}:experience", count=1)[0][0]
-    assert load_checkpoint(root / v2).meta["data"]["watermark"]["id"] == last
+    assert load_checkpoint(root / v2).meta.watermark.id == last
     print(f"held-out quality v1 {before:.4f} -> v2 {after:.4f} ({len(test)} prompts, {len(train)} records)")

@@ -9,6 +9,7 @@ import uuid
 import pytest
 import redis
 
+from contract.experience import DecisionContext, ExperienceRecord
 from router.experience import (
     DuplicateFeedback,
     RedisExperienceStore,
@@ -16,23 +17,17 @@ from router.experience import (
     StoreUnavailable,
     UnknownDecision,
 )
+from tests.harness import sample_context, sample_feedback
 
 
-def context(decision_id: str | None = None) -> dict:
-    return {
-        "decision_id": decision_id or uuid.uuid4().hex,
-        "policy_version": "v1",
-        "probabilities": [0.1234567890123, 0.8765432109877],
-        "action": 1,
-        "log_prob": -0.13176,
-        "action_mask": [True, True],
-        "session_id": None,
-    }
+def context(decision_id: str | None = None) -> DecisionContext:
+    return sample_context(decision_id, agents=["a", "b"], probabilities=[0.1234567890123, 0.8765432109877],
+                          action=1, agent="b", log_prob=-0.13176)
 
 
 async def one_winner(store, decision_id: str, n: int = 12) -> list:
     results = await asyncio.gather(
-        *(store.record_feedback(decision_id, {"quality": i / n}) for i in range(n)),
+        *(store.record_feedback(decision_id, sample_feedback(i / n)) for i in range(n)),
         return_exceptions=True,
     )
     return results
@@ -52,11 +47,11 @@ def test_sqlite_round_trip_and_paging(sqlite_path):
         ids = []
         for i in range(5):
             ctx = context()
-            ids.append(ctx["decision_id"])
+            ids.append(ctx.decision_id)
             await store.put_decision(ctx)
-            record = await store.record_feedback(ctx["decision_id"], {"quality": i / 4})
-            assert record["probabilities"] == ctx["probabilities"]
-            assert record["quality"] == i / 4 and "feedback_at" in record
+            record = await store.record_feedback(ctx.decision_id, sample_feedback(i / 4))
+            assert record.probabilities == ctx.probabilities
+            assert record.quality == i / 4 and record.feedback_at
         first = await store.read_experience(count=2)
         rest = await store.read_experience(after=first[-1][0], count=100)
         assert [r["decision_id"] for _, r in first + rest] == ids
@@ -81,9 +76,9 @@ def test_sqlite_feedback_is_atomic_across_connections(sqlite_path):
         a, b = SqliteExperienceStore(sqlite_path), SqliteExperienceStore(sqlite_path)
         ctx = context()
         await a.put_decision(ctx)
-        results = await one_winner(a, ctx["decision_id"]) + await one_winner(b, ctx["decision_id"])
-        assert sum(isinstance(r, dict) for r in results) == 1
-        assert all(isinstance(r, DuplicateFeedback) for r in results if not isinstance(r, dict))
+        results = await one_winner(a, ctx.decision_id) + await one_winner(b, ctx.decision_id)
+        assert sum(isinstance(r, ExperienceRecord) for r in results) == 1
+        assert all(isinstance(r, DuplicateFeedback) for r in results if not isinstance(r, ExperienceRecord))
         assert len(await b.read_experience()) == 1
         await a.close()
         await b.close()
@@ -99,11 +94,11 @@ def test_sqlite_failed_write_leaves_no_mark(sqlite_path):
         other = sqlite3.connect(sqlite_path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
         with pytest.raises(StoreUnavailable):
-            await store.record_feedback(ctx["decision_id"], {"quality": 0.5})
+            await store.record_feedback(ctx.decision_id, sample_feedback(0.5))
         other.execute("ROLLBACK")
         other.close()
-        record = await store.record_feedback(ctx["decision_id"], {"quality": 0.5})
-        assert record["quality"] == 0.5
+        record = await store.record_feedback(ctx.decision_id, sample_feedback(0.5))
+        assert record.quality == 0.5
         assert len(await store.read_experience()) == 1
         await store.close()
 
@@ -114,18 +109,18 @@ def test_sqlite_unknown_and_expired(sqlite_path):
     async def run():
         store = SqliteExperienceStore(sqlite_path)
         with pytest.raises(UnknownDecision):
-            await store.record_feedback("nope", {"quality": 1.0})
+            await store.record_feedback("nope", sample_feedback(1.0))
         ctx = context()
         await store.put_decision(ctx)
         conn = sqlite3.connect(sqlite_path)
         conn.execute("UPDATE decisions SET expires_at = 0 WHERE decision_id = ?",
-                     (ctx["decision_id"],))
+                     (ctx.decision_id,))
         conn.commit()
         conn.close()
         with pytest.raises(UnknownDecision):
-            await store.record_feedback(ctx["decision_id"], {"quality": 1.0})
-        with pytest.raises(ValueError):
-            await store.put_decision({"no": "id"})
+            await store.record_feedback(ctx.decision_id, sample_feedback(1.0))
+        with pytest.raises(ValueError, match="already exists"):
+            await store.put_decision(ctx)
         await store.close()
 
     asyncio.run(run())
@@ -152,13 +147,13 @@ def test_redis_feedback_is_atomic_and_exact(redis_store, redis_url, redis_prefix
     async def run():
         ctx = context()
         await redis_store.put_decision(ctx)
-        results = await one_winner(redis_store, ctx["decision_id"])
-        winners = [r for r in results if isinstance(r, dict)]
+        results = await one_winner(redis_store, ctx.decision_id)
+        winners = [r for r in results if isinstance(r, ExperienceRecord)]
         assert len(winners) == 1
-        assert all(isinstance(r, DuplicateFeedback) for r in results if not isinstance(r, dict))
+        assert all(isinstance(r, DuplicateFeedback) for r in results if not isinstance(r, ExperienceRecord))
         ((entry_id, record),) = await redis_store.read_experience()
-        assert record == winners[0]
-        assert record["probabilities"] == ctx["probabilities"]  # floats kept exactly
+        assert record == winners[0].to_json_dict()
+        assert record["probabilities"] == ctx.probabilities  # floats kept exactly
         assert await redis_store.read_experience(after=entry_id) == []
         with pytest.raises(ValueError):
             await redis_store.read_experience(after="abc")
@@ -178,15 +173,15 @@ def test_redis_failed_write_leaves_no_mark(redis_store, redis_url, redis_prefix)
         with redis.Redis.from_url(redis_url) as r:  # make the XADD fail inside the script
             r.set(f"{redis_prefix}:experience", "not a stream")
         with pytest.raises(StoreUnavailable, match="WRONGTYPE"):
-            await redis_store.record_feedback(ctx["decision_id"], {"quality": 0.5})
+            await redis_store.record_feedback(ctx.decision_id, sample_feedback(0.5))
         with redis.Redis.from_url(redis_url) as r:
-            assert not r.exists(f"{redis_prefix}:feedback:{ctx['decision_id']}")
+            assert not r.exists(f"{redis_prefix}:feedback:{ctx.decision_id}")
             r.delete(f"{redis_prefix}:experience")
-        record = await redis_store.record_feedback(ctx["decision_id"], {"quality": 0.5})
-        assert record["quality"] == 0.5
+        record = await redis_store.record_feedback(ctx.decision_id, sample_feedback(0.5))
+        assert record.quality == 0.5
         assert len(await redis_store.read_experience()) == 1
         with pytest.raises(UnknownDecision):
-            await redis_store.record_feedback(uuid.uuid4().hex, {"quality": 0.5})
+            await redis_store.record_feedback(uuid.uuid4().hex, sample_feedback(0.5))
         await redis_store.close()
 
     asyncio.run(run())
@@ -198,7 +193,7 @@ def test_redis_unreachable_is_unavailable():
         calls = (
             lambda: store.ping(),
             lambda: store.put_decision(context()),
-            lambda: store.record_feedback("x", {"quality": 1.0}),
+            lambda: store.record_feedback("x", sample_feedback(1.0)),
             lambda: store.read_experience(),
         )
         for call in calls:

@@ -1,0 +1,152 @@
+"""The app's context: everything a request handler needs, built once in the lifespan.
+
+:func:`open_context` starts the policy and the embedding model, opens the one Redis client (when
+``ROUTER_REDIS_URL`` is set) that the experience store, the load tracker and the policy follower
+share, and closes everything in reverse order when the app stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import anyio
+import redis.asyncio as aioredis
+import torch
+
+from env.embedder import Embedder
+from env.errors import UserError
+from router.batcher import EmbedBatcher
+from router.experience import ExperienceStore, Outbox, RedisExperienceStore, SqliteExperienceStore, StoreUnavailable
+from router.follower import follow_published
+from router.load import LoadTracker, LocalLoadTracker, RedisLoadTracker
+from router.metrics import RouterMetrics
+from router.redis_client import RedisErrors, open_redis
+from router.registry import PolicyRegistry
+from router.service import RoutingService
+from router.settings import Settings
+from training.checkpoint import load_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AppContext:
+    """What the request handlers share (``app.state.context``; handlers get it through
+    :mod:`router.deps`).
+
+    Attributes:
+        settings: the server's settings.
+        registry: the served policy (``registry.current``) and hot swap.
+        store: the experience log.
+        load: in-flight leases and agents down.
+        batcher: the micro-batching embedder.
+        metrics: the app's Prometheus metrics.
+        redis: the shared Redis client; None without Redis.
+        redis_errors: failed Redis calls by operation, of every user of ``redis``.
+    """
+
+    settings: Settings
+    registry: PolicyRegistry
+    store: ExperienceStore
+    load: LoadTracker
+    batcher: EmbedBatcher
+    metrics: RouterMetrics
+    redis: aioredis.Redis | None
+    redis_errors: RedisErrors
+
+    @property
+    def service(self) -> RoutingService:
+        """The service of the policy served now (read once per request)."""
+        return self.registry.current
+
+
+def _quiet_model_loading() -> None:
+    """Silence the weight-loading progress bars of ``transformers`` (they clutter server logs)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - sentence-transformers always brings it
+        return
+    hf_logging.disable_progress_bar()
+
+
+def start_policy(settings: Settings) -> RoutingService:
+    """Load the checkpoint and the embedding model, and route one prompt (blocking).
+
+    Raises:
+        UserError: the checkpoint or the embedding model cannot be loaded, or they do not fit.
+    """
+    torch.set_num_threads(settings.torch_threads)
+    _quiet_model_loading()
+    policy = load_checkpoint(settings.checkpoint)
+    embedder = Embedder(
+        model=policy.embedding_model, cache_dir=settings.embed_cache_dir, device=settings.device,
+        batch_size=settings.encode_batch, progress=False,
+    )
+    service = RoutingService(policy, embedder)
+    service.warm_up()
+    return service
+
+
+async def _open_store(settings: Settings, client: aioredis.Redis | None, errors: RedisErrors) -> ExperienceStore:
+    """Redis (sharing ``client``, with its durable outbox) or SQLite.
+
+    Raises:
+        UserError: the SQLite file or the outbox cannot be opened.
+    """
+    if client is not None:
+        try:
+            outbox = await asyncio.to_thread(Outbox, settings.outbox_path, settings.redis_prefix)
+        except StoreUnavailable as exc:
+            raise UserError(f"ROUTER_OUTBOX_PATH: {exc}") from None
+        store = RedisExperienceStore(client, prefix=settings.redis_prefix, stream_maxlen=settings.stream_maxlen,
+                                     decision_ttl_s=settings.decision_ttl_s, outbox=outbox, redis_errors=errors)
+        store.start()
+        return store
+    try:
+        return await asyncio.to_thread(SqliteExperienceStore, settings.sqlite_path, settings.decision_ttl_s)
+    except StoreUnavailable as exc:
+        raise UserError(str(exc)) from None
+
+
+@asynccontextmanager
+async def open_context(settings: Settings, metrics: RouterMetrics) -> AsyncIterator[AppContext]:
+    """Start everything the app serves with; close it all on exit.
+
+    Raises:
+        UserError: as :func:`start_policy`, a malformed Redis URL, or a store that cannot be opened.
+    """
+    service = await anyio.to_thread.run_sync(start_policy, settings)
+    errors = RedisErrors()
+    async with contextlib.AsyncExitStack() as stack:
+        if service.embedder.cache is not None:
+            stack.callback(service.embedder.cache.close)
+        client = None
+        if settings.redis_url:
+            try:
+                client = open_redis(settings.redis_url)
+            except ValueError as exc:
+                raise UserError(f"ROUTER_REDIS_URL: {exc}") from None
+            stack.push_async_callback(client.aclose)
+        store = await _open_store(settings, client, errors)
+        stack.push_async_callback(store.close)
+        try:
+            await store.ping()
+        except StoreUnavailable as exc:  # the server still starts; requests answer 503 meanwhile
+            logger.warning("experience store not reachable yet: %s", exc)
+        load: LoadTracker = (RedisLoadTracker(client, settings.redis_prefix, settings.inflight_ttl_s,
+                                              redis_errors=errors)
+                             if client is not None else LocalLoadTracker(settings.inflight_ttl_s))
+        stack.push_async_callback(load.close)
+        batcher = EmbedBatcher(window_ms=settings.batch_window_ms, max_batch=settings.max_batch,
+                               lru_size=settings.lru_size, on_batch=metrics.observe_batch,
+                               on_lookup=metrics.observe_lookup)
+        stack.push_async_callback(batcher.aclose)
+        registry = PolicyRegistry(service, settings.checkpoint)
+        await stack.enter_async_context(follow_published(registry, settings, client, errors))
+        yield AppContext(settings=settings, registry=registry, store=store, load=load, batcher=batcher,
+                         metrics=metrics, redis=client, redis_errors=errors)

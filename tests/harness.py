@@ -1,0 +1,223 @@
+"""The server harness shared by the tests and the benchmarks: a real checkpoint, a real uvicorn
+process on a free loopback port, and a valid decision context.
+
+Importable as ``tests.harness`` from the repository root (the benchmarks put the root on
+``sys.path``); it needs no pytest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+AGENTS = [
+    "code-expert",
+    "math-solver",
+    "general-chat",
+    "web-search",
+    "translator",
+    "summariser",
+    "sql-writer",
+    "legal-advisor",
+    "medical-info",
+]
+EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+EMBED_DIM = 384
+STARTUP_TIMEOUT_S = 240.0  # generous: CI machines and shared cores start slowly under load
+
+
+def agent_specs(agents: list[str] = AGENTS) -> list[dict[str, Any]]:
+    """``agent_specs`` of the test checkpoint (the dataset's agent record fields)."""
+    return [
+        {
+            "name": name,
+            "description": f"{name} specialist",
+            "price_per_1m_tokens": None if i % 3 == 0 else 0.5 * (i + 1),
+            "cost_per_call_usd": 0.001 * i if i % 3 == 0 else None,
+            "capacity": None if i == 4 else 2 + i,
+        }
+        for i, name in enumerate(agents)
+    ]
+
+
+def checkpoint_content(
+    agents: list[str] = AGENTS, capacities: list[int | None] | None = None, hidden: tuple[int, ...] = (64, 64)
+) -> dict[str, Any]:
+    """``policy.json`` content (as :func:`training.checkpoint.save_checkpoint` takes it) of a
+    single-router policy over ``agents`` on MiniLM embeddings.
+
+    With ``capacities`` the agent specs and the meta record them (the server then feeds live load
+    into the obs); without, every agent is unbounded (load stays 0).
+    """
+    specs = agent_specs(agents)
+    if capacities is not None:
+        specs = [{**spec, "capacity": c} for spec, c in zip(specs, capacities, strict=True)]
+    return {
+        "agents": list(agents),
+        "agent_specs": specs,
+        "capacities": list(capacities) if capacities is not None else [None] * len(agents),
+        "embedding": {"model": EMBEDDING_MODEL, "dim": EMBED_DIM},
+        "obs_layout": {"embed_dim": EMBED_DIM, "num_agents": len(agents), "num_routers": 1, "load_clip": 4.0,
+                       "include_agent_id": False},
+        "network": {"hidden": list(hidden), "share_params": True, "centralised_critic": True},
+    }
+
+
+def networks_for(content: dict[str, Any]):
+    """Fresh ``(actor, critic)`` for checkpoint ``content`` (its ``obs_layout`` and ``network``)."""
+    from contract.observation import ObsLayout
+    from contract.policy_meta import NetworkMeta
+    from training.checkpoint import build_networks
+
+    return build_networks(ObsLayout(**content["obs_layout"]), NetworkMeta(**content["network"]))
+
+
+def make_checkpoint(parent: Path, capacities: list[int | None] | None = None,
+                    agents: list[str] = AGENTS) -> Path:
+    """Save a freshly initialised (almost uniform) policy under ``parent``; its version directory."""
+    from training.checkpoint import save_checkpoint
+
+    content = checkpoint_content(agents, capacities)
+    actor, critic = networks_for(content)
+    return save_checkpoint(parent, actor, critic, content)
+
+
+def sample_context(decision_id: str | None = None, agents: list[str] = AGENTS, **fields: Any):
+    """A valid :class:`~contract.experience.DecisionContext` (random unit embedding, uniform policy)."""
+    from contract.experience import SCHEMA_VERSION, DecisionContext, encode_embedding
+
+    k = len(agents)
+    vec = np.random.default_rng(0).standard_normal(EMBED_DIM).astype(np.float32)
+    values: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "decision_id": decision_id or uuid.uuid4().hex,
+        "policy_version": "test-v1",
+        "created_at": datetime.now(UTC).isoformat(),
+        "session_id": None,
+        "prompt_sha256": hashlib.sha256(b"a prompt").hexdigest(),
+        "embedding": encode_embedding(vec / np.linalg.norm(vec)),
+        "load": [0.0] * k,
+        "action_mask": [True] * k,
+        "action": 0,
+        "agent": agents[0],
+        "log_prob": float(np.log(1.0 / k)),
+        "probabilities": [1.0 / k] * k,
+        "explore": False,
+        "propensity": 1.0,
+    }
+    values.update(fields)
+    return DecisionContext.model_validate(values)
+
+
+def sample_feedback(quality: float = 0.5, **fields: Any):
+    """A valid :class:`~contract.experience.Feedback`, recorded now."""
+    from contract.experience import Feedback
+
+    return Feedback.model_validate({"quality": quality, "feedback_at": datetime.now(UTC).isoformat(), **fields})
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process(proc: subprocess.Popen | None, grace_s: float = 10.0) -> None:
+    """SIGTERM ``proc`` if it runs, then SIGKILL after ``grace_s``; reap it."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class Server:
+    """A uvicorn process serving ``router.app:create_app`` on a free loopback port.
+
+    Args:
+        env: ``ROUTER_*`` variables (the caller's own ``ROUTER_*`` are dropped).
+        log_path: where stderr goes (stdout beside it, ``.stdout``).
+    """
+
+    env: dict[str, str]
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+    sqlite_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Server:
+        """Launch the process (does not wait)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")}
+        env.update({"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+        env.update(self.env)
+        self._err = self.log_path.open("wb")
+        self._out = self.log_path.with_suffix(".stdout").open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "router.app:create_app", "--factory",
+             "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=ROOT,
+            env=env,
+            stdout=self._out,
+            stderr=self._err,
+        )
+        return self
+
+    def wait_ready(self, timeout_s: float = STARTUP_TIMEOUT_S) -> Server:
+        """Poll ``/healthz`` until it answers 200.
+
+        Raises:
+            AssertionError: the process exited or did not get ready in time (with its log).
+        """
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"server not ready after {timeout_s} s:\n{self.log()}")
+
+    def wait_exit(self, timeout: float = STARTUP_TIMEOUT_S) -> int:
+        """Wait for the process to exit by itself; its exit code."""
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def log(self) -> str:
+        """What the process wrote to stderr so far (uvicorn's log)."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def stdout(self) -> str:
+        """What the process wrote to stdout so far."""
+        return self.log_path.with_suffix(".stdout").read_text(encoding="utf-8", errors="replace")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 10 s."""
+        stop_process(self.proc)
+        for f in (getattr(self, "_err", None), getattr(self, "_out", None)):
+            if f is not None:
+                f.close()
