@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 #: Names of the observation's parts, in column order.
-PARTS = ("embedding", "load", "agent_id")
+PARTS = ("embedding", "load", "router_id")
 
 
 class ObsLayout(BaseModel):
@@ -30,7 +30,8 @@ class ObsLayout(BaseModel):
         embed_dim: ``E``, width of the prompt embedding.
         num_agents: ``K``, specialist agents (one load column each).
         num_routers: ``N``, routers the policy was trained with.
-        include_agent_id: a one-hot router id ``[N]`` ends the observation.
+        include_agent_id: a one-hot router id ``[N]`` ends the observation (the config key's
+            historical name: it is the *router's* id, not an agent's).
         load_clip: loads are clipped to ``[0, load_clip]``.
     """
 
@@ -78,7 +79,7 @@ class ObsLayout(BaseModel):
         return slice(self.embed_dim, self.embed_dim + self.num_agents)
 
     @property
-    def agent_id_cols(self) -> slice:
+    def router_id_cols(self) -> slice:
         start = self.embed_dim + self.num_agents
         return slice(start, start + (self.num_routers if self.include_agent_id else 0))
 
@@ -95,7 +96,7 @@ class ObsLayout(BaseModel):
         """
         if not self.include_agent_id:
             return
-        ids = obs[..., self.agent_id_cols]
+        ids = obs[..., self.router_id_cols]
         ids.zero_()
         if router is None:
             if obs.shape[1] != self.num_routers:

@@ -12,7 +12,7 @@ class EnvConfig(BaseModel):
 
     Attributes:
         num_worlds: ``B``, parallel worlds stepped together.
-        num_routers: ``N``, router agents per world, each with its own prompt each step.
+        num_routers: ``N``, routers per world, each with its own prompt each step.
         episode_len: ``T``, steps before truncation (which bootstraps).
         cost_weight: reward per USD of call cost (reward = quality - cost_weight * cost_usd - ...).
         congestion_weight: reward per unit of congestion ``f(load)`` (see ``PromptEnv``).

@@ -1,6 +1,6 @@
 """Routing datasets: the on-disk contract, its loader and its seeded splits.
 
-A routing dataset is two files (README, "Dataset format"):
+A routing dataset is two files (docs/dataset-format.md):
 
 * prompts, JSON Lines (optionally gzip), one prompt a line::
 

@@ -13,7 +13,7 @@ class UserError(Exception):
 
 
 class DataError(UserError):
-    """A dataset or agents file that does not follow the contract (README, "Dataset format").
+    """A dataset or agents file that does not follow the contract (docs/dataset-format.md).
 
     Args:
         path: the offending file.

@@ -148,7 +148,7 @@ def serve(
 ) -> None:
     """Serve the policy over HTTP (FastAPI under uvicorn).
 
-    Options override the ROUTER_* environment variables (see README).
+    Options override the ROUTER_* environment variables (docs/serving.md lists them).
     """
     import uvicorn
 

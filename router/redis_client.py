@@ -16,7 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 
 class RedisErrors(Counter[str]):
-    """Failed Redis calls by operation (``put_decision``, ``load.snapshot``, ``policy.sync``, ...)."""
+    """Failed Redis calls by operation (``put_decision``, ``load.snapshot``, ``policy.follow``, ...)."""
 
     def note(self, operation: str) -> None:
         self[operation] += 1

@@ -67,7 +67,8 @@ def run_training(cfg: TrainConfig, progress: bool = True, resume_state: dict[str
     ``cfg.out_dir/reward_curve.png``, ``cfg.out_dir/eval.json``, the resumable
     ``cfg.out_dir/trainer_state.pt`` (every ``save_every`` iterations and at the end) and a new
     checkpoint version under ``cfg.checkpoint_dir``. Under ``torchrun`` every rank trains on
-    ``num_worlds / world_size`` worlds and rank 0 writes the files.
+    ``num_worlds / world_size`` worlds; rank 0 writes the metrics, plot, eval and checkpoint, and
+    every rank its own trainer state.
 
     Args:
         cfg: the run's config.

@@ -131,7 +131,7 @@ def _attribution(n_prompts: int, n_agents: int) -> str:
     return f"""# llmrouter-dc, converted
 
 {n_prompts} prompts x {n_agents} open LLMs, 13 tasks, converted by `agent-router data convert llmrouter-dc`
-(`env/convert/llmrouter_dc.py`) into the dataset format of this project's README.
+(`env/convert/llmrouter_dc.py`) into this project's dataset format (`docs/dataset-format.md`).
 
 * **Source:** LLMRouter, https://github.com/ulab-uiuc/LLMRouter, commit
   `4e7a796942ce26e9d5f2b93191c7c2585c99c2e3` (`data/dcrouter_preprocessed/train.json` joined with

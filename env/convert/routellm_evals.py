@@ -327,7 +327,7 @@ def _attribution(stats: dict[str, int]) -> str:
 {s["prompts"]} prompts x {s["agents"]} LLMs (`gpt-4-1106-preview` and `mistralai/Mixtral-8x7B-Instruct-v0.1`):
 {s["prompts_gsm8k"]} GSM8K, {s["prompts_mmlu"]} MMLU and {s["prompts_mt_bench"]} MT-Bench prompts (one per turn; the two
 turns of a question share a `session_id`), converted by `agent-router data convert routellm-evals`
-(`env/convert/routellm_evals.py`) into the dataset format of this project's README.
+(`env/convert/routellm_evals.py`) into this project's dataset format (`docs/dataset-format.md`).
 
 * **Source:** RouteLLM, https://github.com/lm-sys/RouteLLM, commit
   `0b64fdafe049e596a3f5657c219329f24af24198`: `routellm/evals/gsm8k/gsm8k_responses.csv`,

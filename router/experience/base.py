@@ -9,6 +9,7 @@ back in write order with :meth:`ExperienceStore.read_experience`.
 from __future__ import annotations
 
 import abc
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -67,8 +68,6 @@ def build_record(context: dict[str, Any], feedback: dict[str, Any]) -> dict[str,
 
 def dump_json(obj: DecisionContext | Feedback | dict[str, Any]) -> str:
     """Compact JSON text of a context, feedback or record (no NaN)."""
-    import json
-
     data = obj if isinstance(obj, dict) else obj.to_json_dict()
     return json.dumps(data, separators=(",", ":"), allow_nan=False)
 

@@ -1,38 +1,13 @@
 """Experience log in Redis (redis-py asyncio): keys with TTL for decisions, streams for the log.
 
-Keys, all under ``<prefix>:``:
-
-- ``decision:<id>``: the decision context (JSON string), expiring after ``decision_ttl_s``.
-- ``decisions``: stream of every decision (fields ``decision_id``, ``context``).
-- ``experience``: stream of experience records (fields ``decision_id``, ``record`` JSON), the
-  input of retraining.
-- ``feedback:<id>``: marker that the decision has feedback (value: the experience entry id),
-  expiring after ``decision_ttl_s`` (so it outlives the decision key).
-
-Streams are trimmed approximately (``XADD MAXLEN ~``) to ``stream_maxlen`` entries. Feedback is one
-Lua script, so checking the decision, checking the marker, appending the record and setting the
-marker happen atomically. A write is "durable" once Redis acknowledged it; configure the server's
-persistence (``appendfsync always``) for durability across Redis restarts. The keys of one call
-live in different hash slots: use a standalone Redis (or a single-shard deployment).
-
-Outbox (when constructed with an :class:`~router.experience.outbox.Outbox`, as the server does):
-
-- Redis unreachable (connection error, timeout, Redis still loading): ``put_decision`` appends the
-  context to the outbox (fsynced) and returns, so ``POST /v1/route`` keeps answering; until the
-  outbox has drained, later decisions go straight to the outbox (the store is *degraded*).
-- Feedback: a decision held in the outbox (made during the outage) is validated there (404 when
-  expired, 409 when its feedback is already there) and its record appended there, so its
-  ``/v1/feedback`` answers 202 once the record is fsynced. For any other decision only Redis can
-  tell whether it exists and has feedback: when Redis is unreachable that feedback answers 503
-  with Retry-After (never a 202 for a record that is not durable anywhere).
-- A background task drains the outbox to Redis in append order (a decision before its feedback),
-  one Lua script per record, and deletes the rows Redis took. Draining is idempotent: a decision
-  is written only if its ``decision:<id>`` key does not exist (``SET NX``, then ``XADD``), an
-  experience record only if its ``feedback:<id>`` marker does not exist (``XADD``, then set the
-  marker), atomically; so a row drained twice (a crash between the script and the delete,
-  several processes sharing the file) or a write whose reply was lost lands once. A record found
-  already in Redis is dropped and counted in ``outbox_duplicates``. A decision that expired
-  while it waited is still appended to the stream, with a 1 s key.
+Keys, all under ``<prefix>:``: ``decision:<id>`` (the context, expiring after ``decision_ttl_s``),
+``decisions`` (stream of every decision), ``experience`` (stream of experience records, the input
+of retraining), ``feedback:<id>`` (marker that the decision has feedback). Streams are trimmed with
+``XADD MAXLEN ~``. Feedback is one Lua script (check the decision, check the marker, append, mark),
+so it is atomic; the keys of one call live in different hash slots (a standalone Redis or a single
+shard). While Redis is unreachable, decisions and the feedback of decisions held there go to the
+durable :class:`~router.experience.outbox.Outbox` and are drained, in order and idempotently, when
+Redis is back; other feedback answers 503. ``docs/outbox.md`` describes the protocol.
 """
 
 from __future__ import annotations

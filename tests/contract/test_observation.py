@@ -16,7 +16,7 @@ from tests.harness import checkpoint_content, networks_for, sample_context, samp
 
 def test_layout_columns_and_builder():
     layout = ObsLayout(embed_dim=3, num_agents=2, num_routers=2, include_agent_id=True, load_clip=4.0)
-    assert layout.dim == 7 and layout.state_dim == 14 and layout.parts == ("embedding", "load", "agent_id")
+    assert layout.dim == 7 and layout.state_dim == 14 and layout.parts == ("embedding", "load", "router_id")
     emb = torch.tensor([[1.0, 2.0, 3.0]])
     obs = build_obs(layout, emb, torch.tensor([[0.5, 4.0]]), router=1)
     assert obs.tolist() == [[[1.0, 2.0, 3.0, 0.5, 4.0, 0.0, 1.0]]]

@@ -1,6 +1,6 @@
 """``agent-router eval``: every figure of one split in one JSON-able dict, and its text tables.
 
-Routers scored offline (each prompt routed once, every agent free; ``reward = quality -
+Routing rules (the report's ``routers``) scored offline (each prompt routed once, every agent free; ``reward = quality -
 cost_weight * cost_usd``), each at one operating point and, where it has one, along a cost-quality
 curve:
 
@@ -19,10 +19,10 @@ curve:
   outcomes. An upper bound, not a baseline.
 
 AIQ (:func:`~training.evaluation.curves.aiq`) uses one cost range for the whole table: from the
-cheapest to the dearest operating point of any router, oracle included. With two agents, APGR and
-CPT(50%)/CPT(80%) of every router with a curve (strong agent: the dearer on train). With any
+cheapest to the dearest operating point of any rule, oracle included. With two agents, APGR and
+CPT(50%)/CPT(80%) of every rule with a curve (strong agent: the dearer on train). With any
 finite capacity (agents file or ``--capacity``), :mod:`training.evaluation.capacity` scores the
-routers in PromptEnv.
+rules in PromptEnv.
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def offline_report(
     Returns:
         ``{"routers", "per_task", "curves", "hulls", "cost_range_usd_per_1k"}`` plus, with two
         agents, ``"strong_agent", "weak_agent", "apgr", "cpt"`` (see the module docstring and
-        README, "Evaluation").
+        docs/evaluation.md).
     """
     q, c = split.quality, split.cost_usd
     n, k = q.shape

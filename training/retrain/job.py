@@ -165,8 +165,8 @@ class Publisher:
 
 def _resolve_ref(root: Path, ref: str | None) -> Path:
     if ref:
-        path = Path(ref) if Path(ref).is_absolute() else root / ref
-        if (path / META).is_file():
+        path = root / ref
+        if "/" not in ref and "\\" not in ref and (path / META).is_file():
             return path
         logger.warning("published policy %r not found under %s; using the newest version", ref, root)
     return resolve_checkpoint(root)
