@@ -57,6 +57,9 @@ class EnvStep:
         quality: ``[B, N]`` float32, outcome quality of each routed prompt.
         cost_usd: ``[B, N]`` float32, USD cost of each routed prompt.
         congestion: ``[B, N]`` float32, ``f(load)`` of the agent each router chose.
+        reward_all: ``[B, N, K]`` float32, the reward each router would have got from each agent
+            with the other routers' choices unchanged (its own entry at ``action`` is ``reward``);
+            None unless the env was built with ``all_action_rewards``.
     """
 
     obs: torch.Tensor
@@ -70,6 +73,7 @@ class EnvStep:
     quality: torch.Tensor
     cost_usd: torch.Tensor
     congestion: torch.Tensor
+    reward_all: torch.Tensor | None = None
 
     @property
     def done(self) -> torch.Tensor:
@@ -94,6 +98,8 @@ class PromptEnv(BatchedEnvSpecs):
         seed: seed of the env's own ``torch.Generator`` (prompt sampling, agents down).
         validate_actions: check every action's range and mask in :meth:`step` (one host sync per
             step; the trainer turns it off, its actions come from a masked policy).
+        all_action_rewards: also report every agent's reward (:attr:`EnvStep.reward_all`), which
+            the ``expected`` policy-gradient estimator learns from.
 
     Raises:
         ValueError: inconsistent shapes.
@@ -109,8 +115,10 @@ class PromptEnv(BatchedEnvSpecs):
         device: str | torch.device = "cpu",
         seed: int = 0,
         validate_actions: bool = True,
+        all_action_rewards: bool = False,
     ) -> None:
         self.validate_actions = validate_actions
+        self.all_action_rewards = all_action_rewards
         self.config = config or EnvConfig()
         self.device = torch.device(device)
         embeddings = torch.as_tensor(embeddings, dtype=torch.float32, device=self.device)
@@ -253,6 +261,7 @@ class PromptEnv(BatchedEnvSpecs):
         cfg = self.config
         clock = self._host_clock()
         load: torch.Tensor | None
+        queue_before, arrivals = self.queue, None
         if self._unbounded:
             # queue + arrivals - inf clamps to 0: no queue, no load, no congestion
             self.queue = torch.zeros_like(self.queue)
@@ -273,8 +282,13 @@ class PromptEnv(BatchedEnvSpecs):
             reward = reward - cfg.cost_weight * cost
         if cfg.congestion_weight:
             reward = reward - cfg.congestion_weight * congestion
+        reward_all = self._reward_all(action, reward, queue_before, arrivals, congestion) if self.all_action_rewards \
+            else None
         if cfg.reward_sharing == "team":
-            reward = reward.mean(dim=1, keepdim=True).expand(B, N)
+            team = reward.mean(dim=1, keepdim=True)
+            if reward_all is not None:  # router n's choice moves the team mean by (r_nk - r_n) / N
+                reward_all = team.unsqueeze(-1) + (reward_all - reward.unsqueeze(-1)) / N
+            reward = team.expand(B, N)
         self._t = self._t + 1
         truncated = self._t >= self.episode_len
         terminated = torch.zeros_like(truncated)
@@ -294,7 +308,25 @@ class PromptEnv(BatchedEnvSpecs):
             else:
                 obs, state = self._observe(None if self._unbounded else self.load())
         return EnvStep(obs, state, self._mask(), reward, terminated, truncated, final_obs, final_state,
-                       quality, cost, congestion)
+                       quality, cost, congestion, reward_all)
+
+    def _reward_all(self, action: torch.Tensor, reward: torch.Tensor, queue_before: torch.Tensor,
+                    arrivals: torch.Tensor | None, congestion: torch.Tensor) -> torch.Tensor:
+        """``[B, N, K]`` each router's own reward had it chosen each agent, the others' choices fixed:
+        agent ``k`` then had one more arrival, so its load is that of ``arrivals_k + 1``."""
+        B, N, K = self.num_worlds, self.num_routers, self.num_agents
+        rows = self.prompt_idx.reshape(-1)
+        out = self.quality.index_select(0, rows).view(B, N, K).clone()
+        cfg = self.config
+        if cfg.cost_weight:
+            out -= cfg.cost_weight * self.cost_usd.index_select(0, rows).view(B, N, K)
+        if cfg.congestion_weight and arrivals is not None:
+            one_more = ((queue_before + arrivals + 1.0 - self.capacity).clamp(min=0.0) / self.capacity)
+            load_if = one_more.clamp(max=cfg.load_clip).unsqueeze(1).expand(B, N, K).clone()
+            load_if.scatter_(2, action.unsqueeze(-1), congestion.unsqueeze(-1))  # its own choice: as it was
+            out -= cfg.congestion_weight * load_if
+        out.scatter_(2, action.unsqueeze(-1), reward.unsqueeze(-1))  # exactly the reward it got
+        return out
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The dynamic state (queues, clocks, prompts, outages, RNG) for resuming a training run."""

@@ -26,11 +26,18 @@ class RolloutBuffer:
         next_value: ``[T, B, N]`` float32, ``V(s'_t)`` of the true next state (pre-reset).
         terminated, truncated: ``[T, B]`` bool.
         advantage, returns: ``[T, B, N]`` float32, filled by :meth:`compute_advantages`.
+        probs, reward_all, action_advantage: ``[T, B, N, K]`` float32 with ``all_actions`` (else
+            None): the collecting policy, every action's reward, and every action's advantage
+            (filled by :meth:`compute_advantages`).
+
+    Args:
+        all_actions: also hold every action's probability and reward (the ``expected`` estimator).
     """
 
     def __init__(self, T: int, B: int, N: int, obs_dim: int, state_dim: int, num_actions: int,
-                 device: str | torch.device) -> None:
+                 device: str | torch.device, all_actions: bool = False) -> None:
         self.T, self.B, self.N = T, B, N
+        self.all_actions = all_actions
 
         def zeros(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
             return torch.zeros(shape, dtype=dtype, device=device)
@@ -47,11 +54,21 @@ class RolloutBuffer:
         self.truncated = zeros(T, B, dtype=torch.bool)
         self.advantage = zeros(T, B, N)
         self.returns = zeros(T, B, N)
+        self.probs = zeros(T, B, N, num_actions) if all_actions else None
+        self.reward_all = zeros(T, B, N, num_actions) if all_actions else None
+        self.action_advantage = zeros(T, B, N, num_actions) if all_actions else None
 
     def add(self, t: int, *, obs: torch.Tensor, state: torch.Tensor, action_mask: torch.Tensor,
             action: torch.Tensor, log_prob: torch.Tensor, reward: torch.Tensor, value: torch.Tensor,
-            next_value: torch.Tensor, terminated: torch.Tensor, truncated: torch.Tensor) -> None:
-        """Write step ``t`` of every field (shapes as the attributes', without ``T``), in place."""
+            next_value: torch.Tensor, terminated: torch.Tensor, truncated: torch.Tensor,
+            probs: torch.Tensor | None = None, reward_all: torch.Tensor | None = None) -> None:
+        """Write step ``t`` of every field (shapes as the attributes', without ``T``), in place.
+
+        Raises:
+            ValueError: ``probs`` and ``reward_all`` missing with ``all_actions``, or given without.
+        """
+        if (probs is not None, reward_all is not None) != (self.all_actions, self.all_actions):
+            raise ValueError("probs and reward_all are given exactly when the buffer holds all actions")
         self.obs[t].copy_(obs)
         self.state[t].copy_(state)
         self.action_mask[t].copy_(action_mask)
@@ -62,6 +79,9 @@ class RolloutBuffer:
         self.next_value[t].copy_(next_value)
         self.terminated[t].copy_(terminated)
         self.truncated[t].copy_(truncated)
+        if self.probs is not None and self.reward_all is not None:
+            self.probs[t].copy_(probs)
+            self.reward_all[t].copy_(reward_all)
 
     def compute_advantages(self, gamma: float, gae_lambda: float) -> None:
         """Fill ``advantage`` and ``returns`` with GAE over the whole buffer, in place (no allocation
@@ -71,6 +91,10 @@ class RolloutBuffer:
         terminated = self.terminated.unsqueeze(-1).expand(shape)
         generalized_advantage_estimate(self.reward, self.value, self.next_value, done, terminated, gamma,
                                        gae_lambda, out=(self.advantage, self.returns))
+        if self.action_advantage is not None and self.reward_all is not None:
+            # action k would have earned reward_all[k] instead of reward, with the same continuation
+            torch.sub(self.reward_all, self.reward.unsqueeze(-1), out=self.action_advantage)
+            self.action_advantage.add_(self.advantage.unsqueeze(-1))
 
     def minibatch_indices(self, num_minibatches: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
         """Shuffled indices into the flattened ``T * B`` samples (a sample keeps its N routers), drawn

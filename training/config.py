@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -66,6 +66,11 @@ class PPOConfig(BaseModel):
     vf_coef: float = Field(default=0.5, ge=0)
     max_grad_norm: float = Field(default=0.5, gt=0)
     norm_adv: bool = True
+    pg_estimator: Literal["sampled", "expected"] = Field(
+        default="sampled",
+        description="sampled: the PPO gradient of the action taken; expected: in expectation over every "
+        "action, with each agent's reward from the env (Mean Actor-Critic, Allen et al. 2017, arXiv 1709.00503)",
+    )
 
 
 class TrainConfig(BaseModel):

@@ -27,7 +27,8 @@ def build_env(cfg: TrainConfig, splits: EmbeddedSplits, device: str, split: str 
     """PromptEnv over the embedded prompts of ``split``."""
     ds = splits.splits[split]
     return PromptEnv(splits.embeddings(split), ds.quality, ds.cost_usd, ds.capacities, cfg.env,
-                     device=device, seed=cfg.seed, validate_actions=False)
+                     device=device, seed=cfg.seed, validate_actions=False,
+                     all_action_rewards=cfg.ppo.pg_estimator == "expected")
 
 
 def checkpoint_meta(cfg: TrainConfig, splits: EmbeddedSplits, env: PromptEnv,

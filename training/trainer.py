@@ -76,7 +76,9 @@ class MAPPOTrainer:
         self.optimizer = torch.optim.Adam(
             [*self.actor.parameters(), *self.critic.parameters()], lr=ppo.lr, eps=1e-5, fused=True
         )
-        self.buffer = RolloutBuffer(ppo.rollout_len, env.num_worlds, N, D, env.state_dim, K, self.device)
+        self.expected_pg = ppo.pg_estimator == "expected"
+        self.buffer = RolloutBuffer(ppo.rollout_len, env.num_worlds, N, D, env.state_dim, K, self.device,
+                                    all_actions=self.expected_pg)
         self.num_iterations = max(1, ppo.total_steps // ppo.rollout_len)
         self.iteration = 0
         self.env_steps = 0
@@ -122,9 +124,16 @@ class MAPPOTrainer:
                 value = vn.denormalize(self.critic(cur.obs, cur.state))
             nxt = env.step(action)
             next_value = vn.denormalize(self.critic(nxt.final_obs, nxt.final_state))
+            every = {}
+            if self.expected_pg:
+                reward_all = getattr(nxt, "reward_all", None)
+                if reward_all is None:
+                    raise ValueError("ppo.pg_estimator=expected needs an env that reports every action's reward "
+                                     "(PromptEnv with all_action_rewards)")
+                every = {"probs": dist.probs, "reward_all": reward_all}
             buf.add(t, obs=cur.obs, state=cur.state, action_mask=cur.action_mask, action=action,
                     log_prob=dist.log_prob(action), reward=nxt.reward, value=value, next_value=next_value,
-                    terminated=nxt.terminated, truncated=nxt.truncated)
+                    terminated=nxt.terminated, truncated=nxt.truncated, **every)
             self._episode_return += nxt.reward.mean(-1)
             done = nxt.done
             finished_sum += (self._episode_return * done).sum()
@@ -156,8 +165,11 @@ class MAPPOTrainer:
         returns_n, old_value_n = vn.normalize(returns), vn.normalize(old_value)
         ent_coef = self.current_ent_coef()
         params = [*self.actor.parameters(), *self.critic.parameters()]
+        every = {"old_probs": buf.flat("probs"), "action_advantage": buf.flat("action_advantage")} \
+            if self.expected_pg else {}
         result = ppo_update(self._actor_train, self._critic_train, self.optimizer, params, obs, state, mask,
-                            action, old_log_prob, advantage, returns_n, old_value_n, ppo, self._gen, ent_coef)
+                            action, old_log_prob, advantage, returns_n, old_value_n, ppo, self._gen, ent_coef,
+                            **every)
         steps, stopped = result.pop("grad_steps"), result.pop("early_stop")
         result["explained_variance"] = explained_variance(buf.value.flatten(), buf.returns.flatten())
         result["ent_coef"] = ent_coef

@@ -11,7 +11,7 @@ import torch
 
 from training.config import PPOConfig
 from training.distributed import all_reduce_mean
-from training.ppo import ppo_loss
+from training.ppo import center_action_advantages, expected_ppo_loss, ppo_loss
 
 LOSS_TERMS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")
 
@@ -39,6 +39,8 @@ def ppo_update(
     ppo: PPOConfig,
     generator: torch.Generator,
     ent_coef: float | None = None,
+    old_probs: torch.Tensor | None = None,
+    action_advantage: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """``ppo.update_epochs`` passes of ``ppo.num_minibatches`` clipped-PPO steps over ``M`` samples.
 
@@ -60,6 +62,10 @@ def ppo_update(
             ``max_grad_norm``, ``update_epochs``, ``num_minibatches``, ``target_kl`` are used.
         generator: orders the minibatches.
         ent_coef: overrides ``ppo.ent_coef`` (an annealed value).
+        old_probs, action_advantage: ``[M, N, K]`` float32, the old policy and every action's
+            advantage: given both, the loss is :func:`training.ppo.expected_ppo_loss` (advantages
+            centred and normalised by :func:`training.ppo.center_action_advantages`) instead of the
+            sampled one; ``action``, ``old_log_prob`` and ``advantage`` are then unused.
 
     Returns:
         Means over the minibatches of ``policy_loss``, ``value_loss``, ``entropy``, ``approx_kl``
@@ -74,12 +80,18 @@ def ppo_update(
             idx = idx.to(obs.device)
             logits = actor(obs[idx], action_mask[idx])
             dist = torch.distributions.Categorical(logits=logits, validate_args=False)
-            new_log_prob = dist.log_prob(action[idx])
-            adv = advantage[idx]
-            if ppo.norm_adv and adv.numel() > 1:
-                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-            out = ppo_loss(new_log_prob, old_log_prob[idx], adv, critic(obs[idx], state[idx]), old_value[idx],
-                           returns[idx], dist.entropy(), ppo.clip_coef, ent_coef, ppo.vf_coef, ppo.clip_vloss)
+            new_value = critic(obs[idx], state[idx])
+            if old_probs is not None and action_advantage is not None:
+                old = old_probs[idx]
+                adv = center_action_advantages(action_advantage[idx], old, ppo.norm_adv)
+                out = expected_ppo_loss(dist.probs, old, adv, new_value, old_value[idx], returns[idx], dist.entropy(),
+                                        ppo.clip_coef, ent_coef, ppo.vf_coef, ppo.clip_vloss)
+            else:
+                adv = advantage[idx]
+                if ppo.norm_adv and adv.numel() > 1:
+                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                out = ppo_loss(dist.log_prob(action[idx]), old_log_prob[idx], adv, new_value, old_value[idx],
+                               returns[idx], dist.entropy(), ppo.clip_coef, ent_coef, ppo.vf_coef, ppo.clip_vloss)
             for k in stats:
                 stats[k].append(getattr(out, k).detach())
             if ppo.target_kl is not None and all_reduce_mean(out.approx_kl) > 1.5 * ppo.target_kl:
