@@ -51,7 +51,8 @@ class PPOConfig(BaseModel):
 
     total_steps: int = Field(default=400, ge=1, description="env steps (each steps B worlds)")
     rollout_len: int = Field(default=16, ge=1, description="T of the rollout buffer")
-    lr: float = Field(default=3e-4, gt=0)
+    lr: float = Field(default=3e-4, gt=0, description="the actor's learning rate (and the critic's unless critic_lr)")
+    critic_lr: float | None = Field(default=None, gt=0, description="the critic's learning rate; unset: lr")
     anneal_lr: bool = True
     gamma: float = Field(default=0.99, ge=0, le=1)
     gae_lambda: float = Field(default=0.95, ge=0, le=1)

@@ -20,7 +20,7 @@ from training.buffer import RolloutBuffer
 from training.config import TrainConfig
 from training.distributed import is_distributed
 from training.networks import Actor, Critic
-from training.update import ppo_update
+from training.update import make_optimizer, ppo_update, set_learning_rates
 from training.value_norm import ValueNorm
 
 
@@ -73,9 +73,7 @@ class MAPPOTrainer:
             ids = [self.device] if self.device.type == "cuda" else None
             self._actor_train = DDP(self.actor, device_ids=ids)
             self._critic_train = DDP(self.critic, device_ids=ids)
-        self.optimizer = torch.optim.Adam(
-            [*self.actor.parameters(), *self.critic.parameters()], lr=ppo.lr, eps=1e-5, fused=True
-        )
+        self.optimizer = make_optimizer(self.actor, self.critic, ppo, fused=True)
         self.expected_pg = ppo.pg_estimator == "expected"
         self.buffer = RolloutBuffer(ppo.rollout_len, env.num_worlds, N, D, env.state_dim, K, self.device,
                                     all_actions=self.expected_pg)
@@ -92,10 +90,14 @@ class MAPPOTrainer:
         """Fraction of the iterations done, in [0, 1)."""
         return self.iteration / self.num_iterations
 
+    def lr_factor(self) -> float:
+        """The factor of both learning rates now: ``1 - progress`` with ``ppo.anneal_lr`` (linear to
+        0 over the run), else 1."""
+        return 1.0 - self._progress() if self.config.ppo.anneal_lr else 1.0
+
     def current_lr(self) -> float:
-        """``lr``, annealed linearly to 0 over the run when ``ppo.anneal_lr``."""
-        ppo = self.config.ppo
-        return ppo.lr * (1.0 - self._progress()) if ppo.anneal_lr else ppo.lr
+        """The actor's ``lr`` now (annealed with ``ppo.anneal_lr``)."""
+        return self.config.ppo.lr * self.lr_factor()
 
     def current_ent_coef(self) -> float:
         """``ent_coef``, annealed linearly to ``ent_coef_end`` over the run when that is set."""
@@ -186,9 +188,7 @@ class MAPPOTrainer:
         ppo = self.config.ppo
         agent_steps_per_iter = ppo.rollout_len * self.env.num_worlds * self.env.num_routers
         while self.iteration < self.num_iterations:
-            lr = self.current_lr()
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+            lr, critic_lr = set_learning_rates(self.optimizer, ppo, self.lr_factor())
             start = time.perf_counter()
             metrics = self.collect()
             collect_s = time.perf_counter() - start
@@ -200,6 +200,7 @@ class MAPPOTrainer:
                 "env_steps": self.env_steps,
                 "agent_steps": self.iteration * agent_steps_per_iter,
                 "lr": lr,
+                "critic_lr": critic_lr,
                 "collect_agent_steps_per_s": agent_steps_per_iter / max(collect_s, 1e-9),
                 "iteration_s": elapsed,
             }

@@ -16,6 +16,24 @@ from training.ppo import center_action_advantages, expected_ppo_loss, ppo_loss
 LOSS_TERMS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac")
 
 
+def make_optimizer(actor: torch.nn.Module, critic: torch.nn.Module, ppo: PPOConfig,
+                   fused: bool = False) -> torch.optim.Adam:
+    """Adam (eps 1e-5, as in CleanRL) with two parameter groups: the actor at ``ppo.lr``, the critic
+    at ``ppo.critic_lr`` (``lr`` when unset)."""
+    return torch.optim.Adam([{"params": list(actor.parameters()), "lr": ppo.lr},
+                             {"params": list(critic.parameters()), "lr": ppo.critic_lr or ppo.lr}],
+                            lr=ppo.lr, eps=1e-5, fused=fused)
+
+
+def set_learning_rates(optimizer: torch.optim.Optimizer, ppo: PPOConfig, factor: float = 1.0) -> tuple[float, float]:
+    """Set the actor's and the critic's learning rates of :func:`make_optimizer`'s optimizer to
+    ``factor`` times their configured values; returns ``(actor_lr, critic_lr)``."""
+    rates = (ppo.lr * factor, (ppo.critic_lr or ppo.lr) * factor)
+    for group, lr in zip(optimizer.param_groups, rates, strict=True):
+        group["lr"] = lr
+    return rates
+
+
 def minibatch_indices(num_samples: int, num_minibatches: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
     """A random permutation of ``range(num_samples)`` in ``num_minibatches`` chunks of
     ``ceil(num_samples / num_minibatches)`` (the last may be smaller; fewer chunks when

@@ -79,6 +79,18 @@ def test_lr_annealing_on_and_off():
     assert {m["lr"] for m in off} == {3e-3}
 
 
+def test_actor_and_critic_learning_rates_are_separate_and_anneal_together():
+    trainer = MAPPOTrainer(config(**{"ppo.critic_lr": 1e-2}), game(config()))
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [3e-3, 1e-2]
+    actor_ids = {id(p) for p in trainer.actor.parameters()}
+    assert {id(p) for p in trainer.optimizer.param_groups[0]["params"]} == actor_ids
+    first, last = trainer.train()[0], trainer.history[-1]
+    assert (first["lr"], first["critic_lr"]) == (3e-3, 1e-2)
+    assert last["critic_lr"] / last["lr"] == pytest.approx(1e-2 / 3e-3)  # one schedule for both
+    same = MAPPOTrainer(config(), game(config()))
+    assert [g["lr"] for g in same.optimizer.param_groups] == [3e-3, 3e-3]  # unset: the actor's lr
+
+
 def test_entropy_schedule_on_and_off():
     sched = MAPPOTrainer(cfg := config(**{"ppo.ent_coef": 0.1, "ppo.ent_coef_end": 0.0}), game(cfg)).train()
     n = len(sched)

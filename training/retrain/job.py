@@ -49,6 +49,7 @@ from training.retrain.config import RetrainConfig
 from training.retrain.offline_ppo import logged_update
 from training.retrain.source import ExperienceSource, RedisGroupSource, SourceError, SqliteSource
 from training.retrain.trajectories import build_batch
+from training.update import make_optimizer, set_learning_rates
 from training.value_norm import ValueNorm
 
 logger = logging.getLogger(__name__)
@@ -248,8 +249,7 @@ def _run(cfg: RetrainConfig, root: Path, source: ExperienceSource, publisher: Pu
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     value_norm = ValueNorm.from_meta(serving.meta.value_norm, train_cfg.ppo.norm_value)
-    params = [*candidate.actor.parameters(), *candidate.critic.parameters()]
-    optimizer = torch.optim.Adam(params, lr=cfg.ppo.lr, eps=1e-5)
+    optimizer = make_optimizer(candidate.actor, candidate.critic, cfg.ppo)
     if len(batch):
         result.train = logged_update(candidate.actor, candidate.critic, value_norm, optimizer, batch, cfg, gamma,
                                      generator)
@@ -293,8 +293,7 @@ def _simulate(cfg: RetrainConfig, train_cfg: TrainConfig, splits, candidate: Pol
     trainer.actor.load_state_dict(candidate.actor.state_dict())
     trainer.critic.load_state_dict(candidate.critic.state_dict())
     trainer.value_norm.load_state_dict(value_norm.state_dict())
-    for group in trainer.optimizer.param_groups:
-        group["lr"] = cfg.ppo.lr
+    set_learning_rates(trainer.optimizer, cfg.ppo)
     rewards = []
     for _ in range(cfg.sim_iterations):
         rewards.append(trainer.collect()["reward"])
