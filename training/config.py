@@ -84,6 +84,12 @@ class TrainConfig(BaseModel):
     out_dir: Path = Path("runs/default")
     checkpoint_dir: Path = Path("checkpoints")
     save_every: int = Field(default=0, ge=0, description="iterations between resumable trainer states; 0 = end only")
+    eval_every: int = Field(default=10, ge=0, description="iterations between validation evaluations (the greedy "
+                            "policy's reward on the val split, in metrics.jsonl as val_*); 0: none")
+    keep_best: bool = Field(default=False, description="checkpoint the weights of the best validation evaluation "
+                            "instead of the last (needs eval_every)")
+    tensorboard: bool = Field(default=True, description="also write the metrics as TensorBoard scalars to "
+                              "out_dir/tensorboard")
     data: DataConfig = DataConfig()
     embed: EmbedConfig = EmbedConfig()
     env: EnvConfig = EnvConfig()

@@ -21,6 +21,7 @@ from training.evaluate import evaluate
 from training.plots import plot_reward_curve
 from training.resume import ResumeError, save_trainer_state, state_file
 from training.trainer import MAPPOTrainer, seed_everything
+from training.validation import Validator
 
 
 def build_env(cfg: TrainConfig, splits: EmbeddedSplits, device: str, split: str = "train") -> PromptEnv:
@@ -50,6 +51,20 @@ def checkpoint_meta(cfg: TrainConfig, splits: EmbeddedSplits, env: PromptEnv,
     }
 
 
+def _tensorboard(out_dir: Path) -> Any:
+    """A ``SummaryWriter`` of ``out_dir/tensorboard``.
+
+    Raises:
+        UserError: the ``tensorboard`` package is missing.
+    """
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("tensorboard=true needs the tensorboard package (pip install tensorboard), "
+                        "or set -s tensorboard=false") from None
+    return SummaryWriter(str(out_dir / "tensorboard"))
+
+
 def _rank_config(cfg: TrainConfig, ctx: DistContext) -> TrainConfig:
     """This rank's share of the worlds and its own seed (the recorded config stays ``cfg``)."""
     if not ctx.enabled:
@@ -64,8 +79,9 @@ def _rank_config(cfg: TrainConfig, ctx: DistContext) -> TrainConfig:
 def run_training(cfg: TrainConfig, progress: bool = True, resume_state: dict[str, Any] | None = None) -> Path | None:
     """Train a policy as configured and write its artefacts.
 
-    Writes ``cfg.out_dir/metrics.jsonl`` (one JSON object per iteration; appended to on resume),
-    ``cfg.out_dir/reward_curve.png``, ``cfg.out_dir/eval.json``, the resumable
+    Writes ``cfg.out_dir/metrics.jsonl`` (one JSON object per iteration, with ``val_*`` figures
+    every ``eval_every`` iterations; appended to on resume), ``cfg.out_dir/tensorboard`` (with
+    ``tensorboard``), ``cfg.out_dir/reward_curve.png``, ``cfg.out_dir/eval.json``, the resumable
     ``cfg.out_dir/trainer_state.pt`` (every ``save_every`` iterations and at the end) and a new
     checkpoint version under ``cfg.checkpoint_dir``. Under ``torchrun`` every rank trains on
     ``num_worlds / world_size`` worlds; rank 0 writes the metrics, plot, eval and checkpoint, and
@@ -121,9 +137,20 @@ def _run(cfg: TrainConfig, rank_cfg: TrainConfig, ctx: DistContext, device: str,
                 if line and json.loads(line)["iteration"] <= trainer.iteration]
         metrics_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         mode = "a"
+    validator = None
+    if cfg.eval_every and ctx.is_main:
+        validator = Validator(env.layout, splits.splits["val"], splits.embeddings("val"), cfg.env.cost_weight,
+                              cfg.eval_every)
+    board = _tensorboard(out_dir) if cfg.tensorboard and ctx.is_main else None
     with open(metrics_path if ctx.is_main else os.devnull, mode, encoding="utf-8") as metrics_file:
 
         def on_iteration(m: dict[str, Any]) -> None:
+            if validator is not None:
+                m |= validator(trainer)
+            if board is not None:
+                for key, value in m.items():
+                    if isinstance(value, int | float) and key not in ("iteration", "agent_steps"):
+                        board.add_scalar(key, value, global_step=m["agent_steps"])
             metrics_file.write(json.dumps(m) + "\n")
             metrics_file.flush()
             bar.update(1)
@@ -134,15 +161,23 @@ def _run(cfg: TrainConfig, rank_cfg: TrainConfig, ctx: DistContext, device: str,
 
         trainer.train(on_iteration)
     bar.close()
+    if board is not None:
+        board.close()
     save_trainer_state(state_path, trainer.state_dict(), config_dict)
     if not ctx.is_main:
         return None
     history = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line]
     plot_reward_curve(history, out_dir / "reward_curve.png")
+    selected = None
+    if cfg.keep_best and validator is not None and validator.best is not None:
+        validator.restore_best(trainer)
+        selected = validator.best
     meta = checkpoint_meta(cfg, splits, env, eval_metrics={})
     meta["value_norm"] = trainer.value_norm.to_meta()
     policy = Policy.draft(out_dir, meta, trainer.actor.eval(), trainer.critic.eval())
     meta["eval"] = {"val": evaluate(policy, splits.splits["train"], splits.splits["val"],
                                     splits.embeddings("val"), cfg.env.cost_weight)}
+    if selected is not None:
+        meta["eval"]["selected"] = selected
     (out_dir / "eval.json").write_text(json.dumps(meta["eval"], indent=2), encoding="utf-8")
     return save_checkpoint(cfg.checkpoint_dir, trainer.actor, trainer.critic, meta)

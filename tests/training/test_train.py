@@ -66,3 +66,32 @@ def test_cli_resume_continues_a_run(small_config, tmp_path):
     assert missing.returncode == 2
     assert missing.stderr.strip().startswith("error:") and "no trainer state" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_validation_reward_tensorboard_and_keep_best(small_config):
+    """Validation figures beside the training reward (metrics.jsonl, TensorBoard, the plot), and
+    keep_best checkpoints the best validated weights."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from training.evaluate import policy_choices, summarize
+
+    ppo = small_config.ppo.model_copy(update={"total_steps": 160})
+    cfg = small_config.model_copy(update={"ppo": ppo, "eval_every": 3, "keep_best": True})
+    policy = load_checkpoint(run_training(cfg, progress=False))
+    lines = [json.loads(line) for line in (cfg.out_dir / "metrics.jsonl").read_text().splitlines()]
+    validated = [m["iteration"] for m in lines if "val_reward" in m]
+    assert validated == [3, 6, 9, 10]  # every 3, and the last
+    best = max((m for m in lines if "val_reward" in m), key=lambda m: m["val_reward"])
+    assert policy.meta.eval["selected"] == {"iteration": best["iteration"], "val_reward": best["val_reward"]}
+    # the checkpoint is the best validated one: its greedy validation reward is the one logged then
+    from training.data import load_splits
+
+    splits = load_splits(cfg)
+    val = splits.splits["val"]
+    again = summarize(policy_choices(policy, splits.embeddings("val")), val.quality, val.cost_usd, 0.0)
+    assert again["reward"] == pytest.approx(best["val_reward"], abs=1e-6)
+    board = EventAccumulator(str(cfg.out_dir / "tensorboard"))
+    board.Reload()
+    assert {"reward", "val_reward", "approx_kl", "lr"} <= set(board.Tags()["scalars"])
+    assert [e.value for e in board.Scalars("val_reward")] == pytest.approx([m["val_reward"] for m in lines
+                                                                            if "val_reward" in m])
