@@ -1,4 +1,5 @@
-"""The ``agent-router`` command line: ``train``, ``eval``, ``serve``, ``retrain``, ``embed``, ``data convert``.
+"""The ``agent-router`` command line: ``train``, ``tune``, ``eval``, ``serve``, ``retrain``, ``embed``,
+``data convert``.
 
 A user's mistake (bad file, bad option, bad checkpoint) ends with one line ``error: ...`` on
 stderr and exit code 2, never a traceback. Heavy imports happen inside the commands.
@@ -73,6 +74,30 @@ def train(
         typer.echo(f"checkpoint: {path}")
         typer.echo(f"metrics: {Path(cfg.out_dir) / 'metrics.jsonl'}  curve: {Path(cfg.out_dir) / 'reward_curve.png'}"
                    + ("" if not launched_by_torchrun() else "  (rank 0's worlds)"))
+
+
+@app.command()
+def tune(
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    trials: Annotated[int, typer.Option(min=1, help="Trials to run.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of the TPE sampler.")] = 0,
+    out: Annotated[Path, typer.Option(help="Directory of the trials' runs and study.json.")] = Path("runs/tune"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
+) -> None:
+    """Search the main hyper-parameters (Optuna: TPE sampler, median pruner), scored by each
+    trial's greedy validation reward; prints the best as -s overrides for train."""
+    from training.tune import run_tune
+
+    result = run_tune(_config(config, overrides), trials, out, seed=seed)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    for t in result.trials:
+        value = "-" if t["value"] is None else f"{t['value']:.4f}"
+        typer.echo(f"trial {t['number']:>3}  {t['state']:<8}  val_reward {value}")
+    typer.echo(f"best val_reward {result.best_value:.4f}: agent-router train {' '.join(result.best_overrides)}")
+    typer.echo(f"its checkpoint: {result.best_checkpoint}  (all trials: {out / 'study.json'})")
 
 
 @app.command("eval")

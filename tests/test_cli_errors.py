@@ -50,6 +50,7 @@ def test_agents_file_that_does_not_match(tmp_path, shipped_paths):
         (["data", "convert", "nope", "--src", ".", "--out", "/tmp/x"], "unknown layout"),
         (["retrain", "--set", "update_epochs=0"], "update_epochs"),
         (["retrain", "--set", "nonsense"], "expected key=value"),
+        (["tune", "--set", "eval_every=0", "--trials", "1"], "set eval_every > 0"),
         (["retrain", "--sqlite-path", "/no/such.sqlite3"], "no SQLite experience store"),
         (["retrain", "--redis-url", "redis://127.0.0.1:1/0", "--checkpoint", "/no/such"], "cannot read"),
     ],

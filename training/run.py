@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,8 @@ def _rank_config(cfg: TrainConfig, ctx: DistContext) -> TrainConfig:
     return cfg.model_copy(update={"seed": cfg.seed + ctx.rank, "env": env})
 
 
-def run_training(cfg: TrainConfig, progress: bool = True, resume_state: dict[str, Any] | None = None) -> Path | None:
+def run_training(cfg: TrainConfig, progress: bool = True, resume_state: dict[str, Any] | None = None,
+                 on_validation: Callable[[int, float], None] | None = None) -> Path | None:
     """Train a policy as configured and write its artefacts.
 
     Writes ``cfg.out_dir/metrics.jsonl`` (one JSON object per iteration, with ``val_*`` figures
@@ -90,6 +92,8 @@ def run_training(cfg: TrainConfig, progress: bool = True, resume_state: dict[str
     Args:
         cfg: the run's config.
         progress: show a progress bar.
+        on_validation: called with ``(iteration, val_reward)`` after each validation (rank 0); an
+            exception it raises ends the run (``agent-router tune`` prunes trials so).
         resume_state: a trainer state (:func:`training.resume.load_trainer_state`) to continue from.
 
     Returns:
@@ -101,13 +105,13 @@ def run_training(cfg: TrainConfig, progress: bool = True, resume_state: dict[str
     """
     ctx, device = init_distributed(cfg.resolve_device())
     try:
-        return _run(cfg, _rank_config(cfg, ctx), ctx, device, progress, resume_state)
+        return _run(cfg, _rank_config(cfg, ctx), ctx, device, progress, resume_state, on_validation)
     finally:
         shutdown()
 
 
 def _run(cfg: TrainConfig, rank_cfg: TrainConfig, ctx: DistContext, device: str, progress: bool,
-         resume_state: dict[str, Any] | None) -> Path | None:
+         resume_state: dict[str, Any] | None, on_validation: Callable[[int, float], None] | None) -> Path | None:
     seed_everything(rank_cfg.seed)
     splits = load_splits(cfg, device=device)
     if ctx.enabled:  # rank 0 fills the embedding cache, the others then read it
@@ -147,6 +151,8 @@ def _run(cfg: TrainConfig, rank_cfg: TrainConfig, ctx: DistContext, device: str,
         def on_iteration(m: dict[str, Any]) -> None:
             if validator is not None:
                 m |= validator(trainer)
+                if on_validation is not None and "val_reward" in m:
+                    on_validation(m["iteration"], m["val_reward"])
             if board is not None:
                 for key, value in m.items():
                     if isinstance(value, int | float) and key not in ("iteration", "agent_steps"):

@@ -95,3 +95,25 @@ def test_validation_reward_tensorboard_and_keep_best(small_config):
     assert {"reward", "val_reward", "approx_kl", "lr"} <= set(board.Tags()["scalars"])
     assert [e.value for e in board.Scalars("val_reward")] == pytest.approx([m["val_reward"] for m in lines
                                                                             if "val_reward" in m])
+
+
+def test_tune_searches_prunes_and_reports_the_best(small_config, tmp_path):
+    """Three tiny trials through the CLI: every trial is scored on validation, the best is printed
+    as -s overrides, and its checkpoint holds its best validated weights."""
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg = small_config.model_copy(update={"eval_every": 2, "ppo": small_config.ppo.model_copy(
+        update={"total_steps": 96})})
+    cfg_path.write_text(json.dumps(cfg.model_dump(mode="json")))
+    out = tmp_path / "tune"
+    proc = _cli("tune", "--config", str(cfg_path), "--trials", "3", "--out", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert len(result["trials"]) == 3 and {t["state"] for t in result["trials"]} <= {"COMPLETE", "PRUNED"}
+    done = [t for t in result["trials"] if t["state"] == "COMPLETE"]
+    assert result["best_value"] == max(t["value"] for t in done)
+    assert set(result["best_params"]) >= {"ppo.lr", "ppo.ent_coef", "ppo.pg_estimator", "network.hidden"}
+    best = load_checkpoint(result["best_checkpoint"])
+    assert best.meta.eval["selected"]["val_reward"] == result["best_value"]
+    assert best.meta.training["ppo"]["lr"] == pytest.approx(result["best_params"]["ppo.lr"])
+    assert json.loads((out / "study.json").read_text())["best_value"] == result["best_value"]
+    assert all(f"-s {k}=" in " ".join(result["best_overrides"]) for k in result["best_params"])
