@@ -73,6 +73,8 @@ class DecisionContext(BaseModel):
         explore: the agent was sampled (True) or the argmax (False).
         propensity: probability the action was chosen with (1.0 for the argmax); None in
             version-1 records from before exploration.
+        cost_weight: the cost preference (USD^-1) in the observation of a policy trained for
+            every trade-off; None for other policies.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -94,6 +96,7 @@ class DecisionContext(BaseModel):
     probabilities: list[float]
     explore: bool = False
     propensity: float | None = Field(default=None, gt=0.0, le=1.0)
+    cost_weight: float | None = Field(default=None, ge=0.0)
 
     @field_validator("created_at")
     @classmethod
@@ -113,7 +116,8 @@ class DecisionContext(BaseModel):
 
     def to_json_dict(self) -> dict[str, Any]:
         """The JSON object written to the log (``prompt`` left out when not stored)."""
-        return self.model_dump(mode="json", exclude={"prompt"} if self.prompt is None else set())
+        unset = {name for name in ("prompt", "cost_weight") if getattr(self, name) is None}
+        return self.model_dump(mode="json", exclude=unset)
 
 
 class Feedback(BaseModel):

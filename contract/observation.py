@@ -2,9 +2,13 @@
 
 The trainer (:class:`env.prompt_env.PromptEnv`), the checkpoint (:class:`training.checkpoint.Policy`),
 the server, the retrain job and the capacity eval all build observations here, so adding a feature
-means editing this file. The columns, in order (``D = E + K (+ N)``)::
+means editing this file. The columns, in order (``D = E + K (+ 1) (+ N)``)::
 
-    [ embedding (E) | load (K) | router one-hot (N, only with include_agent_id) ]
+    [ embedding (E) | load (K) | cost preference (1, only with cost_preference)
+      | router one-hot (N, only with include_agent_id) ]
+
+The cost preference of a policy trained for every trade-off is ``log1p(cost_weight) /
+log1p(cost_weight_max)``, clipped to ``[0, 1]`` (:meth:`ObsLayout.preference_feature`).
 
 ``load`` is each agent's normalised backlog, ``min(queue_k / c_k, load_clip)`` in training and
 :func:`normalised_load` of the in-flight requests when serving (see ``docs/serving.md``).
@@ -20,7 +24,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 #: Names of the observation's parts, in column order.
-PARTS = ("embedding", "load", "router_id")
+PARTS = ("embedding", "load", "cost_preference", "router_id")
 
 
 class ObsLayout(BaseModel):
@@ -33,6 +37,10 @@ class ObsLayout(BaseModel):
         include_agent_id: a one-hot router id ``[N]`` ends the observation (the config key's
             historical name: it is the *router's* id, not an agent's).
         load_clip: loads are clipped to ``[0, load_clip]``.
+        cost_preference: the observation holds the request's cost preference (a policy trained
+            for every ``cost_weight`` in ``[0, cost_weight_max]``, USD^-1).
+        cost_weight_max: the largest trained ``cost_weight`` (needed with ``cost_preference``).
+        default_cost_weight: the ``cost_weight`` used when none is given.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -42,17 +50,25 @@ class ObsLayout(BaseModel):
     num_routers: int = Field(default=1, ge=1)
     include_agent_id: bool = False
     load_clip: float = Field(default=4.0, gt=0.0)
+    cost_preference: bool = False
+    cost_weight_max: float | None = Field(default=None, gt=0.0)
+    default_cost_weight: float = Field(default=0.0, ge=0.0)
     #: derived, written for readers of the file; checked on load
     obs_dim: int | None = None
     parts: tuple[str, ...] | None = None
 
     @model_validator(mode="after")
     def _derived(self) -> ObsLayout:
-        dim = self.embed_dim + self.num_agents + (self.num_routers if self.include_agent_id else 0)
+        if self.cost_preference and self.cost_weight_max is None:
+            raise ValueError("cost_preference needs cost_weight_max")
+        dim = (self.embed_dim + self.num_agents + int(self.cost_preference)
+               + (self.num_routers if self.include_agent_id else 0))
         if self.obs_dim is not None and self.obs_dim != dim:
             raise ValueError(f"obs_dim {self.obs_dim} does not match embed_dim + num_agents"
+                             f"{' + 1' if self.cost_preference else ''}"
                              f"{' + num_routers' if self.include_agent_id else ''} = {dim}")
-        parts = PARTS if self.include_agent_id else PARTS[:2]
+        parts = tuple(p for p, on in zip(PARTS, (True, True, self.cost_preference, self.include_agent_id),
+                                         strict=True) if on)
         if self.parts is not None and tuple(self.parts) != parts:
             raise ValueError(f"obs parts {list(self.parts)} are not {list(parts)}")
         object.__setattr__(self, "obs_dim", dim)
@@ -79,9 +95,35 @@ class ObsLayout(BaseModel):
         return slice(self.embed_dim, self.embed_dim + self.num_agents)
 
     @property
-    def router_id_cols(self) -> slice:
+    def preference_cols(self) -> slice:
         start = self.embed_dim + self.num_agents
+        return slice(start, start + int(self.cost_preference))
+
+    @property
+    def router_id_cols(self) -> slice:
+        start = self.embed_dim + self.num_agents + int(self.cost_preference)
         return slice(start, start + (self.num_routers if self.include_agent_id else 0))
+
+    def preference_feature(self, cost_weight: torch.Tensor) -> torch.Tensor:
+        """``log1p(cost_weight) / log1p(cost_weight_max)`` clipped to ``[0, 1]`` (same shape)."""
+        assert self.cost_weight_max is not None
+        return (torch.log1p(cost_weight.clamp(min=0.0)) / math.log1p(self.cost_weight_max)).clamp(max=1.0)
+
+    def write_preference(self, obs: torch.Tensor, cost_weight: torch.Tensor | float | None) -> None:
+        """Write the cost preference of ``cost_weight`` (a float, or ``[B]`` one per world; None:
+        ``default_cost_weight``) into every router's column of ``obs`` ``[B, N, D]``, in place.
+
+        Raises:
+            ValueError: a ``cost_weight`` for a layout without ``cost_preference``.
+        """
+        if not self.cost_preference:
+            if cost_weight is not None:
+                raise ValueError("this policy was trained for one cost_weight; it takes no cost preference")
+            return
+        cw = torch.as_tensor(self.default_cost_weight if cost_weight is None else cost_weight,
+                             dtype=obs.dtype, device=obs.device)
+        feature = self.preference_feature(cw).reshape(-1, 1, 1) if cw.ndim else self.preference_feature(cw)
+        obs[..., self.preference_cols] = feature
 
     def write_load(self, obs: torch.Tensor, load: torch.Tensor) -> None:
         """Write ``load`` (``[B, K]``, or ``[B, N, K]``) into every router's load columns of
@@ -117,6 +159,7 @@ def build_obs(
     embedding: torch.Tensor,
     load: torch.Tensor | None = None,
     router: int | None = None,
+    cost_weight: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
     """The observation of each router from its parts.
 
@@ -126,12 +169,13 @@ def build_obs(
         load: ``[B, K]`` float32 normalised load (the same for every router of a world), already
             clipped to ``[0, load_clip]``; None: zero.
         router: as :meth:`ObsLayout.write_router_ids`; with one position and None, router 0.
+        cost_weight: USD^-1, a float or ``[B]``; as :meth:`ObsLayout.write_preference`.
 
     Returns:
         ``[B, N, D]`` (``N = 1`` for a ``[B, E]`` embedding) float32, on ``embedding``'s device.
 
     Raises:
-        ValueError: a part of the wrong width.
+        ValueError: a part of the wrong width, or a ``cost_weight`` the layout does not take.
     """
     if embedding.ndim == 2:
         embedding = embedding.unsqueeze(1)
@@ -145,6 +189,7 @@ def build_obs(
         if load.shape[-1] != layout.num_agents:
             raise ValueError(f"load has {load.shape[-1]} agents, the layout {layout.num_agents}")
         layout.write_load(obs, load.to(obs.dtype))
+    layout.write_preference(obs, cost_weight)
     layout.write_router_ids(obs, router)
     return obs
 

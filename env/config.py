@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class EnvConfig(BaseModel):
@@ -22,6 +22,11 @@ class EnvConfig(BaseModel):
         load_clip: normalised load values are clipped to ``[0, load_clip]`` in obs and penalty.
         agent_down_prob: probability that an agent is down (masked) for a world's whole episode;
             at least one agent always stays up.
+        cost_weight_range: ``(low, high)``, USD^-1: every episode of every world draws its own
+            ``cost_weight``, log-uniform in the range, or 0 with probability ``cost_weight_zero_share``;
+            the observation then holds it (one policy for every trade-off; LLM Bandit, arXiv
+            2502.02743). None: ``cost_weight`` for every episode, and no preference in the obs.
+        cost_weight_zero_share: the share of episodes at ``cost_weight`` 0 (quality alone).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -35,3 +40,12 @@ class EnvConfig(BaseModel):
     include_agent_id: bool = False
     load_clip: float = Field(default=4.0, gt=0.0)
     agent_down_prob: float = Field(default=0.0, ge=0.0, lt=1.0)
+    cost_weight_range: tuple[float, float] | None = None
+    cost_weight_zero_share: float = Field(default=0.1, ge=0.0, le=1.0)
+
+    @field_validator("cost_weight_range")
+    @classmethod
+    def _range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0.0 < value[0] < value[1] < float("inf"):
+            raise ValueError("cost_weight_range must be (low, high) with 0 < low < high")
+        return value

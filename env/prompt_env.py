@@ -138,8 +138,12 @@ class PromptEnv(BatchedEnvSpecs):
         self.num_prompts, self.embed_dim = embeddings.shape
         self.num_agents = self.quality.shape[1]
         #: the observation's layout (recorded in checkpoints as ``obs_layout``)
+        self._preference = cfg.cost_weight_range is not None
         self.layout = ObsLayout(embed_dim=self.embed_dim, num_agents=self.num_agents, num_routers=self.num_routers,
-                                include_agent_id=cfg.include_agent_id, load_clip=cfg.load_clip)
+                                include_agent_id=cfg.include_agent_id, load_clip=cfg.load_clip,
+                                cost_preference=self._preference,
+                                cost_weight_max=cfg.cost_weight_range[1] if cfg.cost_weight_range else None,
+                                default_cost_weight=cfg.cost_weight)
         self.obs_dim, self.state_dim = self.layout.dim, self.layout.state_dim
         self._gen = torch.Generator(device=self.device).manual_seed(seed)
         B, N, K = self.num_worlds, self.num_routers, self.num_agents
@@ -153,6 +157,8 @@ class PromptEnv(BatchedEnvSpecs):
         self.t = torch.zeros(B, dtype=torch.long, device=self.device)
         self.prompt_idx = torch.zeros(B, N, dtype=torch.long, device=self.device)
         self.agent_up = torch.ones(B, K, dtype=torch.bool, device=self.device)
+        #: ``[B]`` float32, USD^-1: the cost weight of each world's episode
+        self.cost_weight = torch.full((B,), cfg.cost_weight, device=self.device)
 
     @property
     def t(self) -> torch.Tensor:
@@ -186,7 +192,8 @@ class PromptEnv(BatchedEnvSpecs):
     @property
     def reward_spec(self) -> TensorSpec:
         cfg = self.config
-        low = -cfg.cost_weight * float(self.cost_usd.max()) - cfg.congestion_weight * cfg.load_clip
+        top_weight = max(cfg.cost_weight, cfg.cost_weight_range[1] if cfg.cost_weight_range else 0.0)
+        low = -top_weight * float(self.cost_usd.max()) - cfg.congestion_weight * cfg.load_clip
         return TensorSpec((self.num_worlds, self.num_routers), torch.float32, low - 1e-6, 1.0 + 1e-6)
 
     # ------------------------------------------------------------- dynamics
@@ -203,6 +210,8 @@ class PromptEnv(BatchedEnvSpecs):
         obs = self._obs_table.index_select(0, self.prompt_idx.reshape(-1)).view(B, N, self.obs_dim)
         if load is not None:
             self.layout.write_load(obs, load)
+        if self._preference:
+            self.layout.write_preference(obs, self.cost_weight)
         self.layout.write_router_ids(obs)
         return obs, obs.view(B, self.state_dim)
 
@@ -226,6 +235,19 @@ class PromptEnv(BatchedEnvSpecs):
             down.scatter_(1, torch.randint(self.num_agents, (self.num_worlds, 1), generator=self._gen,
                                            device=self.device), False)
             self.agent_up = torch.where(keep, self.agent_up, ~down)
+        if self._preference:
+            self._draw_cost_weights(which)
+
+    def _draw_cost_weights(self, which: torch.Tensor) -> None:
+        """New episodes' ``cost_weight``: log-uniform in ``cost_weight_range``, or 0 with
+        probability ``cost_weight_zero_share``."""
+        cfg = self.config
+        assert cfg.cost_weight_range is not None
+        low, high = (math.log(x) for x in cfg.cost_weight_range)
+        u = torch.rand(self.num_worlds, generator=self._gen, device=self.device)
+        zero = torch.rand(self.num_worlds, generator=self._gen, device=self.device) < cfg.cost_weight_zero_share
+        drawn = torch.exp(low + u * (high - low)).masked_fill(zero, 0.0)
+        self.cost_weight = torch.where(which, drawn, self.cost_weight)
 
     def reset(self, seed: int | None = None) -> EnvStep:
         """Start a new episode in every world; returns its first obs (rewards zero, nothing done)."""
@@ -278,7 +300,9 @@ class PromptEnv(BatchedEnvSpecs):
         # quality - cost_weight * cost - congestion_weight * congestion; a zero-weight term adds
         # exactly 0, so it is skipped
         reward = quality.clone()
-        if cfg.cost_weight:
+        if self._preference:
+            reward = reward - self.cost_weight.unsqueeze(1) * cost
+        elif cfg.cost_weight:
             reward = reward - cfg.cost_weight * cost
         if cfg.congestion_weight:
             reward = reward - cfg.congestion_weight * congestion
@@ -318,8 +342,9 @@ class PromptEnv(BatchedEnvSpecs):
         rows = self.prompt_idx.reshape(-1)
         out = self.quality.index_select(0, rows).view(B, N, K).clone()
         cfg = self.config
-        if cfg.cost_weight:
-            out -= cfg.cost_weight * self.cost_usd.index_select(0, rows).view(B, N, K)
+        if self._preference or cfg.cost_weight:
+            weight = self.cost_weight.view(B, 1, 1) if self._preference else cfg.cost_weight
+            out -= weight * self.cost_usd.index_select(0, rows).view(B, N, K)
         if cfg.congestion_weight and arrivals is not None:
             one_more = ((queue_before + arrivals + 1.0 - self.capacity).clamp(min=0.0) / self.capacity)
             load_if = one_more.clamp(max=cfg.load_clip).unsqueeze(1).expand(B, N, K).clone()
@@ -331,7 +356,8 @@ class PromptEnv(BatchedEnvSpecs):
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The dynamic state (queues, clocks, prompts, outages, RNG) for resuming a training run."""
         return {"queue": self.queue.clone(), "t": self.t.clone(), "prompt_idx": self.prompt_idx.clone(),
-                "agent_up": self.agent_up.clone(), "rng": self._gen.get_state()}
+                "agent_up": self.agent_up.clone(), "cost_weight": self.cost_weight.clone(),
+                "rng": self._gen.get_state()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore :meth:`state_dict`'s output.
@@ -339,7 +365,9 @@ class PromptEnv(BatchedEnvSpecs):
         Raises:
             ValueError: a state of other shapes (another ``num_worlds``, ``N`` or ``K``).
         """
-        for name in ("queue", "t", "prompt_idx", "agent_up"):
+        for name in ("queue", "t", "prompt_idx", "agent_up", "cost_weight"):
+            if name not in state:  # a state saved before per-world cost weights
+                continue
             if state[name].shape != getattr(self, name).shape:
                 raise ValueError(f"env state {name!r} has shape {tuple(state[name].shape)}, "
                                  f"this env has {tuple(getattr(self, name).shape)}")

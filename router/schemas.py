@@ -36,6 +36,15 @@ class RouteRequest(BaseModel):
         description="Agent names the router may choose from; omitted or null: all agents. "
         "Must be non-empty, without duplicates, and name known agents (GET /v1/agents).",
     )
+    cost_weight: float | None = Field(
+        None,
+        ge=0.0,
+        le=1e9,
+        allow_inf_nan=False,
+        description="Cost preference in USD^-1: the request is routed to maximise quality - cost_weight * "
+        "cost_usd. Only for a policy trained for every trade-off (GET /admin/policy); omitted: ROUTER_COST_WEIGHT, "
+        "else the policy's default. Larger values choose cheaper agents.",
+    )
     explore: bool = Field(
         False,
         description="Sample the agent from the policy's distribution, mixed with uniform so that every "
@@ -79,6 +88,10 @@ class RouteResponse(BaseModel):
     propensity: float = Field(
         description="Probability with which the agent was chosen: its probability in the "
         "exploration distribution when explore was on, 1.0 for the policy's most probable agent."
+    )
+    cost_weight: float | None = Field(
+        None, description="The cost preference the policy routed with (USD^-1); null for a policy trained at one "
+        "cost weight."
     )
 
 

@@ -32,6 +32,12 @@ class CandidateError(DomainError):
     status_code = 422
 
 
+class PreferenceError(DomainError):
+    """A ``cost_weight`` for a policy trained at one cost weight (422)."""
+
+    status_code = 422
+
+
 @dataclass(frozen=True)
 class Decision:
     """One routing decision.
@@ -50,6 +56,8 @@ class Decision:
         propensity: probability with which ``action`` was chosen: under ``explore``, its
             probability in the sampling distribution (:func:`exploration_distribution`); 1.0 for
             the deterministic argmax.
+        cost_weight: the cost preference in the observation (USD^-1); None for a policy trained
+            at one cost weight.
     """
 
     decision_id: str
@@ -63,6 +71,7 @@ class Decision:
     action_mask: np.ndarray
     explore: bool
     propensity: float = 1.0
+    cost_weight: float | None = None
 
 
 def exploration_distribution(probs: np.ndarray, mask: np.ndarray, floor: float) -> np.ndarray:
@@ -166,6 +175,22 @@ class RoutingService:
         counts = [int(in_flight.get(name, 0)) for name in self.agents]
         return normalised_load(counts, self.capacities, self.load_clip)
 
+    def cost_preference(self, cost_weight: float | None) -> float | None:
+        """The cost weight the observation holds: ``cost_weight`` (None: the policy's default) for a
+        policy trained for every trade-off, None for the others.
+
+        Raises:
+            PreferenceError: a ``cost_weight`` for a policy trained at one cost weight.
+        """
+        layout = self.policy.layout
+        if not layout.cost_preference:
+            if cost_weight is not None:
+                raise PreferenceError(
+                    f"cost_weight: policy {self.version} was trained at one cost weight; it takes no cost_weight "
+                    "(train with env.cost_weight_range for a policy of every trade-off)")
+            return None
+        return layout.default_cost_weight if cost_weight is None else float(cost_weight)
+
     def action_mask(self, candidates: Sequence[str] | None) -> np.ndarray:
         """``[K]`` bool mask allowing exactly ``candidates`` (all agents when None).
 
@@ -199,6 +224,7 @@ class RoutingService:
         down: Collection[str] = (),
         embedding: np.ndarray | None = None,
         explore_floor: float = 0.0,
+        cost_weight: float | None = None,
     ) -> Decision:
         """Choose an agent for ``prompt``.
 
@@ -216,18 +242,22 @@ class RoutingService:
             down: names of agents marked down.
             embedding: the prompt's ``[E]`` embedding if already computed (by the micro-batcher,
                 :mod:`router.batcher`); None: encode ``prompt`` here.
+            explore_floor: as :func:`exploration_distribution`.
+            cost_weight: the request's cost preference, USD^-1 (:meth:`cost_preference`).
 
         Raises:
             CandidateError: bad ``candidates``.
+            PreferenceError: a ``cost_weight`` this policy does not take.
             NoAgentAvailable: every allowed agent is down.
         """
+        preference = self.cost_preference(cost_weight)
         mask = live_mask(self.agents, self.action_mask(candidates), down, candidates)
         if embedding is None:
             embedding = self.embedder.encode([prompt])
         else:
             embedding = np.array(embedding, dtype=np.float32, ndmin=2)  # a writable [1, E] copy
         load = self.load_vector(in_flight)[None, :]
-        obs = self.policy.build_obs(torch.from_numpy(embedding), torch.from_numpy(load))
+        obs = self.policy.build_obs(torch.from_numpy(embedding), torch.from_numpy(load), cost_weight=preference)
         mask_t = None if mask.all() else torch.from_numpy(mask).view(1, 1, -1)
         probs = self.policy.probabilities(obs, mask_t)[0, 0].cpu().numpy().astype(np.float32)
         probs[~mask] = 0.0
@@ -253,6 +283,7 @@ class RoutingService:
             action_mask=mask,
             explore=explore,
             propensity=propensity,
+            cost_weight=preference,
         )
 
     def decision_context(
@@ -277,4 +308,5 @@ class RoutingService:
             probabilities=[float(x) for x in decision.probabilities],
             explore=decision.explore,
             propensity=decision.propensity,
+            cost_weight=decision.cost_weight,
         )

@@ -144,6 +144,14 @@ class Settings(BaseSettings):
         le=3600,
         description="Seconds sent in Retry-After when the experience store is unavailable.",
     )
+    cost_weight: float | None = Field(
+        None,
+        ge=0.0,
+        allow_inf_nan=False,
+        description="Default cost preference (USD^-1) of POST /v1/route for a policy trained for every trade-off "
+        "(a request's cost_weight overrides it); unset: the policy's default. Ignored by policies trained at one "
+        "cost weight.",
+    )
     explore_floor: float = Field(
         0.02,
         ge=0.0,

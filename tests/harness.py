@@ -95,6 +95,28 @@ def make_checkpoint(parent: Path, capacities: list[int | None] | None = None,
     return save_checkpoint(parent, actor, critic, content)
 
 
+def preference_checkpoint(parent: Path, agents: list[str] = AGENTS, cost_weight_max: float = 1000.0) -> Path:
+    """A policy of every trade-off (``cost_preference``) whose choice depends on the preference
+    alone: ``agents[0]`` at ``cost_weight`` 0, ``agents[1]`` from about 0.2 USD^-1 up."""
+    import torch
+
+    from training.checkpoint import save_checkpoint
+
+    content = checkpoint_content(agents, hidden=(8,))
+    content["obs_layout"] |= {"cost_preference": True, "cost_weight_max": cost_weight_max, "default_cost_weight": 0.0}
+    actor, critic = networks_for(content)
+    first, last = actor.net.net[0], actor.net.net[-1]
+    column = EMBED_DIM + len(agents)  # the preference column (contract.observation)
+    with torch.no_grad():
+        for layer in (first, last):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        first.weight[0, column] = 10.0  # hidden unit 0 = tanh(10 * preference)
+        last.weight[1, 0] = 20.0
+        last.bias[0] = 5.0
+    return save_checkpoint(parent, actor, critic, content)
+
+
 def sample_context(decision_id: str | None = None, agents: list[str] = AGENTS, **fields: Any):
     """A valid :class:`~contract.experience.DecisionContext` (random unit embedding, uniform policy)."""
     from contract.experience import SCHEMA_VERSION, DecisionContext, encode_embedding

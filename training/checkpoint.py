@@ -78,17 +78,20 @@ class Policy:
     def layout(self) -> ObsLayout:
         return self.meta.obs_layout
 
-    def build_obs(self, embedding: torch.Tensor, load: torch.Tensor | None, router: int = 0) -> torch.Tensor:
+    def build_obs(self, embedding: torch.Tensor, load: torch.Tensor | None, router: int = 0,
+                  cost_weight: torch.Tensor | float | None = None) -> torch.Tensor:
         """Obs of router ``router`` as in training (:func:`contract.observation.build_obs`).
 
         Args:
             embedding: ``[B, E]`` float32 prompt embeddings.
             load: ``[B, K]`` float32 normalised load, already clipped to ``[0, load_clip]``; None: 0.
+            cost_weight: the cost preference (USD^-1; float or ``[B]``) of a policy trained for
+                every trade-off; None: its default. Refused (ValueError) by other policies.
 
         Returns:
             ``[B, 1, D]`` float32.
         """
-        return build_obs(self.layout, embedding, load, router)
+        return build_obs(self.layout, embedding, load, router, cost_weight)
 
     @torch.no_grad()
     def probabilities(self, obs: torch.Tensor, action_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -61,14 +61,16 @@ def baselines(train: RoutingDataset, split: RoutingDataset, cost_weight: float) 
 
 
 @torch.no_grad()
-def policy_choices(policy: Policy, embeddings: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-    """Greedy agent index ``[P]`` for prompts with embeddings ``[P, E]``, at zero load."""
+def policy_choices(policy: Policy, embeddings: np.ndarray, batch_size: int = 4096,
+                   cost_weight: float | None = None) -> np.ndarray:
+    """Greedy agent index ``[P]`` for prompts with embeddings ``[P, E]``, at zero load (and at
+    ``cost_weight`` for a policy trained for every trade-off; None: its default)."""
     k = len(policy.agents)
     out = []
     device = next(policy.actor.parameters()).device
     for start in range(0, len(embeddings), batch_size):
         emb = torch.as_tensor(embeddings[start:start + batch_size], dtype=torch.float32, device=device)
-        obs = policy.build_obs(emb, torch.zeros(len(emb), k, device=device))
+        obs = policy.build_obs(emb, torch.zeros(len(emb), k, device=device), cost_weight=cost_weight)
         out.append(policy.probabilities(obs)[:, 0].argmax(-1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 

@@ -36,11 +36,16 @@ async def route(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             f"prompt has {len(body.prompt)} characters; the limit is {settings.max_prompt_chars}",
         )
-    service.action_mask(body.candidates)  # bad candidates: 422 before any encoding
+    service.action_mask(body.candidates)  # bad candidates or cost_weight: 422 before any encoding
+    service.cost_preference(body.cost_weight)
     embedding = await batcher.embed(service.embedder, body.prompt)  # micro-batched, LRU-cached
     live = await load.snapshot(service.agents)
+    cost_weight = body.cost_weight
+    if cost_weight is None and service.policy.layout.cost_preference:
+        cost_weight = settings.cost_weight
     decision = service.route(body.prompt, body.candidates, body.explore, embedding=embedding,
-                             in_flight=live.in_flight, down=live.down, explore_floor=settings.explore_floor)
+                             in_flight=live.in_flight, down=live.down, explore_floor=settings.explore_floor,
+                             cost_weight=cost_weight)
     note_decision(request, decision.decision_id, decision.agent, service.version)
     await store.put_decision(
         service.decision_context(decision, body.prompt, body.session_id, store_prompt=settings.store_prompts)
@@ -52,4 +57,5 @@ async def route(
         probabilities={name: float(p) for name, p in zip(service.agents, decision.probabilities, strict=True)},
         policy_version=service.version,
         propensity=decision.propensity,
+        cost_weight=decision.cost_weight,
     )

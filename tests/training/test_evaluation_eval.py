@@ -209,7 +209,7 @@ def test_cli_eval_json_and_plots(small_config, tmp_path, capsys, monkeypatch):
             "--capacity", f"{best}=1", "--steps", "16"]
     result = CliRunner().invoke(cli.app, args)
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output.strip().splitlines()[-1])
+    report = json.loads(result.stdout.strip().splitlines()[-1])  # stdout alone: no model-loading bar
     routers = report["routers"]
     assert {"policy", "random", "best_single", "cheapest", "oracle", "knn", "mlp", "zero_router"} <= set(routers)
     for m in routers.values():

@@ -117,3 +117,41 @@ def test_tune_searches_prunes_and_reports_the_best(small_config, tmp_path):
     assert best.meta.training["ppo"]["lr"] == pytest.approx(result["best_params"]["ppo.lr"])
     assert json.loads((out / "study.json").read_text())["best_value"] == result["best_value"]
     assert all(f"-s {k}=" in " ".join(result["best_overrides"]) for k in result["best_params"])
+
+
+def test_one_policy_for_every_trade_off(small_config):
+    """Trained with env.cost_weight_range: the checkpoint records the range, the eval sweeps the one
+    checkpoint over the baselines' λ grid, and the logged preference rebuilds the same obs."""
+    import numpy as np
+    import torch
+
+    from contract.experience import ExperienceRecord
+    from tests.harness import sample_context, sample_feedback
+    from training.data import load_splits
+    from training.evaluate import policy_choices
+    from training.evaluation import fit_predictors, offline_report, wtp_grid
+    from training.retrain.trajectories import build_batch
+
+    env = small_config.env.model_copy(update={"cost_weight_range": (20.0, 2000.0), "cost_weight_zero_share": 0.5})
+    ppo = small_config.ppo.model_copy(update={"total_steps": 1600})
+    cfg = small_config.model_copy(update={"env": env, "ppo": ppo})
+    policy = load_checkpoint(run_training(cfg, progress=False))
+    layout = policy.layout
+    assert layout.cost_preference and layout.cost_weight_max == 2000.0 and layout.default_cost_weight == 0.0
+    splits = load_splits(cfg)
+    train, val, emb = splits.splits["train"], splits.splits["val"], splits.embeddings("val")
+    cost = [float(val.cost_usd[np.arange(len(val)), policy_choices(policy, emb, cost_weight=w)].mean())
+            for w in (0.0, 2000.0)]
+    assert cost[1] < 0.9 * cost[0]  # a strong preference for cheap agents routes to cheaper ones
+    predictors = fit_predictors(splits.embeddings("train"), train, seed=0)
+    report = offline_report(policy, train, val, emb, 0.0, predictors)
+    grid = wtp_grid(*predictors["knn"].predict(emb), 32)
+    assert [p["cost_weight"] for p in report["curves"]["policy"]] == pytest.approx(grid.tolist())
+    assert np.isfinite(report["routers"]["policy"]["aiq"])
+    # a logged decision at cost_weight 300: the retrain rebuilds its obs with that preference
+    ctx = sample_context(agents=policy.agents, cost_weight=300.0)
+    record = ExperienceRecord.join(ctx, sample_feedback(1.0, cost_usd=0.001))
+    batch = build_batch([("1", record.to_json_dict())], policy, cost_weight=0.0)
+    assert batch.obs[0, 0, layout.preference_cols].item() == pytest.approx(
+        layout.preference_feature(torch.tensor(300.0)).item())
+    assert batch.reward[0, 0].item() == pytest.approx(1.0 - 300.0 * 0.001)

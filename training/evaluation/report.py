@@ -6,6 +6,8 @@ curve:
 
 * ``policy``: greedy at zero load; its curve is the main checkpoint plus the ``--curve``
   checkpoints, one point per checkpoint, labelled with the ``env.cost_weight`` it was trained at.
+  A checkpoint trained for every trade-off (``env.cost_weight_range``) is routed at the table's
+  ``cost_weight`` and swept itself over the kNN's ``λ`` grid, one point per ``λ``.
 * ``policy_threshold`` (two agents only): the main checkpoint thresholding ``π(strong | prompt)``
   (RouteLLM-style); its point at threshold 0.5 is the greedy policy.
 * ``knn``, ``mlp``: :mod:`training.evaluation.classifiers` (the kNN's neighbour count chosen by
@@ -143,15 +145,26 @@ def _threshold_curve(p_strong: np.ndarray, split: RoutingDataset, cost_weight: f
     return pts
 
 
-def _policy_probabilities(policy: Policy, embeddings: np.ndarray) -> np.ndarray:
+def _lambda_grid(predictors: Mapping[str, QualityPredictor], embeddings: np.ndarray, points: int) -> np.ndarray:
+    """The ``λ`` values of the baselines' sweeps (the kNN's, else the first predictor's)."""
+    if not predictors:
+        return np.zeros(1)
+    pred = predictors.get("knn") or next(iter(predictors.values()))
+    return wtp_grid(*pred.predict(embeddings), points)
+
+
+def _policy_probabilities(policy: Policy, embeddings: np.ndarray, cost_weight: float) -> np.ndarray:
     import torch
+
+    preference = cost_weight if policy.layout.cost_preference else None
 
     k = len(policy.agents)
     device = next(policy.actor.parameters()).device
     out = []
     for start in range(0, len(embeddings), 4096):
         emb = torch.as_tensor(embeddings[start:start + 4096], dtype=torch.float32, device=device)
-        out.append(policy.probabilities(policy.build_obs(emb, torch.zeros(len(emb), k, device=device)))[:, 0]
+        out.append(policy.probabilities(policy.build_obs(emb, torch.zeros(len(emb), k, device=device),
+                                                         cost_weight=preference))[:, 0]
                    .cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, k))
 
@@ -190,13 +203,22 @@ def offline_report(
     pts: dict[str, list[dict[str, Any]]] = {}
     extra: dict[str, dict[str, Any]] = {}
 
-    # the policy and its curve: one point per checkpoint
+    # the policy and its curve: one point per checkpoint, or per λ of a policy of every trade-off
     seen: set[str] = set()
     pts["policy"] = []
+    grid = _lambda_grid(predictors, embeddings, wtp_points)
     for i, pol in enumerate([policy, *curve_policies]):
         if pol.version in seen:
             continue
         seen.add(pol.version)
+        if pol.layout.cost_preference:
+            if i == 0:
+                choices["policy"] = policy_choices(pol, embeddings, cost_weight=cost_weight)
+            for lam in grid:
+                choice = policy_choices(pol, embeddings, cost_weight=float(lam))
+                pts["policy"].append(_point(choice, split, cost_weight, f"cost_weight={lam:.4g}", strong)
+                                     | {"version": pol.version, "cost_weight": float(lam)})
+            continue
         choice = policy_choices(pol, embeddings)
         if i == 0:
             choices["policy"] = choice
@@ -204,6 +226,8 @@ def offline_report(
         point = _point(choice, split, cost_weight, f"cost_weight={w:g}" if w is not None else pol.version, strong)
         pts["policy"].append(point | {"version": pol.version, "cost_weight": w})
     extra["policy"] = {"version": policy.version, "cost_weight_trained": trained_cost_weight(policy)}
+    if policy.layout.cost_preference:
+        extra["policy"] |= {"cost_weight": cost_weight, "cost_weight_max": policy.layout.cost_weight_max}
 
     # classifiers at λ = cost_weight, and their λ sweeps
     for name, pred in predictors.items():
@@ -244,7 +268,7 @@ def offline_report(
         routers[name] = m | extra.get(name, {})
 
     if strong is not None:
-        p_strong = _policy_probabilities(policy, embeddings)[:, strong]
+        p_strong = _policy_probabilities(policy, embeddings, cost_weight)[:, strong]
         pts["policy_threshold"] = _threshold_curve(p_strong, split, cost_weight, strong)
         routers["policy_threshold"] = dict(routers["policy"]) | {"threshold": 0.5}
 

@@ -78,7 +78,7 @@ def build_batch(entries: list[tuple[str, Any]], policy: Policy, cost_weight: flo
         entries: experience records as stored (JSON objects, parsed by
             :func:`contract.experience.parse_record`), any order.
         policy: the policy being retrained (its agents, obs layout and embedding width).
-        cost_weight: reward per USD.
+        cost_weight: reward per USD (a record with its own ``cost_weight`` uses that).
 
     Returns:
         :class:`LoggedBatch` on CPU; records that do not parse or do not fit ``policy`` are counted
@@ -108,11 +108,17 @@ def build_batch(entries: list[tuple[str, Any]], policy: Policy, cost_weight: flo
     emb = (np.stack([r.embedding_vector() for _, r in ordered]) if m
            else np.zeros((0, policy.layout.embed_dim), dtype=np.float32))
     load = np.array([r.load for _, r in ordered], dtype=np.float32).reshape(m, k)
-    obs = policy.build_obs(torch.as_tensor(emb, dtype=torch.float32), torch.from_numpy(load))
+    preference = None
+    if policy.layout.cost_preference:
+        preference = torch.tensor([policy.layout.default_cost_weight if r.cost_weight is None else r.cost_weight
+                                   for _, r in ordered], dtype=torch.float32)
+    obs = policy.build_obs(torch.as_tensor(emb, dtype=torch.float32), torch.from_numpy(load), cost_weight=preference)
     mask = torch.tensor([r.action_mask for _, r in ordered], dtype=torch.bool).reshape(m, 1, k)
     action = torch.tensor([r.action for _, r in ordered], dtype=torch.long).reshape(m, 1)
     behaviour = [r.behaviour_log_prob() for _, r in ordered]
-    reward = [r.quality - cost_weight * (r.cost_usd or 0.0) for _, r in ordered]
+    # a policy trained for every trade-off is rewarded at each request's own preference
+    reward = [r.quality - (cost_weight if r.cost_weight is None else r.cost_weight) * (r.cost_usd or 0.0)
+              for _, r in ordered]
     return LoggedBatch(
         obs=obs.float(),
         action_mask=mask,
