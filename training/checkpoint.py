@@ -93,19 +93,26 @@ class Policy:
         """
         return build_obs(self.layout, embedding, load, router, cost_weight)
 
-    @torch.no_grad()
     def probabilities(self, obs: torch.Tensor, action_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Routing distribution ``[B, 1, K]`` float32 for obs ``[B, 1, D]``, mask ``[B, 1, K]`` bool.
+        """:func:`router_probabilities` of this policy's actor."""
+        return router_probabilities(self.actor, self.layout, obs, action_mask)
 
-        With parameter sharing the single network serves any router; without it, router 0's.
-        """
-        if not self.actor.net.share_params:
-            n = self.layout.num_routers
-            obs = obs.expand(obs.shape[0], n, obs.shape[-1])
-            if action_mask is not None:
-                action_mask = action_mask.expand(obs.shape[0], n, action_mask.shape[-1])
-            return torch.softmax(self.actor(obs, action_mask), dim=-1)[:, :1]
-        return torch.softmax(self.actor(obs, action_mask), dim=-1)
+
+@torch.no_grad()
+def router_probabilities(actor: Actor, layout: ObsLayout, obs: torch.Tensor,
+                         action_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Routing distribution ``[B, 1, K]`` float32 of one router for obs ``[B, 1, D]`` and mask
+    ``[B, 1, K]`` bool.
+
+    With parameter sharing the single network serves any router; without it, router 0's.
+    """
+    if not actor.net.share_params:
+        n = layout.num_routers
+        obs = obs.expand(obs.shape[0], n, obs.shape[-1])
+        if action_mask is not None:
+            action_mask = action_mask.expand(obs.shape[0], n, action_mask.shape[-1])
+        return torch.softmax(actor(obs, action_mask), dim=-1)[:, :1]
+    return torch.softmax(actor(obs, action_mask), dim=-1)
 
 
 def _sha256(path: Path) -> str:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from contract.observation import ObsLayout, build_obs
 from env.dataset import RoutingDataset
-from training.checkpoint import Policy
+from training.checkpoint import Policy, router_probabilities
+from training.networks import Actor
 
 
 def summarize(choice: np.ndarray, quality: np.ndarray, cost_usd: np.ndarray, cost_weight: float) -> dict[str, float]:
@@ -60,19 +62,33 @@ def baselines(train: RoutingDataset, split: RoutingDataset, cost_weight: float) 
     return out
 
 
-@torch.no_grad()
 def policy_choices(policy: Policy, embeddings: np.ndarray, batch_size: int = 4096,
                    cost_weight: float | None = None) -> np.ndarray:
     """Greedy agent index ``[P]`` for prompts with embeddings ``[P, E]``, at zero load (and at
     ``cost_weight`` for a policy trained for every trade-off; None: its default)."""
-    k = len(policy.agents)
+    return greedy_choices(policy.actor, policy.layout, embeddings, batch_size, cost_weight)
+
+
+def greedy_choices(actor: Actor, layout: ObsLayout, embeddings: np.ndarray, batch_size: int = 4096,
+                   cost_weight: float | None = None) -> np.ndarray:
+    """:func:`policy_choices` of an actor whose observations follow ``layout`` (router 0)."""
+    probs = zero_load_probabilities(actor, layout, embeddings, batch_size, cost_weight)
+    return probs.argmax(-1) if len(probs) else np.zeros(0, dtype=np.int64)
+
+
+@torch.no_grad()
+def zero_load_probabilities(actor: Actor, layout: ObsLayout, embeddings: np.ndarray, batch_size: int = 4096,
+                            cost_weight: float | None = None) -> np.ndarray:
+    """``[P, K]`` float32: router 0's distribution for prompts with embeddings ``[P, E]`` at zero
+    load (and at ``cost_weight``, as :func:`policy_choices`)."""
     out = []
-    device = next(policy.actor.parameters()).device
+    device = next(actor.parameters()).device
     for start in range(0, len(embeddings), batch_size):
         emb = torch.as_tensor(embeddings[start:start + batch_size], dtype=torch.float32, device=device)
-        obs = policy.build_obs(emb, torch.zeros(len(emb), k, device=device), cost_weight=cost_weight)
-        out.append(policy.probabilities(obs)[:, 0].argmax(-1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+        obs = build_obs(layout, emb, torch.zeros(len(emb), layout.num_agents, device=device), router=0,
+                        cost_weight=cost_weight)
+        out.append(router_probabilities(actor, layout, obs)[:, 0].cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, layout.num_agents), dtype=np.float32)
 
 
 def evaluate(policy: Policy, train: RoutingDataset, split: RoutingDataset, embeddings: np.ndarray,

@@ -166,10 +166,9 @@ class MAPPOTrainer:
         advantage, returns, old_value = buf.flat("advantage"), buf.flat("returns"), buf.flat("value")
         returns_n, old_value_n = vn.normalize(returns), vn.normalize(old_value)
         ent_coef = self.current_ent_coef()
-        params = [*self.actor.parameters(), *self.critic.parameters()]
         every = {"old_probs": buf.flat("probs"), "action_advantage": buf.flat("action_advantage")} \
             if self.expected_pg else {}
-        result = ppo_update(self._actor_train, self._critic_train, self.optimizer, params, obs, state, mask,
+        result = ppo_update(self._actor_train, self._critic_train, self.optimizer, obs, state, mask,
                             action, old_log_prob, advantage, returns_n, old_value_n, ppo, self._gen, ent_coef,
                             **every)
         steps, stopped = result.pop("grad_steps"), result.pop("early_stop")

@@ -45,7 +45,6 @@ def ppo_update(
     actor: torch.nn.Module,
     critic: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    params: list[torch.nn.Parameter],
     obs: torch.Tensor,
     state: torch.Tensor,
     action_mask: torch.Tensor,
@@ -65,14 +64,14 @@ def ppo_update(
     Each pass draws one permutation (:func:`minibatch_indices`). Per minibatch: a ``Categorical``
     over ``actor(obs, action_mask)`` logits, advantages normalised within the minibatch when
     ``ppo.norm_adv``, :func:`training.ppo.ppo_loss`, then zero_grad, backward,
-    ``clip_grad_norm_(params, ppo.max_grad_norm)`` and ``optimizer.step()``. With ``ppo.target_kl``
+    ``clip_grad_norm_`` (``ppo.max_grad_norm``) and ``optimizer.step()``. With ``ppo.target_kl``
     set, the update stops before the step of the first minibatch whose ``approx_kl`` (averaged over
     ranks) exceeds ``1.5 * target_kl``; that minibatch's loss terms are still in the means.
 
     Args:
         actor: ``(obs, action_mask) -> logits [M', N, K]`` (DDP-wrapped or not).
         critic: ``(obs, state) -> value [M', N]``, on the normalised scale.
-        optimizer: steps ``params``; params: the parameters whose gradient norm is clipped.
+        optimizer: steps the parameters of its groups, whose gradient norm is clipped together.
         obs: ``[M, N, D]`` float32. state: ``[M, S]`` float32. action_mask: ``[M, N, K]`` bool.
         action: ``[M, N]`` int64. old_log_prob: ``[M, N]`` float32, log-prob under the old policy.
         advantage: ``[M, N]`` float32. returns, old_value: ``[M, N]`` float32, normalised.
@@ -91,6 +90,7 @@ def ppo_update(
         ``target_kl`` stopped the update, else 0.0).
     """
     ent_coef = ppo.ent_coef if ent_coef is None else ent_coef
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     stats: dict[str, list[torch.Tensor]] = {k: [] for k in LOSS_TERMS}
     steps, stopped = 0, False
     for _ in range(ppo.update_epochs):

@@ -11,11 +11,10 @@ import copy
 from typing import Any
 
 import numpy as np
-import torch
 
-from contract.observation import ObsLayout, build_obs
+from contract.observation import ObsLayout
 from env.dataset import RoutingDataset
-from training.evaluate import summarize
+from training.evaluate import greedy_choices, summarize
 
 
 class Validator:
@@ -35,18 +34,9 @@ class Validator:
     def __init__(self, layout: ObsLayout, split: RoutingDataset, embeddings: np.ndarray, cost_weight: float,
                  every: int) -> None:
         self.layout, self.split, self.cost_weight, self.every = layout, split, cost_weight, every
-        self._embeddings = torch.as_tensor(embeddings, dtype=torch.float32)
+        self._embeddings = embeddings
         self.best: dict[str, Any] | None = None
         self.best_state: dict[str, Any] | None = None
-
-    @torch.no_grad()
-    def choices(self, actor: torch.nn.Module) -> np.ndarray:
-        """``[P]`` the greedy agent of each validation prompt at zero load (router 0)."""
-        device = next(actor.parameters()).device
-        obs = build_obs(self.layout, self._embeddings.to(device))
-        if self.layout.num_routers > 1 and not actor.net.share_params:
-            obs = obs.expand(obs.shape[0], self.layout.num_routers, obs.shape[-1])
-        return actor(obs)[:, 0].argmax(-1).cpu().numpy()
 
     def __call__(self, trainer: Any) -> dict[str, float]:
         """After an iteration of ``trainer`` (a :class:`~training.trainer.MAPPOTrainer`): ``{}``, or
@@ -56,7 +46,8 @@ class Validator:
             return {}
         was_training = trainer.actor.training
         trainer.actor.eval()
-        scores = summarize(self.choices(trainer.actor), self.split.quality, self.split.cost_usd, self.cost_weight)
+        choice = greedy_choices(trainer.actor, self.layout, self._embeddings)
+        scores = summarize(choice, self.split.quality, self.split.cost_usd, self.cost_weight)
         trainer.actor.train(was_training)
         if self.best is None or scores["reward"] > self.best["val_reward"]:
             self.best = {"iteration": trainer.iteration, "val_reward": scores["reward"]}

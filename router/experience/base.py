@@ -56,16 +56,6 @@ def utc_now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def build_record(context: dict[str, Any], feedback: dict[str, Any]) -> dict[str, Any]:
-    """The stored record (JSON object) of a stored context and a feedback object.
-
-    Raises:
-        ValueError: a feedback key clashes with the context, or the result is not an
-            :class:`~contract.experience.ExperienceRecord`.
-    """
-    return ExperienceRecord.join(context, feedback).to_json_dict()
-
-
 def dump_json(obj: DecisionContext | Feedback | dict[str, Any]) -> str:
     """Compact JSON text of a context, feedback or record (no NaN)."""
     data = obj if isinstance(obj, dict) else obj.to_json_dict()

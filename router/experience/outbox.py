@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from router.experience.base import DuplicateFeedback, UnknownDecision, build_record, dump_json
+from contract.experience import ExperienceRecord
+from router.experience.base import DuplicateFeedback, UnknownDecision, dump_json
 from router.experience.durable_sqlite import DurableSqlite, transaction
 
 T = TypeVar("T")
@@ -120,7 +121,7 @@ class Outbox:
 
         return await self._run("holds", read)
 
-    async def record_feedback(self, decision_id: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+    async def record_feedback(self, decision_id: str, fields: dict[str, Any]) -> ExperienceRecord | None:
         """Validate and durably append the experience record of a decision held here.
 
         Args:
@@ -139,7 +140,7 @@ class Outbox:
                 :class:`~contract.experience.ExperienceRecord`.
         """
 
-        def write(conn: sqlite3.Connection) -> dict[str, Any] | None:
+        def write(conn: sqlite3.Connection) -> ExperienceRecord | None:
             now = time.time()
             with transaction(conn):
                 rows = {kind: (payload, expires_at) for kind, payload, expires_at in conn.execute(
@@ -153,7 +154,7 @@ class Outbox:
                 payload, expires_at = rows["decision"]
                 if expires_at <= now:
                     raise UnknownDecision(decision_id)
-                record = build_record(json.loads(payload), fields)
+                record = ExperienceRecord.join(json.loads(payload), fields)
                 conn.execute(
                     "INSERT INTO outbox (prefix, kind, decision_id, payload, created_at, expires_at) "
                     "VALUES (?, 'experience', ?, ?, ?, ?)",

@@ -210,7 +210,7 @@ class RedisExperienceStore(ExperienceStore):
                 self.outbox_appended += 1
                 self.start()
                 self._wake.set()
-                return ExperienceRecord.model_validate(record)
+                return record
         payload = dump_json(fields)
         try:
             result = await self._call(

@@ -25,7 +25,6 @@ from router.experience.base import (
     DuplicateFeedback,
     ExperienceStore,
     UnknownDecision,
-    build_record,
     dump_json,
 )
 from router.experience.durable_sqlite import DurableSqlite, transaction
@@ -95,7 +94,7 @@ class SqliteExperienceStore(ExperienceStore):
     async def record_feedback(self, decision_id: str, feedback: Feedback) -> ExperienceRecord:
         """Check, insert and commit in one ``BEGIN IMMEDIATE`` transaction."""
 
-        def write(conn: sqlite3.Connection) -> dict[str, Any]:
+        def write(conn: sqlite3.Connection) -> ExperienceRecord:
             now = time.time()
             with transaction(conn):
                 row = conn.execute(
@@ -109,7 +108,7 @@ class SqliteExperienceStore(ExperienceStore):
                 ).fetchone()
                 if done is not None:
                     raise DuplicateFeedback(decision_id)
-                record = build_record(json.loads(row[0]), feedback.to_json_dict())
+                record = ExperienceRecord.join(json.loads(row[0]), feedback)
                 conn.execute(
                     "INSERT INTO experience (decision_id, record, created_at) VALUES (?, ?, ?)",
                     (decision_id, dump_json(record), now),
@@ -117,7 +116,7 @@ class SqliteExperienceStore(ExperienceStore):
             return record
 
         try:
-            return ExperienceRecord.model_validate(await self._run("record_feedback", write))
+            return await self._run("record_feedback", write)
         except sqlite3.IntegrityError as exc:  # a concurrent writer won the UNIQUE race
             raise DuplicateFeedback(decision_id) from exc
 

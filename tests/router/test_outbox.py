@@ -68,7 +68,7 @@ def test_outbox_validates_feedback_of_the_decisions_it_holds(tmp_path):
         assert await box.holds(ctx.decision_id) and not await box.holds(uuid.uuid4().hex)
 
         record = await box.record_feedback(ctx.decision_id, {"quality": 0.5, "feedback_at": NOW})
-        assert record == {**ctx.to_json_dict(), "quality": 0.5, "cost_usd": None, "latency_ms": None,
+        assert record.to_json_dict() == {**ctx.to_json_dict(), "quality": 0.5, "cost_usd": None, "latency_ms": None,
                           "feedback_at": NOW}
         with pytest.raises(DuplicateFeedback):
             await box.record_feedback(ctx.decision_id, {"quality": 0.9, "feedback_at": NOW})

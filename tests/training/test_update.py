@@ -42,7 +42,7 @@ def _setup(log_prob_shift: float = 0.3):
 def _run(actor, critic, data, ppo: PPOConfig, lr: float = 1e-2, seed: int = 0):
     params = [*actor.parameters(), *critic.parameters()]
     optimizer = torch.optim.SGD(params, lr=lr)
-    return ppo_update(actor, critic, optimizer, params, **data, ppo=ppo, generator=torch.Generator().manual_seed(seed))
+    return ppo_update(actor, critic, optimizer, **data, ppo=ppo, generator=torch.Generator().manual_seed(seed))
 
 
 def test_minibatch_indices_are_a_permutation_in_ceil_sized_chunks():

@@ -41,7 +41,7 @@ from env.config import EnvConfig
 from env.dataset import RoutingDataset
 from env.errors import UserError
 from training.checkpoint import META, Policy, load_checkpoint
-from training.evaluate import policy_choices, summarize
+from training.evaluate import policy_choices, summarize, zero_load_probabilities
 from training.evaluation import capacity as cap
 from training.evaluation import curves
 from training.evaluation.classifiers import QualityPredictor, fit_predictors, route_wtp, wtp_grid
@@ -153,22 +153,6 @@ def _lambda_grid(predictors: Mapping[str, QualityPredictor], embeddings: np.ndar
     return wtp_grid(*pred.predict(embeddings), points)
 
 
-def _policy_probabilities(policy: Policy, embeddings: np.ndarray, cost_weight: float) -> np.ndarray:
-    import torch
-
-    preference = cost_weight if policy.layout.cost_preference else None
-
-    k = len(policy.agents)
-    device = next(policy.actor.parameters()).device
-    out = []
-    for start in range(0, len(embeddings), 4096):
-        emb = torch.as_tensor(embeddings[start:start + 4096], dtype=torch.float32, device=device)
-        out.append(policy.probabilities(policy.build_obs(emb, torch.zeros(len(emb), k, device=device),
-                                                         cost_weight=preference))[:, 0]
-                   .cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, k))
-
-
 def offline_report(
     policy: Policy,
     train: RoutingDataset,
@@ -268,7 +252,8 @@ def offline_report(
         routers[name] = m | extra.get(name, {})
 
     if strong is not None:
-        p_strong = _policy_probabilities(policy, embeddings, cost_weight)[:, strong]
+        preference = cost_weight if policy.layout.cost_preference else None
+        p_strong = zero_load_probabilities(policy.actor, policy.layout, embeddings, cost_weight=preference)[:, strong]
         pts["policy_threshold"] = _threshold_curve(p_strong, split, cost_weight, strong)
         routers["policy_threshold"] = dict(routers["policy"]) | {"threshold": 0.5}
 

@@ -15,8 +15,7 @@ PPO_DEFAULTS: dict[str, Any] = {
     "max_grad_norm": 0.5, "gae_lambda": 0.95, "norm_adv": True, "clip_vloss": False, "target_kl": None,
 }
 #: PPO fields accepted at the top level of :class:`RetrainConfig` (they were top-level fields once)
-PPO_SHORTHAND = frozenset({"update_epochs", "num_minibatches", "lr", "clip_coef", "ent_coef", "vf_coef",
-                           "max_grad_norm", "gae_lambda", "clip_vloss", "norm_adv", "target_kl"})
+PPO_SHORTHAND = frozenset(PPO_DEFAULTS)
 
 
 class RetrainConfig(BaseModel):

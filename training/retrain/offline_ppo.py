@@ -62,10 +62,9 @@ def logged_update(
         advantage, returns = generalized_advantage_estimate(
             batch.reward, value, next_value, batch.done, batch.done, gamma, cfg.ppo.gae_lambda)
     value_norm.update(returns)
-    params = [*actor.parameters(), *critic.parameters()]
     actor.train()
     critic.train()
-    result = ppo_update(actor, critic, optimizer, params, obs, state, mask, action, batch.behaviour_log_prob,
+    result = ppo_update(actor, critic, optimizer, obs, state, mask, action, batch.behaviour_log_prob,
                         advantage, value_norm.normalize(returns), value_norm.normalize(value), cfg.ppo, generator)
     actor.eval()
     critic.eval()

@@ -53,22 +53,23 @@ class LoggedBatch:
         return len(self.entry_ids)
 
 
-def _check(record: ExperienceRecord, policy: Policy) -> str | None:
-    """Why ``record`` cannot be used with ``policy`` (None: it can)."""
+def _check(record: ExperienceRecord, policy: Policy) -> tuple[str | None, np.ndarray | None]:
+    """``(why, None)`` when ``record`` cannot be used with ``policy``, else ``(None, its decoded
+    [E] float32 embedding)``."""
     k, layout = len(policy.agents), policy.layout
     if not record.action < k or record.agent != policy.agents[record.action]:
-        return "agent not in the serving policy's action order"
+        return "agent not in the serving policy's action order", None
     if len(record.load) != k or len(record.action_mask) != k:
-        return "load or action_mask of another agent count"
+        return "load or action_mask of another agent count", None
     if not record.action_mask[record.action]:
-        return "chosen agent masked"
+        return "chosen agent masked", None
     try:
-        width = record.embedding_vector().shape[0]
+        vector = record.embedding_vector()
     except ValueError:
-        return "malformed record"
-    if width != layout.embed_dim:
-        return "embedding of another width"
-    return None
+        return "malformed record", None
+    if vector.shape[0] != layout.embed_dim:
+        return "embedding of another width", None
+    return None, vector
 
 
 def build_batch(entries: list[tuple[str, Any]], policy: Policy, cost_weight: float) -> LoggedBatch:
@@ -85,28 +86,29 @@ def build_batch(entries: list[tuple[str, Any]], policy: Policy, cost_weight: flo
         in ``skipped``.
     """
     skipped: dict[str, int] = defaultdict(int)
-    sessions: dict[str, list[tuple[datetime, str, ExperienceRecord]]] = defaultdict(list)
+    sessions: dict[str, list[tuple[datetime, str, ExperienceRecord, np.ndarray]]] = defaultdict(list)
     for entry_id, raw in entries:
         try:
             record = parse_record(raw)
         except ValueError:
             skipped["malformed record"] += 1
             continue
-        reason = _check(record, policy)
-        if reason:
-            skipped[reason] += 1
+        reason, vector = _check(record, policy)
+        if vector is None:
+            skipped[str(reason)] += 1
             continue
         key = record.session_id or f"decision:{record.decision_id}"
-        sessions[key].append((datetime.fromisoformat(record.created_at), entry_id, record))
+        sessions[key].append((datetime.fromisoformat(record.created_at), entry_id, record, vector))
     ordered: list[tuple[str, ExperienceRecord]] = []
+    vectors: list[np.ndarray] = []
     done: list[bool] = []
     for steps in sessions.values():
         steps.sort(key=lambda s: (s[0], s[1]))
-        ordered.extend((eid, rec) for _, eid, rec in steps)
+        ordered.extend((eid, rec) for _, eid, rec, _ in steps)
+        vectors.extend(vec for *_, vec in steps)
         done.extend([False] * (len(steps) - 1) + [True])
     m, k = len(ordered), len(policy.agents)
-    emb = (np.stack([r.embedding_vector() for _, r in ordered]) if m
-           else np.zeros((0, policy.layout.embed_dim), dtype=np.float32))
+    emb = np.stack(vectors) if m else np.zeros((0, policy.layout.embed_dim), dtype=np.float32)
     load = np.array([r.load for _, r in ordered], dtype=np.float32).reshape(m, k)
     preference = None
     if policy.layout.cost_preference:
