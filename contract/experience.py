@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Where records live: the Redis stream ``<prefix>:<EXPERIENCE_STREAM>`` (field ``record``) and
 #: the SQLite table ``experience(seq, record)``; both hold the record's JSON text.
@@ -75,6 +75,8 @@ class DecisionContext(BaseModel):
             version-1 records from before exploration.
         cost_weight: the cost preference (USD^-1) in the observation of a policy trained for
             every trade-off; None for other policies.
+        prompt_tokens: the prompt's :func:`contract.pricing.prompt_tokens` (version 3; None in
+            older records).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -97,6 +99,7 @@ class DecisionContext(BaseModel):
     explore: bool = False
     propensity: float | None = Field(default=None, gt=0.0, le=1.0)
     cost_weight: float | None = Field(default=None, ge=0.0)
+    prompt_tokens: int | None = Field(default=None, ge=0)
 
     @field_validator("created_at")
     @classmethod

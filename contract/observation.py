@@ -2,10 +2,19 @@
 
 The trainer (:class:`env.prompt_env.PromptEnv`), the checkpoint (:class:`training.checkpoint.Policy`),
 the server, the retrain job and the capacity eval all build observations here, so adding a feature
-means editing this file. The columns, in order (``D = E + K (+ 1) (+ N)``)::
+means editing this file. The columns, in order (``D = E + K (+ 1 + 2K) (+ 1) (+ N)``)::
 
-    [ embedding (E) | load (K) | cost preference (1, only with cost_preference)
+    [ embedding (E) | load (K)
+      | prompt tokens (1) | expected cost (K) | cost penalty (K)    (only with agent_prices)
+      | cost preference (1, only with cost_preference)
       | router one-hot (N, only with include_agent_id) ]
+
+With ``agent_prices``, the prompt's length is ``log1p(tokens) / log1p(TOKEN_SCALE)`` clipped to
+``[0, 1]``, each agent's expected cost ``ĉ_k`` (:func:`contract.pricing.expected_costs_usd`) is
+``log1p(ĉ_k / cost_scale_usd)``, and the cost penalty is ``cost_weight * ĉ_k`` (quality units:
+the expected cost term of the reward). The actor subtracts the penalty from its logits instead of
+reading it (:class:`training.networks.Actor`), which makes its routing monotone in
+``cost_weight``; :meth:`ObsLayout.actor_columns` are the columns its network reads.
 
 The cost preference of a policy trained for every trade-off is ``log1p(cost_weight) /
 log1p(cost_weight_max)``, clipped to ``[0, 1]`` (:meth:`ObsLayout.preference_feature`).
@@ -23,8 +32,12 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from contract.pricing import AgentPrice, expected_costs_usd
+
 #: Names of the observation's parts, in column order.
-PARTS = ("embedding", "load", "cost_preference", "router_id")
+PARTS = ("embedding", "load", "prompt_tokens", "expected_cost", "cost_penalty", "cost_preference", "router_id")
+#: Prompt length (tokens) that the length feature maps to 1.
+TOKEN_SCALE = 8192
 
 
 class ObsLayout(BaseModel):
@@ -41,6 +54,9 @@ class ObsLayout(BaseModel):
             for every ``cost_weight`` in ``[0, cost_weight_max]``, USD^-1).
         cost_weight_max: the largest trained ``cost_weight`` (needed with ``cost_preference``).
         default_cost_weight: the ``cost_weight`` used when none is given.
+        agent_prices: ``[K]`` each agent's price list: the observation holds the prompt's length,
+            each agent's expected cost and the cost penalty (None: it holds none of them).
+        cost_scale_usd: USD the expected costs are divided by (needed with ``agent_prices``).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -53,6 +69,8 @@ class ObsLayout(BaseModel):
     cost_preference: bool = False
     cost_weight_max: float | None = Field(default=None, gt=0.0)
     default_cost_weight: float = Field(default=0.0, ge=0.0)
+    agent_prices: tuple[AgentPrice, ...] | None = None
+    cost_scale_usd: float | None = Field(default=None, gt=0.0)
     #: derived, written for readers of the file; checked on load
     obs_dim: int | None = None
     parts: tuple[str, ...] | None = None
@@ -61,19 +79,41 @@ class ObsLayout(BaseModel):
     def _derived(self) -> ObsLayout:
         if self.cost_preference and self.cost_weight_max is None:
             raise ValueError("cost_preference needs cost_weight_max")
-        dim = (self.embed_dim + self.num_agents + int(self.cost_preference)
-               + (self.num_routers if self.include_agent_id else 0))
+        if self.agent_prices is not None:
+            if len(self.agent_prices) != self.num_agents:
+                raise ValueError(f"{len(self.agent_prices)} agent prices for {self.num_agents} agents")
+            if self.cost_scale_usd is None:
+                raise ValueError("agent_prices needs cost_scale_usd")
+        widths = self.widths()
+        dim = sum(widths.values())
         if self.obs_dim is not None and self.obs_dim != dim:
-            raise ValueError(f"obs_dim {self.obs_dim} does not match embed_dim + num_agents"
-                             f"{' + 1' if self.cost_preference else ''}"
-                             f"{' + num_routers' if self.include_agent_id else ''} = {dim}")
-        parts = tuple(p for p, on in zip(PARTS, (True, True, self.cost_preference, self.include_agent_id),
-                                         strict=True) if on)
+            raise ValueError(f"obs_dim {self.obs_dim} does not match the parts' widths "
+                             f"{' + '.join(f'{p} {w}' for p, w in widths.items())} = {dim}")
+        parts = tuple(widths)
         if self.parts is not None and tuple(self.parts) != parts:
             raise ValueError(f"obs parts {list(self.parts)} are not {list(parts)}")
         object.__setattr__(self, "obs_dim", dim)
         object.__setattr__(self, "parts", parts)
         return self
+
+    def widths(self) -> dict[str, int]:
+        """``{part: columns}`` of the parts present, in column order."""
+        k, prices = self.num_agents, self.agent_prices is not None
+        all_widths = {"embedding": self.embed_dim, "load": k, "prompt_tokens": int(prices),
+                      "expected_cost": k * prices, "cost_penalty": k * prices,
+                      "cost_preference": int(self.cost_preference),
+                      "router_id": self.num_routers if self.include_agent_id else 0}
+        return {p: w for p, w in all_widths.items() if w}
+
+    def cols(self, part: str) -> slice:
+        """The columns of ``part`` (one of :data:`PARTS`; an empty slice when it is absent)."""
+        start = 0
+        for name in PARTS:
+            width = self.widths().get(name, 0)
+            if name == part:
+                return slice(start, start + width)
+            start += width
+        raise KeyError(part)
 
     @property
     def dim(self) -> int:
@@ -88,21 +128,68 @@ class ObsLayout(BaseModel):
 
     @property
     def embedding_cols(self) -> slice:
-        return slice(0, self.embed_dim)
+        return self.cols("embedding")
 
     @property
     def load_cols(self) -> slice:
-        return slice(self.embed_dim, self.embed_dim + self.num_agents)
+        return self.cols("load")
 
     @property
     def preference_cols(self) -> slice:
-        start = self.embed_dim + self.num_agents
-        return slice(start, start + int(self.cost_preference))
+        return self.cols("cost_preference")
 
     @property
     def router_id_cols(self) -> slice:
-        start = self.embed_dim + self.num_agents + int(self.cost_preference)
-        return slice(start, start + (self.num_routers if self.include_agent_id else 0))
+        return self.cols("router_id")
+
+    @property
+    def penalty_cols(self) -> slice | None:
+        """The cost penalty's columns, None without ``agent_prices``."""
+        return self.cols("cost_penalty") if self.agent_prices is not None else None
+
+    def actor_columns(self) -> list[int] | None:
+        """Columns the actor's network reads: all but the cost penalty and the cost preference,
+        which reach the actor only through the penalty it subtracts. None (all columns) without
+        ``agent_prices``."""
+        if self.agent_prices is None:
+            return None
+        skip = {*range(self.dim)[self.cols("cost_penalty")], *range(self.dim)[self.preference_cols]}
+        return [c for c in range(self.dim) if c not in skip]
+
+    def expected_costs(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
+        """``[P, K]`` float64 USD, each agent's expected cost of prompts of ``tokens`` tokens.
+
+        Raises:
+            ValueError: a layout without ``agent_prices``.
+        """
+        if self.agent_prices is None:
+            raise ValueError("this policy does not know the agents' prices")
+        return expected_costs_usd(self.agent_prices, tokens)
+
+    def write_prompt(self, obs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Write the length and expected-cost features of prompts of ``tokens`` tokens (``[B]``,
+        one prompt per world, or ``[B, N]``) into ``obs`` ``[B, N, D]`` in place; returns the
+        expected costs ``[B, N, K]`` float32 USD, for :meth:`write_cost_penalty`."""
+        assert self.agent_prices is not None and self.cost_scale_usd is not None
+        b, n = obs.shape[:2]
+        tokens = (tokens.reshape(b, 1) if tokens.numel() == b else tokens.reshape(b, n)).expand(b, n)
+        cost = torch.as_tensor(self.expected_costs(tokens.reshape(-1).cpu().numpy()), dtype=obs.dtype,
+                               device=obs.device).view(*obs.shape[:2], self.num_agents)
+        length = torch.log1p(tokens.to(obs.dtype).clamp(min=0)) / math.log1p(TOKEN_SCALE)
+        obs[..., self.cols("prompt_tokens")] = length.clamp(max=1.0).unsqueeze(-1)
+        obs[..., self.cols("expected_cost")] = torch.log1p(cost / self.cost_scale_usd)
+        return cost
+
+    def write_cost_penalty(self, obs: torch.Tensor, expected_cost: torch.Tensor,
+                           cost_weight: torch.Tensor | float | None) -> None:
+        """Write ``cost_weight * expected_cost`` (``expected_cost`` ``[B, N, K]`` USD; ``cost_weight``
+        USD^-1, a float or ``[B]``; None: ``default_cost_weight``) into ``obs`` ``[B, N, D]`` in
+        place (no-op without ``agent_prices``)."""
+        if self.agent_prices is None:
+            return
+        cw = torch.as_tensor(self.default_cost_weight if cost_weight is None else cost_weight,
+                             dtype=obs.dtype, device=obs.device)
+        obs[..., self.cols("cost_penalty")] = expected_cost * (cw.reshape(-1, 1, 1) if cw.ndim else cw)
 
     def preference_feature(self, cost_weight: torch.Tensor) -> torch.Tensor:
         """``log1p(cost_weight) / log1p(cost_weight_max)`` clipped to ``[0, 1]`` (same shape)."""
@@ -160,6 +247,7 @@ def build_obs(
     load: torch.Tensor | None = None,
     router: int | None = None,
     cost_weight: torch.Tensor | float | None = None,
+    tokens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The observation of each router from its parts.
 
@@ -170,12 +258,15 @@ def build_obs(
             clipped to ``[0, load_clip]``; None: zero.
         router: as :meth:`ObsLayout.write_router_ids`; with one position and None, router 0.
         cost_weight: USD^-1, a float or ``[B]``; as :meth:`ObsLayout.write_preference`.
+        tokens: ``[B]`` int, each prompt's :func:`contract.pricing.prompt_tokens` (needed by a
+            layout with ``agent_prices``, ignored by others).
 
     Returns:
         ``[B, N, D]`` (``N = 1`` for a ``[B, E]`` embedding) float32, on ``embedding``'s device.
 
     Raises:
-        ValueError: a part of the wrong width, or a ``cost_weight`` the layout does not take.
+        ValueError: a part of the wrong width, a ``cost_weight`` the layout does not take, or no
+            ``tokens`` for a layout that observes them.
     """
     if embedding.ndim == 2:
         embedding = embedding.unsqueeze(1)
@@ -190,6 +281,11 @@ def build_obs(
             raise ValueError(f"load has {load.shape[-1]} agents, the layout {layout.num_agents}")
         layout.write_load(obs, load.to(obs.dtype))
     layout.write_preference(obs, cost_weight)
+    if layout.agent_prices is not None:
+        if tokens is None or tokens.shape[0] != b:
+            raise ValueError(f"this policy observes each prompt's length: pass tokens [{b}]")
+        cost = layout.write_prompt(obs, tokens)
+        layout.write_cost_penalty(obs, cost, cost_weight)
     layout.write_router_ids(obs, router)
     return obs
 

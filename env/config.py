@@ -27,6 +27,9 @@ class EnvConfig(BaseModel):
             the observation then holds it (one policy for every trade-off; LLM Bandit, arXiv
             2502.02743). None: ``cost_weight`` for every episode, and no preference in the obs.
         cost_weight_zero_share: the share of episodes at ``cost_weight`` 0 (quality alone).
+        prompt_features: the observation holds the prompt's length in tokens, each agent's
+            expected cost of it and the cost penalty (``contract.observation``), and the actor
+            subtracts the penalty from its logits; needs the agents' prices.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -42,6 +45,7 @@ class EnvConfig(BaseModel):
     agent_down_prob: float = Field(default=0.0, ge=0.0, lt=1.0)
     cost_weight_range: tuple[float, float] | None = None
     cost_weight_zero_share: float = Field(default=0.1, ge=0.0, le=1.0)
+    prompt_features: bool = True
 
     @field_validator("cost_weight_range")
     @classmethod

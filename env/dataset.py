@@ -29,12 +29,8 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from contract.pricing import DEFAULT_OUTPUT_TOKENS, AgentPrice, call_cost_usd, prompt_tokens
 from env.errors import DataError
-
-#: Characters per token of the fallback token count (the usual rule of thumb for English BPE).
-CHARS_PER_TOKEN = 4.0
-#: Output tokens assumed by :func:`derive_cost_usd` when nothing better is known.
-DEFAULT_OUTPUT_TOKENS = 256
 
 SPLITS = ("train", "val", "test")
 
@@ -57,6 +53,11 @@ class AgentSpec(BaseModel):
     price_per_1m_tokens: float | None = Field(default=None, ge=0)
     cost_per_call_usd: float | None = Field(default=None, ge=0)
     capacity: int | None = Field(default=None, ge=1)
+
+    @property
+    def price(self) -> AgentPrice:
+        """The price fields, as the observation contract records them."""
+        return AgentPrice(price_per_1m_tokens=self.price_per_1m_tokens, cost_per_call_usd=self.cost_per_call_usd)
 
 
 class AgentsFile(BaseModel):
@@ -96,16 +97,11 @@ class PromptRecord(BaseModel):
 def derive_cost_usd(agent: AgentSpec, prompt: str, output_tokens: int = DEFAULT_OUTPUT_TOKENS) -> float:
     """Cost in USD of one call when the dataset gives none.
 
-    Rule: ``cost_per_call_usd`` if set, else ``price_per_1m_tokens * (prompt_tokens +
-    output_tokens) / 1e6`` with ``prompt_tokens = ceil(len(prompt) / 4)``; 0.0 when the agent has
-    no price at all.
+    Rule (:func:`contract.pricing.call_cost_usd`): ``cost_per_call_usd`` if set, else
+    ``price_per_1m_tokens * (prompt_tokens + output_tokens) / 1e6`` with ``prompt_tokens =
+    ceil(len(prompt) / 4)``; 0.0 when the agent has no price at all.
     """
-    if agent.cost_per_call_usd is not None:
-        return agent.cost_per_call_usd
-    if agent.price_per_1m_tokens is None:
-        return 0.0
-    prompt_tokens = math.ceil(len(prompt) / CHARS_PER_TOKEN)
-    return agent.price_per_1m_tokens * (prompt_tokens + output_tokens) / 1e6
+    return call_cost_usd(agent.price, prompt_tokens(prompt), output_tokens)
 
 
 def open_text(path: Path) -> Any:
@@ -201,6 +197,11 @@ class RoutingDataset:
     @property
     def capacities(self) -> list[int | None]:
         return [a.capacity for a in self.agents]
+
+    @property
+    def prompt_tokens(self) -> np.ndarray:
+        """``[P]`` int64, each prompt's length in tokens (:func:`contract.pricing.prompt_tokens`)."""
+        return np.array([prompt_tokens(p) for p in self.prompts], dtype=np.int64)
 
     def subset(self, index: Sequence[int] | np.ndarray) -> RoutingDataset:
         """The prompts at ``index`` (same agents)."""

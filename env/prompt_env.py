@@ -29,12 +29,14 @@ clock advances together, so on a step that truncates nothing ``obs is final_obs`
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from contract.observation import ObsLayout, build_obs
+from contract.pricing import AgentPrice, expected_costs_usd
 from env.config import EnvConfig
 from env.specs import BatchedEnvSpecs, TensorSpec
 
@@ -100,6 +102,11 @@ class PromptEnv(BatchedEnvSpecs):
             step; the trainer turns it off, its actions come from a masked policy).
         all_action_rewards: also report every agent's reward (:attr:`EnvStep.reward_all`), which
             the ``expected`` policy-gradient estimator learns from.
+        tokens: ``[P]`` int, each prompt's :func:`contract.pricing.prompt_tokens`, and
+        agent_prices: ``[K]`` the agents' price lists: together, the observation holds each
+            prompt's length, each agent's expected cost of it and the cost penalty
+            (:mod:`contract.observation`); None: it holds none of them.
+        cost_scale_usd: USD the expected-cost features are divided by (None: their mean).
 
     Raises:
         ValueError: inconsistent shapes.
@@ -116,6 +123,9 @@ class PromptEnv(BatchedEnvSpecs):
         seed: int = 0,
         validate_actions: bool = True,
         all_action_rewards: bool = False,
+        tokens: Sequence[int] | np.ndarray | None = None,
+        agent_prices: Sequence[AgentPrice] | None = None,
+        cost_scale_usd: float | None = None,
     ) -> None:
         self.validate_actions = validate_actions
         self.all_action_rewards = all_action_rewards
@@ -139,16 +149,30 @@ class PromptEnv(BatchedEnvSpecs):
         self.num_agents = self.quality.shape[1]
         #: the observation's layout (recorded in checkpoints as ``obs_layout``)
         self._preference = cfg.cost_weight_range is not None
+        expected_cost = None
+        if agent_prices is not None:
+            if tokens is None or len(tokens) != self.quality.shape[0]:
+                raise ValueError("agent_prices needs tokens [P], one count per prompt")
+            if len(agent_prices) != self.quality.shape[1]:
+                raise ValueError(f"{len(agent_prices)} agent prices for {self.quality.shape[1]} agents")
+            expected_cost = expected_costs_usd(agent_prices, tokens)
+            cost_scale_usd = cost_scale_usd or float(expected_cost.mean()) or 1.0
         self.layout = ObsLayout(embed_dim=self.embed_dim, num_agents=self.num_agents, num_routers=self.num_routers,
                                 include_agent_id=cfg.include_agent_id, load_clip=cfg.load_clip,
                                 cost_preference=self._preference,
                                 cost_weight_max=cfg.cost_weight_range[1] if cfg.cost_weight_range else None,
-                                default_cost_weight=cfg.cost_weight)
+                                default_cost_weight=cfg.cost_weight,
+                                agent_prices=tuple(agent_prices) if agent_prices is not None else None,
+                                cost_scale_usd=cost_scale_usd if agent_prices is not None else None)
         self.obs_dim, self.state_dim = self.layout.dim, self.layout.state_dim
         self._gen = torch.Generator(device=self.device).manual_seed(seed)
         B, N, K = self.num_worlds, self.num_routers, self.num_agents
         # [P, D] float32: each prompt's obs at zero load, router id 0 (overwritten per step)
-        self._obs_table = build_obs(self.layout, embeddings)[:, 0]
+        self._obs_table = build_obs(self.layout, embeddings, tokens=None if tokens is None else
+                                    torch.as_tensor(np.asarray(tokens), device=self.device))[:, 0]
+        #: ``[P, K]`` float32 USD, each agent's expected cost of each prompt (None without prices)
+        self.expected_cost = (None if expected_cost is None else
+                              torch.as_tensor(expected_cost, dtype=torch.float32, device=self.device))
         self.embeddings = self._obs_table[:, self.layout.embedding_cols]
         # all agents unbounded (the shipped data): queues and loads stay 0, nothing to track
         self._unbounded = bool(torch.isinf(self.capacity).all())
@@ -212,6 +236,9 @@ class PromptEnv(BatchedEnvSpecs):
             self.layout.write_load(obs, load)
         if self._preference:
             self.layout.write_preference(obs, self.cost_weight)
+        if self.expected_cost is not None:
+            cost = self.expected_cost.index_select(0, self.prompt_idx.reshape(-1)).view(B, N, -1)
+            self.layout.write_cost_penalty(obs, cost, self.cost_weight)
         self.layout.write_router_ids(obs)
         return obs, obs.view(B, self.state_dim)
 

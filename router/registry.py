@@ -73,7 +73,8 @@ def smoke_check(policy: Policy, embed_dim: int, samples: int = 4) -> None:
     load = torch.rand(samples, k, generator=generator) * policy.layout.load_clip
     load[0] = 0.0
     try:
-        probs = policy.probabilities(policy.build_obs(embedding, load))
+        tokens = torch.tensor([1, 100, 1000, 10000][:samples] + [10] * max(0, samples - 4))
+        probs = policy.probabilities(policy.build_obs(embedding, load, tokens=tokens))
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         raise PolicyRefused(f"{policy.path}: the smoke forward pass failed: {exc}") from None
     if tuple(probs.shape) != (samples, 1, k):

@@ -45,6 +45,15 @@ class RouteRequest(BaseModel):
         "cost_usd. Only for a policy trained for every trade-off (GET /admin/policy); omitted: ROUTER_COST_WEIGHT, "
         "else the policy's default. Larger values choose cheaper agents.",
     )
+    max_cost_usd_per_1k: float | None = Field(
+        None,
+        gt=0.0,
+        allow_inf_nan=False,
+        description="In place of cost_weight, a budget in USD per 1,000 requests like this one: only agents whose "
+        "expected cost of this prompt (price x tokens, as the dataset format derives it) fits are allowed, and "
+        "among them the policy routes for quality. 422 when no allowed agent fits, with cost_weight, or for a "
+        "policy that does not know the agents' prices.",
+    )
     explore: bool = Field(
         False,
         description="Sample the agent from the policy's distribution, mixed with uniform so that every "

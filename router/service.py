@@ -19,6 +19,7 @@ import torch
 
 from contract.experience import SCHEMA_VERSION, DecisionContext, encode_embedding
 from contract.observation import normalised_load
+from contract.pricing import prompt_tokens
 from env.embedder import Embedder
 from router.errors import DomainError
 from router.experience.base import utc_now_iso
@@ -58,6 +59,7 @@ class Decision:
             the deterministic argmax.
         cost_weight: the cost preference in the observation (USD^-1); None for a policy trained
             at one cost weight.
+        prompt_tokens: the prompt's length in tokens (:func:`contract.pricing.prompt_tokens`).
     """
 
     decision_id: str
@@ -72,6 +74,7 @@ class Decision:
     explore: bool
     propensity: float = 1.0
     cost_weight: float | None = None
+    prompt_tokens: int | None = None
 
 
 def exploration_distribution(probs: np.ndarray, mask: np.ndarray, floor: float) -> np.ndarray:
@@ -191,6 +194,25 @@ class RoutingService:
             return None
         return layout.default_cost_weight if cost_weight is None else float(cost_weight)
 
+    def within_budget(self, tokens: int, max_cost_usd_per_1k: float, allowed: np.ndarray) -> np.ndarray:
+        """``[K]`` bool: agents whose expected cost of a ``tokens``-token prompt
+        (:func:`contract.pricing.call_cost_usd`, USD) times 1,000 is at most ``max_cost_usd_per_1k``.
+
+        Raises:
+            PreferenceError: the policy does not know the agents' prices, or no ``allowed`` agent fits.
+        """
+        layout = self.policy.layout
+        if layout.agent_prices is None:
+            raise PreferenceError(f"max_cost_usd_per_1k: policy {self.version} does not know the agents' prices "
+                                  "(train it with env.prompt_features)")
+        cost_1k = layout.expected_costs([tokens])[0] * 1000.0
+        fits = cost_1k <= max_cost_usd_per_1k * (1 + 1e-9)
+        if not (fits & allowed).any():
+            cheapest = float(cost_1k[allowed].min())
+            raise PreferenceError(f"max_cost_usd_per_1k: no allowed agent fits {max_cost_usd_per_1k:g} USD per 1k "
+                                  f"requests for this prompt; the cheapest allowed costs {cheapest:.6g}")
+        return fits
+
     def action_mask(self, candidates: Sequence[str] | None) -> np.ndarray:
         """``[K]`` bool mask allowing exactly ``candidates`` (all agents when None).
 
@@ -225,6 +247,7 @@ class RoutingService:
         embedding: np.ndarray | None = None,
         explore_floor: float = 0.0,
         cost_weight: float | None = None,
+        max_cost_usd_per_1k: float | None = None,
     ) -> Decision:
         """Choose an agent for ``prompt``.
 
@@ -244,20 +267,32 @@ class RoutingService:
                 :mod:`router.batcher`); None: encode ``prompt`` here.
             explore_floor: as :func:`exploration_distribution`.
             cost_weight: the request's cost preference, USD^-1 (:meth:`cost_preference`).
+            max_cost_usd_per_1k: in place of ``cost_weight``, a budget: only agents whose
+                expected cost of this prompt is within it are allowed (:meth:`within_budget`),
+                and among them the policy routes for quality (``cost_weight`` 0).
 
         Raises:
             CandidateError: bad ``candidates``.
-            PreferenceError: a ``cost_weight`` this policy does not take.
+            PreferenceError: a ``cost_weight`` this policy does not take, both ``cost_weight``
+                and ``max_cost_usd_per_1k``, or a budget no allowed agent fits.
             NoAgentAvailable: every allowed agent is down.
         """
+        if max_cost_usd_per_1k is not None and cost_weight is not None:
+            raise PreferenceError("give cost_weight or max_cost_usd_per_1k, not both")
+        tokens = prompt_tokens(prompt)
+        allowed = self.action_mask(candidates)
+        if max_cost_usd_per_1k is not None:
+            allowed = allowed & self.within_budget(tokens, max_cost_usd_per_1k, allowed)
+            cost_weight = 0.0 if self.policy.layout.cost_preference else None
         preference = self.cost_preference(cost_weight)
-        mask = live_mask(self.agents, self.action_mask(candidates), down, candidates)
+        mask = live_mask(self.agents, allowed, down, candidates)
         if embedding is None:
             embedding = self.embedder.encode([prompt])
         else:
             embedding = np.array(embedding, dtype=np.float32, ndmin=2)  # a writable [1, E] copy
         load = self.load_vector(in_flight)[None, :]
-        obs = self.policy.build_obs(torch.from_numpy(embedding), torch.from_numpy(load), cost_weight=preference)
+        obs = self.policy.build_obs(torch.from_numpy(embedding), torch.from_numpy(load), cost_weight=preference,
+                                    tokens=torch.tensor([tokens]))
         mask_t = None if mask.all() else torch.from_numpy(mask).view(1, 1, -1)
         probs = self.policy.probabilities(obs, mask_t)[0, 0].cpu().numpy().astype(np.float32)
         probs[~mask] = 0.0
@@ -284,6 +319,7 @@ class RoutingService:
             explore=explore,
             propensity=propensity,
             cost_weight=preference,
+            prompt_tokens=tokens,
         )
 
     def decision_context(
@@ -309,4 +345,5 @@ class RoutingService:
             explore=decision.explore,
             propensity=decision.propensity,
             cost_weight=decision.cost_weight,
+            prompt_tokens=decision.prompt_tokens,
         )

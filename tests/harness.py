@@ -139,6 +139,7 @@ def sample_context(decision_id: str | None = None, agents: list[str] = AGENTS, *
         "probabilities": [1.0 / k] * k,
         "explore": False,
         "propensity": 1.0,
+        "prompt_tokens": 2,
     }
     values.update(fields)
     return DecisionContext.model_validate(values)

@@ -79,7 +79,8 @@ class Policy:
         return self.meta.obs_layout
 
     def build_obs(self, embedding: torch.Tensor, load: torch.Tensor | None, router: int = 0,
-                  cost_weight: torch.Tensor | float | None = None) -> torch.Tensor:
+                  cost_weight: torch.Tensor | float | None = None,
+                  tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Obs of router ``router`` as in training (:func:`contract.observation.build_obs`).
 
         Args:
@@ -87,11 +88,12 @@ class Policy:
             load: ``[B, K]`` float32 normalised load, already clipped to ``[0, load_clip]``; None: 0.
             cost_weight: the cost preference (USD^-1; float or ``[B]``) of a policy trained for
                 every trade-off; None: its default. Refused (ValueError) by other policies.
+            tokens: ``[B]`` int, each prompt's token count (needed when ``layout.agent_prices``).
 
         Returns:
             ``[B, 1, D]`` float32.
         """
-        return build_obs(self.layout, embedding, load, router, cost_weight)
+        return build_obs(self.layout, embedding, load, router, cost_weight, tokens)
 
     def probabilities(self, obs: torch.Tensor, action_mask: torch.Tensor | None = None) -> torch.Tensor:
         """:func:`router_probabilities` of this policy's actor."""
@@ -136,7 +138,7 @@ def build_networks(layout: ObsLayout, network: Any) -> tuple[Actor, Critic]:
     (``hidden``, ``share_params``, ``centralised_critic``: a :class:`~contract.policy_meta.NetworkMeta`
     or ``training.config.NetworkConfig``)."""
     n, d, k, hidden = layout.num_routers, layout.dim, layout.num_agents, tuple(network.hidden)
-    actor = Actor(d, n, k, network.share_params, hidden)
+    actor = Actor(d, n, k, network.share_params, hidden, layout.actor_columns(), layout.penalty_cols)
     critic = Critic(d, layout.state_dim, n, network.centralised_critic, network.share_params, hidden)
     return actor, critic
 

@@ -62,31 +62,34 @@ def baselines(train: RoutingDataset, split: RoutingDataset, cost_weight: float) 
     return out
 
 
-def policy_choices(policy: Policy, embeddings: np.ndarray, batch_size: int = 4096,
-                   cost_weight: float | None = None) -> np.ndarray:
-    """Greedy agent index ``[P]`` for prompts with embeddings ``[P, E]``, at zero load (and at
-    ``cost_weight`` for a policy trained for every trade-off; None: its default)."""
-    return greedy_choices(policy.actor, policy.layout, embeddings, batch_size, cost_weight)
+def policy_choices(policy: Policy, embeddings: np.ndarray, tokens: np.ndarray | None = None,
+                   batch_size: int = 4096, cost_weight: float | None = None) -> np.ndarray:
+    """Greedy agent index ``[P]`` for prompts with embeddings ``[P, E]`` and token counts ``[P]``
+    (needed by a policy that observes them, see :func:`contract.observation.build_obs`), at zero
+    load (and at ``cost_weight`` for a policy trained for every trade-off; None: its default)."""
+    return greedy_choices(policy.actor, policy.layout, embeddings, tokens, batch_size, cost_weight)
 
 
-def greedy_choices(actor: Actor, layout: ObsLayout, embeddings: np.ndarray, batch_size: int = 4096,
-                   cost_weight: float | None = None) -> np.ndarray:
+def greedy_choices(actor: Actor, layout: ObsLayout, embeddings: np.ndarray, tokens: np.ndarray | None = None,
+                   batch_size: int = 4096, cost_weight: float | None = None) -> np.ndarray:
     """:func:`policy_choices` of an actor whose observations follow ``layout`` (router 0)."""
-    probs = zero_load_probabilities(actor, layout, embeddings, batch_size, cost_weight)
+    probs = zero_load_probabilities(actor, layout, embeddings, tokens, batch_size, cost_weight)
     return probs.argmax(-1) if len(probs) else np.zeros(0, dtype=np.int64)
 
 
 @torch.no_grad()
-def zero_load_probabilities(actor: Actor, layout: ObsLayout, embeddings: np.ndarray, batch_size: int = 4096,
+def zero_load_probabilities(actor: Actor, layout: ObsLayout, embeddings: np.ndarray,
+                            tokens: np.ndarray | None = None, batch_size: int = 4096,
                             cost_weight: float | None = None) -> np.ndarray:
-    """``[P, K]`` float32: router 0's distribution for prompts with embeddings ``[P, E]`` at zero
-    load (and at ``cost_weight``, as :func:`policy_choices`)."""
+    """``[P, K]`` float32: router 0's distribution for prompts with embeddings ``[P, E]`` (and
+    token counts ``[P]``) at zero load (and at ``cost_weight``, as :func:`policy_choices`)."""
     out = []
     device = next(actor.parameters()).device
     for start in range(0, len(embeddings), batch_size):
         emb = torch.as_tensor(embeddings[start:start + batch_size], dtype=torch.float32, device=device)
+        tok = None if tokens is None else torch.as_tensor(np.asarray(tokens[start:start + batch_size]), device=device)
         obs = build_obs(layout, emb, torch.zeros(len(emb), layout.num_agents, device=device), router=0,
-                        cost_weight=cost_weight)
+                        cost_weight=cost_weight, tokens=tok)
         out.append(router_probabilities(actor, layout, obs)[:, 0].cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, layout.num_agents), dtype=np.float32)
 
@@ -94,7 +97,7 @@ def zero_load_probabilities(actor: Actor, layout: ObsLayout, embeddings: np.ndar
 def evaluate(policy: Policy, train: RoutingDataset, split: RoutingDataset, embeddings: np.ndarray,
              cost_weight: float) -> dict[str, dict[str, float]]:
     """``{"policy": {...}, "random": {...}, "best_single": ..., "cheapest": ..., "oracle": ...}``."""
-    choice = policy_choices(policy, embeddings)
+    choice = policy_choices(policy, embeddings, split.prompt_tokens)
     return {"policy": summarize(choice, split.quality, split.cost_usd, cost_weight)} | baselines(
         train, split, cost_weight
     )

@@ -21,6 +21,10 @@ def orthogonal_init(module: nn.Module, gain: float) -> None:
         nn.init.zeros_(module.bias)
 
 
+#: Initial inverse temperature ``β`` of the actor's cost penalty (logits per unit of quality).
+PENALTY_SCALE_INIT = 10.0
+
+
 class RouterLinear(nn.Module):
     """``N`` independent linear layers applied in one batched matmul: ``[..., N, I] -> [..., N, O]``."""
 
@@ -81,15 +85,32 @@ class Actor(nn.Module):
 
     ``forward(obs [..., N, D], action_mask [..., N, K] bool | None) -> logits [..., N, K]`` with
     masked entries set to the dtype's minimum (probability 0).
+
+    With ``penalty`` (the obs columns of the cost penalty ``cost_weight * ĉ_k``, quality units,
+    see :mod:`contract.observation`) the logits are ``f(obs[columns])_k - β_k * penalty_k``, a
+    Boltzmann policy over ``q̂_k - cost_weight * ĉ_k`` whose inverse temperature ``β > 0`` (one
+    scalar) is learned, from :data:`PENALTY_SCALE_INIT`. ``f`` reads no column that depends on
+    the cost weight, so the expected cost of its choices never rises with ``cost_weight``: the
+    derivative of ``E_π[ĉ]`` in ``cost_weight`` is ``-β Var_π(ĉ) <= 0``, and the argmax only moves
+    to agents of lower ``ĉ``.
     """
 
     def __init__(self, obs_dim: int, num_routers: int, num_actions: int, share_params: bool,
-                 hidden: tuple[int, ...]) -> None:
+                 hidden: tuple[int, ...], columns: list[int] | None = None,
+                 penalty: slice | None = None) -> None:
         super().__init__()
-        self.net = RouterMLP(obs_dim, num_actions, num_routers, share_params, hidden, out_gain=0.01)
+        in_features = obs_dim if columns is None else len(columns)
+        self.net = RouterMLP(in_features, num_actions, num_routers, share_params, hidden, out_gain=0.01)
+        self.register_buffer("_columns", torch.tensor(columns if columns is not None else [], dtype=torch.long),
+                             persistent=False)
+        self._select, self.penalty = columns is not None, penalty
+        if penalty is not None:
+            self.log_penalty_scale = nn.Parameter(torch.tensor(math.log(PENALTY_SCALE_INIT)))
 
     def forward(self, obs: torch.Tensor, action_mask: torch.Tensor | None = None) -> torch.Tensor:
-        logits = self.net(obs)
+        logits = self.net(obs.index_select(-1, self._columns) if self._select else obs)
+        if self.penalty is not None:
+            logits = logits - self.log_penalty_scale.exp() * obs[..., self.penalty]
         if action_mask is not None:
             logits = logits.masked_fill(~action_mask, torch.finfo(logits.dtype).min)
         return logits

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from contract.pricing import expected_costs_usd
 from env.errors import UserError
 from env.prompt_env import PromptEnv
 from training.checkpoint import Policy, save_checkpoint
@@ -28,9 +29,15 @@ from training.validation import Validator
 def build_env(cfg: TrainConfig, splits: EmbeddedSplits, device: str, split: str = "train") -> PromptEnv:
     """PromptEnv over the embedded prompts of ``split``."""
     ds = splits.splits[split]
+    prices = {}
+    if cfg.env.prompt_features:
+        # the expected-cost features are scaled by the train split's mean, whichever split this is
+        train = splits.splits["train"]
+        scale = float(expected_costs_usd([a.price for a in train.agents], train.prompt_tokens).mean()) or 1.0
+        prices = {"tokens": ds.prompt_tokens, "agent_prices": [a.price for a in ds.agents], "cost_scale_usd": scale}
     return PromptEnv(splits.embeddings(split), ds.quality, ds.cost_usd, ds.capacities, cfg.env,
                      device=device, seed=cfg.seed, validate_actions=False,
-                     all_action_rewards=cfg.ppo.pg_estimator == "expected")
+                     all_action_rewards=cfg.ppo.pg_estimator == "expected", **prices)
 
 
 def checkpoint_meta(cfg: TrainConfig, splits: EmbeddedSplits, env: PromptEnv,

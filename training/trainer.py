@@ -61,7 +61,9 @@ class MAPPOTrainer:
         self.device = env.device
         net, ppo = config.network, config.ppo
         N, D, K = env.num_routers, env.obs_dim, env.num_actions
-        self.actor = Actor(D, N, K, net.share_params, net.hidden).to(self.device)
+        layout = getattr(env, "layout", None)  # PromptEnv's ObsLayout; other envs have none
+        columns, penalty = (layout.actor_columns(), layout.penalty_cols) if layout is not None else (None, None)
+        self.actor = Actor(D, N, K, net.share_params, net.hidden, columns, penalty).to(self.device)
         self.critic = Critic(D, env.state_dim, N, net.centralised_critic, net.share_params, net.hidden).to(self.device)
         self.value_norm = ValueNorm(ppo.norm_value).to(self.device)
         self._actor_train: torch.nn.Module = self.actor

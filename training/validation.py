@@ -34,7 +34,7 @@ class Validator:
     def __init__(self, layout: ObsLayout, split: RoutingDataset, embeddings: np.ndarray, cost_weight: float,
                  every: int) -> None:
         self.layout, self.split, self.cost_weight, self.every = layout, split, cost_weight, every
-        self._embeddings = embeddings
+        self._embeddings, self._tokens = embeddings, split.prompt_tokens
         self.best: dict[str, Any] | None = None
         self.best_state: dict[str, Any] | None = None
 
@@ -46,7 +46,7 @@ class Validator:
             return {}
         was_training = trainer.actor.training
         trainer.actor.eval()
-        choice = greedy_choices(trainer.actor, self.layout, self._embeddings)
+        choice = greedy_choices(trainer.actor, self.layout, self._embeddings, self._tokens)
         scores = summarize(choice, self.split.quality, self.split.cost_usd, self.cost_weight)
         trainer.actor.train(was_training)
         if self.best is None or scores["reward"] > self.best["val_reward"]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request, status
 
+from contract.pricing import prompt_tokens
 from router.deps import BatcherDep, LoadDep, ServiceDep, SettingsDep, StoreDep
 from router.metrics import note_decision
 from router.routes import BODY_ERRORS, STORE_DOWN, error_responses
 from router.schemas import RouteRequest, RouteResponse
+from router.service import PreferenceError
 
 api = APIRouter(tags=["routing"])
 
@@ -37,15 +39,20 @@ async def route(
             f"prompt has {len(body.prompt)} characters; the limit is {settings.max_prompt_chars}",
         )
     service.action_mask(body.candidates)  # bad candidates or cost_weight: 422 before any encoding
+    if body.cost_weight is not None and body.max_cost_usd_per_1k is not None:
+        raise PreferenceError("give cost_weight or max_cost_usd_per_1k, not both")
     service.cost_preference(body.cost_weight)
+    if body.max_cost_usd_per_1k is not None:
+        service.within_budget(prompt_tokens(body.prompt), body.max_cost_usd_per_1k,
+                              service.action_mask(body.candidates))
     embedding = await batcher.embed(service.embedder, body.prompt)  # micro-batched, LRU-cached
     live = await load.snapshot(service.agents)
     cost_weight = body.cost_weight
-    if cost_weight is None and service.policy.layout.cost_preference:
+    if cost_weight is None and body.max_cost_usd_per_1k is None and service.policy.layout.cost_preference:
         cost_weight = settings.cost_weight
     decision = service.route(body.prompt, body.candidates, body.explore, embedding=embedding,
                              in_flight=live.in_flight, down=live.down, explore_floor=settings.explore_floor,
-                             cost_weight=cost_weight)
+                             cost_weight=cost_weight, max_cost_usd_per_1k=body.max_cost_usd_per_1k)
     note_decision(request, decision.decision_id, decision.agent, service.version)
     await store.put_decision(
         service.decision_context(decision, body.prompt, body.session_id, store_prompt=settings.store_prompts)

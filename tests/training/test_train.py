@@ -88,7 +88,7 @@ def test_validation_reward_tensorboard_and_keep_best(small_config):
 
     splits = load_splits(cfg)
     val = splits.splits["val"]
-    again = summarize(policy_choices(policy, splits.embeddings("val")), val.quality, val.cost_usd, 0.0)
+    again = summarize(policy_choices(policy, splits.embeddings("val"), val.prompt_tokens), val.quality, val.cost_usd, 0.0)
     assert again["reward"] == pytest.approx(best["val_reward"], abs=1e-6)
     board = EventAccumulator(str(cfg.out_dir / "tensorboard"))
     board.Reload()
@@ -140,7 +140,7 @@ def test_one_policy_for_every_trade_off(small_config):
     assert layout.cost_preference and layout.cost_weight_max == 2000.0 and layout.default_cost_weight == 0.0
     splits = load_splits(cfg)
     train, val, emb = splits.splits["train"], splits.splits["val"], splits.embeddings("val")
-    cost = [float(val.cost_usd[np.arange(len(val)), policy_choices(policy, emb, cost_weight=w)].mean())
+    cost = [float(val.cost_usd[np.arange(len(val)), policy_choices(policy, emb, val.prompt_tokens, cost_weight=w)].mean())
             for w in (0.0, 2000.0)]
     assert cost[1] < 0.9 * cost[0]  # a strong preference for cheap agents routes to cheaper ones
     predictors = fit_predictors(splits.embeddings("train"), train, seed=0)

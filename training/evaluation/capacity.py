@@ -57,7 +57,8 @@ def check_policy_fits(policy: Policy, config: EnvConfig, embed_dim: int, num_age
     fit the policy's network."""
     layout = policy.layout
     env_layout = ObsLayout(embed_dim=embed_dim, num_agents=num_agents, num_routers=config.num_routers,
-                           include_agent_id=config.include_agent_id, load_clip=config.load_clip)
+                           include_agent_id=config.include_agent_id, load_clip=config.load_clip,
+                           agent_prices=layout.agent_prices, cost_scale_usd=layout.cost_scale_usd)
     if env_layout.dim != layout.dim:
         raise UserError(
             f"the capacity env's obs has {env_layout.dim} dims (embedding {embed_dim} + {num_agents} loads"
@@ -126,6 +127,7 @@ def score_in_env(
     steps: int | None = None,
     device: str = "cpu",
     agent_names: Sequence[str] | None = None,
+    prompt_features: tuple[np.ndarray, ObsLayout] | None = None,
 ) -> dict[str, dict[str, object]]:
     """Run each rule in its own PromptEnv (same config, same seed) and average per request.
 
@@ -138,6 +140,8 @@ def score_in_env(
         steps: env steps per rule (default :func:`default_steps`).
         device: torch device of the envs.
         agent_names: names for the traffic shares (default ``agent_0``...).
+        prompt_features: ``(tokens [P], layout)``: the obs holds the prompt features of a policy
+            with ``layout.agent_prices`` (:class:`~env.prompt_env.PromptEnv`'s ``tokens``).
 
     Returns:
         ``{name: {"quality", "cost_usd_per_1k", "reward", "congestion", "requests", "share":
@@ -149,7 +153,12 @@ def score_in_env(
     names = list(agent_names or [f"agent_{i}" for i in range(k)])
     out: dict[str, dict[str, object]] = {}
     for name, route in rules.items():
-        env = PromptEnv(embeddings, quality, cost_usd, list(capacities), config, device=device, seed=seed)
+        features = {}
+        if prompt_features is not None and prompt_features[1].agent_prices is not None:
+            tokens, layout = prompt_features
+            features = {"tokens": tokens, "agent_prices": layout.agent_prices, "cost_scale_usd": layout.cost_scale_usd}
+        env = PromptEnv(embeddings, quality, cost_usd, list(capacities), config, device=device, seed=seed,
+                        **features)
         step = env.reset(seed=seed)
         q_sum = c_sum = g_sum = torch.zeros((), dtype=torch.float64, device=env.device)
         counts = torch.zeros(k, dtype=torch.float64, device=env.device)

@@ -182,7 +182,7 @@ def offline_report(
     q, c = split.quality, split.cost_usd
     n, k = q.shape
     strong = _strong_agent(train) if k == 2 else None
-    names = split.agent_names
+    names, tokens = split.agent_names, split.prompt_tokens
     choices: dict[str, np.ndarray] = {}
     pts: dict[str, list[dict[str, Any]]] = {}
     extra: dict[str, dict[str, Any]] = {}
@@ -197,13 +197,13 @@ def offline_report(
         seen.add(pol.version)
         if pol.layout.cost_preference:
             if i == 0:
-                choices["policy"] = policy_choices(pol, embeddings, cost_weight=cost_weight)
+                choices["policy"] = policy_choices(pol, embeddings, tokens, cost_weight=cost_weight)
             for lam in grid:
-                choice = policy_choices(pol, embeddings, cost_weight=float(lam))
+                choice = policy_choices(pol, embeddings, tokens, cost_weight=float(lam))
                 pts["policy"].append(_point(choice, split, cost_weight, f"cost_weight={lam:.4g}", strong)
                                      | {"version": pol.version, "cost_weight": float(lam)})
             continue
-        choice = policy_choices(pol, embeddings)
+        choice = policy_choices(pol, embeddings, tokens)
         if i == 0:
             choices["policy"] = choice
         w = trained_cost_weight(pol)
@@ -253,7 +253,8 @@ def offline_report(
 
     if strong is not None:
         preference = cost_weight if policy.layout.cost_preference else None
-        p_strong = zero_load_probabilities(policy.actor, policy.layout, embeddings, cost_weight=preference)[:, strong]
+        p_strong = zero_load_probabilities(policy.actor, policy.layout, embeddings, tokens,
+                                           cost_weight=preference)[:, strong]
         pts["policy_threshold"] = _threshold_curve(p_strong, split, cost_weight, strong)
         routers["policy_threshold"] = dict(routers["policy"]) | {"threshold": 0.5}
 
@@ -359,7 +360,8 @@ def capacity_report(
     rules["oracle"] = cap.score_rule(split.quality - w * split.cost_usd)
     steps = steps or cap.default_steps(config)
     scores = cap.score_in_env(rules, embeddings, split.quality, split.cost_usd, capacities, config,
-                              seed=seed, steps=steps, device=device, agent_names=split.agent_names)
+                              seed=seed, steps=steps, device=device, agent_names=split.agent_names,
+                              prompt_features=(split.prompt_tokens, policy.layout))
     return {
         "config": {"num_worlds": config.num_worlds, "num_routers": config.num_routers,
                    "episode_len": config.episode_len, "cost_weight": w,

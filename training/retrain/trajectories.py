@@ -69,6 +69,8 @@ def _check(record: ExperienceRecord, policy: Policy) -> tuple[str | None, np.nda
         return "malformed record", None
     if vector.shape[0] != layout.embed_dim:
         return "embedding of another width", None
+    if layout.agent_prices is not None and record.prompt_tokens is None:
+        return "no prompt length (a record from before schema version 3)", None
     return None, vector
 
 
@@ -114,7 +116,10 @@ def build_batch(entries: list[tuple[str, Any]], policy: Policy, cost_weight: flo
     if policy.layout.cost_preference:
         preference = torch.tensor([policy.layout.default_cost_weight if r.cost_weight is None else r.cost_weight
                                    for _, r in ordered], dtype=torch.float32)
-    obs = policy.build_obs(torch.as_tensor(emb, dtype=torch.float32), torch.from_numpy(load), cost_weight=preference)
+    tokens = (torch.tensor([r.prompt_tokens for _, r in ordered], dtype=torch.long)
+              if policy.layout.agent_prices is not None else None)
+    obs = policy.build_obs(torch.as_tensor(emb, dtype=torch.float32), torch.from_numpy(load), cost_weight=preference,
+                           tokens=tokens)
     mask = torch.tensor([r.action_mask for _, r in ordered], dtype=torch.bool).reshape(m, 1, k)
     action = torch.tensor([r.action for _, r in ordered], dtype=torch.long).reshape(m, 1)
     behaviour = [r.behaviour_log_prob() for _, r in ordered]
