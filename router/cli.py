@@ -1,4 +1,4 @@
-"""The ``agent-router`` command line: ``train``, ``tune``, ``eval``, ``serve``, ``retrain``, ``embed``,
+"""The ``agent-router`` command line: ``train``, ``tune``, ``eval``, ``calibrate``, ``serve``, ``retrain``, ``embed``,
 ``data convert``.
 
 A user's mistake (bad file, bad option, bad checkpoint) ends with one line ``error: ...`` on
@@ -158,6 +158,51 @@ def eval_(
     if plot_dir is not None:
         report["plots"] = [str(p) for p in write_plots(report, plot_dir)]
     typer.echo(to_json(report) if as_json else format_report(report))
+
+
+@app.command()
+def calibrate(
+    checkpoint: Annotated[Path, typer.Option(help="Version directory, or a directory of versions (newest).")],
+    target_cost_usd_per_1k: Annotated[float | None, typer.Option(
+        help="Mean cost at most this, USD per 1,000 requests.")] = None,
+    target_share: Annotated[str | None, typer.Option(
+        help="AGENT=P: at most the fraction P of requests to AGENT (RouteLLM's calibration).")] = None,
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "val",
+    config: Annotated[Path | None, typer.Option("--config", "-c",
+                                                help="Config of the data (default: the checkpoint's own).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Find the cost_weight at which a policy of every trade-off meets a cost or traffic target on
+    the validation split, and print it, ready for ROUTER_COST_WEIGHT."""
+    from dataclasses import asdict
+
+    from training.calibrate import calibrate as run_calibration
+    from training.checkpoint import load_checkpoint
+    from training.config import checkpoint_config
+    from training.data import load_splits
+
+    if split not in ("train", "val", "test"):
+        raise UserError(f"--split must be train, val or test, not {split!r}")
+    share = None
+    if target_share is not None:
+        agent, sep, value = target_share.rpartition("=")
+        try:
+            share = (agent, float(value)) if sep and agent else None
+        except ValueError:
+            share = None
+        if share is None:
+            raise UserError(f"--target-share must be AGENT=P with P a fraction, not {target_share!r}")
+    policy = load_checkpoint(checkpoint)
+    splits = load_splits(checkpoint_config(policy.meta, config, None))
+    result = run_calibration(policy, splits.splits[split], splits.embeddings(split), target_cost_usd_per_1k, share)
+    if as_json:
+        typer.echo(json.dumps(asdict(result) | {"split": split, "version": policy.version}))
+        return
+    typer.echo(f"target: {result.target} on the {split} split ({result.prompts} prompts)")
+    typer.echo(f"cost_weight {result.cost_weight:.6g}: quality {result.quality:.4f}, "
+               f"{result.cost_usd_per_1k:.4f} USD per 1k requests; shares "
+               + ", ".join(f"{a} {p:.3f}" for a, p in result.share.items()))
+    typer.echo(f"ROUTER_COST_WEIGHT={result.cost_weight:.6g}")
 
 
 @app.command()

@@ -117,6 +117,28 @@ def preference_checkpoint(parent: Path, agents: list[str] = AGENTS, cost_weight_
     return save_checkpoint(parent, actor, critic, content)
 
 
+def priced_checkpoint(parent: Path, agents: list[str] = AGENTS, bias: tuple[float, ...] = (0, 1, 2, 4, 3)) -> Path:
+    """A policy of every trade-off with prompt features (``agent_prices`` from :func:`agent_specs`):
+    its network ignores the prompt and prefers ``agents`` in the order of ``bias`` (logits), and
+    the cost penalty ``cost_weight * ĉ`` moves it to cheaper agents."""
+    import torch
+
+    from contract.pricing import AgentPrice
+    from training.checkpoint import save_checkpoint
+
+    content = checkpoint_content(agents, hidden=(8,))
+    prices = [AgentPrice(price_per_1m_tokens=s["price_per_1m_tokens"], cost_per_call_usd=s["cost_per_call_usd"])
+              for s in agent_specs(agents)]
+    content["obs_layout"] |= {"cost_preference": True, "cost_weight_max": 1000.0, "default_cost_weight": 0.0,
+                              "agent_prices": [p.model_dump() for p in prices], "cost_scale_usd": 1e-3}
+    actor, critic = networks_for(content)
+    last = actor.net.net[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor(bias[:len(agents)], dtype=torch.float32))
+    return save_checkpoint(parent, actor, critic, content)
+
+
 def sample_context(decision_id: str | None = None, agents: list[str] = AGENTS, **fields: Any):
     """A valid :class:`~contract.experience.DecisionContext` (random unit embedding, uniform policy)."""
     from contract.experience import SCHEMA_VERSION, DecisionContext, encode_embedding

@@ -21,7 +21,7 @@ def orthogonal_init(module: nn.Module, gain: float) -> None:
         nn.init.zeros_(module.bias)
 
 
-#: Initial inverse temperature ``β`` of the actor's cost penalty (logits per unit of quality).
+#: Initial inverse temperature ``β`` of an actor's cost penalty (logits per unit of quality).
 PENALTY_SCALE_INIT = 10.0
 
 
@@ -87,12 +87,12 @@ class Actor(nn.Module):
     masked entries set to the dtype's minimum (probability 0).
 
     With ``penalty`` (the obs columns of the cost penalty ``cost_weight * ĉ_k``, quality units,
-    see :mod:`contract.observation`) the logits are ``f(obs[columns])_k - β_k * penalty_k``, a
-    Boltzmann policy over ``q̂_k - cost_weight * ĉ_k`` whose inverse temperature ``β > 0`` (one
-    scalar) is learned, from :data:`PENALTY_SCALE_INIT`. ``f`` reads no column that depends on
-    the cost weight, so the expected cost of its choices never rises with ``cost_weight``: the
-    derivative of ``E_π[ĉ]`` in ``cost_weight`` is ``-β Var_π(ĉ) <= 0``, and the argmax only moves
-    to agents of lower ``ĉ``.
+    see :mod:`contract.observation`) the logits are ``f(obs[columns])_k - β * penalty_k``, a
+    Boltzmann policy over ``q̂_k - cost_weight * ĉ_k`` with one learned inverse temperature
+    ``β > 0`` of the cost term (from :data:`PENALTY_SCALE_INIT`). ``f`` reads no column that
+    depends on the cost weight, so the expected cost of the choices never rises with
+    ``cost_weight``: the derivative of ``E_π[ĉ]`` in ``cost_weight`` is ``-β Var_π(ĉ) <= 0``, and
+    the argmax only moves to agents of lower ``ĉ``.
     """
 
     def __init__(self, obs_dim: int, num_routers: int, num_actions: int, share_params: bool,

@@ -1,5 +1,6 @@
 """A short real training run on a subset of the shipped data, through the API and the CLI."""
 
+import itertools
 import json
 import subprocess
 import sys
@@ -88,7 +89,8 @@ def test_validation_reward_tensorboard_and_keep_best(small_config):
 
     splits = load_splits(cfg)
     val = splits.splits["val"]
-    again = summarize(policy_choices(policy, splits.embeddings("val"), val.prompt_tokens), val.quality, val.cost_usd, 0.0)
+    choice = policy_choices(policy, splits.embeddings("val"), val.prompt_tokens)
+    again = summarize(choice, val.quality, val.cost_usd, 0.0)
     assert again["reward"] == pytest.approx(best["val_reward"], abs=1e-6)
     board = EventAccumulator(str(cfg.out_dir / "tensorboard"))
     board.Reload()
@@ -140,9 +142,25 @@ def test_one_policy_for_every_trade_off(small_config):
     assert layout.cost_preference and layout.cost_weight_max == 2000.0 and layout.default_cost_weight == 0.0
     splits = load_splits(cfg)
     train, val, emb = splits.splits["train"], splits.splits["val"], splits.embeddings("val")
-    cost = [float(val.cost_usd[np.arange(len(val)), policy_choices(policy, emb, val.prompt_tokens, cost_weight=w)].mean())
-            for w in (0.0, 2000.0)]
-    assert cost[1] < 0.9 * cost[0]  # a strong preference for cheap agents routes to cheaper ones
+    def mean_cost(w: float) -> float:
+        choice = policy_choices(policy, emb, val.prompt_tokens, cost_weight=w)
+        return float(val.cost_usd[np.arange(len(val)), choice].mean())
+
+    sweep = [0.0, *np.geomspace(1.0, 1e6, 25).tolist()]
+    costs = [mean_cost(w) for w in sweep]
+    assert costs[-1] < 0.9 * costs[0]  # a strong preference for cheap agents routes to cheaper ones
+    # monotone: a larger cost_weight never raises the mean cost on the validation split
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(costs)), costs
+    # calibrate (the CLI) to a cost half-way: the smallest cost_weight that meets it
+    target = 1000 * (costs[0] + costs[-1]) / 2
+    out = subprocess.run([sys.executable, "-m", "router", "calibrate", "--checkpoint", str(policy.path),
+                          "--target-cost-usd-per-1k", str(target), "--json"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found["split"] == "val" and found["cost_usd_per_1k"] <= target
+    assert found["cost_usd_per_1k"] == pytest.approx(1000 * mean_cost(found["cost_weight"]))
+    assert 1000 * mean_cost(found["cost_weight"] * 0.95) > target  # the boundary, not just any weight
     predictors = fit_predictors(splits.embeddings("train"), train, seed=0)
     report = offline_report(policy, train, val, emb, 0.0, predictors)
     grid = wtp_grid(*predictors["knn"].predict(emb), 32)

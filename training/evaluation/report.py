@@ -145,7 +145,7 @@ def _threshold_curve(p_strong: np.ndarray, split: RoutingDataset, cost_weight: f
     return pts
 
 
-def _lambda_grid(predictors: Mapping[str, QualityPredictor], embeddings: np.ndarray, points: int) -> np.ndarray:
+def lambda_grid(predictors: Mapping[str, QualityPredictor], embeddings: np.ndarray, points: int) -> np.ndarray:
     """The ``λ`` values of the baselines' sweeps (the kNN's, else the first predictor's)."""
     if not predictors:
         return np.zeros(1)
@@ -190,7 +190,7 @@ def offline_report(
     # the policy and its curve: one point per checkpoint, or per λ of a policy of every trade-off
     seen: set[str] = set()
     pts["policy"] = []
-    grid = _lambda_grid(predictors, embeddings, wtp_points)
+    grid = lambda_grid(predictors, embeddings, wtp_points)
     for i, pol in enumerate([policy, *curve_policies]):
         if pol.version in seen:
             continue
