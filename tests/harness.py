@@ -117,7 +117,8 @@ def preference_checkpoint(parent: Path, agents: list[str] = AGENTS, cost_weight_
     return save_checkpoint(parent, actor, critic, content)
 
 
-def priced_checkpoint(parent: Path, agents: list[str] = AGENTS, bias: tuple[float, ...] = (0, 1, 2, 4, 3)) -> Path:
+def priced_checkpoint(parent: Path, agents: list[str] = AGENTS,
+                      bias: tuple[float, ...] = (0, 2, -1, -1, -1, -1, 5, -1, 3)) -> Path:
     """A policy of every trade-off with prompt features (``agent_prices`` from :func:`agent_specs`):
     its network ignores the prompt and prefers ``agents`` in the order of ``bias`` (logits), and
     the cost penalty ``cost_weight * ĉ`` moves it to cheaper agents."""
@@ -135,7 +136,7 @@ def priced_checkpoint(parent: Path, agents: list[str] = AGENTS, bias: tuple[floa
     last = actor.net.net[-1]
     with torch.no_grad():
         last.weight.zero_()
-        last.bias.copy_(torch.tensor(bias[:len(agents)], dtype=torch.float32))
+        last.bias.copy_(torch.tensor(bias, dtype=torch.float32))
     return save_checkpoint(parent, actor, critic, content)
 
 

@@ -22,7 +22,7 @@ def expected_cost_1k(agent: str) -> float:
 @pytest.fixture(scope="module")
 def priced_server(start_server, tmp_path_factory):
     root = tmp_path_factory.mktemp("priced")
-    version = priced_checkpoint(root / "checkpoints", bias=(0, 2, -1, -1, -1, -1, 5, -1, 3))
+    version = priced_checkpoint(root / "checkpoints")
     return start_server({"ROUTER_CHECKPOINT": str(version),
                          "ROUTER_SQLITE_PATH": str(root / "experience.sqlite3")}).wait_ready()
 
