@@ -10,7 +10,8 @@ there), then scores it on ``--split`` (``test`` for the final figures; ``val`` w
 * at every ``λ`` of the baselines' sweep (``training.evaluation.report``'s grid, from the kNN's
   predictions): each router's reward ``quality - λ * cost_usd`` (the policy at ``cost_weight = λ``
   when it is a policy of every trade-off, else at its own cost weight);
-* two agents: APGR and CPT(50%) of the policy (RouteLLM, arXiv 2406.18665);
+* two agents: APGR and CPT(50%) of the policy (RouteLLM, arXiv 2406.18665): of its λ sweep, or
+  for a policy of one cost weight of RouteLLM's threshold on ``π(strong)``;
 * agents with a capacity: reward in PromptEnv against the load-aware greedy rule.
 
 Goals (issue 11), printed as ratios: llmrouter-dc policy quality >= max(kNN, MLP) + 0.02 at
@@ -121,7 +122,11 @@ def score(config: Path, seed: int, checkpoint: Path, split_name: str) -> dict[st
     aiq_base = max(r[n]["aiq"] for n in ("knn", "mlp", "zero_router", "best_single", "cheapest") if n in r)
     figures["aiq_margin"] = r["policy"]["aiq"] - aiq_base
     if "apgr" in report:
-        figures["apgr"], figures["cpt50"] = report["apgr"]["policy"], report["cpt"]["policy"]["50"]
+        # a policy of every trade-off: its λ sweep; one of one cost weight: RouteLLM's threshold on π(strong)
+        curve = "policy" if policy.layout.cost_preference else "policy_threshold"
+        figures["apgr_curve"] = curve
+        figures["apgr"], figures["cpt50"] = report["apgr"][curve], report["cpt"][curve]["50"]
+        figures["apgr_baselines"] = {n: report["apgr"][n] for n in ("knn", "mlp") if n in report["apgr"]}
     cap = report.get("capacity", {}).get("routers", {})
     if "policy" in cap and "load_greedy" in cap:
         figures["capacity_ratio"] = cap["policy"]["reward"] / cap["load_greedy"]["reward"]

@@ -34,7 +34,7 @@ async def _log(store, policy, cfg, n: int, seed: int = 0) -> list[str]:
     service = RoutingService(policy, embedder=None, seed=seed)
     ids = []
     for p in range(n):
-        decision = service.route("x", explore=True, embedding=emb[p], explore_floor=0.05)
+        decision = service.route(ds.prompts[p], explore=True, embedding=emb[p], explore_floor=0.05)
         await store.put_decision(service.decision_context(decision, ds.prompts[p], f"s-{p // 3}"))
         a = decision.action
         await store.record_feedback(decision.decision_id, sample_feedback(float(ds.quality[p, a]),
@@ -149,7 +149,7 @@ def test_gate_rejects_a_worse_candidate(v1, redis_url, redis_prefix):
         service = RoutingService(policy, embedder=None, seed=1)
         try:
             for p in range(200):
-                d = service.route("x", explore=True, embedding=emb[p], explore_floor=0.1)
+                d = service.route(ds.prompts[p], explore=True, embedding=emb[p], explore_floor=0.1)
                 await store.put_decision(service.decision_context(d, ds.prompts[p], None))
                 await store.record_feedback(d.decision_id, sample_feedback(1.0 if d.action == worst else 0.0))
         finally:
