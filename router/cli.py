@@ -326,10 +326,16 @@ def retrain(
     if result.status == "too_few":
         typer.echo(f"nothing trained (fewer than min_records={cfg.min_records} new records)")
         return
-    gate = result.gate
-    typer.echo(f"held-out {gate['split']} ({gate['prompts']} prompts) reward: serving "
-               f"{gate['serving']['reward']:.4f}, candidate {gate['candidate']['reward']:.4f} "
-               f"(margin {gate['margin']})")
+    gate, static = result.gate, result.gate["static"]
+    if gate["logged"] is not None:
+        logged = gate["logged"]
+        typer.echo(f"held-out logged decisions: {logged['decisions']}; DR value serving "
+                   f"{logged['serving']['dr']:.4f}, candidate {logged['candidate']['dr']:.4f}; "
+                   f"effective samples {logged['serving']['ess']:.0f} and {logged['candidate']['ess']:.0f}")
+    typer.echo(f"static {static['split']} split ({static['prompts']} prompts) reward: serving "
+               f"{static['serving']['reward']:.4f}, candidate {static['candidate']['reward']:.4f} "
+               f"(margin {static['margin']})")
+    typer.echo(f"gate: {'passed' if gate['passed'] else 'failed'}: {gate['reason']}")
     typer.echo(f"{result.status}: {result.version} at {result.checkpoint} (watermark {result.watermark})")
 
 

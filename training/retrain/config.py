@@ -41,9 +41,14 @@ class RetrainConfig(BaseModel):
             serving policy's training ``env.cost_weight``.
         sim_iterations: MAPPO iterations on simulated PromptEnv rollouts (the serving policy's
             training data and config) after the logged update; 0: logged data only.
-        eval_split: held-out split the gate compares the candidate and the serving policy on.
-        margin: the candidate is published unless its mean reward is lower than the serving
-            policy's by more than this.
+        holdout_fraction: share of the new sessions (by a hash of the session id, else of the
+            decision id) kept out of training: the gate estimates both policies' value on them
+            (:mod:`training.retrain.offpolicy`). 0: no logged estimate, the static split alone.
+        min_ess: fewer effective held-out samples than this, for either policy: the gate refuses.
+        confidence: of the interval of the logged difference, candidate - serving.
+        eval_split: the dataset split of the static second opinion.
+        margin: the static opinion passes the candidate unless its mean reward is lower than the
+            serving policy's by more than this.
         publish: publish a candidate that passes the gate (Redis key + pub/sub message).
         seed: seeds minibatch order and the simulated rollouts.
     """
@@ -62,6 +67,9 @@ class RetrainConfig(BaseModel):
     gamma: float | None = Field(default=None, ge=0, le=1)
     cost_weight: float | None = Field(default=None, ge=0)
     sim_iterations: int = Field(default=0, ge=0)
+    holdout_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    min_ess: float = Field(default=30.0, ge=1.0)
+    confidence: float = Field(default=0.95, gt=0.0, lt=1.0)
     eval_split: Literal["train", "val", "test"] = "val"
     margin: float = Field(default=0.005, ge=0)
     publish: bool = True

@@ -12,7 +12,11 @@ One run (:func:`run_retrain`):
    acknowledged unused; fewer than ``min_records`` new ones: stop, leaving them pending.
 5. **Train**: per-session trajectories (:mod:`.trajectories`), clipped PPO against the logged
    propensities (:mod:`.offline_ppo`), optionally MAPPO on simulated PromptEnv rollouts.
-6. **Gate**: mean reward of the greedy choice on the held-out split, candidate vs serving.
+6. **Gate** (:func:`decide`): the candidate's and the serving policy's value on held-out logged
+   sessions (``holdout_fraction`` of them, never trained on; SNIPS and doubly robust estimates,
+   :mod:`.offpolicy`) decide when their difference is clear at ``confidence``; when it is not,
+   the mean reward of the greedy choice on the static ``eval_split`` decides (a second opinion,
+   which cannot overrule a clear logged verdict); too few effective held-out samples: refused.
 7. **Checkpoint** (atomic, fsynced) with the new watermark: in the root when the gate passed,
    in ``<root>/rejected`` when not. **Publish** (SET + PUBLISH + a record of the publish, one
    MULTI), then **acknowledge** the entries.
@@ -47,8 +51,9 @@ from training.checkpoint import (
 from training.config import TrainConfig, checkpoint_config
 from training.retrain.config import RetrainConfig
 from training.retrain.offline_ppo import logged_update
+from training.retrain.offpolicy import logged_verdict, off_policy_terms
 from training.retrain.source import ExperienceSource, RedisGroupSource, SourceError, SqliteSource
-from training.retrain.trajectories import build_batch
+from training.retrain.trajectories import build_batch, split_held_out
 from training.update import make_optimizer, set_learning_rates
 from training.value_norm import ValueNorm
 
@@ -73,8 +78,10 @@ class RetrainResult:
         stale_acked: entries at or before the watermark acknowledged unused (a crashed run's).
         recovered: version published by recovery, if any.
         checkpoint: the candidate's directory; version: its version; watermark: its last entry id.
-        gate: ``{"split", "serving", "candidate", "margin", "passed"}`` (mean reward, quality,
-            cost_usd_per_1k of both).
+        gate: :func:`decide`'s ``{"rule", "static", "logged", "passed", "reason"}``: ``static``
+            is ``{"split", "serving", "candidate", "margin", "passed"}`` (mean reward, quality,
+            cost_usd_per_1k of both on the dataset split), ``logged`` the off-policy estimates
+            (:func:`~training.retrain.offpolicy.logged_verdict`).
         train: metrics of the update.
     """
 
@@ -173,6 +180,32 @@ def _resolve_ref(root: Path, ref: str | None) -> Path:
     return resolve_checkpoint(root)
 
 
+def decide(static: dict[str, Any], logged: dict[str, Any] | None) -> dict[str, Any]:
+    """The gate's decision: ``static`` (:func:`_gate`, on the dataset split) and ``logged``
+    (:func:`~training.retrain.offpolicy.logged_verdict`, None when off).
+
+    Rule: logged ``better`` passes and ``worse`` fails whatever the static split says;
+    ``inconclusive`` defers to the static opinion; ``too_few`` fails. Without a logged estimate the
+    static opinion decides. Returns ``{"rule", "static", "logged", "passed", "reason"}``.
+    """
+    if logged is None:
+        passed, reason = static["passed"], "no held-out logged data (holdout_fraction 0): the static split decides"
+    elif logged["verdict"] == "too_few":
+        c, s = logged["candidate"]["ess"], logged["serving"]["ess"]
+        passed, reason = False, (f"too few held-out logged decisions: {logged['decisions']} held out, effective "
+                                 f"sample size {c:.1f} (candidate) and {s:.1f} (serving), need {logged['min_ess']:g}")
+    elif logged["verdict"] == "inconclusive":
+        passed, reason = static["passed"], "the logged difference is not clear: the static split decides"
+    else:
+        passed = logged["verdict"] == "better"
+        lo, hi = logged["difference"]["ci"]
+        reason = (f"logged data: candidate - serving = {logged['difference']['dr']:+.4f} "
+                  f"[{lo:+.4f}, {hi:+.4f}] at {logged['confidence']:g}")
+    rule = ("logged better: pass; logged worse: fail; inconclusive: static split; too few: fail"
+            if logged is not None else "static split")
+    return {"rule": rule, "static": static, "logged": logged, "passed": bool(passed), "reason": reason}
+
+
 def _gate(serving: Policy, candidate: Policy, cfg: RetrainConfig, train_cfg: TrainConfig, splits,
           cost_weight: float) -> dict[str, Any]:
     from training.evaluate import policy_choices, summarize
@@ -239,8 +272,12 @@ def _run(cfg: RetrainConfig, root: Path, source: ExperienceSource, publisher: Pu
                                                       "project directory")
     cost_weight = train_cfg.env.cost_weight if cfg.cost_weight is None else cfg.cost_weight
     gamma = train_cfg.ppo.gamma if cfg.gamma is None else cfg.gamma
-    batch = build_batch(entries, serving, cost_weight)
+    train_entries, held_entries = (split_held_out(entries, cfg.holdout_fraction) if cfg.holdout_fraction
+                                   else (entries, []))
+    batch = build_batch(train_entries, serving, cost_weight)
+    held = build_batch(held_entries, serving, cost_weight)
     result.used, result.sessions, result.skipped = len(batch), batch.sessions, batch.skipped
+    serving_value_norm = ValueNorm.from_meta(serving.meta.value_norm, train_cfg.ppo.norm_value)
 
     from training.data import load_splits
 
@@ -256,7 +293,12 @@ def _run(cfg: RetrainConfig, root: Path, source: ExperienceSource, publisher: Pu
     if cfg.sim_iterations:
         result.train |= _simulate(cfg, train_cfg, splits, candidate, value_norm)
 
-    result.gate = _gate(serving, candidate, cfg, train_cfg, splits, cost_weight)
+    static = _gate(serving, candidate, cfg, train_cfg, splits, cost_weight)
+    logged = None
+    if cfg.holdout_fraction:
+        logged = logged_verdict(off_policy_terms(candidate, value_norm, held),
+                                off_policy_terms(serving, serving_value_norm, held), cfg.min_ess, cfg.confidence)
+    result.gate = decide(static, logged)
     last = max((eid for eid, _ in entries), key=source.order_key)
     meta = serving.meta.content()
     meta["data"]["watermark"] = {"source": source.kind, "name": source.name, "id": last}

@@ -9,6 +9,8 @@ is over: nothing is bootstrapped after it).
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,6 +34,8 @@ class LoggedBatch:
         behaviour_log_prob: ``[M, 1]`` float32, log-probability with which the action was chosen:
             ``log(propensity)`` for a sampled (``explore``) decision, the logging policy's
             ``log_prob`` for an argmax one. The PPO ratio is taken against it.
+        propensity: ``[M, 1]`` float32, the probability the action was chosen with (1 for an
+            argmax; ``exp(log_prob)`` for version-1 records without one): off-policy weights.
         reward: ``[M, 1]`` float32, ``quality - cost_weight * cost_usd`` (cost missing: 0).
         done: ``[M, 1]`` bool, last step of its session (also ``terminated``).
         entry_ids: ``[M]`` entry ids, in the batch's order.
@@ -43,6 +47,7 @@ class LoggedBatch:
     action_mask: torch.Tensor
     action: torch.Tensor
     behaviour_log_prob: torch.Tensor
+    propensity: torch.Tensor
     reward: torch.Tensor
     done: torch.Tensor
     entry_ids: list[str]
@@ -74,6 +79,32 @@ def _check(record: ExperienceRecord, policy: Policy) -> tuple[str | None, np.nda
     return None, vector
 
 
+def session_key(record: ExperienceRecord) -> str:
+    """The session a record belongs to: its ``session_id``, else its own decision."""
+    return record.session_id or f"decision:{record.decision_id}"
+
+
+def held_out(key: str, fraction: float) -> bool:
+    """Whether the session ``key`` is in the held-out share ``fraction`` of sessions: the first 8
+    bytes of its SHA-256, as a fraction of 2^64, below ``fraction`` (the same answer in every run)."""
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") < fraction * 2.0**64
+
+
+def split_held_out(entries: list[tuple[str, Any]], fraction: float) -> tuple[list[tuple[str, Any]],
+                                                                              list[tuple[str, Any]]]:
+    """``(train, held)`` of ``entries``: whole sessions are held out by :func:`held_out` (so no
+    trajectory is cut); records that do not parse go to ``train``, where they are counted as skipped."""
+    train, held = [], []
+    for entry in entries:
+        try:
+            key = session_key(parse_record(entry[1]))
+        except ValueError:
+            train.append(entry)
+            continue
+        (held if held_out(key, fraction) else train).append(entry)
+    return train, held
+
+
 def build_batch(entries: list[tuple[str, Any]], policy: Policy, cost_weight: float) -> LoggedBatch:
     """Rebuild per-session trajectories from ``entries`` (``(entry_id, stored record)``).
 
@@ -99,7 +130,7 @@ def build_batch(entries: list[tuple[str, Any]], policy: Policy, cost_weight: flo
         if vector is None:
             skipped[str(reason)] += 1
             continue
-        key = record.session_id or f"decision:{record.decision_id}"
+        key = session_key(record)
         sessions[key].append((datetime.fromisoformat(record.created_at), entry_id, record, vector))
     ordered: list[tuple[str, ExperienceRecord]] = []
     vectors: list[np.ndarray] = []
@@ -131,6 +162,8 @@ def build_batch(entries: list[tuple[str, Any]], policy: Policy, cost_weight: flo
         action_mask=mask,
         action=action,
         behaviour_log_prob=torch.tensor(behaviour, dtype=torch.float32).reshape(m, 1),
+        propensity=torch.tensor([r.propensity if r.propensity is not None else math.exp(r.log_prob)
+                                 for _, r in ordered], dtype=torch.float32).reshape(m, 1),
         reward=torch.tensor(reward, dtype=torch.float32).reshape(m, 1),
         done=torch.tensor(done, dtype=torch.bool).reshape(m, 1),
         entry_ids=[eid for eid, _ in ordered],
