@@ -19,6 +19,9 @@ FORMAT = "agent-router/policy/v2"
 #: the pub/sub channel announcing each publish; written by admin reloads and the retrain job.
 CURRENT_KEY = "policy:current"
 EVENTS_CHANNEL = "policy:events"
+#: Redis string, under ``<prefix>:``, holding the JSON figures of the last retraining round
+#: (``training.retrain.rounds``), which every server exports in ``/metrics``.
+RETRAIN_ROUND_KEY = "retrain:last_round"
 FORMAT_V1 = "agent-router/policy/v1"
 #: ``load_clip`` of v1 files that did not record one (``EnvConfig.load_clip``'s default then)
 V1_LOAD_CLIP = 4.0

@@ -276,6 +276,11 @@ def retrain(
     overrides: Annotated[list[str] | None, typer.Option(
         "--set", "-s", help="Any RetrainConfig field, e.g. update_epochs=20, eval_split=test (repeatable).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
+    every: Annotated[str | None, typer.Option(
+        help="Run round after round, one every this long (90s, 10m, 1h); Ctrl-C stops.")] = None,
+    rounds: Annotated[int, typer.Option(help="With --every: stop after this many rounds (0: never).", min=0)] = 0,
+    metrics_file: Annotated[Path | None, typer.Option(
+        help="With --every: append each round's figures here (default: <checkpoint>/retrain_rounds.jsonl).")] = None,
 ) -> None:
     """Retrain the serving policy on logged feedback; publish the candidate if it passes the gate.
 
@@ -313,6 +318,24 @@ def retrain(
     except ValidationError as exc:
         err = exc.errors()[0]
         raise UserError(f"retrain: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
+    if every is not None:
+        from training.retrain.rounds import parse_interval, run_rounds
+
+        interval = parse_interval(every)
+        path = metrics_file or Path(cfg.checkpoint_root) / "retrain_rounds.jsonl"
+
+        def show(figures: dict) -> None:
+            typer.echo(json.dumps(figures, default=str) if as_json else
+                       f"round {figures['round']}: {figures['status']}"
+                       + (f" {figures.get('version')}" if figures.get("version") else "")
+                       + (f" ({figures['reason']})" if figures.get("reason") else "")
+                       + (f" {figures['error']}" if figures.get("error") else ""))
+
+        try:
+            run_rounds(cfg, interval, rounds, path, on_round=show)
+        except KeyboardInterrupt:
+            typer.echo("stopped")
+        return
     result = run_retrain(cfg)
     if as_json:
         typer.echo(json.dumps(result.to_dict()))

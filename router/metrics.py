@@ -23,6 +23,13 @@ metric                                            type        labels / source
 ``router_embed_batch_duration_seconds``           histogram   seconds per encode call
 ``router_embed_cache_lookups_total``              counter     ``result``: ``hit`` / ``miss``
 ``router_embed_cache_entries``                    gauge       prompts in the LRU cache
+``router_retrain_last_round_info``                info        ``status``, ``published`` version,
+                                                              ``verdict`` of the last retraining
+                                                              round (Redis, ``retrain --every``)
+``router_retrain_round``                          gauge       that round's index
+``router_retrain_estimated_value``                gauge       ``policy``, ``estimator`` (``dr``,
+                                                              ``snips``) on held-out logged data
+``router_retrain_effective_samples``              gauge       ``policy``
 ================================================  ==========  ======================================
 
 Paths that match no route are counted under ``endpoint="unmatched"`` (no unbounded label values).
@@ -35,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 import math
 import time
@@ -49,6 +57,7 @@ from prometheus_client.registry import Collector
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from contract.policy_meta import RETRAIN_ROUND_KEY
 from router.logging import ACCESS_LOGGER
 
 logger = logging.getLogger(__name__)
@@ -104,6 +113,8 @@ class RouterMetrics:
         self._hit = self.embed_cache.labels(result="hit")
         self._miss = self.embed_cache.labels(result="miss")
         self.outbox_depth: float = 0.0
+        #: the last retraining round's figures (``contract.policy_meta.RETRAIN_ROUND_KEY``), or None
+        self.retrain_round: dict[str, Any] | None = None
         self._state: _StateCollector | None = None
 
     def bind(self, app: FastAPI) -> None:
@@ -121,8 +132,18 @@ class RouterMetrics:
         (self._hit if hit else self._miss).inc()
 
     async def refresh(self, app: FastAPI) -> None:
-        """Read the values that need awaiting (the outbox depth) before a scrape."""
-        store = getattr(getattr(app.state, "context", None), "store", None)
+        """Read the values that need awaiting (the outbox depth, the last retraining round) before a scrape."""
+        context = getattr(app.state, "context", None)
+        client = getattr(context, "redis", None)
+        if client is not None:
+            try:
+                raw = await asyncio.wait_for(client.get(f"{context.settings.redis_prefix}:{RETRAIN_ROUND_KEY}"),
+                                             OUTBOX_TIMEOUT_S)
+                self.retrain_round = json.loads(raw) if raw else None
+            except Exception as exc:  # the scrape still answers without the round's figures
+                logger.warning("cannot read the last retraining round: %s", exc)
+                context.redis_errors.note("metrics.retrain_round")
+        store = getattr(context, "store", None)
         depth_of = getattr(store, "outbox_depth", None)
         if depth_of is None:
             self.outbox_depth = 0.0
@@ -166,9 +187,35 @@ class _StateCollector(Collector):
         for operation, count in sorted(errors.items()):
             family.add_metric([operation], count)
         yield family
+        yield from _retrain_families(self._metrics.retrain_round)
         batcher = getattr(context, "batcher", None)
         size = batcher.cache_info()["size"] if batcher is not None else 0
         yield GaugeMetricFamily("router_embed_cache_entries", "Prompt embeddings in the LRU cache.", value=size)
+
+
+def _retrain_families(figures: dict[str, Any] | None) -> Iterator[Metric]:
+    """The last retraining round (``agent-router retrain --every``), as written to Redis."""
+    if not figures:
+        return
+    info = InfoMetricFamily("router_retrain_last_round", "The last retraining round: its status and the "
+                            "version it published (empty when none).")
+    info.add_metric([], {"status": str(figures.get("status", "")), "published": str(figures.get("published") or ""),
+                         "verdict": str(figures.get("verdict") or "")})
+    yield info
+    yield GaugeMetricFamily("router_retrain_round", "Index of the last retraining round of its job.",
+                            value=float(figures.get("round", 0)))
+    value = GaugeMetricFamily("router_retrain_estimated_value", "Estimated value of greedy routing on held-out "
+                              "logged decisions, by policy and estimator.", labels=["policy", "estimator"])
+    ess = GaugeMetricFamily("router_retrain_effective_samples", "Effective sample size of the held-out logged "
+                            "decisions, by policy.", labels=["policy"])
+    for who in ("serving", "candidate"):
+        for estimator in ("dr", "snips"):
+            if isinstance(figures.get(f"{who}_{estimator}"), int | float):
+                value.add_metric([who, estimator], float(figures[f"{who}_{estimator}"]))
+        if isinstance(figures.get(f"{who}_ess"), int | float):
+            ess.add_metric([who], float(figures[f"{who}_ess"]))
+    yield value
+    yield ess
 
 
 def metrics_of(app: Any) -> RouterMetrics | None:

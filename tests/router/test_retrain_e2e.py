@@ -34,7 +34,7 @@ def _held_out_quality(client: httpx.Client, ds) -> tuple[float, set[str]]:
 
 
 def test_feedback_retrain_hot_swap_improves_the_policy(weak_policy, start_server, redis_url, redis_prefix,
-                                                        embed_cache):
+                                                        embed_cache, tmp_path):
     cfg, v1_dir = weak_policy
     root = v1_dir.parent
     v1 = load_checkpoint(v1_dir).version
@@ -64,15 +64,24 @@ def test_feedback_retrain_hot_swap_improves_the_policy(weak_policy, start_server
 
         env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
         run = subprocess.run([sys.executable, "-m", "router", "retrain", "--checkpoint", str(root),
-                              "--redis-url", redis_url, "--prefix", redis_prefix, "--set", "min_ess=5", "--json"],
+                              "--redis-url", redis_url, "--prefix", redis_prefix, "--set", "min_ess=5",
+                              "--every", "1s", "--rounds", "1", "--metrics-file", str(tmp_path / "rounds.jsonl"),
+                              "--json"],
                              capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
         assert run.returncode == 0, run.stderr
-        result = json.loads(run.stdout)
-        assert result["status"] == "published", result
+        result = json.loads(run.stdout.strip().splitlines()[-1])  # the round's figures
+        assert result["status"] == "published" and result["published"] == result["version"], result
         # a fifth of the sessions is held out for the gate's logged estimate, the rest trained on
-        held = result["gate"]["logged"]["decisions"]
+        held = result["held_out"]
         assert result["records"] == len(train) and result["used"] + held == len(train) and 0 < held < len(train)
+        assert json.loads((tmp_path / "rounds.jsonl").read_text().splitlines()[-1]) == result
         v2 = result["version"]
+        # every server exports the round's figures
+        scraped = client.get("/metrics").text
+        assert f'router_retrain_last_round_info{{published="{v2}",status="published"' in scraped, scraped[-2000:]
+        for who in ("serving", "candidate"):
+            assert f'router_retrain_estimated_value{{estimator="dr",policy="{who}"}}' in scraped
+            assert f'router_retrain_effective_samples{{policy="{who}"}}' in scraped
 
         deadline = time.monotonic() + 10
         while client.get("/admin/policy", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).json()["version"] != v2:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import redis
 
+from env.errors import UserError
 from router.experience.redis_store import RedisExperienceStore
 from router.experience.sqlite_store import SqliteExperienceStore
 from router.service import RoutingService
@@ -275,3 +276,23 @@ def test_too_few_held_out_decisions_refuse_and_say_so(v1, store_kind, redis_url,
                                          margin=1.0))
     assert result.status == "rejected" and result.gate["logged"]["verdict"] == "too_few"
     assert "too few held-out logged decisions" in result.gate["reason"] and "need 30" in result.gate["reason"]
+
+
+def test_rounds_retrain_then_find_nothing_and_record_each_round(v1, tmp_path):
+    from training.retrain.rounds import parse_interval, run_rounds
+
+    cfg, v1_dir = v1
+    root, db = v1_dir.parent, tmp_path / "experience.sqlite3"
+    _log_rewarding("sqlite", None, None, db, load_checkpoint(v1_dir), cfg, 300, lambda p, a: 0.5)
+    slept: list[float] = []
+    rounds = run_rounds(RetrainConfig(checkpoint_root=root, sqlite_path=db, min_ess=5, margin=1.0),
+                        parse_interval("10m"), 2, tmp_path / "rounds.jsonl", sleep=slept.append)
+    assert [r["status"] for r in rounds] == [rounds[0]["status"], "too_few"] and rounds[0]["records"] == 300
+    assert rounds[0]["status"] in ("saved", "rejected") and "candidate_dr" in rounds[0] and "serving_ess" in rounds[0]
+    assert len(slept) == 1 and 0 < slept[0] <= 600
+    lines = [json.loads(x) for x in (tmp_path / "rounds.jsonl").read_text().splitlines()]
+    assert [x["round"] for x in lines] == [1, 2]
+    assert parse_interval("90s") == 90 and parse_interval("1h") == 3600 and parse_interval("2.5") == 2.5
+    for bad in ("0m", "-1s", "10 minutes", ""):
+        with pytest.raises(UserError, match="--every"):
+            parse_interval(bad)
