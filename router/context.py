@@ -21,6 +21,7 @@ import torch
 from env.embedder import Embedder
 from env.errors import UserError
 from router.batcher import EmbedBatcher
+from router.cooldown import CooldownPolicy, Cooldowns, LocalCooldowns, RedisCooldowns
 from router.experience import ExperienceStore, Outbox, RedisExperienceStore, SqliteExperienceStore, StoreUnavailable
 from router.follower import follow_published
 from router.load import LoadTracker, LocalLoadTracker, RedisLoadTracker
@@ -48,6 +49,7 @@ class AppContext:
         metrics: the app's Prometheus metrics.
         redis: the shared Redis client; None without Redis.
         redis_errors: failed Redis calls by operation, of every user of ``redis``.
+        cooldowns: agents whose feedback quality collapsed (:mod:`router.cooldown`).
     """
 
     settings: Settings
@@ -58,6 +60,7 @@ class AppContext:
     metrics: RouterMetrics
     redis: aioredis.Redis | None
     redis_errors: RedisErrors
+    cooldowns: Cooldowns
 
     @property
     def service(self) -> RoutingService:
@@ -148,5 +151,10 @@ async def open_context(settings: Settings, metrics: RouterMetrics) -> AsyncItera
         stack.push_async_callback(batcher.aclose)
         registry = PolicyRegistry(service, settings.checkpoint)
         await stack.enter_async_context(follow_published(registry, settings, client, errors))
+        policy = CooldownPolicy(quality=settings.cooldown_quality, window=settings.cooldown_window,
+                                min_feedback=settings.cooldown_min_feedback,
+                                probe_feedback=settings.cooldown_probe_feedback, seconds=settings.cooldown_s)
+        cooldowns: Cooldowns = (RedisCooldowns(client, settings.redis_prefix, policy, errors, metrics.note_cooldown)
+                                if client is not None else LocalCooldowns(policy, metrics.note_cooldown))
         yield AppContext(settings=settings, registry=registry, store=store, load=load, batcher=batcher,
-                         metrics=metrics, redis=client, redis_errors=errors)
+                         metrics=metrics, redis=client, redis_errors=errors, cooldowns=cooldowns)

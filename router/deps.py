@@ -12,6 +12,7 @@ from fastapi import Depends, Request
 
 from router.batcher import EmbedBatcher
 from router.context import AppContext
+from router.cooldown import Cooldowns
 from router.experience import ExperienceStore
 from router.load import LoadTracker
 from router.registry import PolicyRegistry
@@ -49,6 +50,10 @@ async def get_load(context: ContextDep) -> LoadTracker:
     return context.load
 
 
+async def get_cooldowns(context: ContextDep) -> Cooldowns:
+    return context.cooldowns
+
+
 async def get_batcher(context: ContextDep) -> EmbedBatcher:
     return context.batcher
 
@@ -58,4 +63,5 @@ ServiceDep = Annotated[RoutingService, Depends(get_service)]
 RegistryDep = Annotated[PolicyRegistry, Depends(get_registry)]
 StoreDep = Annotated[ExperienceStore, Depends(get_store)]
 LoadDep = Annotated[LoadTracker, Depends(get_load)]
+CooldownsDep = Annotated[Cooldowns, Depends(get_cooldowns)]
 BatcherDep = Annotated[EmbedBatcher, Depends(get_batcher)]

@@ -23,6 +23,10 @@ metric                                            type        labels / source
 ``router_embed_batch_duration_seconds``           histogram   seconds per encode call
 ``router_embed_cache_lookups_total``              counter     ``result``: ``hit`` / ``miss``
 ``router_embed_cache_entries``                    gauge       prompts in the LRU cache
+``router_agent_cooldowns_total``                  counter     ``agent``: cooldowns this replica
+                                                              started (router.cooldown)
+``router_agent_cooldown_seconds``                 gauge       ``agent``: seconds left, agents
+                                                              cooling down now (all replicas)
 ``router_retrain_last_round_info``                info        ``status``, ``published`` version,
                                                               ``verdict`` of the last retraining
                                                               round (Redis, ``retrain --every``)
@@ -110,11 +114,17 @@ class RouterMetrics:
             "router_embed_cache_lookups", "Prompt embedding LRU lookups, by result (hit, miss).",
             ["result"], registry=self.registry,
         )
+        self.cooldowns = Counter(
+            "router_agent_cooldowns", "Cooldowns started by this replica, by agent (router.cooldown).",
+            ["agent"], registry=self.registry,
+        )
         self._hit = self.embed_cache.labels(result="hit")
         self._miss = self.embed_cache.labels(result="miss")
         self.outbox_depth: float = 0.0
         #: the last retraining round's figures (``contract.policy_meta.RETRAIN_ROUND_KEY``), or None
         self.retrain_round: dict[str, Any] | None = None
+        #: agents cooling down at the last scrape -> seconds left
+        self.cooling: dict[str, float] = {}
         self._state: _StateCollector | None = None
 
     def bind(self, app: FastAPI) -> None:
@@ -127,6 +137,9 @@ class RouterMetrics:
     def observe_batch(self, size: int, seconds: float) -> None:
         self.embed_batch_size.observe(size)
         self.embed_batch_seconds.observe(seconds)
+
+    def note_cooldown(self, agent: str) -> None:
+        self.cooldowns.labels(agent=agent).inc()
 
     def observe_lookup(self, hit: bool) -> None:
         (self._hit if hit else self._miss).inc()
@@ -143,6 +156,9 @@ class RouterMetrics:
             except Exception as exc:  # the scrape still answers without the round's figures
                 logger.warning("cannot read the last retraining round: %s", exc)
                 context.redis_errors.note("metrics.retrain_round")
+        cooldowns, registry = getattr(context, "cooldowns", None), getattr(context, "registry", None)
+        if cooldowns is not None and registry is not None:
+            self.cooling = dict(await cooldowns.cooling(registry.current.agents))
         store = getattr(context, "store", None)
         depth_of = getattr(store, "outbox_depth", None)
         if depth_of is None:
@@ -187,6 +203,11 @@ class _StateCollector(Collector):
         for operation, count in sorted(errors.items()):
             family.add_metric([operation], count)
         yield family
+        cooling = GaugeMetricFamily("router_agent_cooldown_seconds", "Seconds each agent still cools down "
+                                    "(agents not cooling down are absent).", labels=["agent"])
+        for agent, left in sorted(self._metrics.cooling.items()):
+            cooling.add_metric([agent], left)
+        yield cooling
         yield from _retrain_families(self._metrics.retrain_round)
         batcher = getattr(context, "batcher", None)
         size = batcher.cache_info()["size"] if batcher is not None else 0

@@ -151,6 +151,10 @@ class AgentInfo(BaseModel):
         "min(max(0, in_flight - capacity) / capacity, load_clip); 0 when unbounded."
     )
     down: bool = Field(False, description="Marked down by an admin: no decision picks it.")
+    cooldown_s: float | None = Field(
+        None, description="Seconds it still cools down (its feedback quality collapsed: no decision picks it); "
+        "null when it does not."
+    )
 
 
 class HealthResponse(BaseModel):

@@ -152,6 +152,23 @@ class Settings(BaseSettings):
         "(a request's cost_weight overrides it); unset: the policy's default. Ignored by policies trained at one "
         "cost weight.",
     )
+    cooldown_s: float = Field(
+        60.0,
+        ge=0.0,
+        le=86400.0,
+        description="Seconds an agent whose feedback quality collapsed is left out of routing (all replicas with "
+        "Redis); then it is on probation. 0: no cooldowns.",
+    )
+    cooldown_quality: float = Field(
+        0.05, ge=0.0, le=1.0,
+        description="An agent cools down when the mean quality of its recent feedback is at most this.",
+    )
+    cooldown_window: int = Field(20, ge=1, le=10_000, description="Recent feedbacks per agent the mean is over.")
+    cooldown_min_feedback: int = Field(
+        10, ge=1, le=10_000, description="Feedbacks an agent needs in its window before it can cool down.")
+    cooldown_probe_feedback: int = Field(
+        3, ge=1, le=10_000,
+        description="After a cooldown, feedbacks that decide whether the agent recovers or cools down again.")
     explore_floor: float = Field(
         0.02,
         ge=0.0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, status
 
 from contract.experience import Feedback
-from router.deps import LoadDep, StoreDep
+from router.deps import CooldownsDep, LoadDep, StoreDep
 from router.experience.base import utc_now_iso
 from router.metrics import annotate
 from router.routes import BODY_ERRORS, STORE_DOWN, error_responses
@@ -26,12 +26,15 @@ api = APIRouter(tags=["routing"])
     ),
     summary="Report how the chosen agent did",
 )
-async def feedback(body: FeedbackRequest, request: Request, store: StoreDep, load: LoadDep) -> FeedbackResponse:
-    """Append the experience record (decision context + feedback); 202 only once it is durable."""
+async def feedback(body: FeedbackRequest, request: Request, store: StoreDep, load: LoadDep,
+                   cooldowns: CooldownsDep) -> FeedbackResponse:
+    """Append the experience record (decision context + feedback); 202 only once it is durable. The
+    quality also feeds the agent's cooldown (:mod:`router.cooldown`)."""
     annotate(request, decision_id=body.decision_id)
     record = await store.record_feedback(
         body.decision_id,
         Feedback(quality=body.quality, cost_usd=body.cost_usd, latency_ms=body.latency_ms, feedback_at=utc_now_iso()),
     )
     await load.release(record.agent, body.decision_id)
+    await cooldowns.observe(record.agent, body.quality)
     return FeedbackResponse(status="accepted", decision_id=body.decision_id)

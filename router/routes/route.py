@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request, status
 
 from contract.pricing import prompt_tokens
-from router.deps import BatcherDep, LoadDep, ServiceDep, SettingsDep, StoreDep
+from router.deps import BatcherDep, CooldownsDep, LoadDep, ServiceDep, SettingsDep, StoreDep
 from router.metrics import note_decision
 from router.routes import BODY_ERRORS, STORE_DOWN, error_responses
 from router.schemas import RouteRequest, RouteResponse
@@ -30,6 +30,7 @@ async def route(
     store: StoreDep,
     batcher: BatcherDep,
     load: LoadDep,
+    cooldowns: CooldownsDep,
 ) -> RouteResponse:
     """Embed the prompt, run the policy (masked to ``candidates``), persist the decision context,
     and return the chosen agent with the full distribution."""
@@ -47,11 +48,14 @@ async def route(
                               service.action_mask(body.candidates))
     embedding = await batcher.embed(service.embedder, body.prompt)  # micro-batched, LRU-cached
     live = await load.snapshot(service.agents)
+    down = live.down | set(await cooldowns.cooling(service.agents))  # marked down, or cooling down
+    if set(body.candidates or service.agents) <= down:
+        down = live.down  # every allowed agent cools down: route among them rather than refuse
     cost_weight = body.cost_weight
     if cost_weight is None and body.max_cost_usd_per_1k is None and service.policy.layout.cost_preference:
         cost_weight = settings.cost_weight
     decision = service.route(body.prompt, body.candidates, body.explore, embedding=embedding,
-                             in_flight=live.in_flight, down=live.down, explore_floor=settings.explore_floor,
+                             in_flight=live.in_flight, down=down, explore_floor=settings.explore_floor,
                              cost_weight=cost_weight, max_cost_usd_per_1k=body.max_cost_usd_per_1k)
     note_decision(request, decision.decision_id, decision.agent, service.version)
     await store.put_decision(
