@@ -46,6 +46,7 @@ def _worker(rank: int, world: int, init_file: str, out: str) -> None:
         history = trainer.train()
         torch.save(_params(trainer), Path(out) / f"train.rank{rank}.pt")
         (Path(out) / f"history.rank{rank}.json").write_text(json.dumps(history))
+        dist.barrier()  # both ranks are done before either tears the group down (a gloo teardown race aborts)
     finally:
         dist.destroy_process_group()
 
