@@ -2,7 +2,8 @@
 Redis, the real retrain job.
 
 1. Serve a checkpoint (``--checkpoint``; default: train ``configs/default.yaml``) with Redis, the
-   server's cooldowns and exploration on (``ROUTER_EXPLORE_FLOOR``, ``--explore-floor``).
+   server's cooldowns and exploration on (``--explore-floor``, ``--explore-temperature``: the
+   server's ``ROUTER_EXPLORE_FLOOR`` and ``ROUTER_EXPLORE_TEMPERATURE``).
 2. Break the agent the policy sends most traffic to: from now on every answer it gives scores 0.
 3. Each round: ``--requests`` train prompts are routed with ``explore: true`` and get feedback from
    the changed world (the dataset's outcome, 0 for the broken agent), then
@@ -13,7 +14,8 @@ Per round it reports the broken agent's share of the traffic, the served quality
 changed world, the gate's verdict and the version served, against the changed world's best single
 agent and oracle on the same prompts. It also reports what exploration costs in the unchanged
 world: the mean over the first round's prompts of ``q(greedy) - sum_k mu_k q_k`` with the policy's
-returned probabilities and the floor's mixture ``mu`` (the dataset's outcomes, before the break).
+returned probabilities and the server's exploration distribution ``mu`` (the dataset's outcomes,
+before the break).
 
 Goals (issue 12): the broken agent's share below 2% within 2,000 logged feedbacks and at most 3
 retrain rounds; served quality at least the changed world's best single agent + 0.05; exploration
@@ -64,14 +66,8 @@ def _checkpoint(args, work: Path) -> Path:
     return run_training(cfg, progress=False).parent
 
 
-def _mixture(probs: np.ndarray, floor: float) -> np.ndarray:
-    """The server's exploration distribution (router.service.exploration_distribution), all allowed."""
-    k = len(probs)
-    alpha = min(1.0, floor * k)
-    return (1 - alpha) * probs + alpha / k
-
-
 def main(argv: list[str] | None = None) -> None:
+    from router.service import exploration_distribution
     from training.checkpoint import load_checkpoint, resolve_checkpoint
     from training.config import checkpoint_config
     from training.data import load_splits
@@ -81,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--requests", type=int, default=500, help="routed requests (with feedback) per round")
     ap.add_argument("--rounds", type=int, default=4, help="rounds; a retrain follows each but the last")
     ap.add_argument("--explore-floor", type=float, default=0.05)
+    ap.add_argument("--explore-temperature", type=float, default=1.0)
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--retrain-set", action="append", default=["min_ess=10", "update_epochs=20"],
@@ -100,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     prefix = f"drift-{uuid.uuid4().hex[:8]}"
     server = Server(env={"ROUTER_CHECKPOINT": str(root), "ROUTER_REDIS_URL": args.redis_url,
                          "ROUTER_REDIS_PREFIX": prefix, "ROUTER_EXPLORE_FLOOR": str(args.explore_floor),
+                         "ROUTER_EXPLORE_TEMPERATURE": str(args.explore_temperature),
                          "ROUTER_OUTBOX_PATH": str(work / "outbox.sqlite3"),
                          "ROUTER_EMBED_CACHE_DIR": str(ROOT / "var" / "embeddings")},
                     log_path=work / "server.log").start()
@@ -132,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
                     versions.add(body["policy_version"])
                     if r == 0:
                         probs = np.array([body["probabilities"][n] for n in names])
-                        mu = _mixture(probs, args.explore_floor)
+                        mu = exploration_distribution(probs, np.ones(len(names), dtype=bool), args.explore_floor,
+                                                      args.explore_temperature)
                         gaps.append(float(train.quality[p, int(np.argmax(probs))] - mu @ train.quality[p]))
                     client.post("/v1/feedback", json={"decision_id": body["decision_id"],
                                                       "quality": float(quality[p, a]),
@@ -192,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     print_json_line({"benchmark": "drift", "broken_agent": names[broken] if broken is not None else None,
                      "machine": machine(start_load), "rounds": rows, "goals": goals,
                      "settings": {"requests": args.requests, "explore_floor": args.explore_floor,
+                                  "explore_temperature": args.explore_temperature,
                                   "retrain_set": args.retrain_set}})
 
 

@@ -77,19 +77,23 @@ class Decision:
     prompt_tokens: int | None = None
 
 
-def exploration_distribution(probs: np.ndarray, mask: np.ndarray, floor: float) -> np.ndarray:
-    """The distribution ``explore`` samples from: the policy mixed with uniform so that every
-    allowed agent has probability at least ``floor``.
+def exploration_distribution(probs: np.ndarray, mask: np.ndarray, floor: float,
+                             temperature: float = 1.0) -> np.ndarray:
+    """The distribution ``explore`` samples from: the policy, flattened by ``temperature``, mixed
+    with uniform so that every allowed agent has probability at least ``floor``.
 
-    ``mu = (1 - alpha) * pi + alpha / K_a`` over the ``K_a`` allowed agents, with
-    ``alpha = min(1, floor * K_a)`` (epsilon-greedy mixing; Li et al. 2010, "A Contextual-Bandit
-    Approach to Personalized News Article Recommendation", arXiv 1003.0146, sec. 5, logs such
-    propensities for unbiased offline evaluation). ``floor * K_a >= 1`` gives the uniform choice.
+    ``mu = (1 - alpha) * pi_T + alpha / K_a`` over the ``K_a`` allowed agents, with
+    ``pi_T ∝ pi^(1/T)`` and ``alpha = min(1, floor * K_a)`` (epsilon-greedy mixing; Li et al. 2010,
+    "A Contextual-Bandit Approach to Personalized News Article Recommendation", arXiv 1003.0146,
+    sec. 5, logs such propensities for unbiased offline evaluation). A temperature above 1 spreads
+    the exploration over the agents the policy finds nearly as good, which costs less quality than
+    the uniform floor for the same coverage of them. ``floor * K_a >= 1`` gives the uniform choice.
 
     Args:
         probs: ``[K]`` float, the policy's distribution (masked agents 0).
         mask: ``[K]`` bool, allowed agents (at least one).
         floor: minimum probability of each allowed agent, in [0, 1].
+        temperature: ``T >= 1``; 1 samples the policy itself.
 
     Returns:
         ``[K]`` float64 summing to 1, 0 where ``mask`` is False.
@@ -98,6 +102,10 @@ def exploration_distribution(probs: np.ndarray, mask: np.ndarray, floor: float) 
     k_allowed = allowed.sum()
     pi = probs.astype(np.float64) * allowed
     pi = pi / pi.sum() if pi.sum() > 0 else allowed / k_allowed
+    if temperature != 1.0:
+        log_pi = np.where(pi > 0, np.log(np.maximum(pi, 1e-300)), -np.inf) / temperature
+        pi = np.exp(log_pi - log_pi.max())
+        pi = pi / pi.sum()
     alpha = min(1.0, max(0.0, floor) * k_allowed)
     mu = (1.0 - alpha) * pi + alpha * allowed / k_allowed
     return mu / mu.sum()
@@ -246,6 +254,7 @@ class RoutingService:
         down: Collection[str] = (),
         embedding: np.ndarray | None = None,
         explore_floor: float = 0.0,
+        explore_temperature: float = 1.0,
         cost_weight: float | None = None,
         max_cost_usd_per_1k: float | None = None,
     ) -> Decision:
@@ -265,7 +274,8 @@ class RoutingService:
             down: names of agents marked down.
             embedding: the prompt's ``[E]`` embedding if already computed (by the micro-batcher,
                 :mod:`router.batcher`); None: encode ``prompt`` here.
-            explore_floor: as :func:`exploration_distribution`.
+            explore_floor, explore_temperature: ``floor`` and ``temperature`` of
+                :func:`exploration_distribution`.
             cost_weight: the request's cost preference, USD^-1 (:meth:`cost_preference`).
             max_cost_usd_per_1k: in place of ``cost_weight``, a budget: only agents whose
                 expected cost of this prompt is within it are allowed (:meth:`within_budget`),
@@ -298,7 +308,7 @@ class RoutingService:
         probs[~mask] = 0.0
         propensity = 1.0
         if explore:
-            mu = exploration_distribution(probs, mask, explore_floor)
+            mu = exploration_distribution(probs, mask, explore_floor, explore_temperature)
             with self._rng_lock:
                 action = int(self._rng.choice(len(mu), p=mu))
             propensity = min(1.0, float(mu[action]))

@@ -169,6 +169,13 @@ class Settings(BaseSettings):
     cooldown_probe_feedback: int = Field(
         3, ge=1, le=10_000,
         description="After a cooldown, feedbacks that decide whether the agent recovers or cools down again.")
+    explore_temperature: float = Field(
+        1.0,
+        ge=1.0,
+        le=100.0,
+        description="With explore=true, the policy's distribution is flattened to pi^(1/T) before the floor's "
+        "mixing: exploration goes mostly to the agents the policy finds nearly as good. 1: the policy itself.",
+    )
     explore_floor: float = Field(
         0.02,
         ge=0.0,

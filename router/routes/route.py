@@ -56,6 +56,7 @@ async def route(
         cost_weight = settings.cost_weight
     decision = service.route(body.prompt, body.candidates, body.explore, embedding=embedding,
                              in_flight=live.in_flight, down=down, explore_floor=settings.explore_floor,
+                             explore_temperature=settings.explore_temperature,
                              cost_weight=cost_weight, max_cost_usd_per_1k=body.max_cost_usd_per_1k)
     note_decision(request, decision.decision_id, decision.agent, service.version)
     await store.put_decision(

@@ -72,3 +72,28 @@ def test_routing_service_samples_with_the_logged_propensity(tmp_path):
     assert [d.action for d in draw(seed=1, n=50)] != [d.action for d in decisions[:50]]
     greedy = RoutingService(policy, embedder=None, seed=0).route("x", embedding=embedding)
     assert greedy.action == 0 and greedy.propensity == 1.0 and not greedy.explore
+
+
+def test_temperature_flattens_the_policy_before_the_floor():
+    probs = np.array([0.8, 0.15, 0.05])
+    mask = np.ones(3, dtype=bool)
+    root = np.sqrt(probs)
+    tempered = root / root.sum()  # T = 2: pi^(1/2), renormalised
+    assert exploration_distribution(probs, mask, 0.0, temperature=2.0) == pytest.approx(tempered)
+    assert exploration_distribution(probs, mask, 0.05, temperature=2.0) == pytest.approx(0.85 * tempered + 0.05)
+    assert exploration_distribution(probs, mask, 0.0, temperature=1.0) == pytest.approx(probs)
+    masked = exploration_distribution(np.array([0.6, 0.4, 0.0]), np.array([True, True, False]), 0.0, 3.0)
+    assert masked[2] == 0.0 and masked.sum() == pytest.approx(1.0)
+
+
+def test_tempered_exploration_logs_its_exact_propensity(tmp_path):
+    from router.service import RoutingService
+
+    policy = _fixed_policy(tmp_path, [3.0, 0.0, -1.0])
+    embedding = np.ones(384, dtype=np.float32) / np.sqrt(384)
+    service = RoutingService(policy, embedder=None, seed=0)
+    decisions = [service.route("x", explore=True, embedding=embedding, explore_floor=0.01, explore_temperature=3.0)
+                 for _ in range(300)]
+    mu = exploration_distribution(decisions[0].probabilities, np.ones(3, dtype=bool), 0.01, 3.0)
+    assert all(d.propensity == pytest.approx(mu[d.action], abs=1e-12) for d in decisions)
+    assert mu[1] > 0.1  # T = 3 gives the runner-up real traffic (the policy itself: about 0.05)
