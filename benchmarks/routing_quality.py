@@ -102,9 +102,9 @@ def score(config: Path, seed: int, checkpoint: Path, split_name: str) -> dict[st
     train, split = splits.splits["train"], splits.splits[split_name]
     emb_train, emb = splits.embeddings("train"), splits.embeddings(split_name)
     weight = cfg.env.cost_weight
-    report = run_eval(policy, train, split, emb_train, emb, weight, env_config=cfg.env,
-                      capacities=split.capacities, seed=seed, split_name=split_name)
     predictors = fit_predictors(emb_train, train, seed=seed, cost_weight=weight)
+    report = run_eval(policy, train, split, emb_train, emb, weight, env_config=cfg.env,
+                      capacities=split.capacities, seed=seed, split_name=split_name, predictors=predictors)
     grid = lambda_grid(predictors, emb, 32)
     lam = _lambda_rewards(policy, split, emb, predictors, grid)
     r = report["routers"]

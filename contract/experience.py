@@ -173,7 +173,8 @@ class ExperienceRecord(DecisionContext):
 
 
 def parse_record(raw: Any) -> ExperienceRecord:
-    """A stored record (a JSON object, or its text) of any known schema version.
+    """A stored record (a JSON object, or its text) of any known schema version; an
+    :class:`ExperienceRecord` is returned as it is.
 
     Raises:
         ValueError: not a record of a known version (pydantic's ``ValidationError`` included).

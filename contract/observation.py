@@ -107,9 +107,9 @@ class ObsLayout(BaseModel):
 
     def cols(self, part: str) -> slice:
         """The columns of ``part`` (one of :data:`PARTS`; an empty slice when it is absent)."""
-        start = 0
+        start, widths = 0, self.widths()
         for name in PARTS:
-            width = self.widths().get(name, 0)
+            width = widths.get(name, 0)
             if name == part:
                 return slice(start, start + width)
             start += width

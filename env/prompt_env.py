@@ -153,8 +153,6 @@ class PromptEnv(BatchedEnvSpecs):
         if agent_prices is not None:
             if tokens is None or len(tokens) != self.quality.shape[0]:
                 raise ValueError("agent_prices needs tokens [P], one count per prompt")
-            if len(agent_prices) != self.quality.shape[1]:
-                raise ValueError(f"{len(agent_prices)} agent prices for {self.quality.shape[1]} agents")
             expected_cost = expected_costs_usd(agent_prices, tokens)
             cost_scale_usd = cost_scale_usd or float(expected_cost.mean()) or 1.0
         self.layout = ObsLayout(embed_dim=self.embed_dim, num_agents=self.num_agents, num_routers=self.num_routers,

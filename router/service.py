@@ -202,6 +202,24 @@ class RoutingService:
             return None
         return layout.default_cost_weight if cost_weight is None else float(cost_weight)
 
+    def request_mask(self, prompt: str, candidates: Sequence[str] | None, cost_weight: float | None,
+                     max_cost_usd_per_1k: float | None) -> np.ndarray:
+        """``[K]`` bool, the agents a request allows before live state: its ``candidates``, within
+        its budget (:meth:`within_budget`); checks its ``cost_weight`` on the way.
+
+        Raises:
+            CandidateError: bad ``candidates``.
+            PreferenceError: a ``cost_weight`` this policy does not take, both ``cost_weight`` and
+                ``max_cost_usd_per_1k``, or a budget no allowed agent fits.
+        """
+        allowed = self.action_mask(candidates)
+        if max_cost_usd_per_1k is not None and cost_weight is not None:
+            raise PreferenceError("give cost_weight or max_cost_usd_per_1k, not both")
+        self.cost_preference(cost_weight)
+        if max_cost_usd_per_1k is not None:
+            allowed = allowed & self.within_budget(prompt_tokens(prompt), max_cost_usd_per_1k, allowed)
+        return allowed
+
     def within_budget(self, tokens: int, max_cost_usd_per_1k: float, allowed: np.ndarray) -> np.ndarray:
         """``[K]`` bool: agents whose expected cost of a ``tokens``-token prompt
         (:func:`contract.pricing.call_cost_usd`, USD) times 1,000 is at most ``max_cost_usd_per_1k``.
@@ -287,14 +305,11 @@ class RoutingService:
                 and ``max_cost_usd_per_1k``, or a budget no allowed agent fits.
             NoAgentAvailable: every allowed agent is down.
         """
-        if max_cost_usd_per_1k is not None and cost_weight is not None:
-            raise PreferenceError("give cost_weight or max_cost_usd_per_1k, not both")
-        tokens = prompt_tokens(prompt)
-        allowed = self.action_mask(candidates)
+        allowed = self.request_mask(prompt, candidates, cost_weight, max_cost_usd_per_1k)
         if max_cost_usd_per_1k is not None:
-            allowed = allowed & self.within_budget(tokens, max_cost_usd_per_1k, allowed)
             cost_weight = 0.0 if self.policy.layout.cost_preference else None
         preference = self.cost_preference(cost_weight)
+        tokens = prompt_tokens(prompt)
         mask = live_mask(self.agents, allowed, down, candidates)
         if embedding is None:
             embedding = self.embedder.encode([prompt])

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request, status
 
-from contract.pricing import prompt_tokens
 from router.deps import BatcherDep, CooldownsDep, LoadDep, ServiceDep, SettingsDep, StoreDep
 from router.metrics import note_decision
 from router.routes import BODY_ERRORS, STORE_DOWN, error_responses
 from router.schemas import RouteRequest, RouteResponse
-from router.service import PreferenceError
 
 api = APIRouter(tags=["routing"])
 
@@ -39,13 +37,8 @@ async def route(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             f"prompt has {len(body.prompt)} characters; the limit is {settings.max_prompt_chars}",
         )
-    service.action_mask(body.candidates)  # bad candidates or cost_weight: 422 before any encoding
-    if body.cost_weight is not None and body.max_cost_usd_per_1k is not None:
-        raise PreferenceError("give cost_weight or max_cost_usd_per_1k, not both")
-    service.cost_preference(body.cost_weight)
-    if body.max_cost_usd_per_1k is not None:
-        service.within_budget(prompt_tokens(body.prompt), body.max_cost_usd_per_1k,
-                              service.action_mask(body.candidates))
+    # bad candidates, cost_weight or budget: 422 before any encoding
+    service.request_mask(body.prompt, body.candidates, body.cost_weight, body.max_cost_usd_per_1k)
     embedding = await batcher.embed(service.embedder, body.prompt)  # micro-batched, LRU-cached
     live = await load.snapshot(service.agents)
     down = live.down | set(await cooldowns.cooling(service.agents))  # marked down, or cooling down

@@ -411,12 +411,14 @@ def run_eval(
     steps: int | None = None,
     device: str = "cpu",
     split_name: str = "",
+    predictors: Mapping[str, QualityPredictor] | None = None,
 ) -> dict[str, Any]:
     """The whole ``agent-router eval`` report of ``split`` (see the module docstring).
 
     Args:
         policy: the main checkpoint; curve_policies: more points of its curve.
-        train, train_embeddings: fit the kNN and MLP predictors (seeded with ``seed``).
+        train, train_embeddings: fit the kNN and MLP predictors (seeded with ``seed``), unless
+            ``predictors`` gives them already fitted (:func:`fit_predictors` of the same data).
         split, embeddings: the split scored.
         cost_weight: reward per USD (offline table and capacity env).
         env_config: PromptEnv config of the capacity table (its ``cost_weight`` is replaced by
@@ -431,7 +433,8 @@ def run_eval(
     """
     if len(split) == 0:
         raise UserError(f"split {split_name or '?'} has no prompts")
-    predictors = fit_predictors(train_embeddings, train, seed=seed, cost_weight=cost_weight)
+    if predictors is None:
+        predictors = fit_predictors(train_embeddings, train, seed=seed, cost_weight=cost_weight)
     report: dict[str, Any] = {"split": split_name, "prompts": len(split), "cost_weight": cost_weight,
                               "policy_version": policy.version, "agents": split.agent_names}
     report |= offline_report(policy, train, split, embeddings, cost_weight, predictors, curve_policies)

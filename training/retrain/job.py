@@ -211,7 +211,8 @@ def _gate(serving: Policy, candidate: Policy, cfg: RetrainConfig, train_cfg: Tra
     from training.evaluate import policy_choices, summarize
 
     ds, emb = splits.splits[cfg.eval_split], splits.embeddings(cfg.eval_split)
-    scores = {name: summarize(policy_choices(p, emb, ds.prompt_tokens), ds.quality, ds.cost_usd, cost_weight)
+    tokens = ds.prompt_tokens
+    scores = {name: summarize(policy_choices(p, emb, tokens), ds.quality, ds.cost_usd, cost_weight)
               for name, p in (("serving", serving), ("candidate", candidate))}
     passed = scores["candidate"]["reward"] >= scores["serving"]["reward"] - cfg.margin
     return {"split": cfg.eval_split, "prompts": len(ds), **scores, "margin": cfg.margin, "passed": bool(passed)}

@@ -93,15 +93,16 @@ def held_out(key: str, fraction: float) -> bool:
 def split_held_out(entries: list[tuple[str, Any]], fraction: float) -> tuple[list[tuple[str, Any]],
                                                                               list[tuple[str, Any]]]:
     """``(train, held)`` of ``entries``: whole sessions are held out by :func:`held_out` (so no
-    trajectory is cut); records that do not parse go to ``train``, where they are counted as skipped."""
+    trajectory is cut). Parsed records are passed on parsed (:func:`build_batch` takes them as
+    they are); those that do not parse go to ``train``, where they are counted as skipped."""
     train, held = [], []
-    for entry in entries:
+    for entry_id, raw in entries:
         try:
-            key = session_key(parse_record(entry[1]))
+            record = parse_record(raw)
         except ValueError:
-            train.append(entry)
+            train.append((entry_id, raw))
             continue
-        (held if held_out(key, fraction) else train).append(entry)
+        (held if held_out(session_key(record), fraction) else train).append((entry_id, record))
     return train, held
 
 
@@ -110,7 +111,7 @@ def build_batch(entries: list[tuple[str, Any]], policy: Policy, cost_weight: flo
 
     Args:
         entries: experience records as stored (JSON objects, parsed by
-            :func:`contract.experience.parse_record`), any order.
+            :func:`contract.experience.parse_record`) or already parsed, any order.
         policy: the policy being retrained (its agents, obs layout and embedding width).
         cost_weight: reward per USD (a record with its own ``cost_weight`` uses that).
 
