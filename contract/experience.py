@@ -5,9 +5,15 @@ The server writes a :class:`DecisionContext` at ``POST /v1/route`` and an :class
 :func:`parse_record`, from Redis and SQLite alike. Both are JSON objects; the prompt embedding is
 base64 of its little-endian float16 bytes (:func:`encode_embedding`).
 
-Schema versions: ``schema_version`` 2 is this one. Records without it are version 1 (written before
-the field existed): the same keys, and before exploration existed no ``propensity``; they parse
-unchanged.
+Schema versions: ``schema_version`` 4 is this one; every older record parses unchanged. Version 1
+records (written before the field existed) have no ``propensity``; version 3 added
+``prompt_tokens``; version 4 added the proxy's call record (``source: "proxy"``, ``quality`` None
+unless the call failed) and its measurements (``outcome``, ``upstream_status``, ``ttft_ms``,
+``usage_prompt_tokens``, ``usage_completion_tokens``).
+
+A decision has at most one record of each ``source``: the client's feedback (``POST
+/v1/feedback``) and, for a call the server proxied (``POST /v1/chat/completions``), the call
+record it wrote itself when the call ended.
 """
 
 from __future__ import annotations
@@ -18,9 +24,9 @@ from datetime import datetime
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Where records live: the Redis stream ``<prefix>:<EXPERIENCE_STREAM>`` (field ``record``) and
 #: the SQLite table ``experience(seq, record)``; both hold the record's JSON text.
@@ -123,39 +129,96 @@ class DecisionContext(BaseModel):
         return self.model_dump(mode="json", exclude=unset)
 
 
+Source = Literal["client", "proxy"]
+Outcome = Literal["ok", "error", "timeout", "cancelled", "rejected"]
+
+#: Feedback fields a client's record leaves out when they are None (only the proxy measures them).
+_PROXY_FIELDS = ("outcome", "upstream_status", "ttft_ms", "usage_prompt_tokens", "usage_completion_tokens")
+
+
 class Feedback(BaseModel):
-    """What the client reported about a decision (``POST /v1/feedback``).
+    """How a decision went: the client's report (``POST /v1/feedback``) or the proxy's
+    measurement of the call it made (``POST /v1/chat/completions``).
 
     Attributes:
-        quality: in [0, 1].
+        quality: in [0, 1]; None in the proxy's record of a call that succeeded (the quality can
+            come later from the client, by decision id).
         cost_usd: USD of the call, if known.
-        latency_ms: milliseconds of the call, if known.
+        latency_ms: milliseconds of the call, if known (the proxy: until the last byte).
         feedback_at: ISO 8601 UTC time the feedback was recorded.
+        source: ``"client"`` or ``"proxy"``.
+        outcome: the proxied call's end: ``"ok"``, ``"error"`` (connection error, 5xx, 429, a
+            broken stream), ``"timeout"``, ``"cancelled"`` (the client went away) or ``"rejected"``
+            (the upstream refused the request itself, a 4xx); None for a client's feedback.
+        upstream_status: the upstream's HTTP status (None: no response).
+        ttft_ms: milliseconds until the first streamed token (streaming calls).
+        usage_prompt_tokens, usage_completion_tokens: tokens from the upstream's ``usage``.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    quality: float = Field(ge=0.0, le=1.0)
+    quality: float | None = Field(default=None, ge=0.0, le=1.0)
     cost_usd: float | None = Field(default=None, ge=0.0)
     latency_ms: float | None = Field(default=None, ge=0.0)
     feedback_at: str
+    source: Source = "client"
+    outcome: Outcome | None = None
+    upstream_status: int | None = Field(default=None, ge=100, le=599)
+    ttft_ms: float | None = Field(default=None, ge=0.0)
+    usage_prompt_tokens: int | None = Field(default=None, ge=0)
+    usage_completion_tokens: int | None = Field(default=None, ge=0)
 
     @field_validator("feedback_at")
     @classmethod
     def _feedback_utc(cls, value: str) -> str:
         return _iso_utc(value)
 
+    @model_validator(mode="after")
+    def _client_has_quality(self) -> Feedback:
+        if self.source == "client" and self.quality is None:
+            raise ValueError("a client's feedback needs a quality")
+        return self
+
     def to_json_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        """The JSON object of the feedback; a client's leaves out ``source`` and the unset proxy fields,
+        so its record reads as before version 4."""
+        unset = {name for name in _PROXY_FIELDS if getattr(self, name) is None}
+        if self.source == "client":
+            unset.add("source")
+        return self.model_dump(mode="json", exclude=unset)
 
 
 class ExperienceRecord(DecisionContext):
-    """A :class:`DecisionContext` with its :class:`Feedback`: one row of the experience log."""
+    """A :class:`DecisionContext` with its :class:`Feedback`: one row of the experience log. A
+    record with ``quality`` None (the proxy's record of a call that succeeded) is usable for cost and
+    latency, not as a reward."""
 
-    quality: float = Field(ge=0.0, le=1.0)
+    quality: float | None = Field(default=None, ge=0.0, le=1.0)
     cost_usd: float | None = Field(default=None, ge=0.0)
     latency_ms: float | None = Field(default=None, ge=0.0)
     feedback_at: str
+    source: Source = "client"
+    outcome: Outcome | None = None
+    upstream_status: int | None = Field(default=None, ge=100, le=599)
+    ttft_ms: float | None = Field(default=None, ge=0.0)
+    usage_prompt_tokens: int | None = Field(default=None, ge=0)
+    usage_completion_tokens: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _client_has_quality(self) -> ExperienceRecord:
+        if self.source == "client" and self.quality is None:
+            raise ValueError("a client's feedback record needs a quality")
+        return self
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The JSON object as stored: a client's record without ``source`` and the unset proxy fields."""
+        data = super().to_json_dict()
+        for name in _PROXY_FIELDS:
+            if data.get(name) is None:
+                data.pop(name, None)
+        if data.get("source") == "client":
+            del data["source"]
+        return data
 
     @classmethod
     def join(cls, context: DecisionContext | dict[str, Any], feedback: Feedback | dict[str, Any]) -> ExperienceRecord:
@@ -170,6 +233,12 @@ class ExperienceRecord(DecisionContext):
         if clash:
             raise ValueError(f"feedback keys {clash} clash with the decision context")
         return cls.model_validate({**ctx, **fb})
+
+
+def record_key(decision_id: str, source: Source) -> str:
+    """The key a store keeps one record under: the decision id for a client's feedback,
+    ``<decision_id>#proxy`` for the proxy's call record (a decision may have one of each)."""
+    return decision_id if source == "client" else f"{decision_id}#{source}"
 
 
 def parse_record(raw: Any) -> ExperienceRecord:

@@ -24,7 +24,8 @@ from router.errors import install_error_handlers
 from router.limits import BodySizeLimitMiddleware
 from router.logging import configure_logging
 from router.metrics import ObservabilityMiddleware, RouterMetrics
-from router.routes import admin_agents, admin_policy, agents, feedback, health, metrics, route
+from router.proxy.openai_api import OpenAIError, openai_error_response
+from router.routes import admin_agents, admin_policy, agents, chat, feedback, health, metrics, route
 from router.settings import Settings
 from router.startup import OneLineStartupErrors, describe_settings_error
 
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ObservabilityMiddleware, owner=app)
     app.add_middleware(OneLineStartupErrors, failures=failures)
     install_error_handlers(app)
-    for module in (route, feedback, agents, health, metrics, admin_policy, admin_agents):
+    app.add_exception_handler(OpenAIError, openai_error_response)
+    for module in (route, feedback, chat, agents, health, metrics, admin_policy, admin_agents):
         app.include_router(module.api)
     return app

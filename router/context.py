@@ -18,6 +18,7 @@ import anyio
 import redis.asyncio as aioredis
 import torch
 
+from contract.pricing import AgentPrice
 from env.embedder import Embedder
 from env.errors import UserError
 from router.batcher import EmbedBatcher
@@ -26,10 +27,14 @@ from router.experience import ExperienceStore, Outbox, RedisExperienceStore, Sql
 from router.follower import follow_published
 from router.load import LoadTracker, LocalLoadTracker, RedisLoadTracker
 from router.metrics import RouterMetrics
+from router.proxy.client import UpstreamClient
+from router.proxy.keys import LocalKeySpend, RedisKeySpend
+from router.proxy.relay import Proxy
 from router.redis_client import RedisErrors, open_redis
 from router.registry import PolicyRegistry
 from router.service import RoutingService
 from router.settings import Settings
+from router.upstreams import load_upstreams
 from training.checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -50,6 +55,8 @@ class AppContext:
         redis: the shared Redis client; None without Redis.
         redis_errors: failed Redis calls by operation, of every user of ``redis``.
         cooldowns: agents whose feedback quality collapsed (:mod:`router.cooldown`).
+        proxy: the OpenAI-compatible proxy's upstreams, client and key spending; None without
+            ``ROUTER_UPSTREAMS_FILE``.
     """
 
     settings: Settings
@@ -61,11 +68,21 @@ class AppContext:
     redis: aioredis.Redis | None
     redis_errors: RedisErrors
     cooldowns: Cooldowns
+    proxy: Proxy | None = None
 
     @property
     def service(self) -> RoutingService:
         """The service of the policy served now (read once per request)."""
         return self.registry.current
+
+
+def policy_prices(service: RoutingService) -> dict[str, AgentPrice]:
+    """Each agent's price list from the served policy's agent records."""
+    prices = {}
+    for spec in service.policy.meta.agent_specs:
+        prices[spec["name"]] = AgentPrice(price_per_1m_tokens=spec.get("price_per_1m_tokens"),
+                                          cost_per_call_usd=spec.get("cost_per_call_usd"))
+    return prices
 
 
 def _quiet_model_loading() -> None:
@@ -156,5 +173,14 @@ async def open_context(settings: Settings, metrics: RouterMetrics) -> AsyncItera
                                 probe_feedback=settings.cooldown_probe_feedback, seconds=settings.cooldown_s)
         cooldowns: Cooldowns = (RedisCooldowns(client, settings.redis_prefix, policy, errors, metrics.note_cooldown)
                                 if client is not None else LocalCooldowns(policy, metrics.note_cooldown))
+        proxy = None
+        if settings.upstreams_file is not None:
+            proxy = Proxy(upstreams=load_upstreams(settings.upstreams_file, service.agents, policy_prices(service)),
+                          client=UpstreamClient(settings.upstream_connect_timeout_s,
+                                                settings.upstream_first_token_timeout_s),
+                          spend=(RedisKeySpend(client, settings.redis_prefix, errors) if client is not None
+                                 else LocalKeySpend()))
+            stack.push_async_callback(proxy.client.aclose)
+            logger.info("proxying %d agents: %s", len(proxy.upstreams), ", ".join(proxy.upstreams))
         yield AppContext(settings=settings, registry=registry, store=store, load=load, batcher=batcher,
-                         metrics=metrics, redis=client, redis_errors=errors, cooldowns=cooldowns)
+                         metrics=metrics, redis=client, redis_errors=errors, cooldowns=cooldowns, proxy=proxy)

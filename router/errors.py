@@ -7,7 +7,8 @@ safe to retry); one handler answers all of them. Besides those:
 exception                          status  note
 =================================  ======  =============================================
 malformed JSON body                400     also a body that is not UTF-8
-other request validation errors    422     also ``errors``: ``[{loc, msg, type}]``
+other request validation errors    422     also ``errors``: ``[{loc, msg, type}]``; 400 in OpenAI's
+                                           shape on the proxy's paths (:data:`OPENAI_PATHS`)
 ``HTTPException``                  its own
 anything else                      500     logged with its traceback
 =================================  ======  =============================================
@@ -27,6 +28,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 logger = logging.getLogger(__name__)
 
 _FASTAPI_BODY_ERROR = "There was an error parsing the body"
+
+#: Paths that answer errors in OpenAI's shape (the proxy's), for OpenAI's client libraries.
+OPENAI_PATHS = ("/v1/chat/completions", "/v1/models")
+
+
+def openai_error_body(message: str, type: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error object ``{"error": {"message", "type", "param", "code"}}``."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
 class DomainError(Exception):
@@ -76,7 +85,14 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
             reason = (error.get("ctx") or {}).get("error", "invalid JSON")
             loc = error.get("loc", ())
             at = f" at character {loc[1]}" if len(loc) > 1 else ""
-            return JSONResponse({"detail": f"malformed JSON body: {reason}{at}"}, status_code=400)
+            message = f"malformed JSON body: {reason}{at}"
+            if request.url.path in OPENAI_PATHS:
+                return JSONResponse(openai_error_body(message, "invalid_request_error"), status_code=400)
+            return JSONResponse({"detail": message}, status_code=400)
+    if request.url.path in OPENAI_PATHS:  # OpenAI answers 400 for a request it cannot take
+        param = ".".join(str(p) for p in errors[0].get("loc", ())[1:]) if errors else None
+        return JSONResponse(openai_error_body(describe_validation_errors(errors), "invalid_request_error",
+                                              param=param or None), status_code=400)
     summary = [
         {"loc": list(e.get("loc", ())), "msg": _message(e), "type": e.get("type", "")}
         for e in errors

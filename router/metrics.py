@@ -87,6 +87,8 @@ class RouterMetrics:
         decisions: routing decisions by chosen agent.
         embed_batch_size, embed_batch_seconds: per encode call of the micro-batcher.
         embed_cache: LRU lookups by result (``hit`` / ``miss``).
+        proxy_calls, proxy_cost, proxy_tokens: the proxy's upstream calls, USD and tokens per client key.
+        proxy_upstream_seconds, proxy_first_token_seconds: duration and time to first token per agent.
     """
 
     def __init__(self) -> None:
@@ -117,6 +119,25 @@ class RouterMetrics:
         self.cooldowns = Counter(
             "router_agent_cooldowns", "Cooldowns started by this replica, by agent (router.cooldown).",
             ["agent"], registry=self.registry,
+        )
+        self.proxy_calls = Counter(
+            "router_proxy_calls", "Upstream calls of POST /v1/chat/completions (every attempt), by client key, agent "
+            "and outcome (ok, error, timeout, cancelled).", ["key", "agent", "outcome"], registry=self.registry,
+        )
+        self.proxy_cost = Counter(
+            "router_proxy_cost_usd", "USD of proxied calls, by client key.", ["key"], registry=self.registry,
+        )
+        self.proxy_tokens = Counter(
+            "router_proxy_tokens", "Tokens of proxied calls, by client key and kind (prompt, completion).",
+            ["key", "kind"], registry=self.registry,
+        )
+        self.proxy_upstream_seconds = Histogram(
+            "router_proxy_upstream_duration_seconds", "Seconds of each upstream call, by agent.", ["agent"],
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.proxy_first_token_seconds = Histogram(
+            "router_proxy_time_to_first_token_seconds", "Seconds to the first streamed chunk, by agent.", ["agent"],
+            buckets=LATENCY_BUCKETS, registry=self.registry,
         )
         self._hit = self.embed_cache.labels(result="hit")
         self._miss = self.embed_cache.labels(result="miss")

@@ -6,8 +6,25 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ClientKey(BaseModel):
+    """A client key of the proxy: its name (in metrics and logs), the SHA-256 of the key, and its budget.
+
+    Attributes:
+        name: shown in metrics and logs (never the key).
+        sha256: 64 hex characters, the SHA-256 of the key's UTF-8 bytes.
+        budget_usd_per_day: USD the key may spend per UTC day; None: no limit.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+    budget_usd_per_day: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
+
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 
@@ -184,6 +201,37 @@ class Settings(BaseSettings):
         "policy is mixed with uniform (alpha = min(1, floor * allowed)) so logged data covers more than the "
         "greedy choice; the chosen agent's probability is logged as its propensity.",
     )
+    upstreams_file: Path | None = Field(
+        None,
+        description="YAML or JSON file naming each agent's OpenAI-compatible endpoint (base_url, model, the name "
+        "of the environment variable holding its API key) for POST /v1/chat/completions; unset: no proxy.",
+    )
+    upstream_connect_timeout_s: float = Field(5.0, gt=0, le=600, description="Seconds to connect to an upstream.")
+    upstream_first_token_timeout_s: float = Field(
+        30.0, gt=0, le=3600,
+        description="Seconds an upstream may take to its response (non-streaming) or first streamed chunk, and "
+        "between two chunks of a stream.")
+    upstream_timeout_s: float = Field(
+        120.0, gt=0, le=3600,
+        description="Seconds one proxied request may take in all, its fallback attempt included (the deadline).")
+    proxy_attempts: int = Field(
+        2, ge=1, le=5,
+        description="Agents a proxied request tries: the chosen one, then the next most probable allowed ones on a "
+        "connection error, timeout, 5xx or 429.")
+    proxy_explore: bool = Field(
+        False,
+        description="Proxied requests sample their agent (as explore=true on /v1/route) so that the logged calls "
+        "cover more than the greedy choice; a request's own 'explore' field overrides it.")
+    api_keys: list[ClientKey] = Field(
+        default_factory=list,
+        description="Client keys of /v1/chat/completions, as JSON: [{\"name\": ..., \"sha256\": <hex SHA-256 of the "
+        "key>, \"budget_usd_per_day\": ...}] ('agent-router keys new' makes one). Only hashes are kept.",
+    )
+    proxy_open: bool = Field(
+        False,
+        description="With no api_keys, open /v1/chat/completions to clients on this machine. Only on a loopback "
+        "bind: the server refuses to start otherwise.",
+    )
     policy_poll_s: float = Field(
         2.0,
         gt=0,
@@ -197,6 +245,12 @@ class Settings(BaseSettings):
         if self.admin_open and not is_loopback(self.host):
             raise ValueError(f"admin_open needs a loopback host (127.0.0.1, ::1, localhost), not {self.host!r}; "
                              "set ROUTER_ADMIN_TOKEN instead")
+        if self.proxy_open and not is_loopback(self.host):
+            raise ValueError(f"proxy_open needs a loopback host (127.0.0.1, ::1, localhost), not {self.host!r}; "
+                             "set ROUTER_API_KEYS instead")
+        names = [key.name for key in self.api_keys]
+        if len(set(names)) != len(names):
+            raise ValueError("api_keys: every key needs its own name")
         return self
 
     @field_validator("log_level", mode="before")

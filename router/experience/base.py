@@ -83,7 +83,8 @@ class ExperienceStore(abc.ABC):
         """Atomically append the experience record of ``decision_id`` and mark it as answered.
 
         Returns only once the record is durably written; when it raises, nothing was marked and
-        the call can be retried.
+        the call can be retried. A decision takes one record of each ``feedback.source``: the
+        client's feedback, and the proxy's call record (:func:`~contract.experience.record_key`).
 
         Args:
             decision_id: id returned by the route call.
@@ -94,7 +95,7 @@ class ExperienceStore(abc.ABC):
 
         Raises:
             UnknownDecision: no such decision, or it expired.
-            DuplicateFeedback: the decision already has feedback.
+            DuplicateFeedback: the decision already has a record of this source.
             StoreUnavailable: the backend is unreachable or did not confirm the write.
         """
 

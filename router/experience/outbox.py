@@ -57,7 +57,8 @@ class OutboxRow:
     Attributes:
         seq: position in the outbox (append order).
         kind: ``"decision"`` or ``"experience"``.
-        decision_id: the decision it belongs to.
+        decision_id: the decision it belongs to; for the proxy's call record, its
+            :func:`~contract.experience.record_key`.
         payload: the context JSON (decision) or record JSON (experience).
         expires_at: Unix seconds; for a decision, when it stops accepting feedback.
     """
@@ -121,12 +122,15 @@ class Outbox:
 
         return await self._run("holds", read)
 
-    async def record_feedback(self, decision_id: str, fields: dict[str, Any]) -> ExperienceRecord | None:
+    async def record_feedback(self, decision_id: str, fields: dict[str, Any],
+                              key: str | None = None) -> ExperienceRecord | None:
         """Validate and durably append the experience record of a decision held here.
 
         Args:
             decision_id: the decision.
             fields: feedback fields, ``feedback_at`` included.
+            key: the record's key (:func:`~contract.experience.record_key`; None: ``decision_id``),
+                kept in the ``decision_id`` column of its row.
 
         Returns:
             The record appended, or None when the outbox holds neither the decision nor its
@@ -140,25 +144,27 @@ class Outbox:
                 :class:`~contract.experience.ExperienceRecord`.
         """
 
+        key = decision_id if key is None else key
+
         def write(conn: sqlite3.Connection) -> ExperienceRecord | None:
             now = time.time()
             with transaction(conn):
-                rows = {kind: (payload, expires_at) for kind, payload, expires_at in conn.execute(
-                    "SELECT kind, payload, expires_at FROM outbox WHERE prefix = ? AND decision_id = ?",
-                    (self.prefix, decision_id),
+                rows = {(kind, row_id): (payload, expires_at) for kind, row_id, payload, expires_at in conn.execute(
+                    "SELECT kind, decision_id, payload, expires_at FROM outbox WHERE prefix = ? "
+                    "AND decision_id IN (?, ?)", (self.prefix, decision_id, key),
                 )}
-                if "experience" in rows:
+                if ("experience", key) in rows:
                     raise DuplicateFeedback(decision_id)
-                if "decision" not in rows:
+                if ("decision", decision_id) not in rows:
                     return None
-                payload, expires_at = rows["decision"]
+                payload, expires_at = rows[("decision", decision_id)]
                 if expires_at <= now:
                     raise UnknownDecision(decision_id)
                 record = ExperienceRecord.join(json.loads(payload), fields)
                 conn.execute(
                     "INSERT INTO outbox (prefix, kind, decision_id, payload, created_at, expires_at) "
                     "VALUES (?, 'experience', ?, ?, ?, ?)",
-                    (self.prefix, decision_id, dump_json(record), now, expires_at),
+                    (self.prefix, key, dump_json(record), now, expires_at),
                 )
             return record
 

@@ -2,7 +2,8 @@
 
 Keys, all under ``<prefix>:``: ``decision:<id>`` (the context, expiring after ``decision_ttl_s``),
 ``decisions`` (stream of every decision), ``experience`` (stream of experience records, the input
-of retraining), ``feedback:<id>`` (marker that the decision has feedback). Streams are trimmed with
+of retraining), ``feedback:<id>`` (marker that the decision has feedback; ``feedback:<id>#proxy`` for the
+proxy's call record). Streams are trimmed with
 ``XADD MAXLEN ~``. Feedback is one Lua script (check the decision, check the marker, append, mark),
 so it is atomic; the keys of one call live in different hash slots (a standalone Redis or a single
 shard). While Redis is unreachable, decisions and the feedback of decisions held there go to the
@@ -32,6 +33,7 @@ from contract.experience import (
     ExperienceRecord,
     Feedback,
     parse_record,
+    record_key,
 )
 from router.experience.base import (
     DuplicateFeedback,
@@ -153,9 +155,10 @@ class RedisExperienceStore(ExperienceStore):
         """Key of a decision context."""
         return f"{self.prefix}:decision:{decision_id}"
 
-    def feedback_key(self, decision_id: str) -> str:
-        """Key of a decision's feedback marker."""
-        return f"{self.prefix}:feedback:{decision_id}"
+    def feedback_key(self, key: str) -> str:
+        """Key of the marker that a record is written; ``key`` is the decision id, or
+        :func:`~contract.experience.record_key` of the proxy's call record."""
+        return f"{self.prefix}:feedback:{key}"
 
     async def _call(self, what: str, awaitable: Awaitable[T]) -> T:
         try:
@@ -204,8 +207,9 @@ class RedisExperienceStore(ExperienceStore):
         module docstring); any other needs Redis (:class:`StoreUnavailable` while unreachable).
         """
         fields = feedback.to_json_dict()
+        key = record_key(decision_id, feedback.source)
         if self.outbox is not None and await self.outbox.holds(decision_id):
-            record = await self.outbox.record_feedback(decision_id, fields)
+            record = await self.outbox.record_feedback(decision_id, fields, key=key)
             if record is not None:
                 self.outbox_appended += 1
                 self.start()
@@ -218,7 +222,7 @@ class RedisExperienceStore(ExperienceStore):
                 self._feedback_script(
                     keys=[
                         self.decision_key(decision_id),
-                        self.feedback_key(decision_id),
+                        self.feedback_key(key),
                         self.experience_stream,
                     ],
                     args=[decision_id, payload, self.stream_maxlen, self.decision_ttl_s],

@@ -6,8 +6,10 @@ Tables::
     experience(seq INTEGER PRIMARY KEY AUTOINCREMENT, decision_id TEXT UNIQUE, record TEXT,
                created_at REAL)
 
-Times are Unix seconds. The file is in WAL mode with ``synchronous=FULL``, so a committed write
-is on disk; several processes may share it (writers wait up to the busy timeout). Entry ids of
+``experience.decision_id`` is the record's key (:func:`~contract.experience.record_key`): the
+decision id, suffixed ``#proxy`` for the proxy's call record. Times are Unix seconds. The file is
+in WAL mode with ``synchronous=FULL``, so a committed write is on disk; several processes may share
+it (writers wait up to the busy timeout). Entry ids of
 :meth:`SqliteExperienceStore.read_experience` are ``str(seq)``.
 """
 
@@ -20,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from contract.experience import SQLITE_EXPERIENCE_QUERY, DecisionContext, ExperienceRecord, Feedback
+from contract.experience import SQLITE_EXPERIENCE_QUERY, DecisionContext, ExperienceRecord, Feedback, record_key
 from router.experience.base import (
     DuplicateFeedback,
     ExperienceStore,
@@ -94,6 +96,8 @@ class SqliteExperienceStore(ExperienceStore):
     async def record_feedback(self, decision_id: str, feedback: Feedback) -> ExperienceRecord:
         """Check, insert and commit in one ``BEGIN IMMEDIATE`` transaction."""
 
+        key = record_key(decision_id, feedback.source)
+
         def write(conn: sqlite3.Connection) -> ExperienceRecord:
             now = time.time()
             with transaction(conn):
@@ -104,14 +108,14 @@ class SqliteExperienceStore(ExperienceStore):
                 if row is None:
                     raise UnknownDecision(decision_id)
                 done = conn.execute(
-                    "SELECT 1 FROM experience WHERE decision_id = ?", (decision_id,)
+                    "SELECT 1 FROM experience WHERE decision_id = ?", (key,)
                 ).fetchone()
                 if done is not None:
                     raise DuplicateFeedback(decision_id)
                 record = ExperienceRecord.join(json.loads(row[0]), feedback)
                 conn.execute(
                     "INSERT INTO experience (decision_id, record, created_at) VALUES (?, ?, ?)",
-                    (decision_id, dump_json(record), now),
+                    (key, dump_json(record), now),
                 )
             return record
 

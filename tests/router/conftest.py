@@ -50,7 +50,7 @@ def _prelaunch(request) -> None:
     """Launch, before the first test, the servers that any collected test uses."""
     needed = set().union(*(item.fixturenames for item in request.session.items))
     for name in ("sqlite_server", "redis_server", "redis_down_server", "failed_starts", "live_server",
-                 "outage_server"):
+                 "outage_server", "proxy_sqlite_server", "proxy_redis_server"):
         if name in needed:
             # No Redis: the skip (or, with CI=true, the failure) is cached by pytest and
             # raised again in the tests that need Redis, not here.
@@ -218,4 +218,11 @@ from tests.router.live_fixtures import (  # noqa: E402, F401
     outage_server,
     outage_server_launched,
     own_redis,
+)
+from tests.router.proxy_fixtures import (  # noqa: E402, F401
+    fake_upstream,
+    proxy_redis_server,
+    proxy_redis_server_launched,
+    proxy_sqlite_server,
+    proxy_sqlite_server_launched,
 )

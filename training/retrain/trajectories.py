@@ -58,10 +58,16 @@ class LoggedBatch:
         return len(self.entry_ids)
 
 
+#: The skip reason of a proxied call's record that has no quality (yet): usable for cost and latency only.
+NO_QUALITY = "no quality: a proxied call's cost and latency only"
+
+
 def _check(record: ExperienceRecord, policy: Policy) -> tuple[str | None, np.ndarray | None]:
     """``(why, None)`` when ``record`` cannot be used with ``policy``, else ``(None, its decoded
     [E] float32 embedding)``."""
     k, layout = len(policy.agents), policy.layout
+    if record.quality is None:
+        return NO_QUALITY, None
     if not record.action < k or record.agent != policy.agents[record.action]:
         return "agent not in the serving policy's action order", None
     if len(record.load) != k or len(record.action_mask) != k:
