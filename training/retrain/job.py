@@ -277,7 +277,10 @@ def _run(cfg: RetrainConfig, root: Path, source: ExperienceSource, publisher: Pu
                                    else (entries, []))
     batch = build_batch(train_entries, serving, cost_weight)
     held = build_batch(held_entries, serving, cost_weight)
-    result.used, result.sessions, result.skipped = len(batch), batch.sessions, batch.skipped
+    skipped = dict(batch.skipped)
+    for reason, count in held.skipped.items():
+        skipped[reason] = skipped.get(reason, 0) + count
+    result.used, result.sessions, result.skipped = len(batch), batch.sessions, skipped
     serving_value_norm = ValueNorm.from_meta(serving.meta.value_norm, train_cfg.ppo.norm_value)
 
     from training.data import load_splits
