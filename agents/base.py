@@ -1,7 +1,7 @@
 """What every agent takes and gives: chat messages in, one completion (or a stream of text) out.
 
-An agent is any object with the :class:`Agent` protocol; :func:`build_agent` makes the known ones
-by model name.
+An agent is any object with the :class:`Agent` protocol; :func:`agents.registry.build_agent` makes
+the known ones by model name.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from env.errors import UserError
 DEFAULT_MAX_TOKENS = 64
 #: The most completion tokens one request gets; a larger ``max_tokens`` is cut to it.
 MAX_TOKENS_CAP = 512
-#: Model names the server knows, in the order ``GET /v1/models`` lists them.
-AGENT_NAMES = ("calculator", "smollm2")
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length"]
@@ -101,24 +99,3 @@ class Agent(Protocol):
 
     def stream(self, messages: Sequence[Message], params: GenerationParams) -> Iterator[str | Completion]:
         """Answer ``messages`` piece by piece: text deltas, then the whole :class:`Completion` last."""
-
-
-def build_agent(name: str, *, threads: int = 1) -> Agent:
-    """A fresh, not yet loaded agent of model ``name`` (one of :data:`AGENT_NAMES`).
-
-    Args:
-        name: the model name.
-        threads: torch threads of an LLM agent (ignored by the calculator).
-
-    Raises:
-        AgentUnavailable: an unknown name, or the agent's package is missing.
-    """
-    if name == "calculator":
-        from agents.calculator import CalculatorAgent
-
-        return CalculatorAgent()
-    if name == "smollm2":
-        from agents.smollm2 import SmolLM2Agent, gguf_path
-
-        return SmolLM2Agent(gguf_path(), threads=threads)
-    raise AgentUnavailable(f"unknown agent {name!r}; known: {', '.join(AGENT_NAMES)}")

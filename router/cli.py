@@ -1,5 +1,5 @@
 """The ``agent-router`` command line: ``train``, ``tune``, ``eval``, ``calibrate``, ``serve``, ``retrain``, ``embed``,
-``data convert``.
+``data convert``, ``keys new``, ``agents serve``.
 
 A user's mistake (bad file, bad option, bad checkpoint) ends with one line ``error: ...`` on
 stderr and exit code 2, never a traceback. Heavy imports happen inside the commands.
@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from agents.cli import app as agents_app
 from env.errors import UserError
 
 app = typer.Typer(
@@ -27,6 +28,9 @@ app = typer.Typer(
 data_app = typer.Typer(help="Routing datasets: convert upstream layouts to the project's format.",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
+keys_app = typer.Typer(help="Client keys of the OpenAI-compatible proxy (ROUTER_API_KEYS).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(agents_app, name="agents")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML training config.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override, e.g. ppo.lr=1e-3 (repeatable).")]
@@ -387,6 +391,28 @@ def data_convert(
         raise UserError(f"unknown layout {layout!r}; known: {', '.join(CONVERTERS)}")
     counts = CONVERTERS[layout](src, out)
     typer.echo(f"{counts['prompts']} prompts x {counts['agents']} agents written to {out}")
+
+
+@keys_app.command("new")
+def keys_new(
+    name: Annotated[str, typer.Option(help="The key's name, shown in metrics and logs (letters, digits, _.-).")],
+    budget_usd_per_day: Annotated[float | None, typer.Option(
+        help="USD the key may spend per UTC day (unset: no limit).", min=0.0)] = None,
+) -> None:
+    """Make a client key: prints the key (give it to the client; it is not kept) and its entry for
+    ROUTER_API_KEYS (only the key's SHA-256)."""
+    from pydantic import ValidationError
+
+    from router.proxy.keys import hash_key, new_key
+    from router.settings import ClientKey
+
+    key = new_key()
+    try:
+        entry = ClientKey(name=name, sha256=hash_key(key), budget_usd_per_day=budget_usd_per_day)
+    except ValidationError as exc:
+        raise UserError(f"keys new: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
+    typer.echo(f"key: {key}")
+    typer.echo(f"ROUTER_API_KEYS entry: {json.dumps(entry.model_dump(exclude_none=True))}")
 
 
 def main() -> None:

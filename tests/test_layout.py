@@ -1,5 +1,5 @@
-"""The import structure: the contract, env and training never import the server, and no two
-modules (or top-level packages) import each other, directly or in a longer loop.
+"""The import structure: the contract, env and training never import the server nor the agents, and
+no two modules (or top-level packages) import each other, directly or in a longer loop.
 
 Every import counts: at module level, inside functions, and under ``TYPE_CHECKING``.
 """
@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("contract", "env", "training", "router")
+PACKAGES = ("contract", "env", "training", "router", "agents")
 #: what each top-level package may import of the others
 ALLOWED = {"contract": set(), "env": {"contract"}, "training": {"contract", "env"},
-           "router": {"contract", "env", "training"}}
+           "router": {"contract", "env", "training", "agents"}, "agents": {"contract", "env"}}
 
 
 def _module_name(path: Path) -> str:
