@@ -1,5 +1,5 @@
 """The ``agent-router`` command line: ``train``, ``tune``, ``eval``, ``calibrate``, ``serve``, ``retrain``, ``embed``,
-``data convert``, ``keys new``, ``agents serve``.
+``data convert``, ``keys new``, ``agents serve``, ``demo``.
 
 A user's mistake (bad file, bad option, bad checkpoint) ends with one line ``error: ...`` on
 stderr and exit code 2, never a traceback. Heavy imports happen inside the commands.
@@ -391,6 +391,25 @@ def data_convert(
         raise UserError(f"unknown layout {layout!r}; known: {', '.join(CONVERTERS)}")
     counts = CONVERTERS[layout](src, out)
     typer.echo(f"{counts['prompts']} prompts x {counts['agents']} agents written to {out}")
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where the demo writes its data, checkpoints and logs.")] = Path(
+        "var/demo"),
+    requests: Annotated[int, typer.Option(help="Questions sent through the proxy.", min=10)] = 80,
+    seed_prompts: Annotated[int, typer.Option(help="General questions of the seed policy's data.", min=10)] = 40,
+    router_port: Annotated[int, typer.Option(help="Port of the router (proxy).", min=1, max=65535)] = 8765,
+    agents_port: Annotated[int, typer.Option(help="Port of the local agents.", min=1, max=65535)] = 9765,
+    seed: Annotated[int, typer.Option(help="Seed of the prompts' choice.")] = 0,
+) -> None:
+    """Run the whole loop locally: agents up, proxy up, the openai client asks, a checker posts quality,
+    retrain, hot swap; prints the share of arithmetic routed to the calculator before and after."""
+    from agents.demo import DemoConfig, run_demo
+
+    figures = run_demo(DemoConfig(workdir=workdir, requests=requests, seed_prompts=seed_prompts,
+                                  router_port=router_port, agents_port=agents_port, seed=seed), say=typer.echo)
+    typer.echo(json.dumps(figures))
 
 
 @keys_app.command("new")
