@@ -14,8 +14,15 @@ One run measures:
 3. the same with one prompt repeated (LRU cache hits: the server's own overhead), at concurrency 1
    and 64.
 
+4. with ``--proxy`` (the default), the OpenAI-compatible proxy: the local calculator agent
+   (``agent-router agents serve --model calculator``, answering at once) called directly, the same
+   through ``POST /v1/chat/completions`` (every agent of the policy has it as its upstream), and
+   ``POST /v1/route`` beside them, at concurrency 1 (interleaved) and 16: p50 and p99 of each, the
+   proxy's overhead (proxied - direct) and that overhead minus the routing decision's own p50.
+
 Goals (printed as ratios): p50 at concurrency 1 within raw batch-1 encode + 3 ms; throughput at
-concurrency 64 at least 85% of the raw batch-64 encode throughput.
+concurrency 64 at least 85% of the raw batch-64 encode throughput; the proxy's overhead at most
+5 ms over the routing decision (p50, concurrency 1 and 16).
 
 The prompts are the shipped dataset's (``data/llmrouter-dc``, distinct texts, shuffled with
 ``--seed``), else generated ones. The server logs to SQLite in a temporary directory (``--redis-url``:
@@ -45,6 +52,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +72,7 @@ from tests.harness import Server, make_checkpoint  # noqa: E402
 DATASET = ROOT / "data" / "llmrouter-dc" / "prompts.jsonl.gz"
 C1_GOAL_MS = 3.0
 C64_GOAL_RATIO = 0.85
+PROXY_GOAL_MS = 5.0  # the proxy over the routing decision (issue 13)
 
 
 # --- inputs ----------------------------------------------------------------------------------
@@ -151,8 +160,23 @@ def percentile(values: list[float], q: float) -> float:
 # --- the server ------------------------------------------------------------------------------
 
 
-async def load_level(url: str, prompts: list[str], concurrency: int, warmup: list[str]) -> dict[str, float]:
-    """Send every prompt to ``POST /v1/route`` with ``concurrency`` clients; latency and throughput."""
+def route_call(client: httpx.AsyncClient, prompt: str) -> Awaitable[httpx.Response]:
+    return client.post("/v1/route", json={"prompt": prompt})
+
+
+def chat_call(model: str, path: str = "/v1/chat/completions") -> Callable[[httpx.AsyncClient, str],
+                                                                         Awaitable[httpx.Response]]:
+    """A chat completion of ``model`` at ``path`` (the proxy's, or the upstream's own)."""
+    def call(client: httpx.AsyncClient, prompt: str) -> Awaitable[httpx.Response]:
+        return client.post(path, json={"model": model, "messages": [{"role": "user", "content": prompt}]})
+    return call
+
+
+async def load_level(url: str, prompts: list[str], concurrency: int, warmup: list[str],
+                     call: Callable[[httpx.AsyncClient, str], Awaitable[httpx.Response]] = route_call,
+                     ) -> dict[str, float]:
+    """Send every prompt with ``call`` (default ``POST /v1/route``) from ``concurrency`` clients;
+    latency and throughput."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=120.0, limits=limits) as client:
 
@@ -160,10 +184,10 @@ async def load_level(url: str, prompts: list[str], concurrency: int, warmup: lis
             while queue:
                 prompt = queue.pop()
                 start = time.perf_counter()
-                r = await client.post("/v1/route", json={"prompt": prompt})
+                r = await call(client, prompt)
                 took = time.perf_counter() - start
                 if r.status_code != 200:
-                    raise RuntimeError(f"POST /v1/route answered {r.status_code}: {r.text[:200]}")
+                    raise RuntimeError(f"{r.request.url.path} answered {r.status_code}: {r.text[:200]}")
                 if out is not None:
                     out.append(took)
 
@@ -214,6 +238,43 @@ async def paired_c1(url: str, prompts: list[str], embedder, warmup: list[str]) -
     }
 
 
+async def proxy_overhead(router_url: str, agents_url: str, prompts: list[str], concurrency: int,
+                         warmup: list[str]) -> dict[str, float]:
+    """The proxy's cost: the same upstream (the local calculator agent) called directly and through
+    ``POST /v1/chat/completions`` (model ``router``), and ``POST /v1/route`` alone, on a third each of
+    ``prompts`` (new to the server). At concurrency 1 the three calls are interleaved prompt by prompt
+    so they see the same load; above, each runs as its own level."""
+    direct = chat_call("calculator")
+    proxied = chat_call("router")
+    thirds = [prompts[i::3] for i in range(3)]
+    if concurrency > 1:
+        d = await load_level(agents_url, thirds[0], concurrency, warmup, direct)
+        p = await load_level(router_url, thirds[1], concurrency, warmup, proxied)
+        r = await load_level(router_url, thirds[2], concurrency, warmup, route_call)
+        return {"direct_p50_ms": d["p50_ms"], "direct_p99_ms": d["p99_ms"], "proxied_p50_ms": p["p50_ms"],
+                "proxied_p99_ms": p["p99_ms"], "route_p50_ms": r["p50_ms"], "route_p99_ms": r["p99_ms"],
+                "proxied_rps": p["rps"]}
+    times: dict[str, list[float]] = {"direct": [], "proxied": [], "route": []}
+    async with httpx.AsyncClient(base_url=agents_url, timeout=120.0) as up, \
+            httpx.AsyncClient(base_url=router_url, timeout=120.0) as server:
+        for prompt in warmup:
+            (await direct(up, prompt)).raise_for_status()
+            (await proxied(server, prompt)).raise_for_status()
+        for a, b, c in zip(*thirds, strict=False):
+            for name, client, call, prompt in (("direct", up, direct, a), ("proxied", server, proxied, b),
+                                               ("route", server, route_call, c)):
+                start = time.perf_counter()
+                r = await call(client, prompt)
+                times[name].append(time.perf_counter() - start)
+                if r.status_code != 200:
+                    raise RuntimeError(f"{name} call answered {r.status_code}: {r.text[:200]}")
+    out = {}
+    for name, values in times.items():
+        out[f"{name}_p50_ms"] = statistics.median(values) * 1000
+        out[f"{name}_p99_ms"] = percentile(values, 99) * 1000
+    return out
+
+
 def scrape_batches(url: str) -> tuple[float, float]:
     """``(router_embed_batch_size_sum, router_embed_batch_size_count)`` from /metrics."""
     text = httpx.get(f"{url}/metrics", timeout=30).text
@@ -242,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encode-batch", type=int, default=8,
                         help="ROUTER_ENCODE_BATCH of the server, also timed raw (default: the server's default).")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--proxy", action=argparse.BooleanOptionalAction, default=True,
+                        help="Also measure the proxy's overhead over the same upstream (the local calculator).")
+    parser.add_argument("--proxy-requests", type=int, default=300,
+                        help="Requests per proxy concurrency level (a third each direct, proxied, route).")
     parser.add_argument("--server-env", action="append", default=[], metavar="ROUTER_X=V",
                         help="Extra server settings (repeatable), e.g. ROUTER_BATCH_WINDOW_MS=1.")
     args = parser.parse_args(argv)
@@ -249,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     levels = [int(c) for c in args.concurrency.split(",")]
     per_level = {c: (max(args.requests // 3, 50) if c == 1 else args.requests) for c in levels}
     warm_per_level = {c: max(2 * c, 10) for c in levels}
-    need = 64 + args.raw_b64 * 64 + sum(per_level.values()) + sum(warm_per_level.values()) + 10
+    proxy_levels = (1, 16) if args.proxy else ()
+    need = (64 + args.raw_b64 * 64 + sum(per_level.values()) + sum(warm_per_level.values()) + 10
+            + len(proxy_levels) * (args.proxy_requests + 32))
     prompts, source = load_prompts(need, args.seed, args.max_chars)
     cursor = 0
 
@@ -267,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="serve-latency-"))
     prefix = f"bench-{uuid.uuid4().hex[:12]}"
     server: Server | None = None
+    agents = None
+    proxy: dict[int, dict[str, float]] = {}
     try:
         checkpoint = args.checkpoint or make_checkpoint(work / "checkpoints")
         env = {"ROUTER_CHECKPOINT": str(checkpoint), "ROUTER_TORCH_THREADS": str(args.torch_threads),
@@ -274,6 +343,15 @@ def main(argv: list[str] | None = None) -> int:
                "ROUTER_SQLITE_PATH": str(work / "experience.sqlite3")}
         if args.redis_url:
             env.update({"ROUTER_REDIS_URL": args.redis_url, "ROUTER_REDIS_PREFIX": prefix})
+        if args.proxy:  # every agent of the policy answers through the same upstream: the local calculator
+            from tests.agents_harness import AgentsServer
+            from training.checkpoint import read_meta, resolve_checkpoint
+
+            agents = AgentsServer(["calculator"], work / "agents.log").start()
+            names = read_meta(resolve_checkpoint(checkpoint)).agents
+            (work / "upstreams.json").write_text(json.dumps(
+                {"agents": {n: {"base_url": agents.url, "model": "calculator"} for n in names}}))
+            env.update({"ROUTER_UPSTREAMS_FILE": str(work / "upstreams.json"), "ROUTER_PROXY_OPEN": "true"})
         for item in args.server_env:
             key, _, val = item.partition("=")
             env[key] = val
@@ -299,7 +377,19 @@ def main(argv: list[str] | None = None) -> int:
         same = f"repeated prompt {uuid.uuid4().hex}"
         repeat = {c: asyncio.run(load_level(server.url, [same] * args.repeat_requests, c, [same]))
                   for c in (1, max(levels))}
+        if agents is not None:
+            agents.wait_ready(timeout_s=120.0)
+            for c in proxy_levels:
+                proxy[c] = asyncio.run(proxy_overhead(server.url, agents.url.removesuffix("/v1"),
+                                                      take(args.proxy_requests), c, take(32)))
+                proxy[c]["overhead_p50_ms"] = proxy[c]["proxied_p50_ms"] - proxy[c]["direct_p50_ms"]
+                proxy[c]["overhead_p99_ms"] = proxy[c]["proxied_p99_ms"] - proxy[c]["direct_p99_ms"]
+                proxy[c]["over_route_p50_ms"] = proxy[c]["overhead_p50_ms"] - proxy[c]["route_p50_ms"]
+                print(f"proxy c={c}: direct p50 {proxy[c]['direct_p50_ms']:.2f} ms, proxied "
+                      f"{proxy[c]['proxied_p50_ms']:.2f} ms, route {proxy[c]['route_p50_ms']:.2f} ms", file=sys.stderr)
     finally:
+        if agents is not None:
+            agents.stop()
         if server is not None:
             server.stop()
         if args.redis_url:
@@ -335,6 +425,12 @@ def main(argv: list[str] | None = None) -> int:
     figures[f"c{top}_rps_over_raw_b64_sub{args.encode_batch}"] = results[top]["rps"] / raw[sub_key]
     figures[f"c{top}_goal_ratio"] = C64_GOAL_RATIO
     figures[f"c{top}_goal_met"] = figures[f"c{top}_rps_over_raw_b64"] >= C64_GOAL_RATIO
+    for c, res in proxy.items():
+        for key, value in res.items():
+            figures[f"proxy_c{c}_{key}"] = value
+        figures[f"proxy_c{c}_goal_met"] = res["over_route_p50_ms"] <= PROXY_GOAL_MS
+    if proxy:
+        figures["proxy_goal_ms"] = PROXY_GOAL_MS
     load_end = load_average()
     figures["machine"] = machine() | {"torch_threads": args.torch_threads, "loadavg_start": load_start,
                                       "loadavg_end": load_end}
@@ -357,8 +453,20 @@ def main(argv: list[str] | None = None) -> int:
     for c, r in repeat.items():
         rows.append([f"server, one repeated prompt, concurrency {c}", "", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
                      f"{r['rps']:.1f}", "cache"])
+    for c, r in proxy.items():
+        rows.append([f"upstream called directly, concurrency {c}", "", f"{r['direct_p50_ms']:.2f}",
+                     f"{r['direct_p99_ms']:.2f}", "", ""])
+        rows.append([f"the same through the proxy, concurrency {c}", "", f"{r['proxied_p50_ms']:.2f}",
+                     f"{r['proxied_p99_ms']:.2f}", f"{r['proxied_rps']:.1f}" if "proxied_rps" in r else "", ""])
+        rows.append([f"POST /v1/route alongside, concurrency {c}", "", f"{r['route_p50_ms']:.2f}",
+                     f"{r['route_p99_ms']:.2f}", "", ""])
     print_table(["what", "raw", "p50 ms", "p99 ms", "per s", "mean batch"], rows)
     print()
+    for c, r in proxy.items():
+        print(f"proxy c={c}: proxied - direct = p50 {r['overhead_p50_ms']:+.2f} ms, "
+              f"p99 {r['overhead_p99_ms']:+.2f} ms; "
+              f"over the routing decision (p50 of /v1/route) {r['over_route_p50_ms']:+.2f} ms "
+              f"(goal <= {PROXY_GOAL_MS:.0f} ms): {'met' if r['over_route_p50_ms'] <= PROXY_GOAL_MS else 'NOT met'}")
     if 1 in results:
         print(f"c=1 p50 - raw b1 = {figures['c1_overhead_ms']:+.2f} ms (goal <= {C1_GOAL_MS:.0f} ms): "
               f"{'met' if figures['c1_goal_met'] else 'NOT met'}; median paired difference "

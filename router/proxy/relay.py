@@ -77,6 +77,8 @@ class Attempt:
     usage: Usage | None = None
     content_chars: int = 0
     status: int | None = None
+    #: the outcome once known, before its record is written (a stream knows it at ``[DONE]``)
+    outcome: str | None = None
     finished: bool = False
 
 
@@ -232,8 +234,9 @@ async def relay_stream(call: ProxyCall, attempt: Attempt, first: dict[str, Any],
                        events: AsyncIterator[dict[str, Any]], include_usage: bool) -> AsyncIterator[bytes]:
     """The client's stream: the upstream's chunks with ``model`` set to the agent, then ``[DONE]``;
     an error event when the upstream breaks, stalls or the deadline passes. The attempt's outcome is
-    settled here; a client that goes away leaves it unsettled, and the response's closing settles it
-    as ``cancelled`` (:class:`~router.routes.chat.ProxyStream`)."""
+    known here (``attempt.outcome``) and its record written after the last event went out; a client
+    that goes away before leaves it unknown, and the response's closing records it as ``cancelled``
+    (:class:`~router.routes.chat.ProxyStream`)."""
     agent = attempt.upstream.agent
 
     def relay(event: dict[str, Any]) -> bytes | None:
@@ -255,11 +258,13 @@ async def relay_stream(call: ProxyCall, attempt: Attempt, first: dict[str, Any],
             if call.remaining_s() <= 0:
                 raise UpstreamFailure("timeout", f"agent {agent!r}: the request's deadline passed mid-stream")
     except UpstreamFailure as exc:
-        await call.finish(attempt, exc.outcome)
+        attempt.outcome = exc.outcome
         yield sse(openai_error_body(str(exc), "upstream_error", code=exc.outcome))
+        await call.finish(attempt, exc.outcome)
         return
-    await call.finish(attempt, "ok")
+    attempt.outcome = "ok"
     yield sse("[DONE]")
+    await call.finish(attempt, "ok")  # after the client has its answer
 
 
 async def first_event(events: AsyncIterator[dict[str, Any]], attempt: Attempt) -> dict[str, Any]:

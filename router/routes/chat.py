@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Annotated, Any, TypeVar
 
 import anyio
@@ -142,6 +143,27 @@ def _all_failed(call: ProxyCall, failures: list[UpstreamFailure]) -> OpenAIError
                        "upstream_error", code="upstream_timeout" if timeout else "upstream_failed")
 
 
+async def _send_then(respond: Awaitable[None], on_close: Callable[[], Awaitable[None]]) -> None:
+    """Send a response (``respond``), then run ``on_close`` shielded from the request's cancellation."""
+    try:
+        await respond
+    finally:
+        with anyio.CancelScope(shield=True):
+            await on_close()
+
+
+class ProxyAnswer(JSONResponse):
+    """A non-streamed answer; ``on_close`` (writing the call record) runs once it is sent, off the
+    client's path, and also when the client went away first."""
+
+    def __init__(self, content: Any, on_close: Callable[[], Awaitable[None]], headers: dict[str, str]) -> None:
+        super().__init__(content, headers=headers)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await _send_then(super().__call__(scope, receive, send), self._on_close)
+
+
 class ProxyStream(StreamingResponse):
     """A streamed answer whose ``on_close`` always runs when the response ends, also when the client
     went away mid-stream (it then cancels the upstream call and logs the attempt as cancelled)."""
@@ -151,11 +173,7 @@ class ProxyStream(StreamingResponse):
         self._on_close = on_close
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._on_close()
+        await _send_then(super().__call__(scope, receive, send), self._on_close)
 
 
 @api.post("/v1/chat/completions", responses=_responses(400, 401, 403, 404, 409, 429, 502, 503, 504),
@@ -218,10 +236,10 @@ async def _complete(call: ProxyCall, body: ChatCompletionRequest, request: Reque
             return Response(status_code=499)  # nobody reads it
         attempt.usage = Usage.of(answer)
         attempt.content_chars = answer_chars(answer)
-        await call.finish(attempt, "ok")
         answer["model"] = upstream.agent
         note_decision(request, attempt.decision.decision_id, upstream.agent, call.service.version)
-        return JSONResponse(answer, headers=_headers(call, attempt))
+        # the call record is written once the answer went out: it is not on the client's path
+        return ProxyAnswer(answer, partial(call.finish, attempt, "ok"), _headers(call, attempt))
     raise _all_failed(call, failures)
 
 
@@ -274,7 +292,7 @@ async def _stream(call: ProxyCall, body: ChatCompletionRequest, request: Request
         async def close(content=content, stack=stack, attempt=attempt) -> None:
             await content.aclose()
             await stack.aclose()
-            await call.finish(attempt, "cancelled")  # a no-op when the stream settled it
+            await call.finish(attempt, attempt.outcome or "cancelled")  # a no-op when the stream wrote it
 
         note_decision(request, attempt.decision.decision_id, upstream.agent, call.service.version)
         return ProxyStream(content, close, _headers(call, attempt))

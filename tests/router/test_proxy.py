@@ -36,14 +36,25 @@ def records_of(server, decision_ids: list[str]) -> list[dict]:
         time.sleep(0.05)
 
 
+def proxy_records(server, last_decision_id: str) -> list[dict]:
+    """The proxy's call records, once the one of ``last_decision_id`` is written (just after its answer)."""
+    deadline = time.monotonic() + 10
+    while True:
+        records = [r for r in sqlite_records(server) if r.get("source") == "proxy"]
+        if any(r["decision_id"] == last_decision_id for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.05)
+
+
 def price_of(agent: str) -> float:
     return next(s["price_per_1m_tokens"] for s in agent_specs() if s["name"] == agent)
 
 
-def first_choice(server, prompt: str, stream: bool = False) -> str:
+def first_choice(server, prompt: str) -> tuple[str, str]:
+    """``(agent, decision id)`` of the router's first choice for ``prompt`` (with every agent up)."""
     raw = client(server).chat.completions.with_raw_response.create(
         model="router", messages=[{"role": "user", "content": prompt}])
-    return raw.headers["x-router-agent"]
+    return raw.headers["x-router-agent"], raw.headers["x-router-decision-id"]
 
 
 @pytest.fixture
@@ -103,8 +114,8 @@ def test_a_streamed_answer_relays_the_chunks_and_records_time_to_first_token(pro
     models = {c.model for c in chunks}
     assert len(models) == 1 and models <= set(PROXIED)
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
-    records = [r for r in sqlite_records(proxy_sqlite_server) if r.get("source") == "proxy"]
-    last = records[-1]
+    time.sleep(0.5)  # the record is written after [DONE]
+    last = [r for r in sqlite_records(proxy_sqlite_server) if r.get("source") == "proxy"][-1]
     assert last["agent"] in models and last["outcome"] == "ok" and last["ttft_ms"] > 0
     assert last["usage_completion_tokens"] == chunks[-1].usage.completion_tokens
 
@@ -128,7 +139,7 @@ def test_an_agents_name_bypasses_the_router(proxy_sqlite_server, upstream):
 def test_a_failing_agent_falls_back_to_the_next_and_both_attempts_are_logged(proxy_sqlite_server, upstream, mode,
                                                                              stream):
     prompt = f"fallback check {mode} {stream}"
-    chosen = first_choice(proxy_sqlite_server, prompt)
+    chosen, probe = first_choice(proxy_sqlite_server, prompt)
     upstream.mode(PROXIED[chosen], mode)
     api = client(proxy_sqlite_server).chat.completions
     if stream:
@@ -141,8 +152,11 @@ def test_a_failing_agent_falls_back_to_the_next_and_both_attempts_are_logged(pro
         headers, text = raw.headers, raw.parse().choices[0].message.content
     assert text == f"echo: {prompt}"
     assert headers["x-router-attempts"] == "2" and headers["x-router-agent"] != chosen
-    records = [r for r in sqlite_records(proxy_sqlite_server) if r.get("source") == "proxy"][-2:]
-    failed, answered = records
+    # records are written when their answer went out: match them by decision and agent, not by order
+    records = [r for r in proxy_records(proxy_sqlite_server, headers["x-router-decision-id"])
+               if r["decision_id"] != probe]
+    (answered,) = [r for r in records if r["decision_id"] == headers["x-router-decision-id"]]
+    failed = [r for r in records if r["agent"] == chosen][-1]
     assert failed["agent"] == chosen and failed["quality"] == 0.0
     assert failed["outcome"] == ("timeout" if mode == "stall" else "error")
     if mode.startswith("fail-"):
