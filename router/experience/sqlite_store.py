@@ -29,7 +29,7 @@ from router.experience.base import (
     UnknownDecision,
     dump_json,
 )
-from router.experience.durable_sqlite import DurableSqlite, transaction
+from router.experience.durable_sqlite import DurableSqlite
 
 T = TypeVar("T")
 
@@ -71,56 +71,56 @@ class SqliteExperienceStore(ExperienceStore):
         return await self._db.run(what, fn)
 
     async def put_decision(self, context: DecisionContext) -> None:
-        """Insert the context (and purge expired decisions about once a minute)."""
+        """Insert the context (and purge expired decisions about once a minute), group-committed
+        with the other writes of the moment (:meth:`DurableSqlite.write`)."""
         decision_id = context.decision_id
         payload = dump_json(context)
 
         def write(conn: sqlite3.Connection) -> None:
             now = time.time()
-            with transaction(conn):
-                if now - self._last_purge >= PURGE_EVERY_S:
-                    conn.execute("DELETE FROM decisions WHERE expires_at <= ?", (now,))
-                conn.execute(
-                    "INSERT INTO decisions (decision_id, context, created_at, expires_at) "
-                    "VALUES (?, ?, ?, ?)",
-                    (decision_id, payload, now, now + self.decision_ttl_s),
-                )
+            if now - self._last_purge >= PURGE_EVERY_S:
+                conn.execute("DELETE FROM decisions WHERE expires_at <= ?", (now,))
+            conn.execute(
+                "INSERT INTO decisions (decision_id, context, created_at, expires_at) "
+                "VALUES (?, ?, ?, ?)",
+                (decision_id, payload, now, now + self.decision_ttl_s),
+            )
             if now - self._last_purge >= PURGE_EVERY_S:
                 self._last_purge = now
 
         try:
-            await self._run("put_decision", write)
+            await self._db.write("put_decision", write)
         except sqlite3.IntegrityError as exc:
             raise ValueError(f"decision {decision_id!r} already exists") from exc
 
     async def record_feedback(self, decision_id: str, feedback: Feedback) -> ExperienceRecord:
-        """Check, insert and commit in one ``BEGIN IMMEDIATE`` transaction."""
+        """Check and insert under one savepoint of a group commit (:meth:`DurableSqlite.write`): the
+        record is on disk when this returns."""
 
         key = record_key(decision_id, feedback.source)
 
         def write(conn: sqlite3.Connection) -> ExperienceRecord:
             now = time.time()
-            with transaction(conn):
-                row = conn.execute(
-                    "SELECT context FROM decisions WHERE decision_id = ? AND expires_at > ?",
-                    (decision_id, now),
-                ).fetchone()
-                if row is None:
-                    raise UnknownDecision(decision_id)
-                done = conn.execute(
-                    "SELECT 1 FROM experience WHERE decision_id = ?", (key,)
-                ).fetchone()
-                if done is not None:
-                    raise DuplicateFeedback(decision_id)
-                record = ExperienceRecord.join(json.loads(row[0]), feedback)
-                conn.execute(
-                    "INSERT INTO experience (decision_id, record, created_at) VALUES (?, ?, ?)",
-                    (key, dump_json(record), now),
-                )
+            row = conn.execute(
+                "SELECT context FROM decisions WHERE decision_id = ? AND expires_at > ?",
+                (decision_id, now),
+            ).fetchone()
+            if row is None:
+                raise UnknownDecision(decision_id)
+            done = conn.execute(
+                "SELECT 1 FROM experience WHERE decision_id = ?", (key,)
+            ).fetchone()
+            if done is not None:
+                raise DuplicateFeedback(decision_id)
+            record = ExperienceRecord.join(json.loads(row[0]), feedback)
+            conn.execute(
+                "INSERT INTO experience (decision_id, record, created_at) VALUES (?, ?, ?)",
+                (key, dump_json(record), now),
+            )
             return record
 
         try:
-            return await self._run("record_feedback", write)
+            return await self._db.write("record_feedback", write)
         except sqlite3.IntegrityError as exc:  # a concurrent writer won the UNIQUE race
             raise DuplicateFeedback(decision_id) from exc
 

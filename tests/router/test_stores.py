@@ -105,6 +105,34 @@ def test_sqlite_failed_write_leaves_no_mark(sqlite_path):
     asyncio.run(run())
 
 
+def test_sqlite_writes_arriving_together_share_one_commit_and_fail_alone(sqlite_path):
+    async def run():
+        store = SqliteExperienceStore(sqlite_path)
+        contexts = [context() for _ in range(40)]
+        await store.put_decision(contexts[0])
+        db = store._db
+        commits, writes = db.commits, db.writes
+        # 39 new decisions, one duplicate, and feedback for the first, all at once
+        results = await asyncio.gather(*(store.put_decision(c) for c in contexts[1:]),
+                                       store.put_decision(contexts[0]),
+                                       store.record_feedback(contexts[0].decision_id, sample_feedback(0.5)),
+                                       store.record_feedback("no-such-decision", sample_feedback(0.5)),
+                                       return_exceptions=True)
+        assert all(r is None for r in results[:39])
+        assert isinstance(results[39], ValueError)  # the duplicate fails alone
+        assert isinstance(results[40], ExperienceRecord)
+        assert isinstance(results[41], UnknownDecision)
+        assert db.writes - writes == 42 and db.commits - commits < 42 / 4  # grouped: far fewer fsyncs than writes
+        await store.close()
+        # every answered write is on disk: a new connection sees them
+        with sqlite3.connect(sqlite_path) as conn:
+            ids = {r for (r,) in conn.execute("SELECT decision_id FROM decisions")}
+            assert ids == {c.decision_id for c in contexts}
+            assert conn.execute("SELECT count(*) FROM experience").fetchone()[0] == 1
+
+    asyncio.run(run())
+
+
 def test_sqlite_unknown_and_expired(sqlite_path):
     async def run():
         store = SqliteExperienceStore(sqlite_path)
