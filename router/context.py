@@ -23,6 +23,7 @@ from env.embedder import Embedder
 from env.errors import UserError
 from router.batcher import EmbedBatcher
 from router.cooldown import CooldownPolicy, Cooldowns, LocalCooldowns, RedisCooldowns
+from router.encode_plan import choose_pass_size
 from router.experience import ExperienceStore, Outbox, RedisExperienceStore, SqliteExperienceStore, StoreUnavailable
 from router.follower import follow_published
 from router.load import LoadTracker, LocalLoadTracker, RedisLoadTracker
@@ -105,10 +106,12 @@ def start_policy(settings: Settings) -> RoutingService:
     policy = load_checkpoint(settings.checkpoint)
     embedder = Embedder(
         model=policy.embedding_model, cache_dir=settings.embed_cache_dir, device=settings.device,
-        batch_size=settings.encode_batch, progress=False,
+        batch_size=8 if settings.encode_batch == "auto" else settings.encode_batch, progress=False,
     )
     service = RoutingService(policy, embedder)
     service.warm_up()
+    if settings.encode_batch == "auto":
+        choose_pass_size(embedder)
     return service
 
 

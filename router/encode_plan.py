@@ -1,0 +1,69 @@
+"""How many prompts one forward pass of the embedding model should take: measured, not assumed.
+
+On a GPU a padded batch of 64 costs little more than one prompt; on a small CPU it can cost more
+per prompt than prompts one at a time (padding to the longest, cache misses). At start-up, with
+``ROUTER_ENCODE_BATCH=auto``, :func:`choose_pass_size` times the model on sample prompts of mixed
+length in passes of each candidate size and keeps the size with the lowest cost per prompt. The
+micro-batcher (:mod:`router.batcher`) still gathers concurrent prompts into one encode call; the
+call runs them in passes of the chosen size, so gathering never makes a prompt dearer than the
+measurement says.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: Pass sizes tried.
+CANDIDATES = (1, 2, 4, 8, 16)
+_TEXT = ("route each prompt to the agent that answers it best for the least cost while the queues of busy "
+         "agents grow and shrink with the traffic of every client")
+
+
+def sample_prompts(count: int) -> list[str]:
+    """``count`` distinct prompts of 8 to 96 words (the lengths cycle), deterministic."""
+    vocabulary = _TEXT.split()
+    out = []
+    for i in range(count):
+        words = (8, 24, 48, 96)[i % 4]  # short questions to a paragraph of context
+        out.append(f"[{i}] " + " ".join(vocabulary[(i + j) % len(vocabulary)] for j in range(words)))
+    return out
+
+
+def choose_pass_size(embedder: Any, candidates: tuple[int, ...] = CANDIDATES, samples: int = 16,
+                     repeats: int = 1) -> tuple[int, dict[int, float]]:
+    """Time ``embedder``'s model on ``samples`` prompts in passes of each candidate size; set and
+    return the cheapest.
+
+    The model is called directly (``embedder.model.encode``), so the on-disk embedding cache is
+    neither read nor filled.
+
+    Args:
+        embedder: an :class:`env.embedder.Embedder` (its ``batch_size`` is set to the choice).
+        candidates: pass sizes to try.
+        samples: prompts per timing (:func:`sample_prompts`).
+        repeats: timings per size; the fastest counts (the least disturbed by other work).
+
+    Returns:
+        ``(chosen size, {size: ms per prompt})``.
+    """
+    texts = sample_prompts(samples)
+    model = embedder.model
+    model.encode(texts[:4], batch_size=4, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    costs: dict[int, float] = {}
+    for size in candidates:
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model.encode(texts, batch_size=size, normalize_embeddings=True, convert_to_numpy=True,
+                         show_progress_bar=False)
+            best = min(best, time.perf_counter() - start)
+        costs[size] = best * 1000.0 / len(texts)
+    chosen = min(costs, key=lambda s: costs[s])
+    embedder.batch_size = chosen
+    logger.info("encode passes of %d prompts (measured ms per prompt: %s)", chosen,
+                ", ".join(f"{s}: {c:.2f}" for s, c in costs.items()))
+    return chosen, costs
