@@ -142,7 +142,10 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", min_length=1, description="Interface uvicorn binds to.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port uvicorn listens on.")
-    workers: int = Field(1, ge=1, le=256, description="uvicorn worker processes.")
+    workers: int = Field(
+        1, ge=1, le=256,
+        description="uvicorn worker processes (one per core). More than 1 needs redis_url: the workers share the "
+        "live load, agents down, cooldowns and the served version through Redis.")
     log_level: LogLevel = Field("info", description="uvicorn log level.")
     admin_token: SecretStr | None = Field(
         None,
@@ -247,6 +250,10 @@ class Settings(BaseSettings):
         if self.proxy_open and not is_loopback(self.host):
             raise ValueError(f"proxy_open needs a loopback host (127.0.0.1, ::1, localhost), not {self.host!r}; "
                              "set ROUTER_API_KEYS instead")
+        if self.workers > 1 and not self.redis_url:
+            raise ValueError(f"workers={self.workers} needs redis_url: each worker process would keep its own live "
+                             "load, agents down, cooldowns, key spending and hot swap; set ROUTER_REDIS_URL "
+                             "(or serve with one worker)")
         names = [key.name for key in self.api_keys]
         if len(set(names)) != len(names):
             raise ValueError("api_keys: every key needs its own name")

@@ -207,6 +207,8 @@ class Server:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
     sqlite_path: Path | None = None
+    #: extra uvicorn arguments, e.g. ``["--workers", "2"]``
+    uvicorn_args: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -221,7 +223,7 @@ class Server:
         self._out = self.log_path.with_suffix(".stdout").open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "router.app:create_app", "--factory",
-             "--host", "127.0.0.1", "--port", str(self.port)],
+             "--host", "127.0.0.1", "--port", str(self.port), *self.uvicorn_args],
             cwd=ROOT,
             env=env,
             stdout=self._out,
