@@ -3,8 +3,9 @@ with the others): a fake upstream process (:mod:`tests.router.fake_upstream`) an
 
 - ``proxy_sqlite_server``: SQLite store, the proxy opened on loopback (``ROUTER_PROXY_OPEN``), cooldowns
   off, short upstream timeouts.
-- ``proxy_redis_server``: the real Redis, client keys (one with a tiny daily budget), and an upstream
-  API key read from an environment variable.
+- ``proxy_redis_server``: the real Redis, a policy of every trade-off (``preference_checkpoint``:
+  ``AGENTS[0]`` at cost weight 0, ``AGENTS[1]`` from about 0.2 up), client keys (one with a tiny
+  daily budget), and an upstream API key read from an environment variable.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ import httpx
 import pytest
 
 from tests.conftest import delete_prefix
-from tests.harness import AGENTS, ROOT, Server, free_port, stop_process
+from tests.harness import AGENTS, ROOT, Server, free_port, preference_checkpoint, stop_process
 
 #: agents of the test checkpoint that the proxy serves, and their fake upstream model names
 PROXIED = {AGENTS[1]: "m1", AGENTS[2]: "m2", AGENTS[4]: "m4"}
+#: the agents the Redis server proxies: the two its preference policy chooses between
+PREFERENCE_PROXIED = {AGENTS[0]: "m0", AGENTS[1]: "m1"}
 CLIENT_KEY = "ar-test-client-key"
 POOR_KEY = "ar-test-poor-key"
 UPSTREAM_SECRET = "sk-upstream-secret-value"
@@ -43,7 +46,7 @@ class FakeUpstream:
         return httpx.get(f"{self.url}/stats", timeout=5).json()
 
     def reset(self) -> None:
-        for model in PROXIED.values():
+        for model in {**PROXIED, **PREFERENCE_PROXIED}.values():
             self.mode(model, "ok")
 
 
@@ -66,10 +69,10 @@ def fake_upstream() -> Iterator[FakeUpstream]:
     stop_process(proc)
 
 
-def _upstreams_file(directory: Path, url: str, key_env: str | None = None) -> Path:
+def _upstreams_file(directory: Path, url: str, key_env: str | None = None, proxied: dict | None = None) -> Path:
     path = directory / "upstreams.json"
     agents = {name: {"base_url": f"{url}/v1", "model": model, **({"api_key_env": key_env} if key_env else {})}
-              for name, model in PROXIED.items()}
+              for name, model in (proxied or PROXIED).items()}
     path.write_text(json.dumps({"agents": agents}))
     return path
 
@@ -96,11 +99,12 @@ def proxy_sqlite_server(proxy_sqlite_server_launched) -> Server:
 
 
 @pytest.fixture(scope="session")
-def proxy_redis_server_launched(start_server, checkpoint, fake_upstream, redis_url,
+def proxy_redis_server_launched(start_server, fake_upstream, redis_url,
                                 tmp_path_factory) -> Iterator[tuple[Server, str]]:
     from router.proxy.keys import hash_key
 
     work = tmp_path_factory.mktemp("proxy-redis")
+    checkpoint = preference_checkpoint(work / "checkpoints")
     prefix = f"test-proxy-{uuid.uuid4().hex}"
     keys = [{"name": "team-a", "sha256": hash_key(CLIENT_KEY)},
             {"name": "poor", "sha256": hash_key(POOR_KEY), "budget_usd_per_day": 1e-9}]
@@ -109,7 +113,8 @@ def proxy_redis_server_launched(start_server, checkpoint, fake_upstream, redis_u
         "ROUTER_REDIS_URL": redis_url,
         "ROUTER_REDIS_PREFIX": prefix,
         "ROUTER_OUTBOX_PATH": str(work / "outbox.sqlite3"),
-        "ROUTER_UPSTREAMS_FILE": str(_upstreams_file(work, fake_upstream.url, key_env="FAKE_UPSTREAM_KEY")),
+        "ROUTER_UPSTREAMS_FILE": str(_upstreams_file(work, fake_upstream.url, key_env="FAKE_UPSTREAM_KEY",
+                                                     proxied=PREFERENCE_PROXIED)),
         "FAKE_UPSTREAM_KEY": UPSTREAM_SECRET,
         "ROUTER_API_KEYS": json.dumps(keys),
         "ROUTER_COOLDOWN_S": "0",

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from tests.harness import AGENTS, agent_specs
-from tests.router.proxy_fixtures import CLIENT_KEY, POOR_KEY, PROXIED, UPSTREAM_SECRET
+from tests.router.proxy_fixtures import CLIENT_KEY, POOR_KEY, PREFERENCE_PROXIED, PROXIED, UPSTREAM_SECRET
 
 PROMPT = "Please summarise the plot of Hamlet in two sentences."
 
@@ -89,6 +89,12 @@ def test_a_routed_answer_is_the_upstreams_and_its_call_record_is_written_without
     assert record["latency_ms"] > 0
     assert record["cost_usd"] == pytest.approx(price_of(agent) * answer.usage.total_tokens / 1e6)
     # quality can still come later, by decision id; the retrain job trains on that one only
+    # the X-Session-Id header names the conversation too (and wins over `user`)
+    other = client(proxy_sqlite_server).chat.completions.with_raw_response.create(
+        model="router", messages=[{"role": "user", "content": PROMPT}], user="session-7",
+        extra_headers={"X-Session-Id": "conversation-42"})
+    (by_header,) = records_of(proxy_sqlite_server, [other.headers["x-router-decision-id"]])
+    assert by_header["session_id"] == "conversation-42"
     fb = httpx.post(f"{proxy_sqlite_server.url}/v1/feedback", json={"decision_id": decision_id, "quality": 0.8})
     assert fb.status_code == 202, fb.text
     again = httpx.post(f"{proxy_sqlite_server.url}/v1/feedback", json={"decision_id": decision_id, "quality": 0.8})
@@ -246,26 +252,37 @@ def test_client_keys_are_required_checked_and_budgeted(proxy_redis_server, fake_
     missing = httpx.post(f"{server.url}/v1/chat/completions", json={"model": "router", "messages": messages})
     assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key"
     assert httpx.get(f"{server.url}/v1/models").status_code == 401
+    # the model name carries the cost preference: the router's default (0), then 500 USD^-1
+    assert [m.id for m in client(server, CLIENT_KEY).models.list()] == ["router", "router-cw-0", *PREFERENCE_PROXIED]
     answer = client(server, CLIENT_KEY).chat.completions.create(model="router", messages=messages)
-    assert answer.model in PROXIED
+    assert answer.model == AGENTS[0]
+    thrifty = client(server, CLIENT_KEY).chat.completions.create(model="router-cw-500", messages=messages)
+    assert thrifty.model == AGENTS[1]
     # the upstream got its own key, from the environment variable the upstreams file names
     import hashlib
 
-    assert fake_upstream.stats()[PROXIED[answer.model]]["auth"] == hashlib.sha256(
+    assert fake_upstream.stats()[PREFERENCE_PROXIED[answer.model]]["auth"] == hashlib.sha256(
         f"Bearer {UPSTREAM_SECRET}".encode()).hexdigest()
-    client(server, POOR_KEY).chat.completions.create(model="router", messages=messages)  # spends > its budget
+    client(server, POOR_KEY).chat.completions.create(model="router-cw-500", messages=messages)  # over its budget
     with pytest.raises(openai.RateLimitError, match="budget"):
-        client(server, POOR_KEY).chat.completions.create(model="router", messages=messages)
+        client(server, POOR_KEY).chat.completions.create(model="router-cw-500", messages=messages)
     metrics = httpx.get(f"{server.url}/metrics").text
     assert f'router_proxy_calls_total{{agent="{answer.model}",key="team-a",outcome="ok"}} 1.0' in metrics
     assert 'router_proxy_cost_usd_total{key="poor"}' in metrics
     assert 'router_proxy_tokens_total{key="team-a",kind="completion"}' in metrics
     # the call records are in the Redis experience stream, and no secret is in the server's log
-    with redis.Redis.from_url(redis_url) as r:
-        records = [json.loads(f[b"record"]) for _, f in r.xrange(f"{prefix}:experience")]
-    proxied = [x for x in records if x.get("source") == "proxy"]
-    assert len(proxied) == 2 and all(x["outcome"] == "ok" and x["usage_completion_tokens"] > 0 for x in proxied)
-    assert all(x["cost_usd"] > 0 and x["latency_ms"] > 0 for x in proxied)
+    deadline = time.monotonic() + 10
+    while True:
+        with redis.Redis.from_url(redis_url) as r:
+            records = [json.loads(f[b"record"]) for _, f in r.xrange(f"{prefix}:experience")]
+        proxied = [x for x in records if x.get("source") == "proxy"]
+        if len(proxied) >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert len(proxied) == 3 and all(x["outcome"] == "ok" and x["usage_completion_tokens"] > 0 for x in proxied)
+    assert sorted(x["cost_weight"] for x in proxied) == [0.0, 500.0, 500.0]
+    assert all(x["latency_ms"] > 0 for x in proxied) and all(x["cost_usd"] > 0 for x in proxied
+                                                            if x["agent"] == AGENTS[1])
     log = server.log() + server.stdout()
     assert UPSTREAM_SECRET not in log and CLIENT_KEY not in log and POOR_KEY not in log
 
