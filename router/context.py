@@ -131,7 +131,8 @@ async def _open_store(settings: Settings, client: aioredis.Redis | None, errors:
         store.start()
         return store
     try:
-        return await asyncio.to_thread(SqliteExperienceStore, settings.sqlite_path, settings.decision_ttl_s)
+        return await asyncio.to_thread(SqliteExperienceStore, settings.sqlite_path, settings.decision_ttl_s,
+                                       decision_sync=settings.sqlite_decision_sync)
     except StoreUnavailable as exc:
         raise UserError(str(exc)) from None
 

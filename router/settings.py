@@ -70,6 +70,13 @@ class Settings(BaseSettings):
         Path("var/experience.sqlite3"),
         description="SQLite experience database, used when redis_url is unset.",
     )
+    sqlite_decision_sync: Literal["full", "normal"] = Field(
+        "normal",
+        description="SQLite store: 'full' fsyncs each decision context before /v1/route answers; 'normal' "
+        "writes it to the WAL at once (it survives a crash of the process) and leaves the fsync to the next "
+        "feedback's commit, taking the fsync off the routing path. A decision lost to a power cut makes its "
+        "feedback answer 404; feedback itself is always fsynced before its 202.",
+    )
     stream_maxlen: int = Field(
         1_000_000,
         ge=1,

@@ -9,11 +9,20 @@ of them. A write that arrives when none is running starts at once (nothing waits
 a lone request pays one fsync as before; under load the groups grow by themselves. Each write runs
 under its own ``SAVEPOINT``: one that raises is rolled back alone, and its caller gets the error.
 A caller is answered only after the ``COMMIT`` returned, so "answered" still means "on disk".
+
+A write may be **crash-durable only** (``durable=False``): a group of such writes commits with
+``synchronous = NORMAL``, which in WAL mode writes the transaction to the log without an fsync. It
+survives a crash of the process, not of the machine, until the next durable commit (or WAL
+checkpoint) fsyncs the log, which then carries it too. The SQLite store writes decision contexts so
+(``ROUTER_SQLITE_DECISION_SYNC=normal``): the fsync leaves the routing path, and a decision lost to
+a power cut only makes its feedback answer 404. Feedback, which the client is told is durable
+(202), always commits with ``synchronous = FULL``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -35,6 +44,7 @@ class _Write:
     op: str
     fn: Callable[[sqlite3.Connection], Any]
     future: asyncio.Future[Any]
+    durable: bool = True
 
 
 class DurableSqlite:
@@ -102,11 +112,12 @@ class DurableSqlite:
 
         return await asyncio.to_thread(locked)
 
-    async def write(self, op: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def write(self, op: str, fn: Callable[[sqlite3.Connection], T], durable: bool = True) -> T:
         """Run ``fn(conn)`` in a transaction shared with the writes queued meanwhile (group commit,
         module docstring) and return its result once the transaction is committed.
 
-        ``fn`` must not begin or commit a transaction itself.
+        ``fn`` must not begin or commit a transaction itself. ``durable=False``: the commit need not
+        be fsynced when no durable write shares it (module docstring).
 
         Raises:
             StoreUnavailable: the connection is closed, or SQLite failed (then none of the group's
@@ -116,7 +127,7 @@ class DurableSqlite:
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._pending.append(_Write(op, fn, future))
+        self._pending.append(_Write(op, fn, future, durable))
         if not self._committing:
             self._committing = True
             self._committer = loop.create_task(self._commit_loop())
@@ -147,6 +158,8 @@ class DurableSqlite:
                 return [(False, StoreUnavailable(f"{self.path}: the {self.what} is closed"))] * len(group)
             results: list[tuple[bool, Any]] = []
             try:
+                sync = "FULL" if any(item.durable for item in group) else "NORMAL"
+                conn.execute(f"PRAGMA synchronous = {sync}")
                 conn.execute("BEGIN IMMEDIATE")
                 for item in group:
                     conn.execute("SAVEPOINT one_write")
@@ -167,6 +180,10 @@ class DurableSqlite:
                     conn.execute("ROLLBACK")
                 failure = StoreUnavailable(f"{self.what} commit of {len(group)} writes failed: {exc}")
                 return [(False, failure)] * len(group)
+            finally:
+                if not conn.in_transaction:  # every other use of the connection stays FULL
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("PRAGMA synchronous = FULL")
             self.commits += 1
             self.writes += len(group)
             return results

@@ -8,8 +8,9 @@ Tables::
 
 ``experience.decision_id`` is the record's key (:func:`~contract.experience.record_key`): the
 decision id, suffixed ``#proxy`` for the proxy's call record. Times are Unix seconds. The file is
-in WAL mode with ``synchronous=FULL``, so a committed write is on disk; several processes may share
-it (writers wait up to the busy timeout). Entry ids of
+in WAL mode; feedback commits with ``synchronous=FULL``, so an acknowledged record is on disk, and
+decisions as ``decision_sync`` says. Writes are group-committed. Several processes may share it
+(writers wait up to the busy timeout). Entry ids of
 :meth:`SqliteExperienceStore.read_experience` are ``str(seq)``.
 """
 
@@ -55,15 +56,23 @@ class SqliteExperienceStore(ExperienceStore):
         decision_ttl_s: seconds a decision waits for feedback; expired ones are purged now and
             then and answer :class:`UnknownDecision`.
         busy_timeout_s: how long a write waits for another process's write lock.
+        decision_sync: ``"full"``: a decision context is fsynced before :meth:`put_decision`
+            returns; ``"normal"``: it survives a crash of the process at once and a crash of the
+            machine once the next feedback's fsync carries it
+            (:meth:`~router.experience.durable_sqlite.DurableSqlite.write`). Feedback is always
+            fsynced.
 
     Raises:
         StoreUnavailable: the file cannot be created or opened as a database.
     """
 
     def __init__(self, path: str | Path, decision_ttl_s: int = 86400,
-                 busy_timeout_s: float = 10.0) -> None:
+                 busy_timeout_s: float = 10.0, decision_sync: str = "full") -> None:
+        if decision_sync not in ("full", "normal"):
+            raise ValueError(f"decision_sync must be full or normal, not {decision_sync!r}")
         self.path = Path(path)
         self.decision_ttl_s = decision_ttl_s
+        self.decision_sync = decision_sync
         self._last_purge = 0.0
         self._db = DurableSqlite(self.path, _SCHEMA, "experience database", busy_timeout_s)
 
@@ -89,7 +98,7 @@ class SqliteExperienceStore(ExperienceStore):
                 self._last_purge = now
 
         try:
-            await self._db.write("put_decision", write)
+            await self._db.write("put_decision", write, durable=self.decision_sync == "full")
         except sqlite3.IntegrityError as exc:
             raise ValueError(f"decision {decision_id!r} already exists") from exc
 

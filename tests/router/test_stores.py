@@ -133,6 +133,40 @@ def test_sqlite_writes_arriving_together_share_one_commit_and_fail_alone(sqlite_
     asyncio.run(run())
 
 
+def test_sqlite_decisions_without_their_own_fsync_survive_a_killed_process(sqlite_path):
+    """decision_sync='normal': the decision is in the WAL when put_decision returns, so a process killed
+    right after (no close, no checkpoint) leaves it readable; feedback commits stay fsynced (FULL)."""
+    import subprocess
+    import sys
+
+    from tests.harness import ROOT
+
+    ctx = context()
+    script = (
+        "import asyncio, os, sys\n"
+        "from router.experience import SqliteExperienceStore\n"
+        "from contract.experience import DecisionContext\n"
+        "async def main():\n"
+        "    store = SqliteExperienceStore(sys.argv[1], decision_sync='normal')\n"
+        "    await store.put_decision(DecisionContext.model_validate_json(sys.argv[2]))\n"
+        "    assert store._db._conn.execute('PRAGMA synchronous').fetchone()[0] == 2  # back to FULL\n"
+        "    os._exit(0)  # killed: nothing closed, nothing checkpointed\n"
+        "asyncio.run(main())\n")
+    run = subprocess.run([sys.executable, "-c", script, str(sqlite_path), ctx.model_dump_json()], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+
+    async def run_feedback():
+        store = SqliteExperienceStore(sqlite_path)
+        record = await store.record_feedback(ctx.decision_id, sample_feedback(0.25))
+        assert record.quality == 0.25
+        await store.close()
+
+    asyncio.run(run_feedback())
+    with pytest.raises(ValueError):
+        SqliteExperienceStore(sqlite_path, decision_sync="sometimes")
+
+
 def test_sqlite_unknown_and_expired(sqlite_path):
     async def run():
         store = SqliteExperienceStore(sqlite_path)
