@@ -3,7 +3,8 @@ real Redis, the real retrain job.
 
 1. Serve a checkpoint (``--checkpoint``; default: train ``configs/default.yaml``) with Redis, the
    server's cooldowns and exploration on (``--explore-floor``, ``--explore-temperature``: the
-   server's ``ROUTER_EXPLORE_FLOOR`` and ``ROUTER_EXPLORE_TEMPERATURE``).
+   server's ``ROUTER_EXPLORE_FLOOR`` and ``ROUTER_EXPLORE_TEMPERATURE``; ``--cooldown-s``: its
+   ``ROUTER_COOLDOWN_S``, unset: the server's default, 0: no cooldowns).
 2. Change the world for the agent the policy sends most traffic to (greedy, on 200 train prompts):
 
    * ``--scenario break`` (default): every answer it gives scores 0 from now on.
@@ -12,15 +13,20 @@ real Redis, the real retrain job.
 
 3. Each round: ``--requests`` train prompts are routed with ``explore: true`` and get feedback from
    the changed world (the dataset's outcome with the change), then
-   ``agent-router retrain --every 1s --rounds 1`` runs once (the continuous job's code path) and the
-   server hot-swaps to what it publishes. ``--rounds`` rounds.
+   ``agent-router retrain --every 1s --rounds 1`` runs once (the continuous job's code path, with
+   ``--retrain-set`` settings) and the server hot-swaps to what it publishes. ``--rounds`` rounds.
 
 Per round it reports the changed agent's share of the traffic, the served quality and cost in the
 changed world, the gate's verdict and the version served, against the changed world's best single
-agent and oracle on the same prompts. ``break`` scores quality; ``price`` scores the reward the
+agent and oracle on the same prompts. After each retrain it also scores the round's candidate
+(published or rejected) on the validation split with every agent free, as the ceiling below does:
+the changed agent's greedy share and mean probability, and the candidate's value in the changed
+world (``candidate``), with the gate's estimates of candidate - serving: on held-out logged
+decisions (``logged_diff``) and on the dataset's split, which does not know of the change
+(``static_candidate - static_serving``). ``break`` scores quality; ``price`` scores the reward the
 retrain job trains on, ``quality - cost_weight * cost_usd`` with the job's ``cost_weight`` (a
-``--retrain-set cost_weight=...``, else the checkpoint's training ``env.cost_weight``), and the best
-single agent and the oracle are by that reward. A price change is invisible to a loop whose
+``--retrain-set cost_weight=...``, else the checkpoint's training ``env.cost_weight``), and the
+best single agent and the oracle are by that reward. A price change is invisible to a loop whose
 ``cost_weight`` is 0 (the default config's): train the checkpoint with ``-s env.cost_weight=500``
 (or pass ``--retrain-set cost_weight=...``) for the price scenario to mean anything.
 
@@ -52,7 +58,11 @@ Usage::
 
     .venv/bin/python benchmarks/drift.py [--scenario break|price] [--price-factor 10]
         [--checkpoint DIR] [--requests 500] [--rounds 4] [--explore-floor 0.05]
-        [--explore-temperature 1] [--redis-url redis://127.0.0.1:6379/0]
+        [--explore-temperature 1] [--cooldown-s 60] [--redis-url redis://127.0.0.1:6379/0]
+        [--retrain-set min_ess=10 --retrain-set update_epochs=20 --retrain-set lr=0.003 ...]
+
+``--retrain-set`` replaces the default settings (``min_ess=10``, ``update_epochs=20``): pass all
+of them each time.
 
 For a price scenario that means something, serve a policy that cares about cost, e.g.::
 
@@ -88,6 +98,9 @@ import httpx  # noqa: E402
 
 from benchmarks.common import load_average, machine, print_json_line, print_table  # noqa: E402
 from tests.harness import Server  # noqa: E402
+
+#: ``--retrain-set`` when none is given
+DEFAULT_RETRAIN_SET = ("min_ess=10", "update_epochs=20")
 
 
 def _checkpoint(args, work: Path) -> Path:
@@ -131,6 +144,27 @@ def change_world(quality: np.ndarray, cost_usd: np.ndarray, scenario: str, agent
     else:
         cost_usd[:, agent] *= price_factor
     return quality, cost_usd
+
+
+def changed_world_value(splits, split: str, scenario: str, agent: int, price_factor: float,
+                        weight: float) -> np.ndarray:
+    """``[P, K]``: the changed world's ``quality - weight * cost_usd`` on ``split``."""
+    ds = splits.splits[split]
+    q, c = change_world(ds.quality, ds.cost_usd, scenario, agent, price_factor)
+    return q - weight * c
+
+
+def policy_on_split(policy, splits, split: str, value: np.ndarray, agent: int) -> dict[str, float]:
+    """``policy`` routed greedily on ``split`` with every agent free (zero load): its mean
+    ``value`` ``[P, K]``, ``agent``'s greedy share and its mean probability."""
+    from training.evaluate import zero_load_probabilities
+
+    probs = zero_load_probabilities(policy.actor, policy.layout, splits.embeddings(split),
+                                    splits.splits[split].prompt_tokens)
+    choice = probs.argmax(-1)
+    return {"value": float(value[np.arange(len(choice)), choice].mean()),
+            "changed_agent_share": float((choice == agent).mean()),
+            "changed_agent_prob": float(probs[:, agent].mean())}
 
 
 def changed_world_ceiling(splits, policies: dict[str, Any], scenario: str, agent: int, price_factor: float,
@@ -190,11 +224,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=4, help="rounds; a retrain follows each but the last")
     ap.add_argument("--explore-floor", type=float, default=0.05)
     ap.add_argument("--explore-temperature", type=float, default=1.0)
+    ap.add_argument("--cooldown-s", type=float, default=None,
+                    help="the server's ROUTER_COOLDOWN_S (unset: its default; 0: no cooldowns)")
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--retrain-set", action="append", default=["min_ess=10", "update_epochs=20"],
-                    help="retrain -s settings (repeatable)")
+    ap.add_argument("--retrain-set", action="append", default=None,
+                    help="retrain -s settings (repeatable; replaces the default min_ess=10, update_epochs=20)")
     args = ap.parse_args(argv)
+    if args.retrain_set is None:
+        args.retrain_set = list(DEFAULT_RETRAIN_SET)
     price = args.scenario == "price"
     start_load = load_average()
     work = Path(tempfile.mkdtemp(prefix="drift-"))
@@ -214,12 +252,14 @@ def main(argv: list[str] | None = None) -> None:
         print("note: the retrain job's cost_weight is 0 (the checkpoint's env.cost_weight): its reward is quality "
               "alone, so a price change is invisible to the loop", flush=True)
     prefix = f"drift-{uuid.uuid4().hex[:8]}"
-    server = Server(env={"ROUTER_CHECKPOINT": str(root), "ROUTER_REDIS_URL": args.redis_url,
-                         "ROUTER_REDIS_PREFIX": prefix, "ROUTER_EXPLORE_FLOOR": str(args.explore_floor),
-                         "ROUTER_EXPLORE_TEMPERATURE": str(args.explore_temperature),
-                         "ROUTER_OUTBOX_PATH": str(work / "outbox.sqlite3"),
-                         "ROUTER_EMBED_CACHE_DIR": str(ROOT / "var" / "embeddings")},
-                    log_path=work / "server.log").start()
+    env = {"ROUTER_CHECKPOINT": str(root), "ROUTER_REDIS_URL": args.redis_url,
+           "ROUTER_REDIS_PREFIX": prefix, "ROUTER_EXPLORE_FLOOR": str(args.explore_floor),
+           "ROUTER_EXPLORE_TEMPERATURE": str(args.explore_temperature),
+           "ROUTER_OUTBOX_PATH": str(work / "outbox.sqlite3"),
+           "ROUTER_EMBED_CACHE_DIR": str(ROOT / "var" / "embeddings")}
+    if args.cooldown_s is not None:
+        env["ROUTER_COOLDOWN_S"] = str(args.cooldown_s)
+    server = Server(env=env, log_path=work / "server.log").start()
     rng = random.Random(args.seed)
     order = list(range(len(train)))
     rng.shuffle(order)
@@ -227,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     explore_cost: float | None = None
     explore_cost_before: float | None = None
     changed: int | None = None
+    val_value: np.ndarray | None = None
     try:
         server.wait_ready(timeout_s=180.0)
         with httpx.Client(base_url=server.url, timeout=60.0) as client:
@@ -292,21 +333,40 @@ def main(argv: list[str] | None = None) -> None:
                                          capture_output=True, text=True, cwd=ROOT, timeout=900)
                     figures = json.loads(run.stdout.strip().splitlines()[-1]) if run.returncode == 0 else {}
                     row |= {"retrain": figures.get("status", f"failed: {run.stderr.strip()[-200:]}"),
-                            "verdict": figures.get("verdict"), "published": figures.get("published")}
+                            "verdict": figures.get("verdict"), "published": figures.get("published"),
+                            "candidate_version": figures.get("version"),
+                            "logged_diff": (figures["candidate_dr"] - figures["serving_dr"]
+                                            if "candidate_dr" in figures else None),
+                            "static_serving": figures.get("static_serving_reward"),
+                            "static_candidate": figures.get("static_candidate_reward"),
+                            "gate_reason": figures.get("reason")}
+                    # the round's candidate, published or rejected, on validation with every agent free
+                    cand_dir = next((d for d in (root / str(figures.get("version")),
+                                                 root / "rejected" / str(figures.get("version"))) if d.is_dir()),
+                                    None) if figures.get("version") else None
+                    if cand_dir is not None:
+                        if val_value is None:
+                            val_value = changed_world_value(splits, "val", args.scenario, changed,
+                                                            args.price_factor, weight if price else 0.0)
+                        row["candidate"] = policy_on_split(load_checkpoint(cand_dir), splits, "val", val_value,
+                                                           changed)
                     if figures.get("published"):  # wait for the hot swap
                         deadline = time.monotonic() + 30
                         while client.post("/v1/route", json={"prompt": "hello"}).json()["policy_version"] != \
                                 figures["published"] and time.monotonic() < deadline:
                             time.sleep(0.2)
                 rows.append(row)
+                cand = row.get("candidate")
+                cand_text = (f"; candidate on val, all agents free: share {cand['changed_agent_share']:.3f}, mean "
+                             f"prob {cand['changed_agent_prob']:.3f}, value {cand['value']:.4f}" if cand else "")
                 if price:
                     print(f"round {r}: repriced {names[changed]} share {row['repriced_share']:.3f}, reward "
-                          f"{row['reward']:.4f} (best single {row['best_single']:.4f}), retrain {row.get('retrain')}",
-                          flush=True)
+                          f"{row['reward']:.4f} (best single {row['best_single']:.4f}), retrain {row.get('retrain')} "
+                          f"({row.get('verdict')}){cand_text}", flush=True)
                 else:
                     print(f"round {r}: broken {names[changed]} share {row['broken_share']:.3f}, quality "
                           f"{row['quality']:.4f} (best single {row['best_single']:.4f}), retrain "
-                          f"{row.get('retrain')}", flush=True)
+                          f"{row.get('retrain')} ({row.get('verdict')}){cand_text}", flush=True)
     finally:
         server.stop()
         import redis
@@ -327,6 +387,16 @@ def main(argv: list[str] | None = None) -> None:
                     [[x["round"], x["feedbacks_so_far"], x["broken_share"], x["quality"], x["best_single"],
                       x["oracle"], x["cost_usd_per_1k"], x.get("retrain", "-"), x.get("verdict") or "-"]
                      for x in rows])
+    if any("candidate" in x for x in rows):
+        print(f"each round's candidate on the validation split, every agent free ({'reward' if price else 'quality'}"
+              " in the changed world):")
+        print_table(["round", "candidate", "retrain", "verdict", "logged diff", "static diff", "changed share",
+                     "changed prob", "value"],
+                    [[x["round"], x.get("candidate_version") or "-", x["retrain"], x.get("verdict") or "-",
+                      x["logged_diff"] if x.get("logged_diff") is not None else "-",
+                      x["static_candidate"] - x["static_serving"] if x.get("static_serving") is not None else "-",
+                      x["candidate"]["changed_agent_share"], x["candidate"]["changed_agent_prob"],
+                      x["candidate"]["value"]] for x in rows if "candidate" in x])
     last = rows[-1]
     if price:
         first_share, last_share = rows[0]["repriced_share"], last["repriced_share"]
@@ -367,7 +437,7 @@ def main(argv: list[str] | None = None) -> None:
                      ("repriced_agent" if price else "broken_agent"): names[changed] if changed is not None else None,
                      "machine": machine(start_load), "rounds": rows, "goals": goals, "changed_world_ceiling": ceiling,
                      "settings": {"requests": args.requests, "explore_floor": args.explore_floor,
-                                  "explore_temperature": args.explore_temperature,
+                                  "explore_temperature": args.explore_temperature, "cooldown_s": args.cooldown_s,
                                   "retrain_set": args.retrain_set, "cost_weight": weight,
                                   "price_factor": args.price_factor if price else None,
                                   "checkpoint_version": policy.version}})
