@@ -114,6 +114,9 @@ class Embedder:
 
     Attributes:
         model_id: canonical model name, recorded in caches and checkpoints.
+        cache_key: the model name the on-disk cache keys vectors by (``model_id`` here; another
+            encoder of the same model, e.g. :class:`env.onnx_embedder.OnnxEmbedder`, has its own).
+        encoder: ``torch`` (see :mod:`env.onnx_embedder` for the others).
         encode_calls: number of model forward batches run (a cache hit costs none).
     """
 
@@ -127,6 +130,8 @@ class Embedder:
     ) -> None:
         self.model_name = model
         self.model_id = canonical_model_id(model)
+        self.cache_key = self.model_id
+        self.encoder = "torch"
         self.device = device
         self.batch_size = batch_size
         self.progress = progress
@@ -185,7 +190,7 @@ class Embedder:
         if self.cache is None:
             return self._encode_uncached(texts)
         keys = [EmbeddingCache.key(t) for t in texts]
-        found = self.cache.get_many(self.model_id, keys)
+        found = self.cache.get_many(self.cache_key, keys)
         missing: dict[bytes, str] = {}
         for k, t in zip(keys, texts, strict=True):
             if k not in found:
@@ -193,6 +198,6 @@ class Embedder:
         if missing:
             vecs = self._encode_uncached(list(missing.values()))
             new = list(zip(missing.keys(), vecs, strict=True))
-            self.cache.put_many(self.model_id, new)
+            self.cache.put_many(self.cache_key, new)
             found.update(new)
         return np.stack([found[k] for k in keys]).astype(np.float32, copy=False)

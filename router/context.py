@@ -19,8 +19,8 @@ import redis.asyncio as aioredis
 import torch
 
 from contract.pricing import AgentPrice
-from env.embedder import Embedder
 from env.errors import UserError
+from env.onnx_embedder import make_embedder
 from router.batcher import EmbedBatcher
 from router.cooldown import CooldownPolicy, Cooldowns, LocalCooldowns, RedisCooldowns
 from router.encode_plan import choose_pass_size
@@ -104,12 +104,15 @@ def start_policy(settings: Settings) -> RoutingService:
     torch.set_num_threads(settings.torch_threads)
     _quiet_model_loading()
     policy = load_checkpoint(settings.checkpoint)
-    embedder = Embedder(
-        model=policy.embedding_model, cache_dir=settings.embed_cache_dir, device=settings.device,
+    embedder = make_embedder(
+        settings.encoder, model=policy.embedding_model, cache_dir=settings.embed_cache_dir, device=settings.device,
         batch_size=8 if settings.encode_batch == "auto" else settings.encode_batch, progress=False,
+        onnx_dir=settings.onnx_dir, threads=settings.torch_threads, log=logger,
     )
     service = RoutingService(policy, embedder)
     service.warm_up()
+    describe = getattr(embedder, "describe", None)
+    logger.info("embedding encoder: %s", describe() if describe is not None else embedder.encoder)
     if settings.encode_batch == "auto":
         choose_pass_size(embedder)
     return service
