@@ -81,6 +81,8 @@ class TrainConfig(BaseModel):
 
     seed: int = 0
     device: str = Field(default="auto", description="auto (CUDA when present), cpu, cuda, cuda:1")
+    compile: bool = Field(default=False, description="torch.compile the actor's and the critic's forward (the "
+                          "first iterations pay the compilation; needs a C++ compiler on the CPU)")
     out_dir: Path = Path("runs/default")
     checkpoint_dir: Path = Path("checkpoints")
     save_every: int = Field(default=0, ge=0, description="iterations between resumable trainer states; 0 = end only")

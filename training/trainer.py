@@ -4,6 +4,11 @@ MAPPO as in Yu et al. 2021, "The Surprising Effectiveness of PPO in Cooperative 
 arXiv 2103.01955 (centralised critic, decentralised actors); IPPO (local critic) by
 ``network.centralised_critic = false``. Loop structure after CleanRL's ``ppo.py``
 (Huang et al. 2022, JMLR 23(274)).
+
+Host syncs: no step of the collection (policy forward, env step, buffer write) and no minibatch
+step of the update reads anything back from the device. Every figure of an iteration is kept as a
+0-d tensor on the device and read back by one ``tolist()`` at its end
+(:func:`training.update.read_scalars`), the iteration's one sync.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from training.buffer import RolloutBuffer
 from training.config import TrainConfig
 from training.distributed import is_distributed
 from training.networks import Actor, Critic
-from training.update import make_optimizer, ppo_update, set_learning_rates
+from training.update import PendingUpdate, make_optimizer, ppo_update_on_device, read_scalars, set_learning_rates
 from training.value_norm import ValueNorm
 
 
@@ -35,16 +40,21 @@ def seed_everything(seed: int) -> None:
 
 def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
     """``1 - Var(target - pred) / Var(target)``; NaN when the target is constant."""
+    return float(explained_variance_tensor(pred, target))
+
+
+def explained_variance_tensor(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """:func:`explained_variance` as a 0-d tensor on the device (no host sync)."""
     var = target.var()
-    return float("nan") if var == 0 else float(1 - (target - pred).var() / var)
+    return torch.where(var == 0, torch.nan, 1 - (target - pred).var() / var)
 
 
 class MAPPOTrainer:
     """Trains a router policy on a :class:`~env.prompt_env.PromptEnv` or any :class:`~env.base.MultiAgentEnv`.
 
     Args:
-        config: the whole :class:`~training.config.TrainConfig` (``seed``, ``network`` and ``ppo``
-            are used).
+        config: the whole :class:`~training.config.TrainConfig` (``seed``, ``compile``, ``network``
+            and ``ppo`` are used).
         env: the environment; its device is the training device. Under ``torchrun`` each rank
             passes its own share of the worlds; gradients are averaged by DDP.
 
@@ -66,6 +76,9 @@ class MAPPOTrainer:
         self.actor = Actor(D, N, K, net.share_params, net.hidden, columns, penalty).to(self.device)
         self.critic = Critic(D, env.state_dim, N, net.centralised_critic, net.share_params, net.hidden).to(self.device)
         self.value_norm = ValueNorm(ppo.norm_value).to(self.device)
+        if config.compile:  # in place: the modules, their state_dict keys and DDP's wrapping stay as they are
+            self.actor.compile()
+            self.critic.compile()
         self._actor_train: torch.nn.Module = self.actor
         self._critic_train: torch.nn.Module = self.critic
         if is_distributed():
@@ -109,12 +122,19 @@ class MAPPOTrainer:
         return ppo.ent_coef + (ppo.ent_coef_end - ppo.ent_coef) * self._progress()
 
     # ------------------------------------------------------------ collection
-    @torch.no_grad()
     def collect(self) -> dict[str, float]:
-        """Fill the buffer with ``rollout_len`` steps of every world (no host sync per step).
+        """Fill the buffer with ``rollout_len`` steps of every world; returns the rollout's figures
+        (``episode_reward``, ``reward`` and the env's per-step metrics), read back once at the end.
 
         Values are stored de-normalised (on the returns' scale), so GAE sees real rewards.
         """
+        return self._collect_metrics(read_scalars(self._collect())[0])
+
+    @torch.no_grad()
+    def _collect(self) -> dict[str, torch.Tensor]:
+        """:meth:`collect` without the read-back: no step waits for the device. Returns 0-d tensors
+        for :meth:`_collect_metrics`: the sum and the count of the finished episodes' returns, the
+        mean reward and the sum over steps of each env metric's mean (``info/<name>``)."""
         buf, env, vn = self.buffer, self.env, self.value_norm
         finished_sum = torch.zeros((), device=self.device)
         finished_n = torch.zeros((), device=self.device)
@@ -150,16 +170,30 @@ class MAPPOTrainer:
             cur = nxt
         self._next = cur
         self.env_steps += buf.T
-        n = finished_n.item()
+        return {"finished_sum": finished_sum, "finished_n": finished_n, "reward": buf.reward.mean()} | {
+            f"info/{k}": v for k, v in info_sum.items()}
+
+    def _collect_metrics(self, values: dict[str, float]) -> dict[str, float]:
+        """:meth:`collect`'s figures from :meth:`_collect`'s, read."""
+        n = values["finished_n"]
         return {
-            "episode_reward": finished_sum.item() / n if n else float("nan"),
-            "reward": buf.reward.mean().item(),
-        } | {k: v.item() / buf.T for k, v in info_sum.items()}
+            "episode_reward": values["finished_sum"] / n if n else float("nan"),
+            "reward": values["reward"],
+        } | {k.removeprefix("info/"): v / self.buffer.T for k, v in values.items() if k.startswith("info/")}
 
     # ---------------------------------------------------------------- update
     def update(self) -> dict[str, float]:
         """GAE, then :func:`training.update.ppo_update` over the flattened buffer (``update_epochs``
-        passes of ``num_minibatches`` clipped-PPO steps, ``target_kl`` early stop)."""
+        passes of ``num_minibatches`` clipped-PPO steps, ``target_kl`` early stop); returns its
+        figures, read back once at the end."""
+        pending, extra = self._update()
+        update_values, extra_values = read_scalars(pending.metrics, extra)
+        return self._update_metrics(pending, update_values, extra_values)
+
+    def _update(self) -> tuple[PendingUpdate, dict[str, torch.Tensor | float]]:
+        """:meth:`update` without the read-back (:func:`training.update.ppo_update_on_device`): no
+        minibatch step waits for the device. Returns the pending update and the other figures
+        (explained variance, entropy coefficient, value normaliser's moments)."""
         ppo, buf, vn = self.config.ppo, self.buffer, self.value_norm
         buf.compute_advantages(ppo.gamma, ppo.gae_lambda)
         vn.update(buf.returns)
@@ -170,31 +204,54 @@ class MAPPOTrainer:
         ent_coef = self.current_ent_coef()
         every = {"old_probs": buf.flat("probs"), "action_advantage": buf.flat("action_advantage")} \
             if self.expected_pg else {}
-        result = ppo_update(self._actor_train, self._critic_train, self.optimizer, obs, state, mask,
-                            action, old_log_prob, advantage, returns_n, old_value_n, ppo, self._gen, ent_coef,
-                            **every)
+        pending = ppo_update_on_device(self._actor_train, self._critic_train, self.optimizer, obs, state, mask,
+                                       action, old_log_prob, advantage, returns_n, old_value_n, ppo, self._gen,
+                                       ent_coef, **every)
+        extra = {"explained_variance": explained_variance_tensor(buf.value.flatten(), buf.returns.flatten()),
+                 "ent_coef": ent_coef, "value_mean": vn.mean, "value_std": vn.std}
+        return pending, extra
+
+    @staticmethod
+    def _update_metrics(pending: PendingUpdate, update_values: dict[str, float],
+                        extra_values: dict[str, float]) -> dict[str, float]:
+        """:meth:`update`'s figures from :meth:`_update`'s, read."""
+        result = pending.finish(update_values)
         steps, stopped = result.pop("grad_steps"), result.pop("early_stop")
-        result["explained_variance"] = explained_variance(buf.value.flatten(), buf.returns.flatten())
-        result["ent_coef"] = ent_coef
+        result["explained_variance"] = extra_values["explained_variance"]
+        result["ent_coef"] = extra_values["ent_coef"]
         result["grad_steps"] = steps
         result["early_stop"] = stopped
-        result["value_mean"], result["value_std"] = float(vn.mean), float(vn.std)
+        result["value_mean"], result["value_std"] = extra_values["value_mean"], extra_values["value_std"]
         return result
 
     def train(self, on_iteration: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
         """Run the remaining iterations (all of them, or those after a resume); returns the metrics.
 
         ``on_iteration`` is called with each iteration's metrics (progress bars, files, saving).
+        Each iteration waits for the device once: the collection's and the update's figures are read
+        back together after the update. ``collect_agent_steps_per_s`` times the collection on the
+        device's clock (CUDA events on CUDA, so no sync is needed between the two phases).
         """
         ppo = self.config.ppo
         agent_steps_per_iter = ppo.rollout_len * self.env.num_worlds * self.env.num_routers
+        cuda = self.device.type == "cuda"
         while self.iteration < self.num_iterations:
             lr, critic_lr = set_learning_rates(self.optimizer, ppo, self.lr_factor())
             start = time.perf_counter()
-            metrics = self.collect()
+            if cuda:
+                events = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                events[0].record()
+            collected = self._collect()
             collect_s = time.perf_counter() - start
-            metrics |= self.update()
+            if cuda:
+                events[1].record()
+            pending, extra = self._update()
+            collect_values, update_values, extra_values = read_scalars(collected, pending.metrics, extra)
+            metrics = self._collect_metrics(collect_values) | self._update_metrics(pending, update_values,
+                                                                                   extra_values)
             elapsed = time.perf_counter() - start
+            if cuda:
+                collect_s = events[0].elapsed_time(events[1]) / 1000
             self.iteration += 1
             metrics |= {
                 "iteration": self.iteration,

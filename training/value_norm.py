@@ -39,8 +39,9 @@ class ValueNorm(nn.Module):
         if not self.enabled:
             return
         x = x.detach().to(torch.float64).flatten()
-        moments = torch.stack([x.sum(), (x * x).sum(), torch.tensor(float(x.numel()), dtype=torch.float64,
-                                                                     device=x.device)])
+        # the count is filled in on the device: torch.tensor(n, device=...) would be a blocking copy
+        n = torch.full((), float(x.numel()), dtype=torch.float64, device=x.device)
+        moments = torch.stack([x.sum(), (x * x).sum(), n])
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(moments)
         total, total_sq, n = moments
