@@ -1,28 +1,30 @@
-"""Serving latency and throughput: raw SBERT encoding in-process, then the real server over HTTP.
+"""Serving latency and throughput, torch and ONNX int8 side by side: raw encoding in-process, then the
+real server over HTTP, on the same prompts.
 
-One run measures:
+For each encoder of ``--encoders`` (``ROUTER_ENCODER``; default ``torch,onnx-int8``) one run measures:
 
-1. raw ``Embedder.encode`` in this process, with the server's torch threads: throughput of
-   batches of 64 (prompts/s, from the median batch; as one padded forward pass, and as the server
-   encodes a micro-batch: sorted by length, in passes of ``ROUTER_ENCODE_BATCH``), and latency of
-   one prompt (batch 1, median ms), measured paired with the concurrency-1 run: each request is
-   preceded by a raw encode of the same prompt, so both see the same load on a shared machine;
-2. the real server (``uvicorn router.app:create_app`` in a subprocess, on a free port) over HTTP
-   with httpx async clients at concurrency 1, 16 and 64: p50, p99 (ms) and requests/s of
-   ``POST /v1/route``, every request with a prompt not sent before (the LRU cache does not help),
-   and the mean micro-batch size (from the server's /metrics);
-3. the same with one prompt repeated (LRU cache hits: the server's own overhead), at concurrency 1
-   and 64.
-
-4. with ``--proxy`` (the default), the OpenAI-compatible proxy: the local calculator agent
+1. the real server (``uvicorn router.app:create_app`` in a subprocess, on a free port) is started;
+   its pass size (``ROUTER_ENCODE_BATCH=auto``: measured at its start-up) is read from /metrics;
+2. raw ``encode`` of the same encoder in this process, with the server's threads: throughput of
+   batches of 64 (prompts/s, from the median batch; as one padded pass, and as the server encodes
+   a micro-batch: sorted by length, in passes of its size), and latency of one prompt (batch 1,
+   median ms), paired with the concurrency-1 run: each request is preceded by a raw encode of the
+   same prompt, so both see the same load on a shared machine;
+3. ``POST /v1/route`` over HTTP with httpx async clients at concurrency 1, 16 and 64: p50, p99 (ms)
+   and requests/s, every request with a prompt not sent before (the LRU cache does not help), and
+   the mean micro-batch size (from the server's /metrics);
+4. one prompt repeated (LRU cache hits: the server's own overhead), at concurrency 1 and 64;
+5. with ``--proxy`` (the default), the OpenAI-compatible proxy: the local calculator agent
    (``agent-router agents serve --model calculator``, answering at once) called directly, the same
    through ``POST /v1/chat/completions`` (every agent of the policy has it as its upstream), and
    ``POST /v1/route`` beside them, at concurrency 1 (interleaved) and 16: p50 and p99 of each, the
    proxy's overhead (proxied - direct) and that overhead minus the routing decision's own p50.
 
-Goals (printed as ratios): p50 at concurrency 1 within raw batch-1 encode + 3 ms; throughput at
-concurrency 64 at least 85% of the raw batch-64 encode throughput; the proxy's overhead at most
-5 ms over the routing decision (p50, concurrency 1 and 16).
+Goals (issue 14 and 13), printed as ratios: concurrency-1 p50 within raw batch-1 encode + 3 ms;
+throughput at concurrency 16 and 64 at least 0.9 of the best raw in-process rate (batch 1, one
+pass of 64, or sorted passes), and never falling as concurrency rises (1 -> 16 -> 64, within 3%);
+ONNX int8 at the top concurrency at least 2x torch and at least 150 req/s; the proxy's overhead at
+most 5 ms over the routing decision.
 
 The prompts are the shipped dataset's (``data/llmrouter-dc``, distinct texts, shuffled with
 ``--seed``), else generated ones. The server logs to SQLite in a temporary directory (``--redis-url``:
@@ -31,7 +33,7 @@ the server, so they share its cores.
 
 Usage::
 
-    .venv/bin/python benchmarks/serve_latency.py [--checkpoint DIR] [--redis-url redis://127.0.0.1:6379/0]
+    .venv/bin/python benchmarks/serve_latency.py [--encoders torch,onnx-int8] [--redis-url redis://127.0.0.1:6379/0]
 
 Prints a table, then as its last line one JSON object with every figure and ratio.
 """
@@ -41,8 +43,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gzip
+import itertools
 import json
-import math
 import os
 import random
 import re
@@ -71,7 +73,9 @@ from tests.harness import Server, make_checkpoint  # noqa: E402
 
 DATASET = ROOT / "data" / "llmrouter-dc" / "prompts.jsonl.gz"
 C1_GOAL_MS = 3.0
-C64_GOAL_RATIO = 0.85
+SCALE_GOAL_RATIO = 0.9  # throughput at c=16 and 64 over the best raw in-process rate (issue 14)
+ONNX_SPEEDUP_GOAL = 2.0  # onnx-int8 over torch throughput at the top concurrency
+ONNX_RPS_GOAL = 150.0
 PROXY_GOAL_MS = 5.0  # the proxy over the routing decision (issue 13)
 
 
@@ -107,14 +111,15 @@ def load_prompts(count: int, seed: int, max_chars: int) -> tuple[list[str], str]
 # --- raw encoding ----------------------------------------------------------------------------
 
 
-def raw_embedder(threads: int, warm: list[str]):
-    """The in-process ``Embedder`` (all-MiniLM-L6-v2 on CPU, ``threads`` torch threads), warmed up."""
+def raw_embedder(encoder: str, threads: int, warm: list[str]):
+    """The in-process embedder of ``encoder`` (``torch`` or ``onnx-int8``; all-MiniLM-L6-v2 on CPU,
+    ``threads`` threads, ONNX exports in ``var/onnx`` as the server's), warmed up."""
     import torch
 
-    from env.embedder import Embedder
+    from env.onnx_embedder import make_embedder
 
     torch.set_num_threads(threads)
-    embedder = Embedder(device="cpu", progress=False)
+    embedder = make_embedder(encoder, device="cpu", progress=False, onnx_dir=ROOT / "var" / "onnx", threads=threads)
     embedder.encode(warm)
     for p in warm[:5]:
         embedder.encode([p])
@@ -275,6 +280,12 @@ async def proxy_overhead(router_url: str, agents_url: str, prompts: list[str], c
     return out
 
 
+def scrape_pass_size(url: str) -> int:
+    """The server's ``router_encode_pass_size`` (measured at its start-up)."""
+    m = re.search(r"^router_encode_pass_size ([0-9.]+)$", httpx.get(f"{url}/metrics", timeout=30).text, re.M)
+    return int(float(m.group(1))) if m else 8
+
+
 def scrape_batches(url: str) -> tuple[float, float]:
     """``(router_embed_batch_size_sum, router_embed_batch_size_count)`` from /metrics."""
     text = httpx.get(f"{url}/metrics", timeout=30).text
@@ -288,36 +299,11 @@ def scrape_batches(url: str) -> tuple[float, float]:
 # --- main ------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, help="Policy to serve (default: a fresh 9-agent one).")
-    parser.add_argument("--redis-url", help="Log experience to this Redis (default: SQLite in a temp dir).")
-    parser.add_argument("--concurrency", default="1,16,64", help="Comma-separated client counts.")
-    parser.add_argument("--requests", type=int, default=600,
-                        help="Requests per concurrency level (c=1: a third, each paired with a raw encode).")
-    parser.add_argument("--raw-b64", type=int, default=6, help="Batches of 64 encoded in-process.")
-    parser.add_argument("--repeat-requests", type=int, default=300, help="Requests of the repeated-prompt runs.")
-    parser.add_argument("--max-chars", type=int, default=2000, help="Prompts are cut to this many characters.")
-    parser.add_argument("--torch-threads", type=int, default=1, help="ROUTER_TORCH_THREADS, also used for raw.")
-    parser.add_argument("--encode-batch", type=int, default=8,
-                        help="ROUTER_ENCODE_BATCH of the server, also timed raw (default: the server's default).")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--proxy", action=argparse.BooleanOptionalAction, default=True,
-                        help="Also measure the proxy's overhead over the same upstream (the local calculator).")
-    parser.add_argument("--proxy-requests", type=int, default=300,
-                        help="Requests per proxy concurrency level (a third each direct, proxied, route).")
-    parser.add_argument("--server-env", action="append", default=[], metavar="ROUTER_X=V",
-                        help="Extra server settings (repeatable), e.g. ROUTER_BATCH_WINDOW_MS=1.")
-    args = parser.parse_args(argv)
-    load_start = load_average()
-    levels = [int(c) for c in args.concurrency.split(",")]
+def measure_encoder(encoder: str, args: argparse.Namespace, prompts: list[str], levels: list[int],
+                    work: Path, prefix: str) -> dict[str, Any]:
+    """Everything the module docstring lists, for one encoder, on ``prompts`` in the same order."""
     per_level = {c: (max(args.requests // 3, 50) if c == 1 else args.requests) for c in levels}
     warm_per_level = {c: max(2 * c, 10) for c in levels}
-    proxy_levels = (1, 16) if args.proxy else ()
-    need = (64 + args.raw_b64 * 64 + sum(per_level.values()) + sum(warm_per_level.values()) + 10
-            + len(proxy_levels) * (args.proxy_requests + 32))
-    prompts, source = load_prompts(need, args.seed, args.max_chars)
     cursor = 0
 
     def take(n: int) -> list[str]:
@@ -325,41 +311,43 @@ def main(argv: list[str] | None = None) -> int:
         cursor += n
         return prompts[cursor - n : cursor]
 
-    embedder = raw_embedder(args.torch_threads, take(64))
-    raw = raw_b64(embedder, take(args.raw_b64 * 64), args.encode_batch)
-    sub_key = f"raw_encode_b64_sub{args.encode_batch}_per_s"
-    print(f"raw encode: batch 64 {raw['raw_encode_b64_per_s']:.1f} prompts/s, in sorted passes of "
-          f"{args.encode_batch} {raw[sub_key]:.1f} prompts/s", file=sys.stderr)
-
-    work = Path(tempfile.mkdtemp(prefix="serve-latency-"))
-    prefix = f"bench-{uuid.uuid4().hex[:12]}"
+    warm_raw, raw_prompts = take(64), take(args.raw_b64 * 64)
     server: Server | None = None
     agents = None
     proxy: dict[int, dict[str, float]] = {}
+    own = work / encoder
+    own.mkdir(parents=True, exist_ok=True)
     try:
         checkpoint = args.checkpoint or make_checkpoint(work / "checkpoints")
         env = {"ROUTER_CHECKPOINT": str(checkpoint), "ROUTER_TORCH_THREADS": str(args.torch_threads),
-               "ROUTER_ENCODE_BATCH": str(args.encode_batch),
-               "ROUTER_SQLITE_PATH": str(work / "experience.sqlite3")}
+               "ROUTER_ENCODE_BATCH": args.encode_batch, "ROUTER_ENCODER": encoder,
+               "ROUTER_ONNX_DIR": str(ROOT / "var" / "onnx"), "ROUTER_SQLITE_PATH": str(own / "experience.sqlite3"),
+               "ROUTER_OUTBOX_PATH": str(own / "outbox.sqlite3")}
         if args.redis_url:
-            env.update({"ROUTER_REDIS_URL": args.redis_url, "ROUTER_REDIS_PREFIX": prefix})
+            env.update({"ROUTER_REDIS_URL": args.redis_url, "ROUTER_REDIS_PREFIX": f"{prefix}-{encoder}"})
         if args.proxy:  # every agent of the policy answers through the same upstream: the local calculator
             from tests.agents_harness import AgentsServer
             from training.checkpoint import read_meta, resolve_checkpoint
 
-            agents = AgentsServer(["calculator"], work / "agents.log").start()
+            agents = AgentsServer(["calculator"], own / "agents.log").start()
             names = read_meta(resolve_checkpoint(checkpoint)).agents
-            (work / "upstreams.json").write_text(json.dumps(
+            (own / "upstreams.json").write_text(json.dumps(
                 {"agents": {n: {"base_url": agents.url, "model": "calculator"} for n in names}}))
-            env.update({"ROUTER_UPSTREAMS_FILE": str(work / "upstreams.json"), "ROUTER_PROXY_OPEN": "true"})
+            env.update({"ROUTER_UPSTREAMS_FILE": str(own / "upstreams.json"), "ROUTER_PROXY_OPEN": "true"})
         for item in args.server_env:
             key, _, val = item.partition("=")
             env[key] = val
-        server = Server(env=env, log_path=work / "server.log").start()
+        server = Server(env=env, log_path=own / "server.log").start()
         try:
-            server.wait_ready(timeout_s=180.0)
+            server.wait_ready(timeout_s=300.0)
         except AssertionError as exc:
             raise SystemExit(f"error: {str(exc)[-3000:]}") from None
+        pass_size = scrape_pass_size(server.url)
+        embedder = raw_embedder(encoder, args.torch_threads, warm_raw)  # the server idles meanwhile
+        raw = raw_b64(embedder, raw_prompts, pass_size)
+        raw["pass_size"] = pass_size
+        print(f"{encoder}: raw batch 64 {raw['raw_encode_b64_per_s']:.1f} prompts/s, in sorted passes of "
+              f"{pass_size} (the server's) {raw[f'raw_encode_b64_sub{pass_size}_per_s']:.1f}", file=sys.stderr)
         results: dict[int, dict[str, float]] = {}
         for c in levels:
             warm, batch = take(warm_per_level[c]), take(per_level[c])
@@ -372,109 +360,169 @@ def main(argv: list[str] | None = None) -> int:
                 results[c] = asyncio.run(load_level(server.url, batch, c, warm))
             sum1, count1 = scrape_batches(server.url)
             results[c]["mean_batch"] = (sum1 - sum0) / max(count1 - count0, 1)
-            print(f"c={c}: p50 {results[c]['p50_ms']:.2f} ms, p99 {results[c]['p99_ms']:.2f} ms, "
+            print(f"{encoder} c={c}: p50 {results[c]['p50_ms']:.2f} ms, p99 {results[c]['p99_ms']:.2f} ms, "
                   f"{results[c]['rps']:.1f} req/s", file=sys.stderr)
         same = f"repeated prompt {uuid.uuid4().hex}"
         repeat = {c: asyncio.run(load_level(server.url, [same] * args.repeat_requests, c, [same]))
                   for c in (1, max(levels))}
         if agents is not None:
             agents.wait_ready(timeout_s=120.0)
-            for c in proxy_levels:
+            for c in (1, 16):
                 proxy[c] = asyncio.run(proxy_overhead(server.url, agents.url.removesuffix("/v1"),
                                                       take(args.proxy_requests), c, take(32)))
                 proxy[c]["overhead_p50_ms"] = proxy[c]["proxied_p50_ms"] - proxy[c]["direct_p50_ms"]
                 proxy[c]["overhead_p99_ms"] = proxy[c]["proxied_p99_ms"] - proxy[c]["direct_p99_ms"]
                 proxy[c]["over_route_p50_ms"] = proxy[c]["overhead_p50_ms"] - proxy[c]["route_p50_ms"]
-                print(f"proxy c={c}: direct p50 {proxy[c]['direct_p50_ms']:.2f} ms, proxied "
-                      f"{proxy[c]['proxied_p50_ms']:.2f} ms, route {proxy[c]['route_p50_ms']:.2f} ms", file=sys.stderr)
     finally:
         if agents is not None:
             agents.stop()
         if server is not None:
             server.stop()
+    return {"raw": raw, "results": results, "repeat": repeat, "proxy": proxy}
+
+
+def encoder_figures(encoder: str, m: dict[str, Any], levels: list[int]) -> dict[str, Any]:
+    """The flat figures and goal ratios of one encoder."""
+    raw, results = m["raw"], m["results"]
+    size = raw["pass_size"]
+    best_raw = max(1000.0 / raw["raw_encode_b1_ms"], raw["raw_encode_b64_per_s"],
+                   raw[f"raw_encode_b64_sub{size}_per_s"])
+    f: dict[str, Any] = {f"{encoder}_{k}": v for k, v in raw.items()}
+    f[f"{encoder}_best_raw_per_s"] = best_raw
+    for c in levels:
+        for key in ("p50_ms", "p99_ms", "rps", "mean_batch", "requests"):
+            f[f"{encoder}_c{c}_{key}"] = results[c][key]
+    for c, res in m["repeat"].items():
+        for key in ("p50_ms", "p99_ms", "rps"):
+            f[f"{encoder}_repeat_c{c}_{key}"] = res[key]
+    for c, res in m["proxy"].items():
+        for key, value in res.items():
+            f[f"{encoder}_proxy_c{c}_{key}"] = value
+        f[f"{encoder}_proxy_c{c}_goal_met"] = res["over_route_p50_ms"] <= PROXY_GOAL_MS
+    if 1 in results:
+        f[f"{encoder}_c1_overhead_ms"] = results[1]["p50_ms"] - raw["raw_encode_b1_ms"]
+        f[f"{encoder}_c1_paired_overhead_ms"] = results[1]["paired_overhead_ms"]
+        f[f"{encoder}_c1_goal_met"] = f[f"{encoder}_c1_overhead_ms"] <= C1_GOAL_MS
+    for c in levels:
+        if c > 1:
+            f[f"{encoder}_c{c}_over_best_raw"] = results[c]["rps"] / best_raw
+            f[f"{encoder}_c{c}_goal_met"] = f[f"{encoder}_c{c}_over_best_raw"] >= SCALE_GOAL_RATIO
+    rates = [results[c]["rps"] for c in sorted(levels)]
+    f[f"{encoder}_never_falls"] = all(b >= a * 0.97 for a, b in itertools.pairwise(rates))
+    return f
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, help="Policy to serve (default: a fresh 9-agent one).")
+    parser.add_argument("--redis-url", help="Log experience to this Redis (default: SQLite in a temp dir).")
+    parser.add_argument("--encoders", default="torch,onnx-int8", help="Comma-separated encoders (ROUTER_ENCODER).")
+    parser.add_argument("--concurrency", default="1,16,64", help="Comma-separated client counts.")
+    parser.add_argument("--requests", type=int, default=600,
+                        help="Requests per concurrency level (c=1: a third, each paired with a raw encode).")
+    parser.add_argument("--raw-b64", type=int, default=4, help="Batches of 64 encoded in-process.")
+    parser.add_argument("--repeat-requests", type=int, default=300, help="Requests of the repeated-prompt runs.")
+    parser.add_argument("--max-chars", type=int, default=2000, help="Prompts are cut to this many characters.")
+    parser.add_argument("--torch-threads", type=int, default=1, help="ROUTER_TORCH_THREADS, also used for raw.")
+    parser.add_argument("--encode-batch", default="auto",
+                        help="ROUTER_ENCODE_BATCH of the server (default auto: measured at its start-up); raw "
+                             "encoding is timed in passes of the size the server uses.")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--proxy", action=argparse.BooleanOptionalAction, default=True,
+                        help="Also measure the proxy's overhead over the same upstream (the local calculator).")
+    parser.add_argument("--proxy-requests", type=int, default=300,
+                        help="Requests per proxy concurrency level (a third each direct, proxied, route).")
+    parser.add_argument("--server-env", action="append", default=[], metavar="ROUTER_X=V",
+                        help="Extra server settings (repeatable), e.g. ROUTER_BATCH_WINDOW_MS=1.")
+    args = parser.parse_args(argv)
+    load_start = load_average()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    encoders = [e.strip() for e in args.encoders.split(",") if e.strip()]
+    need = (64 + args.raw_b64 * 64 + sum(max(args.requests // 3, 50) if c == 1 else args.requests for c in levels)
+            + sum(max(2 * c, 10) for c in levels) + 10 + (2 * (args.proxy_requests + 32) if args.proxy else 0))
+    prompts, source = load_prompts(need, args.seed, args.max_chars)
+    work = Path(tempfile.mkdtemp(prefix="serve-latency-"))
+    prefix = f"bench-{uuid.uuid4().hex[:12]}"
+    measured: dict[str, dict[str, Any]] = {}
+    try:
+        for encoder in encoders:  # the same prompts, in the same order, for each encoder
+            measured[encoder] = measure_encoder(encoder, args, prompts, levels, work, prefix)
+    finally:
         if args.redis_url:
             import redis
 
             with redis.Redis.from_url(args.redis_url) as r:
-                keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
+                keys = list(r.scan_iter(match=f"{prefix}-*", count=1000))
                 if keys:
                     r.delete(*keys)
         shutil.rmtree(work, ignore_errors=True)
 
+    figures: dict[str, Any] = {"benchmark": "serve_latency", "store": "redis" if args.redis_url else "sqlite",
+                               "prompts": source,
+                               "mean_prompt_chars": round(statistics.mean(len(p) for p in prompts), 1),
+                               "encoders": encoders}
+    for encoder, m in measured.items():
+        figures |= encoder_figures(encoder, m, levels)
     top = max(levels)
-    figures: dict[str, Any] = {
-        "benchmark": "serve_latency",
-        "store": "redis" if args.redis_url else "sqlite",
-        "prompts": source,
-        "mean_prompt_chars": round(statistics.mean(len(p) for p in prompts[: cursor]), 1),
-        **raw,
-    }
-    for c in levels:
-        for key in ("p50_ms", "p99_ms", "rps", "mean_batch", "requests"):
-            figures[f"c{c}_{key}"] = results[c][key]
-    for c, res in repeat.items():
-        figures[f"repeat_c{c}_p50_ms"] = res["p50_ms"]
-        figures[f"repeat_c{c}_p99_ms"] = res["p99_ms"]
-        figures[f"repeat_c{c}_rps"] = res["rps"]
-    if 1 in results:
-        figures["c1_overhead_ms"] = results[1]["p50_ms"] - raw["raw_encode_b1_ms"]
-        figures["c1_paired_overhead_ms"] = results[1]["paired_overhead_ms"]
-        figures["c1_goal_ms"] = C1_GOAL_MS
-        figures["c1_goal_met"] = figures["c1_overhead_ms"] <= C1_GOAL_MS
-    figures[f"c{top}_rps_over_raw_b64"] = results[top]["rps"] / raw["raw_encode_b64_per_s"]
-    figures[f"c{top}_rps_over_raw_b64_sub{args.encode_batch}"] = results[top]["rps"] / raw[sub_key]
-    figures[f"c{top}_goal_ratio"] = C64_GOAL_RATIO
-    figures[f"c{top}_goal_met"] = figures[f"c{top}_rps_over_raw_b64"] >= C64_GOAL_RATIO
-    for c, res in proxy.items():
-        for key, value in res.items():
-            figures[f"proxy_c{c}_{key}"] = value
-        figures[f"proxy_c{c}_goal_met"] = res["over_route_p50_ms"] <= PROXY_GOAL_MS
-    if proxy:
-        figures["proxy_goal_ms"] = PROXY_GOAL_MS
+    if {"torch", "onnx-int8"} <= set(measured):
+        figures[f"onnx_over_torch_c{top}"] = figures[f"onnx-int8_c{top}_rps"] / figures[f"torch_c{top}_rps"]
+        figures["onnx_over_torch_goal_met"] = figures[f"onnx_over_torch_c{top}"] >= ONNX_SPEEDUP_GOAL
+        figures[f"onnx_c{top}_goal_met"] = figures[f"onnx-int8_c{top}_rps"] >= ONNX_RPS_GOAL
     load_end = load_average()
+    figures["goals"] = {"c1_overhead_ms": C1_GOAL_MS, "scale_ratio": SCALE_GOAL_RATIO, "proxy_ms": PROXY_GOAL_MS,
+                        "onnx_over_torch": ONNX_SPEEDUP_GOAL, "onnx_rps": ONNX_RPS_GOAL}
     figures["machine"] = machine() | {"torch_threads": args.torch_threads, "loadavg_start": load_start,
                                       "loadavg_end": load_end}
 
     print(f"prompts: {source}, mean {figures['mean_prompt_chars']} chars; store: {figures['store']}; "
-          f"torch threads {args.torch_threads}; load average {load_start} at the start, {load_end} at the end "
-          "(the machine was shared)")
-    rows: list[list[Any]] = [
-        ["raw encode, batch 1 (in-process, paired with c=1)", f"{raw.get('raw_encode_b1_ms', math.nan):.2f} ms",
-         "", f"{raw.get('raw_encode_b1_p99_ms', math.nan):.2f}", "", ""],
-        ["raw encode, batch 64 (in-process)", f"{raw['raw_encode_b64_batch_ms']:.1f} ms/batch", "", "",
-         f"{raw['raw_encode_b64_per_s']:.1f} prompts/s", ""],
-        [f"raw encode, batch 64 in sorted passes of {args.encode_batch}", "", "", "",
-         f"{raw[sub_key]:.1f} prompts/s", ""],
-    ]
-    for c in levels:
-        r = results[c]
-        rows.append([f"server, concurrency {c}", "", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['rps']:.1f}",
-                     f"{r['mean_batch']:.1f}"])
-    for c, r in repeat.items():
-        rows.append([f"server, one repeated prompt, concurrency {c}", "", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
-                     f"{r['rps']:.1f}", "cache"])
-    for c, r in proxy.items():
-        rows.append([f"upstream called directly, concurrency {c}", "", f"{r['direct_p50_ms']:.2f}",
-                     f"{r['direct_p99_ms']:.2f}", "", ""])
-        rows.append([f"the same through the proxy, concurrency {c}", "", f"{r['proxied_p50_ms']:.2f}",
-                     f"{r['proxied_p99_ms']:.2f}", f"{r['proxied_rps']:.1f}" if "proxied_rps" in r else "", ""])
-        rows.append([f"POST /v1/route alongside, concurrency {c}", "", f"{r['route_p50_ms']:.2f}",
-                     f"{r['route_p99_ms']:.2f}", "", ""])
-    print_table(["what", "raw", "p50 ms", "p99 ms", "per s", "mean batch"], rows)
+          f"threads {args.torch_threads}; load average {load_start} at the start, {load_end} at the end")
+    rows: list[list[Any]] = []
+    for encoder, m in measured.items():
+        raw, results, size = m["raw"], m["results"], m["raw"]["pass_size"]
+        rows += [
+            [encoder, "raw encode, batch 1 (paired with c=1)", f"{raw['raw_encode_b1_ms']:.2f}",
+             f"{raw['raw_encode_b1_p99_ms']:.2f}", f"{1000 / raw['raw_encode_b1_ms']:.1f}", ""],
+            [encoder, "raw encode, one padded pass of 64", "", "", f"{raw['raw_encode_b64_per_s']:.1f}", ""],
+            [encoder, f"raw encode, 64 in sorted passes of {size} (the server's)", "", "",
+             f"{raw[f'raw_encode_b64_sub{size}_per_s']:.1f}", ""],
+        ]
+        for c in levels:
+            r = results[c]
+            rows.append([encoder, f"server, concurrency {c}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
+                         f"{r['rps']:.1f}", f"{r['mean_batch']:.1f}"])
+        for c, r in m["repeat"].items():
+            rows.append([encoder, f"server, one repeated prompt, concurrency {c}", f"{r['p50_ms']:.2f}",
+                         f"{r['p99_ms']:.2f}", f"{r['rps']:.1f}", "cache"])
+        for c, r in m["proxy"].items():
+            rows.append([encoder, f"upstream called directly, concurrency {c}", f"{r['direct_p50_ms']:.2f}",
+                         f"{r['direct_p99_ms']:.2f}", "", ""])
+            rows.append([encoder, f"the same through the proxy, concurrency {c}", f"{r['proxied_p50_ms']:.2f}",
+                         f"{r['proxied_p99_ms']:.2f}", f"{r.get('proxied_rps', float('nan')):.1f}", ""])
+            rows.append([encoder, f"POST /v1/route beside it, concurrency {c}", f"{r['route_p50_ms']:.2f}",
+                         f"{r['route_p99_ms']:.2f}", "", ""])
+    print_table(["encoder", "what", "p50 ms", "p99 ms", "per s", "mean batch"], rows)
     print()
-    for c, r in proxy.items():
-        print(f"proxy c={c}: proxied - direct = p50 {r['overhead_p50_ms']:+.2f} ms, "
-              f"p99 {r['overhead_p99_ms']:+.2f} ms; "
-              f"over the routing decision (p50 of /v1/route) {r['over_route_p50_ms']:+.2f} ms "
-              f"(goal <= {PROXY_GOAL_MS:.0f} ms): {'met' if r['over_route_p50_ms'] <= PROXY_GOAL_MS else 'NOT met'}")
-    if 1 in results:
-        print(f"c=1 p50 - raw b1 = {figures['c1_overhead_ms']:+.2f} ms (goal <= {C1_GOAL_MS:.0f} ms): "
-              f"{'met' if figures['c1_goal_met'] else 'NOT met'}; median paired difference "
-              f"{figures['c1_paired_overhead_ms']:+.2f} ms")
-    print(f"c={top} throughput / raw b64 throughput = {figures[f'c{top}_rps_over_raw_b64']:.2f} "
-          f"(goal >= {C64_GOAL_RATIO:.2f}): {'met' if figures[f'c{top}_goal_met'] else 'NOT met'}; "
-          f"over raw batch 64 in sorted passes of {args.encode_batch}: "
-          f"{figures[f'c{top}_rps_over_raw_b64_sub{args.encode_batch}']:.2f}")
+    for encoder, m in measured.items():
+        e = encoder
+        if 1 in m["results"]:
+            print(f"{e}: c=1 p50 - raw b1 = {figures[f'{e}_c1_overhead_ms']:+.2f} ms (goal <= {C1_GOAL_MS:.0f} ms): "
+                  f"{'met' if figures[f'{e}_c1_goal_met'] else 'NOT met'}")
+        for c in levels:
+            if c > 1:
+                print(f"{e}: c={c} throughput / best raw rate ({figures[f'{e}_best_raw_per_s']:.1f}/s) = "
+                      f"{figures[f'{e}_c{c}_over_best_raw']:.2f} (goal >= {SCALE_GOAL_RATIO}): "
+                      f"{'met' if figures[f'{e}_c{c}_goal_met'] else 'NOT met'}")
+        print(f"{e}: throughput never falls as concurrency rises: {'yes' if figures[f'{e}_never_falls'] else 'NO'}")
+        for c, r in m["proxy"].items():
+            print(f"{e}: proxy c={c}: proxied - direct = p50 {r['overhead_p50_ms']:+.2f} ms, "
+                  f"p99 {r['overhead_p99_ms']:+.2f} ms; over the routing decision {r['over_route_p50_ms']:+.2f} ms "
+                  f"(goal <= {PROXY_GOAL_MS:.0f} ms): "
+                  f"{'met' if r['over_route_p50_ms'] <= PROXY_GOAL_MS else 'NOT met'}")
+    if f"onnx_over_torch_c{top}" in figures:
+        print(f"onnx-int8 / torch throughput at c={top}: {figures[f'onnx_over_torch_c{top}']:.2f} "
+              f"(goal >= {ONNX_SPEEDUP_GOAL:.0f}); onnx-int8 c={top}: {figures[f'onnx-int8_c{top}_rps']:.1f} req/s "
+              f"(goal >= {ONNX_RPS_GOAL:.0f})")
     print_json_line(figures)
     return 0
 
