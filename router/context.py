@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -102,6 +103,7 @@ def start_policy(settings: Settings) -> RoutingService:
         UserError: the checkpoint or the embedding model cannot be loaded, or they do not fit.
     """
     torch.set_num_threads(settings.torch_threads)
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000.0)
     _quiet_model_loading()
     policy = load_checkpoint(settings.checkpoint)
     embedder = make_embedder(

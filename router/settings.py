@@ -131,6 +131,14 @@ class Settings(BaseSettings):
         "concurrently in threads and processes, and more threads per forward pass collapse "
         "under CPU contention (hundreds of ms per prompt instead of ~15 ms).",
     )
+    gil_switch_interval_ms: float = Field(
+        5.0,
+        gt=0.0,
+        le=100.0,
+        description="Python's thread switch interval (sys.setswitchinterval) in the server, ms. The encoder "
+        "thread releases the GIL for every tensor operation and must take it back from the event loop each "
+        "time; a shorter interval makes the loop hand it over sooner under load.",
+    )
     batch_window_ms: float = Field(
         2.0,
         ge=0.0,
