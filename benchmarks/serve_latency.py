@@ -22,9 +22,9 @@ For each encoder of ``--encoders`` (``ROUTER_ENCODER``; default ``torch,onnx-int
 
 Goals (issue 14 and 13), printed as ratios: concurrency-1 p50 within raw batch-1 encode + 3 ms;
 throughput at concurrency 16 and 64 at least 0.9 of the best raw in-process rate (one at a time,
-one pass of 64, or sorted passes of the server's size), and never falling as concurrency rises (1 -> 16 -> 64, within 3%);
-ONNX int8 at the top concurrency at least 2x torch and at least 150 req/s; the proxy's overhead at
-most 5 ms over the routing decision.
+one pass of 64, or sorted passes of the server's size), and never falling as concurrency rises
+(1 -> 16 -> 64, within 3%); ONNX int8 at the top concurrency at least 2x torch and at least
+150 req/s; the proxy's overhead at most 5 ms over the routing decision.
 
 The prompts are the shipped dataset's (``data/llmrouter-dc``, distinct texts, shuffled with
 ``--seed``), else generated ones. The server logs to SQLite in a temporary directory (``--redis-url``:
