@@ -337,7 +337,10 @@ def measure_encoder(encoder: str, args: argparse.Namespace, prompts: list[str], 
         for item in args.server_env:
             key, _, val = item.partition("=")
             env[key] = val
-        server = Server(env=env, log_path=own / "server.log").start()
+        if args.workers > 1:
+            env["ROUTER_WORKERS"] = str(args.workers)
+        server = Server(env=env, log_path=own / "server.log",
+                        uvicorn_args=["--workers", str(args.workers)] if args.workers > 1 else []).start()
         try:
             server.wait_ready(timeout_s=300.0)
         except AssertionError as exc:
@@ -429,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="ROUTER_ENCODE_BATCH of the server (default auto: measured at its start-up); raw "
                              "encoding is timed in passes of the size the server uses.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="uvicorn worker processes of the server (more than 1 needs --redis-url).")
     parser.add_argument("--proxy", action=argparse.BooleanOptionalAction, default=True,
                         help="Also measure the proxy's overhead over the same upstream (the local calculator).")
     parser.add_argument("--proxy-requests", type=int, default=300,
@@ -459,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     figures: dict[str, Any] = {"benchmark": "serve_latency", "store": "redis" if args.redis_url else "sqlite",
+                               "workers": args.workers,
                                "prompts": source,
                                "mean_prompt_chars": round(statistics.mean(len(p) for p in prompts), 1),
                                "encoders": encoders}
@@ -476,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
                                       "loadavg_end": load_end}
 
     print(f"prompts: {source}, mean {figures['mean_prompt_chars']} chars; store: {figures['store']}; "
+          f"workers {args.workers}; "
           f"threads {args.torch_threads}; load average {load_start} at the start, {load_end} at the end")
     rows: list[list[Any]] = []
     for encoder, m in measured.items():
