@@ -175,11 +175,20 @@ def sample_feedback(quality: float = 0.5, **fields: Any):
     return Feedback.model_validate({"quality": quality, "feedback_at": datetime.now(UTC).isoformat(), **fields})
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port free on 127.0.0.1 now, and never one this process handed out before: a server
+    launched early (e.g. the tests' prelaunched ones) may not have bound its port yet when the next
+    one asks, and the OS could offer the same port again."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def stop_process(proc: subprocess.Popen | None, grace_s: float = 10.0) -> None:
