@@ -248,8 +248,16 @@ class Server:
         """
         assert self.proc is not None
         deadline = time.monotonic() + timeout_s
+        clashes = 0
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if "address already in use" in self.log() and clashes < 3:
+                    # something else took the port between free_port() and the bind: try another
+                    clashes += 1
+                    self.stop()
+                    self.port = free_port()
+                    self.start()
+                    continue
                 raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
