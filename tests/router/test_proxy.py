@@ -180,7 +180,8 @@ def test_a_stream_that_breaks_midway_ends_with_an_error_event(proxy_sqlite_serve
     with pytest.raises(openai.APIError, match="broke the stream"):
         for _ in stream:
             pass
-    last = [r for r in sqlite_records(proxy_sqlite_server) if r.get("source") == "proxy"][-1]
+    decision_id = stream.response.headers["x-router-decision-id"]  # its record follows the error event
+    (last,) = [r for r in proxy_records(proxy_sqlite_server, decision_id) if r["decision_id"] == decision_id]
     assert last["agent"] == agent and last["outcome"] == "error"
 
 
