@@ -123,10 +123,12 @@ class DecisionContext(BaseModel):
             return math.log(max(self.propensity, 1e-12))
         return self.log_prob
 
+    def _unset_context(self) -> set[str]:
+        return {name for name in ("prompt", "cost_weight") if getattr(self, name) is None}
+
     def to_json_dict(self) -> dict[str, Any]:
         """The JSON object written to the log (``prompt`` left out when not stored)."""
-        unset = {name for name in ("prompt", "cost_weight") if getattr(self, name) is None}
-        return self.model_dump(mode="json", exclude=unset)
+        return self.model_dump(mode="json", exclude=self._unset_context())
 
 
 Source = Literal["client", "proxy"]
@@ -136,9 +138,8 @@ Outcome = Literal["ok", "error", "timeout", "cancelled", "rejected"]
 _PROXY_FIELDS = ("outcome", "upstream_status", "ttft_ms", "usage_prompt_tokens", "usage_completion_tokens")
 
 
-class Feedback(BaseModel):
-    """How a decision went: the client's report (``POST /v1/feedback``) or the proxy's
-    measurement of the call it made (``POST /v1/chat/completions``).
+class FeedbackFields(BaseModel):
+    """The fields of a decision's outcome, shared by :class:`Feedback` and :class:`ExperienceRecord`.
 
     Attributes:
         quality: in [0, 1]; None in the proxy's record of a call that succeeded (the quality can
@@ -155,8 +156,6 @@ class Feedback(BaseModel):
         usage_prompt_tokens, usage_completion_tokens: tokens from the upstream's ``usage``.
     """
 
-    model_config = ConfigDict(extra="forbid")
-
     quality: float | None = Field(default=None, ge=0.0, le=1.0)
     cost_usd: float | None = Field(default=None, ge=0.0)
     latency_ms: float | None = Field(default=None, ge=0.0)
@@ -167,58 +166,46 @@ class Feedback(BaseModel):
     ttft_ms: float | None = Field(default=None, ge=0.0)
     usage_prompt_tokens: int | None = Field(default=None, ge=0)
     usage_completion_tokens: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _client_has_quality(self) -> FeedbackFields:
+        if self.source == "client" and self.quality is None:
+            raise ValueError("a client's feedback needs a quality")
+        return self
+
+    def _unset_feedback(self) -> set[str]:
+        """What a client's record leaves out, so that it reads as before version 4: ``source`` and
+        the unset proxy fields."""
+        unset = {name for name in _PROXY_FIELDS if getattr(self, name) is None}
+        if self.source == "client":
+            unset.add("source")
+        return unset
+
+
+class Feedback(FeedbackFields):
+    """How a decision went (:class:`FeedbackFields`): the client's report (``POST /v1/feedback``)
+    or the proxy's measurement of the call it made (``POST /v1/chat/completions``)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     @field_validator("feedback_at")
     @classmethod
     def _feedback_utc(cls, value: str) -> str:
         return _iso_utc(value)
 
-    @model_validator(mode="after")
-    def _client_has_quality(self) -> Feedback:
-        if self.source == "client" and self.quality is None:
-            raise ValueError("a client's feedback needs a quality")
-        return self
+    def to_json_dict(self) -> dict[str, Any]:
+        """The JSON object of the feedback (:meth:`FeedbackFields._unset_feedback` left out)."""
+        return self.model_dump(mode="json", exclude=self._unset_feedback())
+
+
+class ExperienceRecord(FeedbackFields, DecisionContext):
+    """A :class:`DecisionContext` with its :class:`Feedback`'s fields: one row of the experience log.
+    A record with ``quality`` None (the proxy's record of a call that succeeded) is usable for cost
+    and latency, not as a reward."""
 
     def to_json_dict(self) -> dict[str, Any]:
-        """The JSON object of the feedback; a client's leaves out ``source`` and the unset proxy fields,
-        so its record reads as before version 4."""
-        unset = {name for name in _PROXY_FIELDS if getattr(self, name) is None}
-        if self.source == "client":
-            unset.add("source")
-        return self.model_dump(mode="json", exclude=unset)
-
-
-class ExperienceRecord(DecisionContext):
-    """A :class:`DecisionContext` with its :class:`Feedback`: one row of the experience log. A
-    record with ``quality`` None (the proxy's record of a call that succeeded) is usable for cost and
-    latency, not as a reward."""
-
-    quality: float | None = Field(default=None, ge=0.0, le=1.0)
-    cost_usd: float | None = Field(default=None, ge=0.0)
-    latency_ms: float | None = Field(default=None, ge=0.0)
-    feedback_at: str
-    source: Source = "client"
-    outcome: Outcome | None = None
-    upstream_status: int | None = Field(default=None, ge=100, le=599)
-    ttft_ms: float | None = Field(default=None, ge=0.0)
-    usage_prompt_tokens: int | None = Field(default=None, ge=0)
-    usage_completion_tokens: int | None = Field(default=None, ge=0)
-
-    @model_validator(mode="after")
-    def _client_has_quality(self) -> ExperienceRecord:
-        if self.source == "client" and self.quality is None:
-            raise ValueError("a client's feedback record needs a quality")
-        return self
-
-    def to_json_dict(self) -> dict[str, Any]:
-        """The JSON object as stored: a client's record without ``source`` and the unset proxy fields."""
-        data = super().to_json_dict()
-        for name in _PROXY_FIELDS:
-            if data.get(name) is None:
-                data.pop(name, None)
-        if data.get("source") == "client":
-            del data["source"]
-        return data
+        """The JSON object as stored (the unset optional fields of both parts left out)."""
+        return self.model_dump(mode="json", exclude=self._unset_context() | self._unset_feedback())
 
     @classmethod
     def join(cls, context: DecisionContext | dict[str, Any], feedback: Feedback | dict[str, Any]) -> ExperienceRecord:
