@@ -9,17 +9,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
-from tests.harness import ROOT, STARTUP_TIMEOUT_S, free_port, stop_process
+from tests.harness import LoopbackProcess, free_port
 
 
 @dataclass
-class AgentsServer:
+class AgentsServer(LoopbackProcess):
     """``python -m router.cli agents serve --model ...`` on a free loopback port (weights preloaded).
 
     Args:
@@ -31,51 +30,31 @@ class AgentsServer:
     log_path: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    what = "agents server"
+    poll_s = 0.2
 
     @property
     def url(self) -> str:
         """The OpenAI base URL, ``http://127.0.0.1:<port>/v1``."""
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def start(self) -> AgentsServer:
-        """Launch the process (does not wait)."""
-        env = dict(os.environ) | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                                  "TRANSFORMERS_VERBOSITY": "error"}
+    def command(self) -> list[str]:
         args = [sys.executable, "-m", "router.cli", "agents", "serve", "--port", str(self.port),
                 "--log-level", "warning"]
         for model in self.models:
             args += ["--model", model]
-        self._err = self.log_path.open("wb")
-        self._out = self.log_path.with_suffix(".stdout").open("wb")
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._out, stderr=self._err)
-        return self
+        return args
 
-    def wait_ready(self, timeout_s: float = STARTUP_TIMEOUT_S) -> AgentsServer:
-        """Poll ``/healthz`` until it answers 200 (after the weights are loaded).
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ) | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                                   "TRANSFORMERS_VERBOSITY": "error"}
 
-        Raises:
-            AssertionError: the process exited or did not get ready in time (with its log).
-        """
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"agents server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"agents server not ready after {timeout_s} s:\n{self.log()}")
 
-    def log(self) -> str:
-        """What the process wrote to stderr so far."""
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 10 s."""
-        stop_process(self.proc)
-        for f in (getattr(self, "_err", None), getattr(self, "_out", None)):
-            if f is not None:
-                f.close()
+@contextmanager
+def running_agents(models: list[str], log_dir: Path) -> Iterator[AgentsServer]:
+    """An :class:`AgentsServer` of ``models``, ready; stopped on exit."""
+    server = AgentsServer(models, log_dir / f"{'-'.join(models)}.log").start()
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()

@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import numpy as np
@@ -202,8 +202,79 @@ def stop_process(proc: subprocess.Popen | None, grace_s: float = 10.0) -> None:
             proc.wait()
 
 
+class LoopbackProcess:
+    """A server process on ``127.0.0.1:<port>``: launch it, wait for ``GET /healthz``, read its log,
+    stop it. Subclasses are dataclasses with ``log_path``, ``port`` and ``proc`` fields and give
+    :meth:`command` and :meth:`environment`.
+    """
+
+    log_path: Path
+    port: int
+    proc: subprocess.Popen | None
+    #: how error messages name the process
+    what = "server"
+    #: seconds between two health checks
+    poll_s = 0.1
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        """Launch the process (does not wait)."""
+        self._err = self.log_path.open("wb")
+        self._out = self.log_path.with_suffix(".stdout").open("wb")
+        self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=self.environment(), stdout=self._out,
+                                     stderr=self._err)
+        return self
+
+    def wait_ready(self, timeout_s: float = STARTUP_TIMEOUT_S) -> Self:
+        """Poll ``/healthz`` until it answers 200. A process that lost its port before binding it (something
+        else took it after :func:`free_port`) is restarted on another, up to 3 times.
+
+        Raises:
+            AssertionError: the process exited or did not get ready in time (with its log).
+        """
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout_s
+        clashes = 0
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                if "address already in use" in self.log() and clashes < 3:
+                    clashes += 1
+                    self.stop()
+                    self.port = free_port()
+                    self.start()
+                    continue
+                raise AssertionError(f"{self.what} exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(self.poll_s)
+        raise AssertionError(f"{self.what} not ready after {timeout_s} s:\n{self.log()}")
+
+    def log(self) -> str:
+        """What the process wrote to stderr so far."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def stdout(self) -> str:
+        """What the process wrote to stdout so far."""
+        return self.log_path.with_suffix(".stdout").read_text(encoding="utf-8", errors="replace")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 10 s."""
+        stop_process(self.proc)
+        for f in (getattr(self, "_err", None), getattr(self, "_out", None)):
+            if f is not None:
+                f.close()
+
+
 @dataclass
-class Server:
+class Server(LoopbackProcess):
     """A uvicorn process serving ``router.app:create_app`` on a free loopback port.
 
     Args:
@@ -223,66 +294,17 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> Server:
-        """Launch the process (does not wait)."""
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "uvicorn", "router.app:create_app", "--factory",
+                "--host", "127.0.0.1", "--port", str(self.port), *self.uvicorn_args]
+
+    def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")}
         env.update({"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
         env.update(self.env)
-        self._err = self.log_path.open("wb")
-        self._out = self.log_path.with_suffix(".stdout").open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "router.app:create_app", "--factory",
-             "--host", "127.0.0.1", "--port", str(self.port), *self.uvicorn_args],
-            cwd=ROOT,
-            env=env,
-            stdout=self._out,
-            stderr=self._err,
-        )
-        return self
-
-    def wait_ready(self, timeout_s: float = STARTUP_TIMEOUT_S) -> Server:
-        """Poll ``/healthz`` until it answers 200.
-
-        Raises:
-            AssertionError: the process exited or did not get ready in time (with its log).
-        """
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout_s
-        clashes = 0
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                if "address already in use" in self.log() and clashes < 3:
-                    # something else took the port between free_port() and the bind: try another
-                    clashes += 1
-                    self.stop()
-                    self.port = free_port()
-                    self.start()
-                    continue
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"server not ready after {timeout_s} s:\n{self.log()}")
+        return env
 
     def wait_exit(self, timeout: float = STARTUP_TIMEOUT_S) -> int:
         """Wait for the process to exit by itself; its exit code."""
         assert self.proc is not None
         return self.proc.wait(timeout=timeout)
-
-    def log(self) -> str:
-        """What the process wrote to stderr so far (uvicorn's log)."""
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def stdout(self) -> str:
-        """What the process wrote to stdout so far."""
-        return self.log_path.with_suffix(".stdout").read_text(encoding="utf-8", errors="replace")
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 10 s."""
-        stop_process(self.proc)
-        for f in (getattr(self, "_err", None), getattr(self, "_out", None)):
-            if f is not None:
-                f.close()

@@ -10,17 +10,14 @@ import httpx
 import openai
 import pytest
 
-from tests.agents_harness import AgentsServer
+from tests.agents_harness import running_agents
 from tests.harness import ROOT
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = AgentsServer(["calculator"], tmp_path_factory.mktemp("agents") / "calculator.log").start()
-    try:
-        yield srv.wait_ready()
-    finally:
-        srv.stop()
+    with running_agents(["calculator"], tmp_path_factory.mktemp("agents")) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

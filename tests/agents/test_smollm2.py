@@ -13,7 +13,7 @@ import pytest
 from agents.base import AgentUnavailable
 from agents.registry import build_agent
 from agents.smollm2 import GGUF_FILE, INSTALL_COMMAND, gguf_path
-from tests.agents_harness import AgentsServer
+from tests.agents_harness import running_agents
 
 
 def test_the_weights_are_found_without_importing_the_package():
@@ -40,11 +40,8 @@ def test_a_missing_package_names_the_install_command(monkeypatch):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = AgentsServer(["smollm2", "calculator"], tmp_path_factory.mktemp("agents") / "smollm2.log").start()
-    try:
-        yield srv.wait_ready()
-    finally:
-        srv.stop()
+    with running_agents(["smollm2", "calculator"], tmp_path_factory.mktemp("agents")) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
