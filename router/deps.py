@@ -15,6 +15,7 @@ from router.context import AppContext
 from router.cooldown import Cooldowns
 from router.experience import ExperienceStore
 from router.load import LoadTracker
+from router.metrics import RouterMetrics
 from router.registry import PolicyRegistry
 from router.service import RoutingService
 from router.settings import Settings
@@ -58,6 +59,10 @@ async def get_batcher(context: ContextDep) -> EmbedBatcher:
     return context.batcher
 
 
+async def get_metrics(context: ContextDep) -> RouterMetrics:
+    return context.metrics
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ServiceDep = Annotated[RoutingService, Depends(get_service)]
 RegistryDep = Annotated[PolicyRegistry, Depends(get_registry)]
@@ -65,3 +70,4 @@ StoreDep = Annotated[ExperienceStore, Depends(get_store)]
 LoadDep = Annotated[LoadTracker, Depends(get_load)]
 CooldownsDep = Annotated[Cooldowns, Depends(get_cooldowns)]
 BatcherDep = Annotated[EmbedBatcher, Depends(get_batcher)]
+MetricsDep = Annotated[RouterMetrics, Depends(get_metrics)]

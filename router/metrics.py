@@ -274,14 +274,6 @@ def annotate(request: Request, **fields: Any) -> None:
     request.scope.setdefault(LOG_FIELDS_KEY, {}).update(fields)
 
 
-def note_decision(request: Request, decision_id: str, agent: str, policy_version: str) -> None:
-    """Count a decision for ``agent`` and attach it to the request's log line."""
-    metrics = metrics_of(request.app)
-    if metrics is not None:
-        metrics.decisions.labels(agent=agent).inc()
-    annotate(request, decision_id=decision_id, agent=agent, policy_version=policy_version)
-
-
 def route_template(app: Any, scope: Scope) -> str:
     """The path template of the route ``scope`` matched (``/v1/route``), or ``"unmatched"``.
 

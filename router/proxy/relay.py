@@ -27,6 +27,7 @@ import numpy as np
 
 from contract.experience import Feedback
 from contract.pricing import CHARS_PER_TOKEN, call_cost_usd
+from router.decide import decide
 from router.errors import openai_error_body
 from router.experience.base import utc_now_iso
 from router.load import NoAgentAvailable
@@ -146,25 +147,14 @@ class ProxyCall:
             return None
         if self._embedding is None:
             self._embedding = await self.context.batcher.embed(self.service.embedder, self.prompt)
-        live = await self.context.load.snapshot(self.service.agents)
-        cooling = set(await self.context.cooldowns.cooling(self.service.agents))
-        down = live.down | cooling | set(self.failed)
-        if set(left) <= down:  # every candidate left cools down: route among them rather than refuse
-            down = live.down | set(self.failed)
-        cost_weight = self.choice.cost_weight
-        if cost_weight is None and self.service.policy.layout.cost_preference:
-            cost_weight = settings.cost_weight
+        context = self.context
         try:
-            decision = self.service.route(
-                self.prompt, self.candidates(), self.explore, embedding=self._embedding, in_flight=live.in_flight,
-                down=down, explore_floor=settings.explore_floor, explore_temperature=settings.explore_temperature,
-                cost_weight=cost_weight)
+            decision = await decide(self.service, self.prompt, self._embedding, settings=settings, store=context.store,
+                                    load=context.load, cooldowns=context.cooldowns, metrics=context.metrics,
+                                    candidates=self.candidates(), explore=self.explore, session_id=self.session_id,
+                                    cost_weight=self.choice.cost_weight, excluded=self.failed)
         except NoAgentAvailable:
             return None
-        await self.context.store.put_decision(self.service.decision_context(
-            decision, self.prompt, self.session_id, store_prompt=settings.store_prompts))
-        await self.context.load.take(decision.agent, decision.decision_id)
-        self.metrics.decisions.labels(agent=decision.agent).inc()
         attempt = Attempt(decision=decision, upstream=self.proxy.upstreams[decision.agent])
         self.attempts.append(attempt)
         return attempt

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from router.context import AppContext
 from router.deps import ContextDep
-from router.metrics import note_decision
+from router.metrics import annotate
 from router.proxy.client import UpstreamFailure, UpstreamRejected, Usage
 from router.proxy.keys import KeyRefused, authenticate
 from router.proxy.openai_api import (
@@ -237,7 +237,8 @@ async def _complete(call: ProxyCall, body: ChatCompletionRequest, request: Reque
         attempt.usage = Usage.of(answer)
         attempt.content_chars = answer_chars(answer)
         answer["model"] = upstream.agent
-        note_decision(request, attempt.decision.decision_id, upstream.agent, call.service.version)
+        annotate(request, decision_id=attempt.decision.decision_id, agent=upstream.agent,
+                 policy_version=call.service.version)
         # the call record is written once the answer went out: it is not on the client's path
         return ProxyAnswer(answer, partial(call.finish, attempt, "ok"), _headers(call, attempt))
     raise _all_failed(call, failures)
@@ -294,6 +295,7 @@ async def _stream(call: ProxyCall, body: ChatCompletionRequest, request: Request
             await stack.aclose()
             await call.finish(attempt, attempt.outcome or "cancelled")  # a no-op when the stream wrote it
 
-        note_decision(request, attempt.decision.decision_id, upstream.agent, call.service.version)
+        annotate(request, decision_id=attempt.decision.decision_id, agent=upstream.agent,
+                 policy_version=call.service.version)
         return ProxyStream(content, close, _headers(call, attempt))
     raise _all_failed(call, failures)

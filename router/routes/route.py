@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request, status
 
-from router.deps import BatcherDep, CooldownsDep, LoadDep, ServiceDep, SettingsDep, StoreDep
-from router.metrics import note_decision
+from router.decide import decide
+from router.deps import BatcherDep, CooldownsDep, LoadDep, MetricsDep, ServiceDep, SettingsDep, StoreDep
+from router.metrics import annotate
 from router.routes import BODY_ERRORS, STORE_DOWN, error_responses
 from router.schemas import RouteRequest, RouteResponse
 
@@ -29,6 +30,7 @@ async def route(
     batcher: BatcherDep,
     load: LoadDep,
     cooldowns: CooldownsDep,
+    metrics: MetricsDep,
 ) -> RouteResponse:
     """Embed the prompt, run the policy (masked to ``candidates``), persist the decision context,
     and return the chosen agent with the full distribution."""
@@ -40,22 +42,11 @@ async def route(
     # bad candidates, cost_weight or budget: 422 before any encoding
     service.request_mask(body.prompt, body.candidates, body.cost_weight, body.max_cost_usd_per_1k)
     embedding = await batcher.embed(service.embedder, body.prompt)  # micro-batched, LRU-cached
-    live = await load.snapshot(service.agents)
-    down = live.down | set(await cooldowns.cooling(service.agents))  # marked down, or cooling down
-    if set(body.candidates or service.agents) <= down:
-        down = live.down  # every allowed agent cools down: route among them rather than refuse
-    cost_weight = body.cost_weight
-    if cost_weight is None and body.max_cost_usd_per_1k is None and service.policy.layout.cost_preference:
-        cost_weight = settings.cost_weight
-    decision = service.route(body.prompt, body.candidates, body.explore, embedding=embedding,
-                             in_flight=live.in_flight, down=down, explore_floor=settings.explore_floor,
-                             explore_temperature=settings.explore_temperature,
-                             cost_weight=cost_weight, max_cost_usd_per_1k=body.max_cost_usd_per_1k)
-    note_decision(request, decision.decision_id, decision.agent, service.version)
-    await store.put_decision(
-        service.decision_context(decision, body.prompt, body.session_id, store_prompt=settings.store_prompts)
-    )
-    await load.take(decision.agent, decision.decision_id)
+    decision = await decide(service, body.prompt, embedding, settings=settings, store=store, load=load,
+                            cooldowns=cooldowns, metrics=metrics, candidates=body.candidates,
+                            explore=body.explore, session_id=body.session_id, cost_weight=body.cost_weight,
+                            max_cost_usd_per_1k=body.max_cost_usd_per_1k)
+    annotate(request, decision_id=decision.decision_id, agent=decision.agent, policy_version=service.version)
     return RouteResponse(
         decision_id=decision.decision_id,
         agent=decision.agent,
