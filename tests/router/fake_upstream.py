@@ -41,6 +41,10 @@ def create_app() -> FastAPI:
         modes[body["model"]] = body["mode"]
         return {"model": body["model"], "mode": modes[body["model"]]}
 
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
     @app.get("/stats")
     async def get_stats() -> dict[str, Any]:
         return stats

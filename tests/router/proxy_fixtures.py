@@ -11,19 +11,19 @@ with the others): a fake upstream process (:mod:`tests.router.fake_upstream`) an
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import delete_prefix
-from tests.harness import AGENTS, ROOT, Server, free_port, preference_checkpoint, stop_process
+from tests.harness import AGENTS, LoopbackProcess, Server, free_port, preference_checkpoint
 
 #: agents of the test checkpoint that the proxy serves, and their fake upstream model names
 PROXIED = {AGENTS[1]: "m1", AGENTS[2]: "m2", AGENTS[4]: "m4"}
@@ -35,9 +35,23 @@ UPSTREAM_SECRET = "sk-upstream-secret-value"
 
 
 @dataclass
-class FakeUpstream:
-    url: str
-    proc: subprocess.Popen
+class FakeUpstream(LoopbackProcess):
+    """:mod:`tests.router.fake_upstream` as a process on a free loopback port."""
+
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+    what = "fake upstream"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "tests.router.fake_upstream", "--port", str(self.port)]
+
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ)
 
     def mode(self, model: str, mode: str) -> None:
         httpx.post(f"{self.url}/control", json={"model": model, "mode": mode}, timeout=5).raise_for_status()
@@ -51,22 +65,12 @@ class FakeUpstream:
 
 
 @pytest.fixture(scope="session")
-def fake_upstream() -> Iterator[FakeUpstream]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.router.fake_upstream", "--port", str(port)], cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            httpx.get(f"{url}/stats", timeout=1)
-            break
-        except httpx.TransportError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                stop_process(proc)
-                raise AssertionError("fake upstream did not start") from None
-            time.sleep(0.1)
-    yield FakeUpstream(url, proc)
-    stop_process(proc)
+def fake_upstream(tmp_path_factory) -> Iterator[FakeUpstream]:
+    upstream = FakeUpstream(tmp_path_factory.mktemp("fake-upstream") / "upstream.log").start()
+    try:
+        yield upstream.wait_ready(timeout_s=60)
+    finally:
+        upstream.stop()
 
 
 def _upstreams_file(directory: Path, url: str, key_env: str | None = None, proxied: dict | None = None) -> Path:
