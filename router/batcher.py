@@ -1,23 +1,26 @@
 """Micro-batched prompt embedding with an in-memory LRU cache in front.
 
-Concurrent ``POST /v1/route`` requests each need one SBERT embedding; encoding them together is
-several times cheaper per prompt than one by one. :class:`EmbedBatcher` queues the prompts of
-concurrent requests and encodes them with one ``Embedder.encode`` call in a worker thread:
+Concurrent ``POST /v1/route`` requests each need one SBERT embedding. :class:`EmbedBatcher` queues
+their prompts and feeds the encoder in *passes*: one ``Embedder.encode`` call of at most
+``pass size`` prompts (the embedder's ``batch_size``, which ``ROUTER_ENCODE_BATCH=auto`` sets to the
+measured cheapest size per prompt, :mod:`router.encode_plan`; never more than ``max_batch``), each
+in one of ``threads`` worker threads:
 
-* A prompt that arrives while no batch is being encoded starts a batch at once (with whatever
-  arrived in the same event-loop turn), so a lone request waits for nothing: at concurrency 1 the
-  added latency is a thread hop.
-* Prompts that arrive while a batch is being encoded wait for it; when it ends, the next batch
-  starts with all of them (at most ``max_batch``). If fewer than ``max_batch`` wait, it first
-  gathers more until the oldest waiting prompt has waited ``window_ms`` in all. Under load the
-  batches grow by themselves.
-* One batch runs at a time (one worker thread): with ``ROUTER_TORCH_THREADS=1`` that leaves the
-  other cores to the event loop and to other worker processes.
+* A prompt that arrives while a worker is free starts a pass at once (with whatever arrived in the
+  same event-loop turn), so a lone request waits for nothing: at concurrency 1 the added latency is
+  a thread hop.
+* Each pass answers its own prompts as soon as it ends, and the next pass is queued before the
+  running one ends (one more than there are threads), so the encoder never waits for the event
+  loop and a request never waits for prompts that came after it.
+* A pass is the oldest waiting prompt and the waiting prompts nearest to it in length (less
+  padding). While every worker is busy, a pass that would be short of its size waits until its
+  oldest prompt has waited ``window_ms`` or the pass is full: under load the passes fill by
+  themselves.
 * An LRU cache (``lru_size`` entries, keyed by the model and the SHA-256 of the text) answers a
   repeated prompt without encoding it; concurrent requests with the same prompt share one encode.
 
 The vectors returned are read-only ``[E]`` float32 arrays, identical (up to float rounding of the
-padded batch, < 1e-5) to ``embedder.encode([prompt])[0]``.
+padded pass, < 1e-5) to ``embedder.encode([prompt])[0]``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import heapq
 import logging
 import time
 from collections import OrderedDict
@@ -39,7 +43,8 @@ logger = logging.getLogger(__name__)
 
 
 class SupportsEncode(Protocol):
-    """What the batcher needs of an embedder (``env.embedder.Embedder``)."""
+    """What the batcher needs of an embedder (``env.embedder.Embedder``); an int ``batch_size``
+    attribute, where it has one, is its pass size."""
 
     model_id: str
 
@@ -65,17 +70,23 @@ class EmbedBatcher:
     """Micro-batching embedder shared by the requests of one app.
 
     Args:
-        window_ms: after a batch ends with fewer than ``max_batch`` prompts waiting, gather more
-            until the oldest waiting one has waited this long. 0: start at once.
-        max_batch: most prompts per encode call.
+        window_ms: while every worker is busy, a pass short of its size waits until its oldest
+            prompt has waited this long. 0: start at once.
+        max_batch: most prompts per encode call (the pass size is the embedder's ``batch_size``,
+            capped by this).
         lru_size: prompts whose embeddings are kept in memory; 0 disables the cache.
-        on_batch: metrics hook, ``on_batch(batch_size, encode_seconds)``.
+        threads: encode calls running at once, each in its own worker thread (the embedder must
+            allow concurrent ``encode`` calls when more than 1).
+        on_batch: metrics hook, ``on_batch(pass_size, encode_seconds)``.
         on_lookup: metrics hook, ``on_lookup(hit)``.
 
     Attributes:
         batches: encode calls made.
         encoded: prompts encoded (cache misses, after merging duplicates).
         hits: prompts answered from the LRU cache (or from an identical prompt in flight).
+
+    Raises:
+        ValueError: ``max_batch`` or ``threads`` below 1, or a negative ``window_ms`` or ``lru_size``.
     """
 
     def __init__(
@@ -83,25 +94,27 @@ class EmbedBatcher:
         window_ms: float = 2.0,
         max_batch: int = 64,
         lru_size: int = 10000,
+        threads: int = 1,
         on_batch: BatchHook | None = None,
         on_lookup: LookupHook | None = None,
     ) -> None:
-        if max_batch < 1:
-            raise ValueError("max_batch must be at least 1")
+        if max_batch < 1 or threads < 1:
+            raise ValueError("max_batch and threads must be at least 1")
         if window_ms < 0 or lru_size < 0:
             raise ValueError("window_ms and lru_size must not be negative")
         self.window_s = window_ms / 1000.0
         self.max_batch = max_batch
         self.lru_size = lru_size
+        self.threads = threads
         self.on_batch = on_batch
         self.on_lookup = on_lookup
         self._lru: OrderedDict[tuple[str, bytes], np.ndarray] = OrderedDict()
         self._waiting: list[_Job] = []
         self._by_key: dict[tuple[str, bytes], asyncio.Future[np.ndarray]] = {}
+        self._passes: set[asyncio.Task[None]] = set()
         self._executor: ThreadPoolExecutor | None = None
         self._driver: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
-        self._full: asyncio.Event | None = None
         self._closed = False
         self.batches = 0
         self.encoded = 0
@@ -114,7 +127,7 @@ class EmbedBatcher:
 
         Raises:
             RuntimeError: the batcher is closed.
-            Exception: whatever ``embedder.encode`` raised for the batch holding ``text``.
+            Exception: whatever ``embedder.encode`` raised for the pass holding ``text``.
         """
         if self._closed:
             raise RuntimeError("the embedding batcher is closed")
@@ -130,13 +143,11 @@ class EmbedBatcher:
             return await asyncio.shield(shared)
         self._count_lookup(False)
         self._ensure_driver()
-        assert self._wake is not None and self._full is not None
+        assert self._wake is not None
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         self._by_key[key] = future
         self._waiting.append(_Job(embedder, key, text, future))
         self._wake.set()
-        if len(self._waiting) >= self.max_batch:
-            self._full.set()
         return await asyncio.shield(future)
 
     def cache_info(self) -> dict[str, int]:
@@ -149,16 +160,18 @@ class EmbedBatcher:
         self._lru.clear()
 
     async def aclose(self) -> None:
-        """Stop the driver, fail the prompts still waiting, and shut the worker thread down."""
+        """Stop the driver and the passes, fail the prompts still waiting, and shut the worker
+        threads down."""
         self._closed = True
-        if self._driver is not None:
-            self._driver.cancel()
+        tasks = [t for t in (self._driver, *self._passes) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._driver
-            self._driver = None
+                await task
+        self._driver = None
         for job in self._waiting:
-            if not job.future.done():
-                job.future.set_exception(RuntimeError("the embedding batcher is closed"))
+            self._fail(job, RuntimeError("the embedding batcher is closed"))
         self._waiting.clear()
         self._by_key.clear()
         if self._executor is not None:
@@ -176,69 +189,76 @@ class EmbedBatcher:
     def _ensure_driver(self) -> None:
         if self._driver is None or self._driver.done():
             self._wake = asyncio.Event()
-            self._full = asyncio.Event()
             if self._executor is None:
-                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-batch")
+                self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="embed-batch")
             self._driver = asyncio.get_running_loop().create_task(self._drive(), name="embed-batcher")
 
-    async def _drive(self) -> None:
-        assert self._wake is not None and self._full is not None
-        just_ran = False
-        while True:
-            if not self._waiting:
-                self._wake.clear()
-                # Wakes one event-loop turn after the first arrival: the prompts of requests that
-                # were ready in the same turn have joined by then.
-                await self._wake.wait()
-                just_ran = False
-            elif just_ran and self.window_s > 0 and len(self._waiting) < self.max_batch:
-                # A batch just ended and more prompts may be on their way: gather them until the
-                # oldest waiting prompt has waited window_ms in all (prompts that already waited
-                # through the last batch do not wait again).
-                remaining = self._waiting[0].arrived + self.window_s - time.perf_counter()
-                if remaining > 0:
-                    self._full.clear()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(remaining):
-                            await self._full.wait()
-            batch = self._waiting[: self.max_batch]
-            del self._waiting[: self.max_batch]
-            if len(self._waiting) < self.max_batch:
-                self._full.clear()
-            await self._run(batch)
-            just_ran = True
+    def _pass_size(self, embedder: SupportsEncode) -> int:
+        size = getattr(embedder, "batch_size", None)
+        return min(self.max_batch, size) if isinstance(size, int) and size >= 1 else self.max_batch
 
-    async def _run(self, batch: list[_Job]) -> None:
-        groups: dict[int, list[_Job]] = {}
-        for job in batch:
-            groups.setdefault(id(job.embedder), []).append(job)
+    async def _drive(self) -> None:
+        assert self._wake is not None
         loop = asyncio.get_running_loop()
-        for jobs in groups.values():
-            texts = [job.text for job in jobs]
-            started = time.perf_counter()
+        while True:
+            self._wake.clear()
+            wait_s: float | None = None
+            # one pass queued ahead of the running ones: a worker that ends starts the next at once
+            while self._waiting and len(self._passes) <= self.threads:
+                oldest = self._waiting[0]
+                size = self._pass_size(oldest.embedder)
+                if size == 1:
+                    chosen = [self._waiting.pop(0)]
+                else:
+                    same = [job for job in self._waiting if job.embedder is oldest.embedder]
+                    if len(same) < size and len(self._passes) >= self.threads and self.window_s > 0:
+                        remaining = oldest.arrived + self.window_s - time.perf_counter()
+                        if remaining > 0:  # every worker busy: let the queued pass fill
+                            wait_s = remaining
+                            break
+                    chosen = [oldest, *heapq.nsmallest(size - 1, same[1:],
+                                                       key=lambda job: abs(len(job.text) - len(oldest.text)))]
+                    taken = {id(job) for job in chosen}
+                    self._waiting = [job for job in self._waiting if id(job) not in taken]
+                task = loop.create_task(self._run(chosen), name="embed-pass")
+                self._passes.add(task)
+                task.add_done_callback(self._pass_done)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_s):
+                    await self._wake.wait()
+
+    def _pass_done(self, task: asyncio.Task[None]) -> None:
+        self._passes.discard(task)
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _run(self, jobs: list[_Job]) -> None:
+        texts = [job.text for job in jobs]
+        started = time.perf_counter()
+        try:
+            vectors = await asyncio.get_running_loop().run_in_executor(self._executor, _encode, jobs[0].embedder,
+                                                                       texts)
+        except asyncio.CancelledError:
+            for job in jobs:
+                self._fail(job, RuntimeError("the embedding batcher is closed"))
+            raise
+        except Exception as exc:
+            for job in jobs:
+                self._fail(job, exc)
+            return
+        seconds = time.perf_counter() - started
+        self.batches += 1
+        self.encoded += len(jobs)
+        if self.on_batch is not None:
             try:
-                vectors = await loop.run_in_executor(self._executor, _encode, jobs[0].embedder, texts)
-            except asyncio.CancelledError:
-                for job in jobs:
-                    self._fail(job, RuntimeError("the embedding batcher is closed"))
-                raise
-            except Exception as exc:
-                for job in jobs:
-                    self._fail(job, exc)
-                continue
-            seconds = time.perf_counter() - started
-            self.batches += 1
-            self.encoded += len(jobs)
-            if self.on_batch is not None:
-                try:
-                    self.on_batch(len(jobs), seconds)
-                except Exception:  # a metrics hook must not fail the requests
-                    logger.exception("embed batch hook failed")
-            for job, vector in zip(jobs, vectors, strict=True):
-                self._remember(job.key, vector)
-                self._by_key.pop(job.key, None)
-                if not job.future.done():
-                    job.future.set_result(vector)
+                self.on_batch(len(jobs), seconds)
+            except Exception:  # a metrics hook must not fail the requests
+                logger.exception("embed batch hook failed")
+        for job, vector in zip(jobs, vectors, strict=True):
+            self._remember(job.key, vector)
+            self._by_key.pop(job.key, None)
+            if not job.future.done():
+                job.future.set_result(vector)
 
     def _fail(self, job: _Job, exc: BaseException) -> None:
         self._by_key.pop(job.key, None)

@@ -171,8 +171,10 @@ async def open_context(settings: Settings, metrics: RouterMetrics) -> AsyncItera
                                               redis_errors=errors)
                              if client is not None else LocalLoadTracker(settings.inflight_ttl_s))
         stack.push_async_callback(load.close)
+        threads = settings.resolved_encode_threads()
+        logger.info("encode threads: %d", threads)
         batcher = EmbedBatcher(window_ms=settings.batch_window_ms, max_batch=settings.max_batch,
-                               lru_size=settings.lru_size, on_batch=metrics.observe_batch,
+                               lru_size=settings.lru_size, threads=threads, on_batch=metrics.observe_batch,
                                on_lookup=metrics.observe_lookup)
         stack.push_async_callback(batcher.aclose)
         registry = PolicyRegistry(service, settings.checkpoint)

@@ -233,6 +233,9 @@ class _StateCollector(Collector):
         batcher = getattr(context, "batcher", None)
         size = batcher.cache_info()["size"] if batcher is not None else 0
         yield GaugeMetricFamily("router_embed_cache_entries", "Prompt embeddings in the LRU cache.", value=size)
+        if batcher is not None:
+            yield GaugeMetricFamily("router_encode_threads", "Encode passes run at once (ROUTER_ENCODE_THREADS).",
+                                    value=batcher.threads)
         embedder = getattr(context.registry.current, "embedder", None) if context is not None else None
         if embedder is not None:
             yield GaugeMetricFamily("router_encode_pass_size", "Prompts per forward pass of the embedding model "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -155,6 +156,12 @@ class Settings(BaseSettings):
         "micro-batch. auto: measured at start-up, the size of the lowest cost per prompt "
         "(router.encode_plan; on a small CPU often 1).",
     )
+    encode_threads: int | Literal["auto"] = Field(
+        "auto",
+        description="Encode passes run at once in each server process, each in its own thread with "
+        "torch_threads threads (prompts of concurrent requests are encoded side by side). auto: the CPU cores "
+        "this process may use, divided by workers.",
+    )
     lru_size: int = Field(
         10000, ge=0, description="Prompt embeddings kept in memory (LRU, keyed by SHA-256 of the text); 0: none."
     )
@@ -292,6 +299,20 @@ class Settings(BaseSettings):
         if isinstance(value, int) and not 1 <= value <= 4096:
             raise ValueError("must be auto or a whole number from 1 to 4096")
         return value
+
+    @field_validator("encode_threads")
+    @classmethod
+    def _encode_threads_range(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 256:
+            raise ValueError("must be auto or a whole number from 1 to 256")
+        return value
+
+    def resolved_encode_threads(self) -> int:
+        """``encode_threads``, with auto made the cores this process may use over ``workers`` (at least 1)."""
+        if self.encode_threads != "auto":
+            return int(self.encode_threads)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, cores // self.workers)
 
     @field_validator("log_level", mode="before")
     @classmethod

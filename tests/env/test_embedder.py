@@ -1,6 +1,7 @@
 import numpy as np
 
 from env.embedder import Embedder
+from tests.env.threads import assert_encodes_alike_in_threads
 
 
 def test_second_run_embeds_nothing(tmp_path):
@@ -35,3 +36,7 @@ def test_cache_is_keyed_by_model(tmp_path):
 def test_uncached_embedder_matches_cached(tmp_path):
     texts = ["one", "two"]
     np.testing.assert_allclose(Embedder().encode(texts), Embedder(cache_dir=tmp_path).encode(texts), atol=1e-6)
+
+
+def test_encode_runs_in_several_threads_at_once():
+    assert_encodes_alike_in_threads(Embedder(batch_size=1), Embedder(batch_size=1))

@@ -17,6 +17,7 @@ from env import onnx_embedder
 from env.embedder import Embedder
 from env.errors import UserError
 from env.onnx_embedder import SCHEME, OnnxEmbedder, ensure_export, int8_instructions, make_embedder
+from tests.env.threads import assert_encodes_alike_in_threads
 
 TEXTS = ["Route this maths question: what is 17 * 23?", "Write a haiku about queues.", "", "x " * 400]
 
@@ -151,3 +152,7 @@ def test_concurrent_exports_leave_one_complete_copy(monkeypatch, tmp_path):
     monkeypatch.setattr(onnx_embedder, "_export", lambda _model, out, _preset: (out / "export.json").write_text("{}"))
     (model / "weights.bin").write_bytes(b"other weights")  # other model files: another export
     assert ensure_export(model, "some/model", SCHEME, cache) != results["one"]
+
+
+def test_encode_runs_in_several_threads_at_once(int8, onnx_dir):
+    assert_encodes_alike_in_threads(OnnxEmbedder(onnx_dir=onnx_dir, batch_size=1), int8)

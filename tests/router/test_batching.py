@@ -180,3 +180,90 @@ def test_closed_batcher_refuses():
             await batcher.embed(FakeEmbedder(), "x")
 
     asyncio.run(scenario())
+
+
+class PassEmbedder(FakeEmbedder):
+    """A fake with a pass size (``batch_size``) that records when each call starts and ends and how many
+    run at once."""
+
+    def __init__(self, batch_size: int, delay_s: float) -> None:
+        super().__init__(delay_s=delay_s)
+        self.batch_size = batch_size
+        self.running = 0
+        self.most_at_once = 0
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        with self.lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            return super().encode(texts)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_each_pass_answers_its_prompts_when_it_ends():
+    """Prompts queued together are answered pass by pass, not when the last pass ends."""
+    fake = PassEmbedder(batch_size=1, delay_s=0.05)
+
+    async def scenario() -> list[float]:
+        batcher = EmbedBatcher(window_ms=0.0)
+        start = time.perf_counter()
+        done: list[float] = []
+
+        async def one(i: int) -> None:
+            await batcher.embed(fake, f"prompt {i}")
+            done.append(time.perf_counter() - start)
+
+        try:
+            await asyncio.gather(*(one(i) for i in range(5)))
+        finally:
+            await batcher.aclose()
+        return done
+
+    done = asyncio.run(scenario())
+    assert [len(b) for b in fake.batches] == [1] * 5
+    assert done[0] < 0.15 < done[-1], done  # the first answered after ~1 pass, the last after ~5
+    assert fake.most_at_once == 1
+
+
+def test_passes_take_the_pass_size_and_group_prompts_of_like_length():
+    fake = PassEmbedder(batch_size=2, delay_s=0.05)
+    short, long_ = ["a" * 5, "c" * 6], ["b" * 50, "d" * 49]
+
+    async def scenario() -> None:
+        batcher = EmbedBatcher(window_ms=0.0, max_batch=64)
+        try:
+            first = asyncio.ensure_future(batcher.embed(fake, "first"))
+            await asyncio.sleep(0.01)  # "first" is being encoded: the rest wait together
+            await asyncio.gather(first, *(batcher.embed(fake, t) for t in (short[0], long_[0], short[1], long_[1])))
+        finally:
+            await batcher.aclose()
+
+    asyncio.run(scenario())
+    assert fake.batches == [["first"], short, long_]
+
+
+def test_threads_run_passes_at_once():
+    fake = PassEmbedder(batch_size=1, delay_s=0.05)
+
+    async def scenario() -> float:
+        batcher = EmbedBatcher(window_ms=0.0, threads=2)
+        start = time.perf_counter()
+        try:
+            await asyncio.gather(*(batcher.embed(fake, f"p{i}") for i in range(6)))
+        finally:
+            await batcher.aclose()
+        return time.perf_counter() - start
+
+    took = asyncio.run(scenario())
+    assert fake.most_at_once == 2
+    assert took < 0.25, took  # 6 passes of 50 ms on 2 threads: ~150 ms, not 300
+
+
+def test_bad_batcher_arguments_are_refused():
+    with pytest.raises(ValueError, match="at least 1"):
+        EmbedBatcher(threads=0)
+    with pytest.raises(ValueError, match="negative"):
+        EmbedBatcher(window_ms=-1)

@@ -1,4 +1,5 @@
-"""The encoder's pass size is measured at start-up (ROUTER_ENCODE_BATCH=auto), not assumed."""
+"""The encoder's pass size is measured at start-up (ROUTER_ENCODE_BATCH=auto), not assumed; the server
+says how many passes it runs at once (ROUTER_ENCODE_THREADS)."""
 
 from __future__ import annotations
 
@@ -64,3 +65,5 @@ def test_the_server_measures_and_exports_its_pass_size(sqlite_server):
     match = re.search(r"^router_encode_pass_size ([0-9.]+)$", text, re.M)
     assert match and int(float(match.group(1))) in CANDIDATES
     assert "encode passes of" in sqlite_server.log()
+    threads = re.search(r"^router_encode_threads ([0-9.]+)$", text, re.M)
+    assert threads and f"encode threads: {int(float(threads.group(1)))}" in sqlite_server.log()
