@@ -4,12 +4,14 @@ real server over HTTP, on the same prompts.
 For each encoder of ``--encoders`` (``ROUTER_ENCODER``; default ``torch,onnx-int8``) one run measures:
 
 1. the real server (``uvicorn router.app:create_app`` in a subprocess, on a free port) is started;
-   its pass size (``ROUTER_ENCODE_BATCH=auto``: measured at its start-up) is read from /metrics;
-2. raw ``encode`` of the same encoder in this process, with the server's threads: throughput of
-   batches of 64 (prompts/s, from the median batch; as one padded pass, and as the server encodes
-   a micro-batch: sorted by length, in passes of its size), and latency of one prompt (batch 1,
-   median ms), paired with the concurrency-1 run: each request is preceded by a raw encode of the
-   same prompt, so both see the same load on a shared machine;
+   its pass size (``ROUTER_ENCODE_BATCH=auto``: measured at its start-up) and encode threads
+   (``ROUTER_ENCODE_THREADS``) are read from /metrics;
+2. raw ``encode`` of the same encoder in this process, with the server's torch threads: throughput
+   of batches of 64 (prompts/s, from the median batch; as one padded pass, sorted by length in
+   passes of the server's size, one at a time, and one at a time in as many threads at once as the
+   server's encode threads), and latency of one prompt (batch 1, median ms), paired with the
+   concurrency-1 run: each request is preceded by a raw encode of the same prompt, so both see the
+   same load on a shared machine;
 3. ``POST /v1/route`` over HTTP with httpx async clients at concurrency 1, 16 and 64: p50, p99 (ms)
    and requests/s, every request with a prompt not sent before (the LRU cache does not help), and
    the mean micro-batch size (from the server's /metrics);
@@ -21,8 +23,8 @@ For each encoder of ``--encoders`` (``ROUTER_ENCODER``; default ``torch,onnx-int
    proxy's overhead (proxied - direct) and that overhead minus the routing decision's own p50.
 
 Goals (issue 14 and 13), printed as ratios: concurrency-1 p50 within raw batch-1 encode + 3 ms;
-throughput at concurrency 16 and 64 at least 0.9 of the best raw in-process rate (one at a time,
-one pass of 64, or sorted passes of the server's size), and never falling as concurrency rises
+throughput at concurrency 16 and 64 at least 0.9 of the best raw in-process rate (of the four of
+step 2), and never falling as concurrency rises
 (1 -> 16 -> 64, within 3%); ONNX int8 at the top concurrency at least 2x torch and at least
 150 req/s; the proxy's overhead at most 5 ms over the routing decision.
 
@@ -55,6 +57,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -126,14 +129,17 @@ def raw_embedder(encoder: str, threads: int, warm: list[str]):
     return embedder
 
 
-def raw_b64(embedder, prompts: list[str], sub_batch: int) -> dict[str, float]:
-    """Throughput (prompts/s, from the median batch of 64) of ``encode``, three ways, interleaved:
-    one forward pass of 64 (every prompt padded to the longest); as the server encodes a micro-batch,
-    sorted by length in passes of ``sub_batch`` (its measured pass size); and one prompt at a time
-    (the total time of the 64, not 1000 / the median latency, which long prompts would flatter).
+def raw_b64(embedder, prompts: list[str], sub_batch: int, threads: int) -> dict[str, float]:
+    """Throughput (prompts/s, from the median batch of 64) of ``encode``, up to four ways, interleaved:
+    one forward pass of 64 (every prompt padded to the longest); sorted by length in passes of
+    ``sub_batch`` (the server's measured pass size); one prompt at a time (the total time of the 64,
+    not 1000 / the median latency, which long prompts would flatter); and, when ``threads`` > 1 (the
+    server's encode threads), one prompt at a time in that many threads at once.
     """
     sizes = sorted({64, sub_batch, 1})
     times: dict[int, list[float]] = {size: [] for size in sizes}
+    threaded: list[float] = []
+    pool = ThreadPoolExecutor(threads) if threads > 1 else None
     for i in range(0, len(prompts) - 63, 64):
         batch = prompts[i : i + 64]
         for size in sizes:
@@ -141,12 +147,21 @@ def raw_b64(embedder, prompts: list[str], sub_batch: int) -> dict[str, float]:
             start = time.perf_counter()
             embedder.encode(batch)
             times[size].append(time.perf_counter() - start)
+        if pool is not None:
+            embedder.batch_size = 1
+            start = time.perf_counter()
+            list(pool.map(lambda text: embedder.encode([text]), batch))
+            threaded.append(time.perf_counter() - start)
+    if pool is not None:
+        pool.shutdown()
     embedder.batch_size = 64
     out = {"raw_encode_b64_per_s": 64 / statistics.median(times[64]),
            "raw_encode_b64_batch_ms": statistics.median(times[64]) * 1000, "raw_b64_batches": len(times[64])}
     for size in sizes:
         if size != 64:
             out[f"raw_encode_b64_sub{size}_per_s"] = 64 / statistics.median(times[size])
+    if threaded:
+        out[f"raw_encode_b64_threads{threads}_per_s"] = 64 / statistics.median(threaded)
     return out
 
 
@@ -280,10 +295,10 @@ async def proxy_overhead(router_url: str, agents_url: str, prompts: list[str], c
     return out
 
 
-def scrape_pass_size(url: str) -> int:
-    """The server's ``router_encode_pass_size`` (measured at its start-up)."""
-    m = re.search(r"^router_encode_pass_size ([0-9.]+)$", httpx.get(f"{url}/metrics", timeout=30).text, re.M)
-    return int(float(m.group(1))) if m else 8
+def scrape_gauge(url: str, name: str, default: int) -> int:
+    """The server's gauge ``name`` (e.g. ``router_encode_pass_size``, measured at its start-up)."""
+    m = re.search(rf"^{name} ([0-9.]+)$", httpx.get(f"{url}/metrics", timeout=30).text, re.M)
+    return int(float(m.group(1))) if m else default
 
 
 def scrape_batches(url: str) -> tuple[float, float]:
@@ -345,10 +360,11 @@ def measure_encoder(encoder: str, args: argparse.Namespace, prompts: list[str], 
             server.wait_ready(timeout_s=300.0)
         except AssertionError as exc:
             raise SystemExit(f"error: {str(exc)[-3000:]}") from None
-        pass_size = scrape_pass_size(server.url)
+        pass_size = scrape_gauge(server.url, "router_encode_pass_size", 8)
+        threads = scrape_gauge(server.url, "router_encode_threads", 1)
         embedder = raw_embedder(encoder, args.torch_threads, warm_raw)  # the server idles meanwhile
-        raw = raw_b64(embedder, raw_prompts, pass_size)
-        raw["pass_size"] = pass_size
+        raw = raw_b64(embedder, raw_prompts, pass_size, threads)
+        raw["pass_size"], raw["encode_threads"] = pass_size, threads
         print(f"{encoder}: raw batch 64 {raw['raw_encode_b64_per_s']:.1f} prompts/s, in sorted passes of "
               f"{pass_size} (the server's) {raw[f'raw_encode_b64_sub{pass_size}_per_s']:.1f}", file=sys.stderr)
         results: dict[int, dict[str, float]] = {}
@@ -388,8 +404,9 @@ def encoder_figures(encoder: str, m: dict[str, Any], levels: list[int]) -> dict[
     """The flat figures and goal ratios of one encoder."""
     raw, results = m["raw"], m["results"]
     size = raw["pass_size"]
+    threaded = raw.get(f"raw_encode_b64_threads{raw['encode_threads']}_per_s", 0.0)
     best_raw = max(raw["raw_encode_b64_per_s"], raw[f"raw_encode_b64_sub{size}_per_s"],
-                   raw["raw_encode_b64_sub1_per_s"])
+                   raw["raw_encode_b64_sub1_per_s"], threaded)
     f: dict[str, Any] = {f"{encoder}_{k}": v for k, v in raw.items()}
     f[f"{encoder}_best_raw_per_s"] = best_raw
     for c in levels:
@@ -495,6 +512,10 @@ def main(argv: list[str] | None = None) -> int:
             [encoder, f"raw encode, 64 in sorted passes of {size} (the server's)", "", "",
              f"{raw[f'raw_encode_b64_sub{size}_per_s']:.1f}", ""],
         ]
+        threads = raw["encode_threads"]
+        if threads > 1:
+            rows.append([encoder, f"raw encode, 64 one at a time in {threads} threads (the server's)", "", "",
+                         f"{raw[f'raw_encode_b64_threads{threads}_per_s']:.1f}", ""])
         for c in levels:
             r = results[c]
             rows.append([encoder, f"server, concurrency {c}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",

@@ -248,7 +248,7 @@ def serve(
         settings = _settings(Settings)
     load_checkpoint(settings.checkpoint)  # refuse a corrupt one before binding the port
     uvicorn.run("router.app:create_app", factory=True, host=settings.host, port=settings.port,
-                workers=settings.workers, log_level=settings.log_level)
+                workers=settings.workers, log_level=settings.log_level, access_log=False)
 
 
 def _settings(cls):

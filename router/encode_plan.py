@@ -4,9 +4,8 @@ On a GPU a padded batch of 64 costs little more than one prompt; on a small CPU 
 per prompt than prompts one at a time (padding to the longest, cache misses). At start-up, with
 ``ROUTER_ENCODE_BATCH=auto``, :func:`choose_pass_size` times the model on sample prompts of mixed
 length in passes of each candidate size and keeps the size with the lowest cost per prompt. The
-micro-batcher (:mod:`router.batcher`) still gathers concurrent prompts into one encode call; the
-call runs them in passes of the chosen size, so gathering never makes a prompt dearer than the
-measurement says.
+micro-batcher (:mod:`router.batcher`) gathers concurrent prompts into passes of the chosen size,
+so gathering never makes a prompt dearer than the measurement says.
 """
 
 from __future__ import annotations

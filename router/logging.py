@@ -11,8 +11,9 @@ Fields come from the ``extra`` of a log call; only the names in :data:`FIELDS` a
 a caller cannot leak a prompt by passing it as an extra. The prompt text is never logged: a
 request line carries the decision id, the endpoint, the agent, the latency and the policy version.
 
-uvicorn's own loggers (``uvicorn.error``, ``uvicorn.access``) are left as uvicorn configures
-them; their access lines hold the method, path and status, never a body.
+That ``router.access`` line is the request log: ``agent-router serve`` turns uvicorn's own access
+log off (it would repeat the method, path and status of every request in a second line, at a cost
+on the request path); ``uvicorn.error`` is left as uvicorn configures it.
 """
 
 from __future__ import annotations

@@ -128,9 +128,9 @@ class Settings(BaseSettings):
         1,
         ge=1,
         le=256,
-        description="torch intra-op threads per server process. 1 suits serving: requests run "
-        "concurrently in threads and processes, and more threads per forward pass collapse "
-        "under CPU contention (hundreds of ms per prompt instead of ~15 ms).",
+        description="Intra-op threads of each encode pass (torch, or ONNX Runtime with onnx-int8). 1 suits "
+        "serving: passes run side by side in encode_threads threads and in worker processes, and more "
+        "threads per forward pass collapse under CPU contention (hundreds of ms per prompt instead of ~15 ms).",
     )
     gil_switch_interval_ms: float = Field(
         5.0,
@@ -144,17 +144,17 @@ class Settings(BaseSettings):
         2.0,
         ge=0.0,
         le=1000.0,
-        description="Micro-batching: when an embedding batch ends with fewer than max_batch prompts waiting, "
-        "gather more until the oldest waiting one has waited this long. A prompt that arrives while "
-        "nothing is being encoded is encoded at once, so a lone request waits for nothing.",
+        description="Micro-batching: while every encode thread is busy, a pass short of its size waits until "
+        "its oldest prompt has waited this long. A prompt that arrives while a thread is free is encoded at "
+        "once, so a lone request waits for nothing.",
     )
-    max_batch: int = Field(64, ge=1, le=4096, description="Most prompts embedded in one encode call.")
+    max_batch: int = Field(64, ge=1, le=4096, description="Most prompts embedded in one encode call (caps "
+                           "encode_batch).")
     encode_batch: int | Literal["auto"] = Field(
         "auto",
-        description="Prompts per forward pass of the embedding model: an encode call sorts its prompts by "
-        "length and runs passes of this many, so short prompts are not padded to the longest of a "
-        "micro-batch. auto: measured at start-up, the size of the lowest cost per prompt "
-        "(router.encode_plan; on a small CPU often 1).",
+        description="Prompts per forward pass of the embedding model (one encode call of the micro-batcher, "
+        "which groups waiting prompts of like length). auto: measured at start-up, the size of the lowest "
+        "cost per prompt (router.encode_plan; on a small CPU often 1).",
     )
     encode_threads: int | Literal["auto"] = Field(
         "auto",

@@ -296,7 +296,7 @@ class Server(LoopbackProcess):
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "uvicorn", "router.app:create_app", "--factory",
-                "--host", "127.0.0.1", "--port", str(self.port), *self.uvicorn_args]
+                "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log", *self.uvicorn_args]
 
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")}
