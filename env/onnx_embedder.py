@@ -55,8 +55,9 @@ from env.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-#: The encoders a server can run (``ROUTER_ENCODER``).
-ENCODERS = ("torch", "onnx-int8")
+#: The encoders :func:`make_embedder` builds (``ROUTER_ENCODER`` also takes ``onnx``: the faster of
+#: the two ONNX ones, measured at start-up by :func:`router.encode_plan.choose_encoder`).
+ENCODERS = ("torch", "onnx-int8", "onnx-fp32")
 #: What to install for ``onnx-int8`` (onnx-ir: ONNX Runtime's MatMulNBits quantiser imports it).
 INSTALL_HINT = "pip install onnxruntime onnx onnx-ir"
 #: Bumped when the export changes, so that older exports are not reused.
@@ -132,7 +133,8 @@ def require_onnxruntime() -> None:
         import onnx_ir  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError as exc:
-        raise UserError(f"ROUTER_ENCODER=onnx-int8 needs onnxruntime, onnx and onnx-ir ({exc}); install them with: "
+        raise UserError(f"the ONNX encoders (ROUTER_ENCODER=onnx, onnx-int8, onnx-fp32) need onnxruntime, onnx and "
+                        f"onnx-ir ({exc}); install them with: "
                         f"{INSTALL_HINT}") from None
 
 
@@ -459,12 +461,14 @@ def make_embedder(encoder: str, model: str = DEFAULT_MODEL, cache_dir: str | Pat
                   log: logging.Logger | None = None) -> Embedder:
     """The :class:`~env.embedder.Embedder` of ``encoder`` (one of :data:`ENCODERS`).
 
+    ``onnx-fp32`` is the ONNX export without quantisation (torch's vectors up to float rounding).
+
     Raises:
-        UserError: an unknown encoder, or ``onnx-int8`` without ONNX Runtime, onnx or onnx-ir.
+        UserError: an unknown encoder, or an ONNX one without ONNX Runtime, onnx or onnx-ir.
     """
     if encoder == "torch":
         return Embedder(model=model, cache_dir=cache_dir, device=device, batch_size=batch_size, progress=progress)
-    if encoder == "onnx-int8":
+    if encoder in ("onnx-int8", "onnx-fp32"):
         return OnnxEmbedder(model=model, cache_dir=cache_dir, batch_size=batch_size, progress=progress,
-                            onnx_dir=onnx_dir, threads=threads, log=log)
+                            onnx_dir=onnx_dir, threads=threads, quantize=encoder == "onnx-int8", log=log)
     raise UserError(f"unknown encoder {encoder!r}: one of {', '.join(ENCODERS)}")

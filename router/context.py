@@ -20,11 +20,12 @@ import redis.asyncio as aioredis
 import torch
 
 from contract.pricing import AgentPrice
+from env.embedder import Embedder
 from env.errors import UserError
 from env.onnx_embedder import make_embedder
 from router.batcher import EmbedBatcher
 from router.cooldown import CooldownPolicy, Cooldowns, LocalCooldowns, RedisCooldowns
-from router.encode_plan import choose_pass_size
+from router.encode_plan import choose_encoder, choose_pass_size
 from router.experience import ExperienceStore, Outbox, RedisExperienceStore, SqliteExperienceStore, StoreUnavailable
 from router.follower import follow_published
 from router.load import LoadTracker, LocalLoadTracker, RedisLoadTracker
@@ -106,11 +107,24 @@ def start_policy(settings: Settings) -> RoutingService:
     sys.setswitchinterval(settings.gil_switch_interval_ms / 1000.0)
     _quiet_model_loading()
     policy = load_checkpoint(settings.checkpoint)
-    embedder = make_embedder(
-        settings.encoder, model=policy.embedding_model, cache_dir=settings.embed_cache_dir, device=settings.device,
-        batch_size=8 if settings.encode_batch == "auto" else settings.encode_batch, progress=False,
-        onnx_dir=settings.onnx_dir, threads=settings.torch_threads, log=logger,
-    )
+
+    def build(encoder: str) -> Embedder:
+        return make_embedder(
+            encoder, model=policy.embedding_model, cache_dir=settings.embed_cache_dir, device=settings.device,
+            batch_size=8 if settings.encode_batch == "auto" else settings.encode_batch, progress=False,
+            onnx_dir=settings.onnx_dir, threads=settings.torch_threads, log=logger,
+        )
+
+    if settings.encoder == "onnx":  # the faster export on this CPU (int8 is fp32 already on a CPU without its kernels)
+        candidates = [build("onnx-int8")]
+        if candidates[0].encoder == "onnx-int8":
+            candidates.append(build("onnx-fp32"))
+        embedder = choose_encoder(candidates)[0] if len(candidates) > 1 else candidates[0]
+        for other in candidates:
+            if other is not embedder and other.cache is not None:
+                other.cache.close()
+    else:
+        embedder = build(settings.encoder)
     service = RoutingService(policy, embedder)
     service.warm_up()
     describe = getattr(embedder, "describe", None)

@@ -1,4 +1,5 @@
-"""How many prompts one forward pass of the embedding model should take: measured, not assumed.
+"""How many prompts one forward pass of the embedding model should take, and which ONNX export runs
+it: measured, not assumed.
 
 On a GPU a padded batch of 64 costs little more than one prompt; on a small CPU it can cost more
 per prompt than prompts one at a time (padding to the longest, cache misses). At start-up, with
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -65,4 +67,33 @@ def choose_pass_size(embedder: Any, candidates: tuple[int, ...] = CANDIDATES, sa
     embedder.batch_size = chosen
     logger.info("encode passes of %d prompts (measured ms per prompt: %s)", chosen,
                 ", ".join(f"{s}: {c:.2f}" for s, c in costs.items()))
+    return chosen, costs
+
+
+def choose_encoder(embedders: Sequence[Any], samples: int = 16, repeats: int = 2) -> tuple[Any, dict[str, float]]:
+    """The embedder of ``embedders`` whose model encodes ``samples`` prompts (:func:`sample_prompts`)
+    one at a time in the least time (ms per prompt; the fastest of ``repeats`` timings of each,
+    alternating between the embedders so that a disturbance does not fall on one only).
+
+    ``ROUTER_ENCODER=onnx`` uses it on the int8 and the fp32 ONNX exports: which is faster depends
+    on the CPU (int8 wins where it has VNNI; on plain AVX2, fp32 can win).
+
+    Returns:
+        ``(the chosen embedder, {embedder.encoder: ms per prompt})``.
+    """
+    texts = sample_prompts(samples)
+    for embedder in embedders:
+        embedder.model.encode(texts[:2], batch_size=1, normalize_embeddings=True, convert_to_numpy=True,
+                              show_progress_bar=False)
+    best = {id(e): float("inf") for e in embedders}
+    for _ in range(repeats):
+        for embedder in embedders:
+            start = time.perf_counter()
+            embedder.model.encode(texts, batch_size=1, normalize_embeddings=True, convert_to_numpy=True,
+                                  show_progress_bar=False)
+            best[id(embedder)] = min(best[id(embedder)], (time.perf_counter() - start) * 1000.0 / len(texts))
+    chosen = min(embedders, key=lambda e: best[id(e)])
+    costs = {e.encoder: best[id(e)] for e in embedders}
+    logger.info("encoder %s (measured ms per prompt: %s)", chosen.encoder,
+                ", ".join(f"{name}: {cost:.2f}" for name, cost in costs.items()))
     return chosen, costs

@@ -238,6 +238,10 @@ class _StateCollector(Collector):
                                     value=batcher.threads)
         embedder = getattr(context.registry.current, "embedder", None) if context is not None else None
         if embedder is not None:
+            info = InfoMetricFamily("router_encoder", "What runs the embedding model (ROUTER_ENCODER; with onnx, "
+                                    "the export chosen at start-up).")
+            info.add_metric([], {"encoder": str(getattr(embedder, "encoder", "torch"))})
+            yield info
             yield GaugeMetricFamily("router_encode_pass_size", "Prompts per forward pass of the embedding model "
                                     "(ROUTER_ENCODE_BATCH, measured at start-up when auto).", value=embedder.batch_size)
 

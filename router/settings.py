@@ -112,23 +112,25 @@ class Settings(BaseSettings):
         None, description="Directory of the on-disk embedding cache; unset: no cache."
     )
     device: str = Field("cpu", min_length=1, description="Torch device of the embedding model.")
-    encoder: Literal["torch", "onnx-int8"] = Field(
+    encoder: Literal["torch", "onnx", "onnx-int8", "onnx-fp32"] = Field(
         "torch",
-        description="What runs the embedding model: torch, or onnx-int8 (ONNX Runtime: int8 weights in blocks "
+        description="What runs the embedding model: torch; onnx-int8 (ONNX Runtime: int8 weights in blocks "
         "of 16 and int8 compute on this CPU's instructions, exported once from the local model files into "
-        "onnx_dir; a CPU without those instructions falls back to the export without quantisation). onnx-int8 "
-        "runs on the CPU with torch_threads threads and ignores device. See env.onnx_embedder.",
+        "onnx_dir; a CPU without those instructions falls back to the export without quantisation); "
+        "onnx-fp32 (the export without quantisation: torch's vectors up to float rounding); onnx (the faster "
+        "of the two on this CPU, timed at start-up). The ONNX encoders run on the CPU with torch_threads "
+        "threads and ignore device. See env.onnx_embedder.",
     )
     onnx_dir: Path = Field(
         Path("var/onnx"),
-        description="Directory of the cached ONNX exports of onnx-int8, one per model, quantisation and "
+        description="Directory of the cached ONNX exports, one per model, quantisation and "
         "hash of the model files (written atomically).",
     )
     torch_threads: int = Field(
         1,
         ge=1,
         le=256,
-        description="Intra-op threads of each encode pass (torch, or ONNX Runtime with onnx-int8). 1 suits "
+        description="Intra-op threads of each encode pass (torch, or ONNX Runtime). 1 suits "
         "serving: passes run side by side in encode_threads threads and in worker processes, and more "
         "threads per forward pass collapse under CPU contention (hundreds of ms per prompt instead of ~15 ms).",
     )

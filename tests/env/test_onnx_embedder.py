@@ -52,13 +52,20 @@ def test_missing_onnxruntime_is_one_line_naming_the_install(monkeypatch):
         make_embedder("onnx-int8")
     message = str(info.value)
     assert "\n" not in message
-    assert "ROUTER_ENCODER=onnx-int8" in message and onnx_embedder.INSTALL_HINT in message
+    assert "ROUTER_ENCODER=onnx, onnx-int8, onnx-fp32" in message and onnx_embedder.INSTALL_HINT in message
 
 
 def test_unknown_encoder():
     with pytest.raises(UserError, match="unknown encoder"):
         make_embedder("tensorrt")
     assert type(make_embedder("torch")) is Embedder
+
+
+def test_onnx_fp32_is_torch_up_to_float_rounding(onnx_dir):
+    fp32 = make_embedder("onnx-fp32", onnx_dir=onnx_dir)
+    assert fp32.encoder == "onnx-fp32" and fp32.cache_key.endswith("#onnx-fp32")
+    cosine = np.sum(fp32.encode(TEXTS) * Embedder().encode(TEXTS), axis=1)
+    assert cosine.min() > 0.99999, cosine
 
 
 def test_same_api_and_unit_norm(int8):

@@ -8,8 +8,9 @@ import time
 
 import httpx
 import numpy as np
+import pytest
 
-from router.encode_plan import CANDIDATES, choose_pass_size, sample_prompts
+from router.encode_plan import CANDIDATES, choose_encoder, choose_pass_size, sample_prompts
 
 
 class Clock:
@@ -52,6 +53,16 @@ def test_the_cheapest_pass_size_per_prompt_is_chosen_and_set(monkeypatch):
     # no padding cost: the largest pass wins
     embedder = FakeEmbedder(TimedModel(clock, fixed=0.002, per_prompt=0.0))
     assert choose_pass_size(embedder)[0] == max(CANDIDATES)
+
+
+def test_the_faster_encoder_is_chosen(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    slow, fast = (FakeEmbedder(TimedModel(clock, fixed=cost, per_prompt=0.0)) for cost in (0.004, 0.003))
+    slow.encoder, fast.encoder = "onnx-int8", "onnx-fp32"
+    chosen, costs = choose_encoder([slow, fast])
+    assert chosen is fast and costs == pytest.approx({"onnx-int8": 4.0, "onnx-fp32": 3.0})
+    assert choose_encoder([fast, slow])[0] is fast  # not the first one listed
 
 
 def test_sample_prompts_are_distinct_and_of_mixed_length():

@@ -1,9 +1,10 @@
-"""The real server with ``ROUTER_ENCODER=onnx-int8``: it exports, serves and says which encoder runs;
-without ONNX Runtime it refuses to start with one line naming the install command."""
+"""The real server with ``ROUTER_ENCODER=onnx-int8`` (or ``onnx``: the faster export): it exports, serves and
+says which encoder runs; without ONNX Runtime it refuses to start with one line naming the install command."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 import pytest
@@ -20,6 +21,9 @@ def test_encoder_setting(monkeypatch):
     monkeypatch.setenv("ROUTER_ONNX_DIR", "/tmp/exports")
     settings = Settings()
     assert settings.encoder == "onnx-int8" and str(settings.onnx_dir) == "/tmp/exports"
+    for encoder in ("onnx", "onnx-fp32"):
+        monkeypatch.setenv("ROUTER_ENCODER", encoder)
+        assert Settings().encoder == encoder
     monkeypatch.setenv("ROUTER_ENCODER", "tensorrt")
     with pytest.raises(ValidationError):
         Settings()
@@ -48,6 +52,32 @@ def test_server_routes_with_onnx_int8(tmp_path):
         server.stop()
 
 
+def test_server_with_onnx_serves_the_faster_export(tmp_path):
+    """``ROUTER_ENCODER=onnx``: both exports are made and timed; the faster one serves and is named in the
+    log and in /metrics."""
+    onnx_dir = tmp_path / "onnx"
+    server = Server(env={"ROUTER_CHECKPOINT": str(make_checkpoint(tmp_path / "checkpoints")),
+                         "ROUTER_SQLITE_PATH": str(tmp_path / "exp.sqlite3"), "ROUTER_ENCODER": "onnx",
+                         "ROUTER_ONNX_DIR": str(onnx_dir)},
+                    log_path=tmp_path / "stderr.log")
+    try:
+        server.start().wait_ready()
+        with httpx.Client(base_url=server.url, timeout=30.0) as client:
+            assert client.post("/v1/route", json={"prompt": "Sort this list: 3, 1, 2"}).status_code == 200
+            metrics = client.get("/metrics").text
+        chosen = re.search(r'^router_encoder_info\{encoder="(onnx-int8|onnx-fp32)"\} 1\.0$', metrics, re.M)
+        assert chosen, metrics
+        lines = [json.loads(line)["msg"] for line in server.log().splitlines() if line.startswith("{")]
+        timed = [line for line in lines if line.startswith("encoder ")]
+        assert len(timed) == 1 and timed[0].startswith(f"encoder {chosen.group(1)} (measured ms per prompt: "), lines
+        assert "onnx-int8: " in timed[0] and "onnx-fp32: " in timed[0]
+        serving = [line for line in lines if line.startswith("embedding encoder:")]
+        assert len(serving) == 1 and serving[0].startswith(f"embedding encoder: {chosen.group(1)} "), lines
+        assert len([p for p in onnx_dir.iterdir() if not p.name.startswith(".")]) == 2
+    finally:
+        server.stop()
+
+
 def test_server_without_onnxruntime_refuses_with_one_line(tmp_path):
     fake = tmp_path / "site" / "onnxruntime"
     fake.mkdir(parents=True)
@@ -61,7 +91,7 @@ def test_server_without_onnxruntime_refuses_with_one_line(tmp_path):
         log = server.log()
         assert code != 0, log
         failure = [line for line in log.splitlines() if "cannot start:" in line]
-        assert len(failure) == 1 and "ROUTER_ENCODER=onnx-int8" in failure[0] and INSTALL_HINT in failure[0], log
+        assert len(failure) == 1 and "ONNX encoders" in failure[0] and INSTALL_HINT in failure[0], log
         assert "Traceback" not in log + server.stdout(), log
     finally:
         server.stop()
