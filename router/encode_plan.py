@@ -4,7 +4,8 @@ it: measured, not assumed.
 On a GPU a padded batch of 64 costs little more than one prompt; on a small CPU it can cost more
 per prompt than prompts one at a time (padding to the longest, cache misses). At start-up, with
 ``ROUTER_ENCODE_BATCH=auto``, :func:`choose_pass_size` times the model on sample prompts of mixed
-length in passes of each candidate size and keeps the size with the lowest cost per prompt. The
+length in passes of each candidate size and keeps the size with the lowest cost per prompt (the
+smallest, among sizes within a few percent of it). The
 micro-batcher (:mod:`router.batcher`) gathers concurrent prompts into passes of the chosen size,
 so gathering never makes a prompt dearer than the measurement says.
 """
@@ -24,29 +25,39 @@ _TEXT = ("route each prompt to the agent that answers it best for the least cost
          "agents grow and shrink with the traffic of every client")
 
 
+#: Words of the sample prompts, cycled: a question to the model's input limit (256 tokens), doubling, so
+#: that a size which pads short prompts to long ones pays for it as it would on real traffic.
+LENGTHS = (8, 16, 32, 64, 128, 192)
+#: A larger pass must be this much cheaper per prompt than the smallest one within reach to be kept.
+MARGIN = 0.05
+
+
 def sample_prompts(count: int) -> list[str]:
-    """``count`` distinct prompts of 8 to 96 words (the lengths cycle), deterministic."""
+    """``count`` distinct prompts of :data:`LENGTHS` words (the lengths cycle), deterministic."""
     vocabulary = _TEXT.split()
     out = []
     for i in range(count):
-        words = (8, 24, 48, 96)[i % 4]  # short questions to a paragraph of context
+        words = LENGTHS[i % len(LENGTHS)]
         out.append(f"[{i}] " + " ".join(vocabulary[(i + j) % len(vocabulary)] for j in range(words)))
     return out
 
 
-def choose_pass_size(embedder: Any, candidates: tuple[int, ...] = CANDIDATES, samples: int = 16,
-                     repeats: int = 1) -> tuple[int, dict[int, float]]:
+def choose_pass_size(embedder: Any, candidates: tuple[int, ...] = CANDIDATES, samples: int = 12,
+                     repeats: int = 2) -> tuple[int, dict[int, float]]:
     """Time ``embedder``'s model on ``samples`` prompts in passes of each candidate size; set and
     return the cheapest.
 
-    The model is called directly (``embedder.model.encode``), so the on-disk embedding cache is
-    neither read nor filled.
+    The sizes take turns, ``repeats`` rounds, and each keeps its fastest timing (the least disturbed by
+    other work). The smallest size whose cost per prompt is within :data:`MARGIN` of the lowest wins:
+    a larger pass pays only when it is clearly cheaper, since real prompts may vary more in length than
+    the samples. The model is called directly (``embedder.model.encode``), so the on-disk embedding
+    cache is neither read nor filled.
 
     Args:
         embedder: an :class:`env.embedder.Embedder` (its ``batch_size`` is set to the choice).
         candidates: pass sizes to try.
         samples: prompts per timing (:func:`sample_prompts`).
-        repeats: timings per size; the fastest counts (the least disturbed by other work).
+        repeats: rounds of timings.
 
     Returns:
         ``(chosen size, {size: ms per prompt})``.
@@ -54,16 +65,15 @@ def choose_pass_size(embedder: Any, candidates: tuple[int, ...] = CANDIDATES, sa
     texts = sample_prompts(samples)
     model = embedder.model
     model.encode(texts[:4], batch_size=4, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-    costs: dict[int, float] = {}
-    for size in candidates:
-        best = float("inf")
-        for _ in range(repeats):
+    costs = {size: float("inf") for size in candidates}
+    for _ in range(repeats):
+        for size in candidates:
             start = time.perf_counter()
             model.encode(texts, batch_size=size, normalize_embeddings=True, convert_to_numpy=True,
                          show_progress_bar=False)
-            best = min(best, time.perf_counter() - start)
-        costs[size] = best * 1000.0 / len(texts)
-    chosen = min(costs, key=lambda s: costs[s])
+            costs[size] = min(costs[size], (time.perf_counter() - start) * 1000.0 / len(texts))
+    lowest = min(costs.values())
+    chosen = min(size for size, cost in costs.items() if cost <= lowest * (1.0 + MARGIN))
     embedder.batch_size = chosen
     logger.info("encode passes of %d prompts (measured ms per prompt: %s)", chosen,
                 ", ".join(f"{s}: {c:.2f}" for s, c in costs.items()))

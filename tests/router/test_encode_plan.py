@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from router.encode_plan import CANDIDATES, choose_encoder, choose_pass_size, sample_prompts
+from router.encode_plan import CANDIDATES, LENGTHS, choose_encoder, choose_pass_size, sample_prompts
 
 
 class Clock:
@@ -66,9 +66,26 @@ def test_the_faster_encoder_is_chosen(monkeypatch):
 
 
 def test_sample_prompts_are_distinct_and_of_mixed_length():
-    prompts = sample_prompts(16)
-    assert len(set(prompts)) == 16
-    assert len({len(p.split()) for p in prompts}) == 4
+    prompts = sample_prompts(12)
+    assert len(set(prompts)) == 12
+    assert {len(p.split()) - 1 for p in prompts} == set(LENGTHS)  # each after its "[i]"
+
+
+def test_a_larger_pass_must_be_clearly_cheaper(monkeypatch):
+    """1.0 ms a prompt alone; 0.98 ms in larger passes (within the margin) keeps one at a time, 0.90 ms
+    (clearly cheaper) takes the smallest of those larger passes."""
+    clock = Clock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    for larger, expected in ((0.00098, 1), (0.0009, 2)):
+        embedder = FakeEmbedder(TimedModel(clock, fixed=0.0, per_prompt=0.0))
+        embedder.model.encode = lambda texts, batch_size, larger=larger, **_: _advance(
+            clock, len(texts), 0.001 if batch_size == 1 else larger)
+        assert choose_pass_size(embedder)[0] == expected
+
+
+def _advance(clock: Clock, n: int, per_prompt_s: float) -> np.ndarray:
+    clock.now += n * per_prompt_s
+    return np.zeros((n, 4), dtype=np.float32)
 
 
 def test_the_server_measures_and_exports_its_pass_size(sqlite_server):
