@@ -30,6 +30,9 @@ _TEXT = ("route each prompt to the agent that answers it best for the least cost
 LENGTHS = (8, 16, 32, 64, 128, 192)
 #: A larger pass must be this much cheaper per prompt than the smallest one within reach to be kept.
 MARGIN = 0.05
+#: The first round stops at a size this many times dearer per prompt than the best so far (past the
+#: best, larger passes only pad more); later rounds retime the sizes within RETRY of the best.
+STOP, RETRY = 1.5, 1.25
 
 
 def sample_prompts(count: int) -> list[str]:
@@ -47,8 +50,10 @@ def choose_pass_size(embedder: Any, candidates: tuple[int, ...] = CANDIDATES, sa
     """Time ``embedder``'s model on ``samples`` prompts in passes of each candidate size; set and
     return the cheapest.
 
-    The sizes take turns, ``repeats`` rounds, and each keeps its fastest timing (the least disturbed by
-    other work). The smallest size whose cost per prompt is within :data:`MARGIN` of the lowest wins:
+    The sizes are timed in rising order up to one :data:`STOP` times dearer than the best so far; in
+    ``repeats - 1`` more rounds those within :data:`RETRY` of the best are timed again, each keeping its
+    fastest timing (the least disturbed by other work). The smallest size whose cost per prompt is within
+    :data:`MARGIN` of the lowest wins:
     a larger pass pays only when it is clearly cheaper, since real prompts may vary more in length than
     the samples. The model is called directly (``embedder.model.encode``), so the on-disk embedding
     cache is neither read nor filled.
@@ -57,21 +62,29 @@ def choose_pass_size(embedder: Any, candidates: tuple[int, ...] = CANDIDATES, sa
         embedder: an :class:`env.embedder.Embedder` (its ``batch_size`` is set to the choice).
         candidates: pass sizes to try.
         samples: prompts per timing (:func:`sample_prompts`).
-        repeats: rounds of timings.
+        repeats: rounds of timings (at least 1).
 
     Returns:
-        ``(chosen size, {size: ms per prompt})``.
+        ``(chosen size, {size timed: ms per prompt})``.
     """
     texts = sample_prompts(samples)
     model = embedder.model
     model.encode(texts[:4], batch_size=4, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-    costs = {size: float("inf") for size in candidates}
-    for _ in range(repeats):
-        for size in candidates:
-            start = time.perf_counter()
-            model.encode(texts, batch_size=size, normalize_embeddings=True, convert_to_numpy=True,
-                         show_progress_bar=False)
-            costs[size] = min(costs[size], (time.perf_counter() - start) * 1000.0 / len(texts))
+
+    def ms_per_prompt(size: int) -> float:
+        start = time.perf_counter()
+        model.encode(texts, batch_size=size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+        return (time.perf_counter() - start) * 1000.0 / len(texts)
+
+    costs: dict[int, float] = {}
+    for size in sorted(candidates):  # first round: up to a size far dearer than the best so far
+        costs[size] = ms_per_prompt(size)
+        if costs[size] > STOP * min(costs.values()):
+            break
+    for _ in range(repeats - 1):  # later rounds: the sizes still in the running
+        lowest = min(costs.values())
+        for size in [s for s, c in costs.items() if c <= RETRY * lowest]:
+            costs[size] = min(costs[size], ms_per_prompt(size))
     lowest = min(costs.values())
     chosen = min(size for size, cost in costs.items() if cost <= lowest * (1.0 + MARGIN))
     embedder.batch_size = chosen
