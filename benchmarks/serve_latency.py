@@ -196,15 +196,23 @@ async def load_level(url: str, prompts: list[str], concurrency: int, warmup: lis
                      call: Callable[[httpx.AsyncClient, str], Awaitable[httpx.Response]] = route_call,
                      ) -> dict[str, float]:
     """Send every prompt with ``call`` (default ``POST /v1/route``) from ``concurrency`` clients;
-    latency and throughput."""
+    latency, throughput, and ``retried``: requests sent again after a transport error (a kept-alive
+    connection the server closed as it was reused: uvicorn closes one idle for 5 s; the latency
+    counts both tries). A second transport error ends the run."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    retried = 0
     async with httpx.AsyncClient(base_url=url, timeout=120.0, limits=limits) as client:
 
         async def worker(queue: list[str], out: list[float] | None) -> None:
+            nonlocal retried
             while queue:
                 prompt = queue.pop()
                 start = time.perf_counter()
-                r = await call(client, prompt)
+                try:
+                    r = await call(client, prompt)
+                except httpx.TransportError:
+                    retried += 1
+                    r = await call(client, prompt)
                 took = time.perf_counter() - start
                 if r.status_code != 200:
                     raise RuntimeError(f"{r.request.url.path} answered {r.status_code}: {r.text[:200]}")
@@ -223,6 +231,7 @@ async def load_level(url: str, prompts: list[str], concurrency: int, warmup: lis
         "p99_ms": percentile(latencies, 99) * 1000,
         "rps": len(latencies) / wall,
         "requests": len(latencies),
+        "retried": retried,
     }
 
 
@@ -419,8 +428,8 @@ def encoder_figures(encoder: str, m: dict[str, Any], levels: list[int]) -> dict[
     f: dict[str, Any] = {f"{encoder}_{k}": v for k, v in raw.items()}
     f[f"{encoder}_best_raw_per_s"] = best_raw
     for c in levels:
-        for key in ("p50_ms", "p99_ms", "rps", "mean_batch", "requests"):
-            f[f"{encoder}_c{c}_{key}"] = results[c][key]
+        for key in ("p50_ms", "p99_ms", "rps", "mean_batch", "requests", "retried"):
+            f[f"{encoder}_c{c}_{key}"] = results[c].get(key, 0)
     for c, res in m["repeat"].items():
         for key in ("p50_ms", "p99_ms", "rps"):
             f[f"{encoder}_repeat_c{c}_{key}"] = res[key]
