@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -28,6 +28,8 @@ class ClientKey(BaseModel):
 
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+#: Settings that take ``auto`` or a whole number from 1 to this.
+_AUTO_OR_AT_MOST = {"encode_batch": 4096, "encode_threads": 256}
 
 
 def is_loopback(host: str | None) -> bool:
@@ -295,18 +297,12 @@ class Settings(BaseSettings):
             raise ValueError("api_keys: every key needs its own name")
         return self
 
-    @field_validator("encode_batch")
+    @field_validator("encode_batch", "encode_threads")
     @classmethod
-    def _encode_batch_range(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and not 1 <= value <= 4096:
-            raise ValueError("must be auto or a whole number from 1 to 4096")
-        return value
-
-    @field_validator("encode_threads")
-    @classmethod
-    def _encode_threads_range(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and not 1 <= value <= 256:
-            raise ValueError("must be auto or a whole number from 1 to 256")
+    def _auto_or_range(cls, value: int | str, info: ValidationInfo) -> int | str:
+        most = _AUTO_OR_AT_MOST[info.field_name]
+        if isinstance(value, int) and not 1 <= value <= most:
+            raise ValueError(f"must be auto or a whole number from 1 to {most}")
         return value
 
     def resolved_encode_threads(self) -> int:
