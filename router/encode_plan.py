@@ -45,6 +45,13 @@ def sample_prompts(count: int) -> list[str]:
     return out
 
 
+def _ms_per_prompt(model: Any, texts: list[str], size: int) -> float:
+    """Wall-clock ms per prompt of ``model.encode(texts)`` in passes of ``size``."""
+    start = time.perf_counter()
+    model.encode(texts, batch_size=size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    return (time.perf_counter() - start) * 1000.0 / len(texts)
+
+
 def choose_pass_size(embedder: Any, candidates: tuple[int, ...] = CANDIDATES, samples: int = 12,
                      repeats: int = 2) -> tuple[int, dict[int, float]]:
     """Time ``embedder``'s model on ``samples`` prompts in passes of each candidate size; set and
@@ -69,22 +76,16 @@ def choose_pass_size(embedder: Any, candidates: tuple[int, ...] = CANDIDATES, sa
     """
     texts = sample_prompts(samples)
     model = embedder.model
-    model.encode(texts[:4], batch_size=4, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-
-    def ms_per_prompt(size: int) -> float:
-        start = time.perf_counter()
-        model.encode(texts, batch_size=size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-        return (time.perf_counter() - start) * 1000.0 / len(texts)
-
+    _ms_per_prompt(model, texts[:4], 4)  # warm-up
     costs: dict[int, float] = {}
     for size in sorted(candidates):  # first round: up to a size far dearer than the best so far
-        costs[size] = ms_per_prompt(size)
+        costs[size] = _ms_per_prompt(model, texts, size)
         if costs[size] > STOP * min(costs.values()):
             break
     for _ in range(repeats - 1):  # later rounds: the sizes still in the running
         lowest = min(costs.values())
         for size in [s for s, c in costs.items() if c <= RETRY * lowest]:
-            costs[size] = min(costs[size], ms_per_prompt(size))
+            costs[size] = min(costs[size], _ms_per_prompt(model, texts, size))
     lowest = min(costs.values())
     chosen = min(size for size, cost in costs.items() if cost <= lowest * (1.0 + MARGIN))
     embedder.batch_size = chosen
@@ -106,15 +107,11 @@ def choose_encoder(embedders: Sequence[Any], samples: int = 16, repeats: int = 2
     """
     texts = sample_prompts(samples)
     for embedder in embedders:
-        embedder.model.encode(texts[:2], batch_size=1, normalize_embeddings=True, convert_to_numpy=True,
-                              show_progress_bar=False)
+        _ms_per_prompt(embedder.model, texts[:2], 1)  # warm-up
     best = {id(e): float("inf") for e in embedders}
     for _ in range(repeats):
         for embedder in embedders:
-            start = time.perf_counter()
-            embedder.model.encode(texts, batch_size=1, normalize_embeddings=True, convert_to_numpy=True,
-                                  show_progress_bar=False)
-            best[id(embedder)] = min(best[id(embedder)], (time.perf_counter() - start) * 1000.0 / len(texts))
+            best[id(embedder)] = min(best[id(embedder)], _ms_per_prompt(embedder.model, texts, 1))
     chosen = min(embedders, key=lambda e: best[id(e)])
     costs = {e.encoder: best[id(e)] for e in embedders}
     logger.info("encoder %s (measured ms per prompt: %s)", chosen.encoder,
