@@ -205,27 +205,34 @@ class EmbedBatcher:
             wait_s: float | None = None
             # one pass queued ahead of the running ones: a worker that ends starts the next at once
             while self._waiting and len(self._passes) <= self.threads:
-                oldest = self._waiting[0]
-                size = self._pass_size(oldest.embedder)
-                if size == 1:
-                    chosen = [self._waiting.pop(0)]
-                else:
-                    same = [job for job in self._waiting if job.embedder is oldest.embedder]
-                    if len(same) < size and len(self._passes) >= self.threads and self.window_s > 0:
-                        remaining = oldest.arrived + self.window_s - time.perf_counter()
-                        if remaining > 0:  # every worker busy: let the queued pass fill
-                            wait_s = remaining
-                            break
-                    chosen = [oldest, *heapq.nsmallest(size - 1, same[1:],
-                                                       key=lambda job: abs(len(job.text) - len(oldest.text)))]
-                    taken = {id(job) for job in chosen}
-                    self._waiting = [job for job in self._waiting if id(job) not in taken]
-                task = loop.create_task(self._run(chosen), name="embed-pass")
+                jobs = self._take_pass()
+                if isinstance(jobs, float):
+                    wait_s = jobs
+                    break
+                task = loop.create_task(self._run(jobs), name="embed-pass")
                 self._passes.add(task)
                 task.add_done_callback(self._pass_done)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait_s):
                     await self._wake.wait()
+
+    def _take_pass(self) -> list[_Job] | float:
+        """The next pass (the oldest waiting prompt and those of its embedder nearest to it in length),
+        taken off the queue; or, while every worker is busy and the pass would be short of its size,
+        the seconds until its oldest prompt has waited ``window_ms``."""
+        oldest = self._waiting[0]
+        size = self._pass_size(oldest.embedder)
+        if size == 1:
+            return [self._waiting.pop(0)]
+        same = [job for job in self._waiting if job.embedder is oldest.embedder]
+        if len(same) < size and len(self._passes) >= self.threads:
+            remaining = oldest.arrived + self.window_s - time.perf_counter()
+            if remaining > 0:
+                return remaining
+        chosen = [oldest, *heapq.nsmallest(size - 1, same[1:], key=lambda job: abs(len(job.text) - len(oldest.text)))]
+        taken = {id(job) for job in chosen}
+        self._waiting = [job for job in self._waiting if id(job) not in taken]
+        return chosen
 
     def _pass_done(self, task: asyncio.Task[None]) -> None:
         self._passes.discard(task)

@@ -183,8 +183,7 @@ def test_closed_batcher_refuses():
 
 
 class PassEmbedder(FakeEmbedder):
-    """A fake with a pass size (``batch_size``) that records when each call starts and ends and how many
-    run at once."""
+    """A fake with a pass size (``batch_size``) that records the most calls running at once."""
 
     def __init__(self, batch_size: int, delay_s: float) -> None:
         super().__init__(delay_s=delay_s)
