@@ -115,16 +115,13 @@ def start_policy(settings: Settings) -> RoutingService:
             onnx_dir=settings.onnx_dir, threads=settings.torch_threads, log=logger,
         )
 
-    if settings.encoder == "onnx":  # the faster export on this CPU (int8 is fp32 already on a CPU without its kernels)
-        candidates = [build("onnx-int8")]
-        if candidates[0].encoder == "onnx-int8":
-            candidates.append(build("onnx-fp32"))
-        embedder = choose_encoder(candidates)[0] if len(candidates) > 1 else candidates[0]
-        for other in candidates:
-            if other is not embedder and other.cache is not None:
-                other.cache.close()
-    else:
-        embedder = build(settings.encoder)
+    embedder = build("onnx-int8" if settings.encoder == "onnx" else settings.encoder)
+    if settings.encoder == "onnx" and embedder.encoder == "onnx-int8":  # else no int8 kernels: fp32 already
+        int8, fp32 = embedder, build("onnx-fp32")
+        embedder = choose_encoder([int8, fp32])[0]  # the faster export on this CPU
+        loser = fp32 if embedder is int8 else int8
+        if loser.cache is not None:
+            loser.cache.close()
     service = RoutingService(policy, embedder)
     service.warm_up()
     describe = getattr(embedder, "describe", None)
