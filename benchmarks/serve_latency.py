@@ -304,15 +304,15 @@ async def proxy_overhead(router_url: str, agents_url: str, prompts: list[str], c
     return out
 
 
-def scrape_gauge(url: str, name: str, default: int) -> int:
-    """The server's gauge ``name`` (e.g. ``router_encode_pass_size``, measured at its start-up)."""
-    m = re.search(rf"^{name} ([0-9.]+)$", httpx.get(f"{url}/metrics", timeout=30).text, re.M)
+def gauge(metrics: str, name: str, default: int) -> int:
+    """The gauge ``name`` (e.g. ``router_encode_pass_size``, measured at start-up) in the /metrics text."""
+    m = re.search(rf"^{name} ([0-9.]+)$", metrics, re.M)
     return int(float(m.group(1))) if m else default
 
 
-def scrape_encoder(url: str) -> str:
-    """What runs the server's embedding model (``router_encoder_info``)."""
-    m = re.search(r'^router_encoder_info\{encoder="([^"]+)"\}', httpx.get(f"{url}/metrics", timeout=30).text, re.M)
+def encoder_of(metrics: str) -> str:
+    """What runs the server's embedding model (``router_encoder_info`` in the /metrics text)."""
+    m = re.search(r'^router_encoder_info\{encoder="([^"]+)"\}', metrics, re.M)
     if m is None:
         raise SystemExit("error: the server's /metrics has no router_encoder_info")
     return m.group(1)
@@ -377,9 +377,10 @@ def measure_encoder(encoder: str, args: argparse.Namespace, prompts: list[str], 
             server.wait_ready(timeout_s=300.0)
         except AssertionError as exc:
             raise SystemExit(f"error: {str(exc)[-3000:]}") from None
-        pass_size = scrape_gauge(server.url, "router_encode_pass_size", 8)
-        threads = scrape_gauge(server.url, "router_encode_threads", 1)
-        runs = scrape_encoder(server.url)  # with ROUTER_ENCODER=onnx, the export the server chose
+        metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
+        pass_size = gauge(metrics, "router_encode_pass_size", 8)
+        threads = gauge(metrics, "router_encode_threads", 1)
+        runs = encoder_of(metrics)  # with ROUTER_ENCODER=onnx, the export the server chose
         embedder = raw_embedder(runs, args.torch_threads, warm_raw)  # the server idles meanwhile
         raw = raw_b64(embedder, raw_prompts, pass_size, threads)
         raw["pass_size"], raw["encode_threads"], raw["runs"] = pass_size, threads, runs
@@ -421,10 +422,7 @@ def measure_encoder(encoder: str, args: argparse.Namespace, prompts: list[str], 
 def encoder_figures(encoder: str, m: dict[str, Any], levels: list[int]) -> dict[str, Any]:
     """The flat figures and goal ratios of one encoder."""
     raw, results = m["raw"], m["results"]
-    size = raw["pass_size"]
-    threaded = raw.get(f"raw_encode_b64_threads{raw['encode_threads']}_per_s", 0.0)
-    best_raw = max(raw["raw_encode_b64_per_s"], raw[f"raw_encode_b64_sub{size}_per_s"],
-                   raw["raw_encode_b64_sub1_per_s"], threaded)
+    best_raw = max(v for k, v in raw.items() if k.startswith("raw_encode_b64") and k.endswith("_per_s"))
     f: dict[str, Any] = {f"{encoder}_{k}": v for k, v in raw.items()}
     f[f"{encoder}_best_raw_per_s"] = best_raw
     for c in levels:
