@@ -33,6 +33,8 @@ SCHEMA_VERSION = 4
 EXPERIENCE_STREAM = "experience"
 RECORD_FIELD = "record"
 SQLITE_EXPERIENCE_QUERY = "SELECT seq, record FROM experience WHERE seq > ? ORDER BY seq LIMIT ?"
+#: the newest records at or before a ``seq`` (the learner's replay of what earlier rounds used)
+SQLITE_HISTORY_QUERY = "SELECT seq, record FROM experience WHERE seq <= ? ORDER BY seq DESC LIMIT ?"
 
 
 def encode_embedding(vector: np.ndarray) -> str:

@@ -156,6 +156,11 @@ class ObsLayout(BaseModel):
         skip = {*range(self.dim)[self.cols("cost_penalty")], *range(self.dim)[self.preference_cols]}
         return [c for c in range(self.dim) if c not in skip]
 
+    def critic_columns(self) -> list[int]:
+        """Columns the reward critic (:class:`training.networks.RewardCritic`) reads: the
+        embedding, and the prompt's length when the layout has ``agent_prices``."""
+        return [*range(self.dim)[self.embedding_cols], *range(self.dim)[self.cols("prompt_tokens")]]
+
     def expected_costs(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
         """``[P, K]`` float64 USD, each agent's expected cost of prompts of ``tokens`` tokens.
 

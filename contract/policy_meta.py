@@ -44,6 +44,21 @@ class NetworkMeta(BaseModel):
     hidden: tuple[int, ...] = Field(min_length=1)
     share_params: bool = True
     centralised_critic: bool = True
+    #: the policy carries a reward critic, every agent's estimated reward (``reward.*`` tensors,
+    #: :class:`training.networks.RewardCritic`); the learner from logged feedback needs it
+    reward_critic: bool = False
+
+
+class ExplorationMeta(BaseModel):
+    """How ``explore: true`` samples: inverse gap weighting over the reward critic's estimates
+    (:mod:`training.exploration`), with ``gamma`` fixed by the round that made the policy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["igw"] = "igw"
+    gamma: float = Field(ge=0.0)
+    gamma_scale: float = Field(ge=0.0)
+    records: int = Field(ge=0)
 
 
 class Watermark(BaseModel):
@@ -84,6 +99,8 @@ class PolicyMeta(BaseModel):
         eval: evaluation figures.
         data: :class:`DataMeta`, including the experience watermark.
         value_norm: the value normaliser's moments.
+        exploration: :class:`ExplorationMeta` (None: ``explore`` flattens and floors the policy's
+            own distribution, ``router.service.exploration_distribution``).
         retrain: what the retrain run that made it did (None for a trained policy).
         runtime: torch and Python versions.
         weights_sha256: hex SHA-256 of ``policy.safetensors``.
@@ -104,6 +121,7 @@ class PolicyMeta(BaseModel):
     eval: dict[str, Any] = Field(default_factory=dict)
     data: DataMeta = Field(default_factory=DataMeta)
     value_norm: dict[str, Any] | None = None
+    exploration: ExplorationMeta | None = None
     retrain: dict[str, Any] | None = None
     runtime: dict[str, Any] | None = None
     weights_sha256: str = Field(min_length=64, max_length=64)
@@ -124,6 +142,8 @@ class PolicyMeta(BaseModel):
             raise ValueError(f"obs_layout.num_agents is {self.obs_layout.num_agents}, agents has {k}")
         if self.obs_layout.embed_dim != self.embedding.dim:
             raise ValueError(f"obs_layout.embed_dim {self.obs_layout.embed_dim} != embedding.dim {self.embedding.dim}")
+        if self.exploration is not None and not self.network.reward_critic:
+            raise ValueError("exploration needs network.reward_critic")
         return self
 
     @property

@@ -44,6 +44,9 @@ class AgentSpec(BaseModel):
         price_per_1m_tokens: list price in USD per 1M tokens (input and output), or None.
         cost_per_call_usd: flat USD per call, or None (tool agents). Takes precedence over price.
         capacity: requests the agent serves per env step; None means unbounded.
+        prior_quality: what the operator expects its quality to be, in [0, 1] (optional): a
+            cold-started policy (``agent-router init``) starts from it, and the learner shrinks the
+            agent's estimate towards it until logged feedback says otherwise.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -53,6 +56,7 @@ class AgentSpec(BaseModel):
     price_per_1m_tokens: float | None = Field(default=None, ge=0)
     cost_per_call_usd: float | None = Field(default=None, ge=0)
     capacity: int | None = Field(default=None, ge=1)
+    prior_quality: float | None = Field(default=None, ge=0.0, le=1.0)
 
     @property
     def price(self) -> AgentPrice:

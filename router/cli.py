@@ -46,6 +46,29 @@ def _config(config: Path | None, overrides: list[str] | None):
 
 
 @app.command()
+def init(
+    agents: Annotated[Path, typer.Option(help="The agents file (JSON or YAML): name, description, price, "
+                                              "capacity, and optionally prior_quality, per agent.")],
+    out: Annotated[Path, typer.Option(help="Checkpoint root to write the policy under.")] = Path("checkpoints"),
+    cost_weight: Annotated[float, typer.Option(
+        help="Reward per USD the learner will use: reward = quality - cost_weight * cost_usd.", min=0.0)] = 0.0,
+    embedding_model: Annotated[str, typer.Option(help="Sentence embedding model of the prompts.")] = "all-MiniLM-L6-v2",
+) -> None:
+    """Write a serving policy from an agents file alone, with no outcome data (a cold start).
+
+    The policy explores every agent from its first request (serve with explore on) and learns from
+    the logged feedback, round after round of `agent-router retrain`. Use `agent-router train`
+    instead to start from a dataset with every agent's outcome on each prompt.
+    """
+    from training.cold_start import init_policy
+
+    path = init_policy(agents, out, embedding_model=embedding_model, cost_weight=cost_weight)
+    typer.echo(f"checkpoint: {path}")
+    typer.echo(f"serve it: agent-router serve --checkpoint {out}; learn from feedback: agent-router retrain "
+               f"--checkpoint {out} --every-records 200")
+
+
+@app.command()
 def train(
     config: ConfigOpt = None,
     overrides: SetOpt = None,
@@ -282,6 +305,9 @@ def retrain(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
     every: Annotated[str | None, typer.Option(
         help="Run round after round, one every this long (90s, 10m, 1h); Ctrl-C stops.")] = None,
+    every_records: Annotated[int | None, typer.Option(
+        help="Run round after round, each once this many new records are logged (checked every --every, "
+             "default 5s).", min=1)] = None,
     rounds: Annotated[int, typer.Option(help="With --every: stop after this many rounds (0: never).", min=0)] = 0,
     metrics_file: Annotated[Path | None, typer.Option(
         help="With --every: append each round's figures here (default: <checkpoint>/retrain_rounds.jsonl).")] = None,
@@ -322,6 +348,9 @@ def retrain(
     except ValidationError as exc:
         err = exc.errors()[0]
         raise UserError(f"retrain: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
+    if every_records is not None:
+        cfg = cfg.model_copy(update={"min_records": every_records})
+        every = every or "5s"
     if every is not None:
         from training.retrain.rounds import parse_interval, run_rounds
 
@@ -336,7 +365,7 @@ def retrain(
                        + (f" {figures['error']}" if figures.get("error") else ""))
 
         try:
-            run_rounds(cfg, interval, rounds, path, on_round=show)
+            run_rounds(cfg, interval, rounds, path, on_round=show, count_too_few=every_records is None)
         except KeyboardInterrupt:
             typer.echo("stopped")
         return
@@ -359,9 +388,10 @@ def retrain(
         typer.echo(f"held-out logged decisions: {logged['decisions']}; DR value serving "
                    f"{logged['serving']['dr']:.4f}, candidate {logged['candidate']['dr']:.4f}; "
                    f"effective samples {logged['serving']['ess']:.0f} and {logged['candidate']['ess']:.0f}")
-    typer.echo(f"static {static['split']} split ({static['prompts']} prompts) reward: serving "
-               f"{static['serving']['reward']:.4f}, candidate {static['candidate']['reward']:.4f} "
-               f"(margin {static['margin']})")
+    if static is not None:
+        typer.echo(f"static {static['split']} split ({static['prompts']} prompts) reward: serving "
+                   f"{static['serving']['reward']:.4f}, candidate {static['candidate']['reward']:.4f} "
+                   f"(margin {static['margin']})")
     typer.echo(f"gate: {'passed' if gate['passed'] else 'failed'}: {gate['reason']}")
     typer.echo(f"{result.status}: {result.version} at {result.checkpoint} (watermark {result.watermark})")
 

@@ -25,6 +25,7 @@ from router.errors import DomainError
 from router.experience.base import utc_now_iso
 from router.load import NoAgentAvailable
 from training.checkpoint import CheckpointError, Policy
+from training.exploration import inverse_gap_weighting
 
 
 class CandidateError(DomainError):
@@ -323,7 +324,7 @@ class RoutingService:
         probs[~mask] = 0.0
         propensity = 1.0
         if explore:
-            mu = exploration_distribution(probs, mask, explore_floor, explore_temperature)
+            mu = self.sampling_distribution(obs, probs, mask, explore_floor, explore_temperature)
             with self._rng_lock:
                 action = int(self._rng.choice(len(mu), p=mu))
             propensity = min(1.0, float(mu[action]))
@@ -346,6 +347,19 @@ class RoutingService:
             cost_weight=preference,
             prompt_tokens=tokens,
         )
+
+    def sampling_distribution(self, obs: torch.Tensor, probs: np.ndarray, mask: np.ndarray, floor: float,
+                              temperature: float) -> np.ndarray:
+        """``[K]`` float64, what ``explore`` samples from. A policy with ``exploration`` (a reward
+        critic and its ``γ``): inverse gap weighting around the actor's choice
+        (:func:`training.exploration.inverse_gap_weighting`), which already gives every allowed
+        agent a share that shrinks with its estimated gap, so ``floor`` and ``temperature`` are not
+        used. Other policies: :func:`exploration_distribution`."""
+        meta = self.policy.meta.exploration
+        if meta is None or self.policy.reward_critic is None:
+            return exploration_distribution(probs, mask, floor, temperature)
+        reward = self.policy.estimated_rewards(obs)[0, 0].cpu().numpy().astype(np.float64)
+        return inverse_gap_weighting(reward, mask, int(np.argmax(probs)), meta.gamma)
 
     def decision_context(
         self, decision: Decision, prompt: str, session_id: str | None, store_prompt: bool = False

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from contract.observation import ObsLayout, build_obs
 from contract.policy_meta import PolicyMeta, parse_policy_meta
 from env.errors import UserError
-from training.networks import Actor, Critic
+from training.networks import Actor, Critic, RewardCritic
 
 WEIGHTS, META = "policy.safetensors", "policy.json"
 
@@ -43,15 +43,18 @@ class Policy:
         meta: the validated ``policy.json``.
         actor: :class:`~training.networks.Actor`, in eval mode.
         critic: :class:`~training.networks.Critic`, in eval mode.
+        reward_critic: :class:`~training.networks.RewardCritic` (``meta.network.reward_critic``), else None.
     """
 
     path: Path
     meta: PolicyMeta
     actor: Actor
     critic: Critic
+    reward_critic: RewardCritic | None = None
 
     @classmethod
-    def draft(cls, path: Path, content: dict[str, Any], actor: Actor, critic: Critic) -> Policy:
+    def draft(cls, path: Path, content: dict[str, Any], actor: Actor, critic: Critic,
+              reward_critic: RewardCritic | None = None) -> Policy:
         """A policy not yet saved (to evaluate it before :func:`save_checkpoint`): ``content`` as
         for :func:`save_checkpoint`, with version ``"unsaved"`` and a zero weights hash.
 
@@ -60,7 +63,7 @@ class Policy:
         """
         meta = PolicyMeta.model_validate({**content, "version": "unsaved", "created_at": datetime.now(UTC).isoformat(),
                                           "weights_sha256": "0" * 64})
-        return cls(Path(path), meta, actor, critic)
+        return cls(Path(path), meta, actor, critic, reward_critic)
 
     @property
     def version(self) -> str:
@@ -98,6 +101,17 @@ class Policy:
     def probabilities(self, obs: torch.Tensor, action_mask: torch.Tensor | None = None) -> torch.Tensor:
         """:func:`router_probabilities` of this policy's actor."""
         return router_probabilities(self.actor, self.layout, obs, action_mask)
+
+    @torch.no_grad()
+    def estimated_rewards(self, obs: torch.Tensor) -> torch.Tensor:
+        """``[B, 1, K]`` float32, the reward critic's estimate of every agent for obs ``[B, 1, D]``.
+
+        Raises:
+            ValueError: the policy has no reward critic.
+        """
+        if self.reward_critic is None:
+            raise ValueError(f"policy {self.version} has no reward critic")
+        return self.reward_critic(obs)
 
 
 @torch.no_grad()
@@ -143,17 +157,25 @@ def build_networks(layout: ObsLayout, network: Any) -> tuple[Actor, Critic]:
     return actor, critic
 
 
+def build_reward_critic(layout: ObsLayout, prior: list[float] | None = None) -> RewardCritic:
+    """A fresh :class:`~training.networks.RewardCritic` over ``layout``'s critic columns, biased at
+    ``prior`` (``[K]``; None: 0)."""
+    return RewardCritic(layout.num_agents, layout.critic_columns(), prior)
+
+
 def save_checkpoint(
     checkpoint_dir: str | Path,
     actor: Actor,
     critic: Critic,
     meta: dict[str, Any],
+    reward_critic: RewardCritic | None = None,
 ) -> Path:
     """Write a new version directory atomically and return its path.
 
     Args:
         checkpoint_dir: parent directory of all versions (created if missing).
         actor, critic: networks whose ``state_dict`` is saved (moved to CPU).
+        reward_critic: saved as ``reward.*`` when given (``meta.network.reward_critic`` must say so).
         meta: the fields of :class:`~contract.policy_meta.PolicyMeta` but ``format``,
             ``created_at`` and ``weights_sha256``, which are filled in here (``version`` too
             unless given).
@@ -170,12 +192,16 @@ def save_checkpoint(
     try:
         tensors = {f"actor.{k}": v.detach().cpu().contiguous() for k, v in actor.state_dict().items()}
         tensors |= {f"critic.{k}": v.detach().cpu().contiguous() for k, v in critic.state_dict().items()}
+        if reward_critic is not None:
+            tensors |= {f"reward.{k}": v.detach().cpu().contiguous() for k, v in reward_critic.state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS))
         digest = _sha256(tmp / WEIGHTS)
         now = datetime.now(UTC)
         version = meta.get("version") or f"{now:%Y%m%dT%H%M%S}Z-{digest[:8]}"
         full = PolicyMeta.model_validate({**meta, "version": version, "created_at": now.isoformat(),
                                           "weights_sha256": digest})
+        if full.network.reward_critic != (reward_critic is not None):
+            raise ValueError("network.reward_critic must say whether a reward critic is saved")
         with (tmp / META).open("w", encoding="utf-8") as f:
             f.write(full.model_dump_json(indent=2))
             f.flush()
@@ -278,9 +304,16 @@ def load_checkpoint(
         raise CheckpointError(f"{weights_path}: cannot read weights: {exc}") from None
     try:
         actor, critic = build_networks(meta.obs_layout, meta.network)
+        reward_critic = build_reward_critic(meta.obs_layout) if meta.network.reward_critic else None
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{meta_path}: bad architecture record: {exc}") from None
-    for prefix, module in (("actor.", actor), ("critic.", critic)):
+    modules: list[tuple[str, torch.nn.Module]] = [("actor.", actor), ("critic.", critic)]
+    if reward_critic is not None:
+        modules.append(("reward.", reward_critic))
+    known = tuple(prefix for prefix, _ in modules)
+    if stray := sorted(k for k in tensors if not k.startswith(known)):
+        raise CheckpointError(f"{weights_path}: tensors {stray[:3]} do not fit the recorded architecture")
+    for prefix, module in modules:
         state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         expected = module.state_dict()
         if set(state) != set(expected):
@@ -291,4 +324,5 @@ def load_checkpoint(
                     f"{weights_path}: {prefix}{k} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}"
                 )
         module.load_state_dict(state)
-    return Policy(directory, meta, actor.to(device).eval(), critic.to(device).eval())
+    return Policy(directory, meta, actor.to(device).eval(), critic.to(device).eval(),
+                  reward_critic.to(device).eval() if reward_critic is not None else None)

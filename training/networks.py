@@ -146,3 +146,42 @@ class Critic(nn.Module):
         else:
             x = obs
         return self.net(x).squeeze(-1)
+
+
+class RewardCritic(nn.Module):
+    """Every agent's expected reward for a prompt: ``Q(obs)_k``, ``[..., N, K]`` float32 (reward units:
+    quality in [0, 1] minus the cost term).
+
+    A linear model per agent on the observation's ``columns`` (the prompt's embedding and, when the
+    policy knows prices, its length): ``Q_k = obs[columns] · weight_k + bias_k``. It is fitted in
+    closed form by ridge regression on logged decisions (:func:`training.retrain.learner.fit_reward_critic`),
+    each agent's model on the decisions that chose it, shrunk towards a prior (a Bayesian linear
+    model per arm, as in disjoint LinUCB, Li et al. 2010, arXiv 1003.0146, sec. 3.1). One logged
+    decision teaches the critic about its own agent only; the actor then learns from the critic's
+    estimate of every agent (:mod:`training.retrain.learner`).
+
+    Args:
+        num_actions: ``K``.
+        columns: observation columns it reads (``F`` of them).
+        prior: ``[K]`` initial estimate of each agent's reward (its bias); None: 0.
+    """
+
+    def __init__(self, num_actions: int, columns: list[int], prior: list[float] | None = None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(num_actions, len(columns)), requires_grad=False)
+        bias = torch.tensor(prior, dtype=torch.float32) if prior is not None else torch.zeros(num_actions)
+        self.bias = nn.Parameter(bias, requires_grad=False)
+        self.register_buffer("_columns", torch.tensor(columns, dtype=torch.long), persistent=False)
+
+    @property
+    def columns(self) -> torch.Tensor:
+        """``[F]`` int64, the observation columns read."""
+        return self._columns
+
+    def features(self, obs: torch.Tensor) -> torch.Tensor:
+        """``[..., F]`` float32, the columns of ``obs`` ``[..., D]`` the critic reads."""
+        return obs.index_select(-1, self._columns)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """``[..., N, K]`` estimated reward of each agent for obs ``[..., N, D]``."""
+        return self.features(obs) @ self.weight.T + self.bias

@@ -51,6 +51,18 @@ class RetrainConfig(BaseModel):
             serving policy's by more than this.
         publish: publish a candidate that passes the gate (Redis key + pub/sub message).
         seed: seeds minibatch order and the simulated rollouts.
+        warmup_records: a policy with a reward critic that has learned from fewer than
+            ``min_records`` records retrains once ``max(warmup_records, records it learned from)``
+            new ones are logged: the first rounds come after 25, 25, 50, 100, ... records, up to
+            ``min_records`` (:func:`training.retrain.job.round_size`).
+        replay_records: a policy with a reward critic (``agent-router init``, the learner of
+            :mod:`training.retrain.learner`) is refitted each round on the newest this many
+            records at or before the watermark as well as the new ones.
+        ridge: the reward critic's ridge penalty ``λ`` (:func:`~training.retrain.learner.fit_reward_critic`).
+        kl_temperature: ``η`` of the actor's trust region, reward units (smaller: larger steps).
+        max_log_ratio: how far below the leader an agent's log-probability may start a round.
+        actor_epochs, actor_lr, actor_batch_size: the actor's cross-entropy fit.
+        gamma_scale: exploration's ``γ = gamma_scale · sqrt(K · records)`` (:mod:`training.exploration`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -74,6 +86,15 @@ class RetrainConfig(BaseModel):
     margin: float = Field(default=0.005, ge=0)
     publish: bool = True
     seed: int = 0
+    warmup_records: int = Field(default=25, ge=1)
+    replay_records: int = Field(default=50_000, ge=0)
+    ridge: float = Field(default=10.0, gt=0.0)
+    kl_temperature: float = Field(default=0.02, gt=0.0)
+    max_log_ratio: float = Field(default=8.0, gt=0.0)
+    actor_epochs: int = Field(default=8, ge=1)
+    actor_lr: float = Field(default=1e-3, gt=0.0)
+    actor_batch_size: int = Field(default=256, ge=1)
+    gamma_scale: float = Field(default=10.0, ge=0.0)
 
     @model_validator(mode="before")
     @classmethod

@@ -49,6 +49,7 @@ from training.checkpoint import (
     save_checkpoint,
 )
 from training.config import TrainConfig, checkpoint_config
+from training.retrain.bandit_round import bandit_round
 from training.retrain.config import RetrainConfig
 from training.retrain.offline_ppo import logged_update
 from training.retrain.offpolicy import logged_verdict, off_policy_terms
@@ -171,6 +172,15 @@ class Publisher:
         self._redis.close()
 
 
+def round_size(cfg: RetrainConfig, serving: Policy) -> int:
+    """New records a round needs: ``cfg.min_records``; for a policy with a reward critic that has
+    learned from fewer records than that, ``max(cfg.warmup_records, records it learned from)``
+    (rounds double in size while the policy knows little)."""
+    if serving.meta.exploration is None:
+        return cfg.min_records
+    return min(cfg.min_records, max(cfg.warmup_records, serving.meta.exploration.records))
+
+
 def _resolve_ref(root: Path, ref: str | None) -> Path:
     if ref:
         path = root / ref
@@ -266,9 +276,49 @@ def _run(cfg: RetrainConfig, root: Path, source: ExperienceSource, publisher: Pu
             entries = [(eid, rec) for eid, rec in entries if eid not in set(stale)]
         result.stale_acked = len(stale)
     result.records = len(entries)
-    if len(entries) < cfg.min_records:
+    if len(entries) < round_size(cfg, serving):
         return result
 
+    if serving.reward_critic is not None:
+        history = source.history(watermark, cfg.replay_records) if watermark is not None and cfg.replay_records else []
+        outcome = bandit_round(cfg, serving, history, entries)
+        candidate, value_norm, cost_weight, gamma = outcome.candidate, None, outcome.cost_weight, None
+        result.used, result.sessions, result.skipped = outcome.used, outcome.sessions, outcome.skipped
+        result.train, result.gate = outcome.train, outcome.gate
+    else:
+        candidate, value_norm, cost_weight, gamma = _ppo_round(cfg, serving, entries, result)
+    last = max((eid for eid, _ in entries), key=source.order_key)
+    meta = serving.meta.content()
+    meta["data"]["watermark"] = {"source": source.kind, "name": source.name, "id": last}
+    if value_norm is not None:
+        meta["value_norm"] = value_norm.to_meta()
+    if candidate.meta.exploration is not None:
+        meta["exploration"] = candidate.meta.exploration.model_dump()
+    meta["eval"] = {"retrain_gate": result.gate}
+    meta["retrain"] = {"parent_version": serving.version, "records": result.records, "used": result.used,
+                       "sessions": result.sessions, "skipped": result.skipped, "cost_weight": cost_weight,
+                       "gamma": gamma, "config": cfg.model_dump(mode="json", exclude={"redis_url"}),
+                       "train": result.train, "gate": result.gate}
+    passed = result.gate["passed"]
+    path = save_checkpoint(root if passed else root / REJECTED, candidate.actor, candidate.critic, meta,
+                           candidate.reward_critic)
+    result.checkpoint, result.watermark = str(path), last
+    result.version = read_meta(path).version
+    if not passed:
+        result.status = "rejected"
+    elif publisher is not None and cfg.publish:
+        publisher.publish(path.name, result.version)
+        result.status = "published"
+    else:
+        result.status = "saved"
+    source.ack([eid for eid, _ in entries])
+    return result
+
+
+def _ppo_round(cfg: RetrainConfig, serving: Policy, entries: list, result: RetrainResult):
+    """The logged-PPO round of a policy without a reward critic (see the module docstring): the
+    candidate, its value normaliser, the cost weight and gamma; fills ``result``'s counts, train
+    figures and gate."""
     train_cfg = checkpoint_config(serving.meta, hint="retrain evaluates on its held-out split: run from the "
                                                       "project directory")
     cost_weight = train_cfg.env.cost_weight if cfg.cost_weight is None else cfg.cost_weight
@@ -286,7 +336,7 @@ def _run(cfg: RetrainConfig, root: Path, source: ExperienceSource, publisher: Pu
     from training.data import load_splits
 
     splits = load_splits(train_cfg)
-    candidate = load_checkpoint(serving_dir)  # a second copy, trained in place
+    candidate = load_checkpoint(serving.path)  # a second copy, trained in place
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     value_norm = ValueNorm.from_meta(serving.meta.value_norm, train_cfg.ppo.norm_value)
@@ -303,28 +353,7 @@ def _run(cfg: RetrainConfig, root: Path, source: ExperienceSource, publisher: Pu
         logged = logged_verdict(off_policy_terms(candidate, value_norm, held),
                                 off_policy_terms(serving, serving_value_norm, held), cfg.min_ess, cfg.confidence)
     result.gate = decide(static, logged)
-    last = max((eid for eid, _ in entries), key=source.order_key)
-    meta = serving.meta.content()
-    meta["data"]["watermark"] = {"source": source.kind, "name": source.name, "id": last}
-    meta["value_norm"] = value_norm.to_meta()
-    meta["eval"] = {"retrain_gate": result.gate}
-    meta["retrain"] = {"parent_version": serving.version, "records": result.records, "used": result.used,
-                       "sessions": result.sessions, "skipped": result.skipped, "cost_weight": cost_weight,
-                       "gamma": gamma, "config": cfg.model_dump(mode="json", exclude={"redis_url"}),
-                       "train": result.train, "gate": result.gate}
-    passed = result.gate["passed"]
-    path = save_checkpoint(root if passed else root / REJECTED, candidate.actor, candidate.critic, meta)
-    result.checkpoint, result.watermark = str(path), last
-    result.version = read_meta(path).version
-    if not passed:
-        result.status = "rejected"
-    elif publisher is not None and cfg.publish:
-        publisher.publish(path.name, result.version)
-        result.status = "published"
-    else:
-        result.status = "saved"
-    source.ack([eid for eid, _ in entries])
-    return result
+    return candidate, value_norm, cost_weight, gamma
 
 
 def _simulate(cfg: RetrainConfig, train_cfg: TrainConfig, splits, candidate: Policy,

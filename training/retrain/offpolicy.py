@@ -5,10 +5,11 @@ For each held-out logged decision ``i`` (obs ``x_i``, action ``a_i`` chosen with
 
 * importance weight ``w_i = π(a_i | x_i) / p_i``; effective sample size ``(Σ w)² / Σ w²``;
 * self-normalised importance sampling, ``SNIPS = Σ w_i r_i / Σ w_i``;
-* doubly robust, ``DR = mean_i [V̂(x_i) + w_i (r_i - V̂(x_i))]`` (Dudík, Langford and Li 2011,
-  arXiv 1103.4601, eq. 3) with the policy's own critic ``V̂`` as the reward model (one value for
-  every action): unbiased whatever ``V̂`` when the propensities are right, with less variance the
-  better ``V̂`` predicts the reward.
+* doubly robust, ``DR = mean_i [Q̂(x_i, π(x_i)) + w_i (r_i - Q̂(x_i, a_i))]`` (Dudík, Langford and
+  Li 2011, arXiv 1103.4601, eq. 3) with the policy's own reward critic ``Q̂`` as the reward model
+  (a policy without one uses its state value ``V̂``, one value for every action): unbiased
+  whatever the model when the propensities are right, with less variance the better it predicts
+  the reward.
 
 The candidate and the serving policy are scored on the same decisions, so their difference is a
 mean of paired per-decision terms; its confidence interval is the normal one,
@@ -55,18 +56,25 @@ class OffPolicyTerms:
 
 
 @torch.no_grad()
-def off_policy_terms(policy: Policy, value_norm: ValueNorm, batch: LoggedBatch) -> OffPolicyTerms:
+def off_policy_terms(policy: Policy, value_norm: ValueNorm | None, batch: LoggedBatch) -> OffPolicyTerms:
     """:class:`OffPolicyTerms` of ``policy`` routing greedily (masked as logged) on ``batch``.
 
-    ``V̂`` is ``policy``'s critic, denormalised with ``value_norm``.
+    The reward model is ``policy``'s reward critic when it has one; otherwise its critic ``V̂``,
+    denormalised with ``value_norm`` (required then).
     """
     m = len(batch)
     probs = policy.probabilities(batch.obs, batch.action_mask)  # [M, 1, K]
     greedy = probs.argmax(-1)  # [M, 1]
     chosen = (greedy == batch.action).double().reshape(m)
     weight = chosen / batch.propensity.double().reshape(m)
-    value = value_norm.denormalize(policy.critic(batch.obs, batch.obs.reshape(m, -1))).double().reshape(m)
     reward = batch.reward.double().reshape(m)
+    if policy.reward_critic is not None:
+        q = policy.estimated_rewards(batch.obs).double()  # [M, 1, K]
+        q_target = q.gather(-1, greedy.unsqueeze(-1)).reshape(m)
+        q_logged = q.gather(-1, batch.action.unsqueeze(-1)).reshape(m)
+        return OffPolicyTerms(weight=weight, dr=q_target + weight * (reward - q_logged), reward=reward)
+    assert value_norm is not None, "a policy without a reward critic needs its value normaliser"
+    value = value_norm.denormalize(policy.critic(batch.obs, batch.obs.reshape(m, -1))).double().reshape(m)
     return OffPolicyTerms(weight=weight, dr=value + weight * (reward - value), reward=reward)
 
 

@@ -81,9 +81,13 @@ def record_round(figures: dict[str, Any], metrics_file: Path | None, cfg: Retrai
 
 def run_rounds(cfg: RetrainConfig, every_s: float, rounds: int, metrics_file: Path | None,
                on_round: Callable[[dict[str, Any]], None] | None = None,
-               sleep: Callable[[float], None] = time.sleep) -> list[dict[str, Any]]:
+               sleep: Callable[[float], None] = time.sleep, count_too_few: bool = True) -> list[dict[str, Any]]:
     """Run ``rounds`` retraining rounds (0: until interrupted), one every ``every_s`` seconds
     (measured start to start; a round longer than that is followed at once).
+
+    With ``count_too_few`` False (``--every-records``: ``every_s`` is then the polling interval and
+    ``cfg.min_records`` the round size), a try that found fewer than ``min_records`` new records
+    is neither recorded nor counted: a round starts on a count of new records.
 
     A round whose experience log or Redis cannot be reached (:class:`UserError`) is logged and
     recorded with status ``error``; the next round tries again.
@@ -98,6 +102,10 @@ def run_rounds(cfg: RetrainConfig, every_s: float, rounds: int, metrics_file: Pa
         except UserError as exc:
             logger.warning("retrain round %d failed: %s", index, exc)
             figures = {"round": index, "time": datetime.now(UTC).isoformat(), "status": "error", "error": str(exc)}
+        if not count_too_few and figures["status"] == "too_few":
+            index -= 1
+            sleep(max(0.0, every_s - (time.monotonic() - start)))
+            continue
         record_round(figures, metrics_file, cfg)
         done.append(figures)
         if on_round is not None:

@@ -23,7 +23,7 @@ from typing import Any
 import redis
 from redis.exceptions import RedisError, ResponseError
 
-from contract.experience import EXPERIENCE_STREAM, RECORD_FIELD, SQLITE_EXPERIENCE_QUERY
+from contract.experience import EXPERIENCE_STREAM, RECORD_FIELD, SQLITE_EXPERIENCE_QUERY, SQLITE_HISTORY_QUERY
 from env.errors import UserError
 
 Entry = tuple[str, str]
@@ -64,6 +64,15 @@ class ExperienceSource(abc.ABC):
         Raises:
             SourceError: the acknowledgement was not confirmed (the entries will be read again
                 and, being at or before the new watermark, acknowledged then).
+        """
+
+    @abc.abstractmethod
+    def history(self, upto: str, max_records: int) -> list[Entry]:
+        """The newest ``max_records`` entries at or before ``upto`` (acknowledged or not), oldest
+        first: what earlier rounds trained on, replayed by the learner.
+
+        Raises:
+            SourceError: the log cannot be read.
         """
 
     def pending(self) -> int:
@@ -133,6 +142,23 @@ class RedisGroupSource(ExperienceSource):
         ordered = sorted(entries, key=self.order_key)
         return [(eid, entries[eid].get(RECORD_FIELD, "")) for eid in ordered]
 
+    def history(self, upto: str, max_records: int) -> list[Entry]:
+        """``XREVRANGE`` from ``upto`` back, in pages (entries trimmed by the stream's ``MAXLEN`` are gone)."""
+        out: list[Entry] = []
+        end = upto
+        try:
+            while len(out) < max_records:
+                count = min(self.batch, max_records - len(out))
+                page = self._redis.xrevrange(self.stream, max=end, min="-", count=count)
+                page = [(eid, fields) for eid, fields in page if not out or eid != out[-1][0]]
+                if not page:
+                    break
+                out.extend((eid, fields.get(RECORD_FIELD, "")) for eid, fields in page)
+                end = f"({page[-1][0]}"
+        except (RedisError, OSError) as exc:
+            raise SourceError(f"cannot read {self.stream} from Redis: {type(exc).__name__}: {exc}") from None
+        return out[::-1]
+
     def ack(self, entry_ids: list[str]) -> None:
         try:
             for i in range(0, len(entry_ids), self.batch):
@@ -188,6 +214,16 @@ class SqliteSource(ExperienceSource):
         except (sqlite3.Error, ValueError) as exc:
             raise SourceError(f"{self.path}: cannot read the experience table: {exc}") from None
         return out
+
+    def history(self, upto: str, max_records: int) -> list[Entry]:
+        """Rows at or before ``upto`` (a ``seq``), newest ``max_records``, read-only."""
+        try:
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10.0)) as conn:
+                rows = conn.execute(SQLITE_HISTORY_QUERY, (int(upto), max_records)).fetchall()
+        except (sqlite3.Error, ValueError) as exc:
+            raise SourceError(f"{self.path}: cannot read the experience table: {exc}") from None
+        return [(str(seq), record) for seq, record in reversed(rows)]
 
     def ack(self, entry_ids: list[str]) -> None:
         """Nothing to do: the next run reads after the new checkpoint's watermark."""

@@ -1,0 +1,118 @@
+"""The agent-router row of ``benchmarks/bandit_stream.py``: the production loop, in process.
+
+A cold start (:func:`training.cold_start.init_policy`, what ``agent-router init`` writes) served by
+:class:`router.service.RoutingService` with ``explore: true`` (the server's sampler and its exact
+propensity), each decision written as the server writes it (:meth:`RoutingService.decision_context`
+joined with the chosen agent's feedback into a :class:`contract.experience.ExperienceRecord`, JSON
+as stored), and rounds of :func:`training.retrain.job.run_retrain` (the retrain job: the learner
+and the gate, with its watermark and replay) on an in-memory log at the cadence of
+``agent-router retrain --every-records N``; a saved candidate is loaded from its checkpoint
+directory and served from the next prompt on, as a hot swap does. What it skips: HTTP, the
+embedding model (the harness gives the cached embedding) and Redis or SQLite (the log is a list
+behind the same :class:`training.retrain.source.ExperienceSource` interface).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks.bandit_anchors import Context
+from contract.experience import ExperienceRecord, Feedback
+from router.service import Decision, RoutingService
+from training.checkpoint import load_checkpoint
+from training.cold_start import init_policy
+from training.retrain.config import RetrainConfig
+from training.retrain.job import round_size, run_retrain
+from training.retrain.source import Entry, ExperienceSource
+
+
+class MemorySource(ExperienceSource):
+    """An experience log in a list, ordered by a sequence number (the SQLite store's semantics)."""
+
+    kind = "sqlite"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.records: list[str] = []
+
+    @staticmethod
+    def order_key(entry_id: str) -> tuple[int, ...]:
+        return (int(entry_id),)
+
+    def read(self, after: str | None, max_records: int) -> list[Entry]:
+        start = int(after) if after is not None else 0
+        return [(str(i + 1), rec) for i, rec in enumerate(self.records[start:start + max_records], start)]
+
+    def history(self, upto: str, max_records: int) -> list[Entry]:
+        end = int(upto)
+        first = max(0, end - max_records)
+        return [(str(i + 1), rec) for i, rec in enumerate(self.records[first:end], first)]
+
+    def ack(self, entry_ids: list[str]) -> None:
+        """Nothing to do: the next round reads after the new checkpoint's watermark."""
+
+    def close(self) -> None:
+        """Kept open across rounds (the job closes its source after each)."""
+
+
+class AgentRouterLoop:
+    """``StreamLearner`` of the production loop (see the module docstring).
+
+    Args:
+        agents_path: the agents file ``init`` reads.
+        cost_weight: reward per USD.
+        seed: the sampler's seed.
+        workdir: checkpoints go under ``workdir/checkpoints``.
+        embed_dim: the embeddings' width.
+        settings: ``RetrainConfig`` fields beside the defaults (``min_records`` is the round size).
+    """
+
+    name = "agent-router"
+
+    def __init__(self, agents_path: str, cost_weight: float, seed: int, workdir: Path, embed_dim: int = 384,
+                 settings: dict[str, Any] | None = None) -> None:
+        self.root = Path(workdir) / "checkpoints"
+        init_policy(agents_path, self.root, embed_dim=embed_dim, cost_weight=cost_weight, seed=seed)
+        self.source = MemorySource(f"memory:{workdir}")
+        self.cfg = RetrainConfig.model_validate({"checkpoint_root": self.root, "publish": False, "seed": seed,
+                                                 "min_records": 200, **(settings or {})})
+        self.seed = seed
+        self.service = RoutingService(load_checkpoint(self.root), embedder=None, seed=seed)  # type: ignore[arg-type]
+        self.pending: Decision | None = None
+        self.new = 0
+        self.rounds: list[dict[str, Any]] = []
+
+    def act(self, ctx: Context) -> tuple[int, float]:
+        self.pending = self.service.route(ctx.prompt, explore=True, embedding=ctx.embedding)
+        return self.pending.action, self.pending.propensity
+
+    def learn(self, ctx: Context, action: int, reward: float, propensity: float) -> None:
+        raise NotImplementedError("the loop's feedback is an outcome: learn_outcome")
+
+    def learn_outcome(self, ctx: Context, action: int, quality: float, cost_usd: float, propensity: float) -> None:
+        decision = self.pending
+        assert decision is not None and decision.action == action
+        context = self.service.decision_context(decision, ctx.prompt, session_id=None)
+        feedback = Feedback(quality=min(1.0, max(0.0, quality)), cost_usd=cost_usd,
+                            feedback_at=datetime.now(UTC).isoformat())
+        self.source.records.append(json.dumps(ExperienceRecord.join(context, feedback).to_json_dict()))
+        self.new += 1
+        if self.new < round_size(self.cfg, self.service.policy):  # what --every-records polls for
+            return
+        result = run_retrain(self.cfg, source=self.source)
+        if result.status == "too_few":
+            return
+        self.new = 0
+        self.rounds.append({"records": len(self.source.records), "status": result.status,
+                            "reason": result.gate.get("reason"), **result.train})
+        if result.status == "saved":
+            self.service = RoutingService(load_checkpoint(result.checkpoint), embedder=None,  # type: ignore[arg-type]
+                                          seed=self.seed + len(self.rounds))
+
+
+def make_learner(agents_path: str, dataset: Any, cost_weight: float, seed: int, workdir: Path) -> AgentRouterLoop:
+    """The harness's factory (``dataset`` is not read: the loop learns only from its feedback)."""
+    return AgentRouterLoop(agents_path, cost_weight, seed, workdir)

@@ -1,0 +1,96 @@
+"""A serving policy from an agents file alone (``agent-router init``): no outcome data.
+
+The policy knows nothing yet. Its reward critic (:class:`~training.networks.RewardCritic`) starts
+at each agent's ``prior_quality`` (0 when the agents file gives none), its actor prefers the agents
+with the highest prior (uniform without priors), and its exploration is inverse gap weighting with
+``γ = 0``, the uniform choice, so ``explore: true`` tries every agent from the first request. Each
+round of ``agent-router retrain`` then refits it on the logged feedback
+(:mod:`training.retrain.bandit_round`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from contract.observation import ObsLayout
+from contract.policy_meta import ExplorationMeta, NetworkMeta
+from contract.pricing import expected_costs_usd
+from env.dataset import AgentSpec, load_agents
+from env.embedder import DEFAULT_MODEL, canonical_model_id
+from env.errors import UserError
+from training.checkpoint import build_networks, build_reward_critic, save_checkpoint
+
+#: prompt length (tokens) whose expected cost scales the expected-cost features of a cold start
+COST_SCALE_TOKENS = 512
+#: the learner's default ``kl_temperature``: prior gaps become actor logits at this scale
+PRIOR_TEMPERATURE = 0.02
+
+
+def cold_start_layout(agents: list[AgentSpec], embed_dim: int, cost_weight: float) -> ObsLayout:
+    """The observation layout of a cold start: embedding and load, plus the prompt's length and
+    each agent's expected cost when every agent has a price (so ``max_cost_usd_per_1k`` works).
+
+    Raises:
+        UserError: ``cost_weight`` is positive but an agent has no price.
+    """
+    priced = all(a.price_per_1m_tokens is not None or a.cost_per_call_usd is not None for a in agents)
+    if cost_weight > 0 and not priced:
+        missing = ", ".join(a.name for a in agents if a.price_per_1m_tokens is None and a.cost_per_call_usd is None)
+        raise UserError(f"--cost-weight {cost_weight:g} needs a price for every agent; none for {missing}")
+    if not priced:
+        return ObsLayout(embed_dim=embed_dim, num_agents=len(agents), default_cost_weight=cost_weight)
+    prices = tuple(a.price for a in agents)
+    scale = float(expected_costs_usd(prices, [COST_SCALE_TOKENS]).mean()) or 1.0
+    return ObsLayout(embed_dim=embed_dim, num_agents=len(agents), agent_prices=prices, cost_scale_usd=scale,
+                     default_cost_weight=cost_weight)
+
+
+def init_policy(agents_path: str | Path, out: str | Path, embedding_model: str = DEFAULT_MODEL,
+                embed_dim: int | None = None, cost_weight: float = 0.0, hidden: tuple[int, ...] = (256, 256),
+                gamma_scale: float = 10.0, seed: int = 0) -> Path:
+    """Write a cold-start policy version under ``out`` and return its directory.
+
+    Args:
+        agents_path: the agents file (JSON or YAML; optional ``prior_quality`` per agent).
+        out: the checkpoint root (created if missing).
+        embedding_model: the sentence embedding model the server will encode prompts with.
+        embed_dim: its width; None: load the model once to read it.
+        cost_weight: reward per USD the learner will use (``quality - cost_weight * cost_usd``).
+        hidden: the actor's and the critic's hidden layers.
+        gamma_scale: exploration's ``γ`` scale, recorded for the first rounds.
+        seed: initialises the networks.
+
+    Raises:
+        DataError: the agents file breaks the contract; UserError: see :func:`cold_start_layout`.
+    """
+    agents = load_agents(agents_path)
+    if embed_dim is None:
+        from env.embedder import Embedder
+
+        embed_dim = Embedder(embedding_model, cache_dir=None, progress=False).dim
+    layout = cold_start_layout(agents, embed_dim, cost_weight)
+    network = NetworkMeta(hidden=hidden, share_params=True, centralised_critic=True, reward_critic=True)
+    torch.manual_seed(seed)
+    actor, critic = build_networks(layout, network)
+    priors = [a.prior_quality for a in agents]
+    known = [p for p in priors if p is not None]
+    reward_critic = build_reward_critic(layout, [p if p is not None else (sum(known) / len(known) if known else 0.0)
+                                                 for p in priors])
+    with torch.no_grad():  # the actor starts at the priors: uniform when there are none
+        last = actor.net.net[-1]
+        last.weight.zero_()
+        last.bias.copy_((reward_critic.bias - reward_critic.bias.mean()) / PRIOR_TEMPERATURE)
+    meta = {
+        "agents": [a.name for a in agents],
+        "agent_specs": [a.model_dump() for a in agents],
+        "capacities": [a.capacity for a in agents],
+        "embedding": {"model": canonical_model_id(embedding_model), "dim": embed_dim},
+        "obs_layout": layout.model_dump(mode="json"),
+        "network": network.model_dump(mode="json"),
+        "training": None,
+        "exploration": ExplorationMeta(gamma=0.0, gamma_scale=gamma_scale, records=0).model_dump(),
+        "data": {"source": f"init: {Path(agents_path).name}", "prompts": 0},
+    }
+    return save_checkpoint(out, actor, critic, meta, reward_critic)

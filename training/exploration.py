@@ -1,0 +1,48 @@
+"""Exploration that goes where it pays: inverse gap weighting over the reward critic's estimates.
+
+SquareCB (Foster and Rakhlin 2020, "Beyond UCB: Optimal and Efficient Contextual Bandits with
+Regression Oracles", arXiv 2002.04926, Algorithm 1): given each allowed agent's estimated reward
+``q̂_k`` and a leader ``b``, every other agent gets ``p_k = 1 / (K_a + γ (q̂_b - q̂_k))`` and the
+leader the rest. An agent close to the leader is tried often, one far behind rarely; ``γ`` grows
+with the data (``γ = gamma_scale · sqrt(K · n)`` for ``n`` logged decisions, the schedule of
+SquareCB's analysis, ``γ ∝ sqrt(K T)``, and of Vowpal Wabbit's ``--squarecb``), so exploration
+fades as the critic learns. The leader here is the actor's choice (the policy routes, the critic
+says where to look), so a gap is ``max(0, q̂_b - q̂_k)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def igw_gamma(records: int, num_agents: int, gamma_scale: float) -> float:
+    """``γ = gamma_scale · sqrt(K · n)`` for ``n`` records the critic was fitted on (0: uniform)."""
+    return gamma_scale * math.sqrt(max(0, records) * num_agents)
+
+
+def inverse_gap_weighting(reward: np.ndarray, mask: np.ndarray, leader: int, gamma: float) -> np.ndarray:
+    """SquareCB's sampling distribution.
+
+    Args:
+        reward: ``[K]`` float, the critic's estimated reward of each agent (reward units).
+        mask: ``[K]`` bool, allowed agents (``leader`` among them).
+        leader: index of the agent the policy would choose.
+        gamma: ``γ >= 0`` (:func:`igw_gamma`); 0 gives the uniform choice over allowed agents.
+
+    Returns:
+        ``[K]`` float64 summing to 1, 0 where ``mask`` is False.
+
+    Raises:
+        ValueError: ``leader`` is not allowed.
+    """
+    if not mask[leader]:
+        raise ValueError(f"leader {leader} is masked")
+    allowed = mask.astype(bool)
+    k_allowed = int(allowed.sum())
+    gap = np.maximum(0.0, float(reward[leader]) - reward.astype(np.float64))
+    p = np.where(allowed, 1.0 / (k_allowed + max(0.0, gamma) * gap), 0.0)
+    p[leader] = 0.0
+    p[leader] = max(0.0, 1.0 - p.sum())
+    return p / p.sum()

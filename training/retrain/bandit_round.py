@@ -1,0 +1,142 @@
+"""One round of the learner from logged bandit feedback (a policy with a reward critic).
+
+The round's records are split by a hash of their session (:func:`~.trajectories.split_held_out`):
+the held-out share is never trained on in this round and judges the candidate against the serving
+policy; from the next round on it is replayed with the rest. Every record is thus judged once by a
+policy that has not seen it and trained on ever after (progressive validation, as in the bake-off,
+Bietti, Agarwal and Langford 2021, sec. 4). The candidate is refitted on the replayed history plus
+the round's training share (:mod:`.learner`), and the gate publishes it unless the doubly robust
+estimate on the held-out decisions says it is worse (:func:`logged_gate`).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from contract.policy_meta import ExplorationMeta
+from training.checkpoint import Policy
+from training.exploration import igw_gamma
+from training.retrain.config import RetrainConfig
+from training.retrain.learner import actor_targets, fit_actor, fit_reward_critic
+from training.retrain.offpolicy import logged_verdict, off_policy_terms
+from training.retrain.trajectories import LoggedBatch, build_batch, split_held_out
+
+
+@dataclass
+class BanditRound:
+    """What :func:`bandit_round` made.
+
+    Attributes:
+        candidate: the new policy (not saved; ``meta.exploration`` set).
+        cost_weight: reward per USD the rewards were computed with.
+        used: records trained on (replayed history included); sessions: their sessions.
+        skipped: reasons -> records left out.
+        train: the critic's and the actor's fit figures.
+        gate: :func:`logged_gate`'s decision.
+    """
+
+    candidate: Policy
+    cost_weight: float
+    used: int
+    sessions: int
+    skipped: dict[str, int] = field(default_factory=dict)
+    train: dict[str, float] = field(default_factory=dict)
+    gate: dict[str, Any] = field(default_factory=dict)
+
+
+def cost_weight_of(serving: Policy, cfg: RetrainConfig) -> float:
+    """Reward per USD: ``cfg.cost_weight``, else the serving policy's training ``env.cost_weight``,
+    else its layout's ``default_cost_weight``."""
+    if cfg.cost_weight is not None:
+        return cfg.cost_weight
+    env = (serving.meta.training or {}).get("env") or {}
+    return float(env.get("cost_weight", serving.layout.default_cost_weight))
+
+
+def agent_priors(serving: Policy) -> list[float | None]:
+    """``[K]`` each agent's ``prior_quality`` from the agents file the policy was made with (None: no prior)."""
+    specs = {spec.get("name"): spec for spec in serving.meta.agent_specs}
+    return [(specs.get(name) or {}).get("prior_quality") for name in serving.agents]
+
+
+def logged_gate(logged: dict[str, Any] | None) -> dict[str, Any]:
+    """The learner's gate: publish unless the held-out doubly robust difference, candidate -
+    serving, lies below 0 at the configured confidence (``worse``). ``better``, ``inconclusive``
+    and ``too_few`` pass: the candidate is the same learner on more data, and only clear evidence
+    against it holds it back. No dataset split is consulted.
+
+    Returns:
+        ``{"rule", "static", "logged", "passed", "reason"}`` (``static`` None), as the job's gate.
+    """
+    rule = "logged worse: fail; otherwise pass (a refit on more data is kept unless shown worse)"
+    if logged is None:
+        return {"rule": rule, "static": None, "logged": None, "passed": True,
+                "reason": "no held-out decisions this round: the refit on more data is kept"}
+    lo, hi = logged["difference"]["ci"]
+    diff = logged["difference"]["dr"]
+    passed = logged["verdict"] != "worse"
+    reason = (f"held-out logged data ({logged['decisions']} decisions, {logged['verdict']}): candidate - serving "
+              f"= {diff:+.4f} [{lo:+.4f}, {hi:+.4f}] at {logged['confidence']:g}")
+    return {"rule": rule, "static": None, "logged": logged, "passed": bool(passed), "reason": reason}
+
+
+def bandit_round(cfg: RetrainConfig, serving: Policy, history: list[tuple[str, Any]],
+                 entries: list[tuple[str, Any]]) -> BanditRound:
+    """Refit the serving policy's reward critic and actor on ``history`` and this round's training
+    share of ``entries``; judge the candidate on the held-out share.
+
+    Args:
+        cfg: the run's settings (``ridge``, ``kl_temperature``, ``max_log_ratio``, ``actor_*``,
+            ``gamma_scale``, ``holdout_fraction``, ``min_ess``, ``confidence``, ``seed``).
+        serving: the serving policy (it has a reward critic); it is not changed.
+        history: ``(entry_id, record)`` replayed from earlier rounds, any order.
+        entries: this round's new ``(entry_id, record)``.
+
+    Returns:
+        :class:`BanditRound`.
+    """
+    cost_weight = cost_weight_of(serving, cfg)
+    fresh_train, held_entries = (split_held_out(entries, cfg.holdout_fraction) if cfg.holdout_fraction
+                                 else (entries, []))
+    batch = build_batch(history + fresh_train, serving, cost_weight)
+    held = build_batch(held_entries, serving, cost_weight)
+    skipped = dict(batch.skipped)
+    for reason, count in held.skipped.items():
+        skipped[reason] = skipped.get(reason, 0) + count
+    candidate = _copy(serving)
+    assert candidate.reward_critic is not None
+    fit = fit_reward_critic(candidate.reward_critic, batch.obs, batch.action, batch.reward, cfg.ridge,
+                            agent_priors(serving))
+    train: dict[str, float] = {"critic_records": float(fit.records), "critic_mse": fit.mse,
+                               "reward_mean": float(batch.reward.mean()) if len(batch) else 0.0}
+    if len(batch):
+        generator = torch.Generator().manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        with torch.no_grad():
+            old = serving.probabilities(batch.obs).reshape(len(batch), -1)
+            reward = candidate.reward_critic(batch.obs).reshape(len(batch), -1)
+        target = actor_targets(old, reward, cfg.kl_temperature, cfg.max_log_ratio)
+        train |= fit_actor(candidate.actor, batch.obs, target, cfg.actor_epochs, cfg.actor_lr,
+                           cfg.actor_batch_size, generator)
+    k = len(serving.agents)
+    exploration = {"method": "igw", "gamma": igw_gamma(fit.records, k, cfg.gamma_scale),
+                   "gamma_scale": cfg.gamma_scale, "records": fit.records}
+    candidate.meta = candidate.meta.model_copy(update={"exploration": ExplorationMeta(**exploration)})
+    logged = _judge(candidate, serving, held, cfg) if len(held) else None
+    return BanditRound(candidate=candidate, cost_weight=cost_weight, used=len(batch), sessions=batch.sessions,
+                       skipped=skipped, train=train, gate=logged_gate(logged))
+
+
+def _judge(candidate: Policy, serving: Policy, held: LoggedBatch, cfg: RetrainConfig) -> dict[str, Any]:
+    return logged_verdict(off_policy_terms(candidate, None, held), off_policy_terms(serving, None, held),
+                          cfg.min_ess, cfg.confidence)
+
+
+def _copy(policy: Policy) -> Policy:
+    """A deep copy of the networks (the serving policy stays as it is)."""
+    return Policy(policy.path, policy.meta, copy.deepcopy(policy.actor), copy.deepcopy(policy.critic),
+                  copy.deepcopy(policy.reward_critic))
