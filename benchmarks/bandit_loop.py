@@ -15,6 +15,7 @@ behind the same :class:`training.retrain.source.ExperienceSource` interface).
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,7 @@ class AgentRouterLoop:
     def __init__(self, agents_path: str, cost_weight: float, seed: int, workdir: Path, embed_dim: int = 384,
                  settings: dict[str, Any] | None = None) -> None:
         self.root = Path(workdir) / "checkpoints"
+        shutil.rmtree(self.root, ignore_errors=True)  # a scratch directory: an earlier run's versions would be served
         init_policy(agents_path, self.root, embed_dim=embed_dim, cost_weight=cost_weight, seed=seed)
         self.source = MemorySource(f"memory:{workdir}")
         self.cfg = RetrainConfig.model_validate({"checkpoint_root": self.root, "publish": False, "seed": seed,

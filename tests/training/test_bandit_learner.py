@@ -51,16 +51,22 @@ def test_reward_critic_recovers_each_agents_linear_reward_and_keeps_the_prior_wi
 def test_actor_target_moves_towards_the_advantage_within_the_trust_region():
     old = torch.tensor([[0.6, 0.3, 0.1]])
     reward = torch.tensor([[0.2, 0.5, 0.4]])
-    wide = actor_targets(old, reward, kl_temperature=100.0, max_log_ratio=50.0)
+    wide = actor_targets(old, reward, kl_temperature=100.0, entropy_temperature=0.0)
     assert torch.allclose(wide, old, atol=0.01)  # a large η barely moves
-    step = actor_targets(old, reward, kl_temperature=0.05, max_log_ratio=50.0)
+    step = actor_targets(old, reward, kl_temperature=0.05, entropy_temperature=0.0)
     assert step.sum().item() == pytest.approx(1.0) and step.argmax().item() == 1
     # the closed form: π_old · exp(A / η), normalised (the baseline cancels)
     expected = old * torch.exp(reward / 0.05)
     assert torch.allclose(step, expected / expected.sum(), atol=1e-6)
-    # an agent saturated out of the policy comes back within max_log_ratio
-    floored = actor_targets(torch.tensor([[1.0 - 1e-12, 1e-12, 0.0]]), torch.tensor([[0.0, 0.6, 0.0]]), 0.05, 8.0)
-    assert floored[0, 1] > 0.9  # -8 + 0.6 / 0.05 = +4 above the old leader
+    # with the entropy term: π_old^(η/(η+τ)) · exp(A / (η+τ))
+    mixed = actor_targets(old, reward, kl_temperature=0.02, entropy_temperature=0.01)
+    expected = old ** (2 / 3) * torch.exp(reward / 0.03)
+    assert torch.allclose(mixed, expected / expected.sum(), atol=1e-6)
+    # old evidence fades: repeated rounds tend to softmax(Q / τ) from any start, even a saturated one
+    pi = torch.tensor([[1.0 - 2e-30, 1e-30, 1e-30]])
+    for _ in range(40):
+        pi = actor_targets(pi, reward, kl_temperature=0.02, entropy_temperature=0.01)
+    assert torch.allclose(pi, torch.softmax(reward / 0.01, dim=-1), atol=1e-4)
 
 
 def test_inverse_gap_weighting_follows_squarecb():

@@ -90,7 +90,7 @@ def bandit_round(cfg: RetrainConfig, serving: Policy, history: list[tuple[str, A
     share of ``entries``; judge the candidate on the held-out share.
 
     Args:
-        cfg: the run's settings (``ridge``, ``kl_temperature``, ``max_log_ratio``, ``actor_*``,
+        cfg: the run's settings (``ridge``, ``kl_temperature``, ``entropy_temperature``, ``actor_*``,
             ``gamma_scale``, ``holdout_fraction``, ``min_ess``, ``confidence``, ``seed``).
         serving: the serving policy (it has a reward critic); it is not changed.
         history: ``(entry_id, record)`` replayed from earlier rounds, any order.
@@ -119,7 +119,7 @@ def bandit_round(cfg: RetrainConfig, serving: Policy, history: list[tuple[str, A
         with torch.no_grad():
             old = serving.probabilities(batch.obs).reshape(len(batch), -1)
             reward = candidate.reward_critic(batch.obs).reshape(len(batch), -1)
-        target = actor_targets(old, reward, cfg.kl_temperature, cfg.max_log_ratio)
+        target = actor_targets(old, reward, cfg.kl_temperature, cfg.entropy_temperature)
         train |= fit_actor(candidate.actor, batch.obs, target, cfg.actor_epochs, cfg.actor_lr,
                            cfg.actor_batch_size, generator)
     k = len(serving.agents)

@@ -60,7 +60,8 @@ class RetrainConfig(BaseModel):
             records at or before the watermark as well as the new ones.
         ridge: the reward critic's ridge penalty ``λ`` (:func:`~training.retrain.learner.fit_reward_critic`).
         kl_temperature: ``η`` of the actor's trust region, reward units (smaller: larger steps).
-        max_log_ratio: how far below the leader an agent's log-probability may start a round.
+        entropy_temperature: ``τ`` of the actor's entropy term, reward units: old evidence fades
+            by ``η/(η+τ)`` a round and the policy tends to ``softmax(Q̂/τ)``.
         actor_epochs, actor_lr, actor_batch_size: the actor's cross-entropy fit.
         gamma_scale: exploration's ``γ = gamma_scale · sqrt(K · records)`` (:mod:`training.exploration`).
     """
@@ -90,7 +91,7 @@ class RetrainConfig(BaseModel):
     replay_records: int = Field(default=50_000, ge=0)
     ridge: float = Field(default=10.0, gt=0.0)
     kl_temperature: float = Field(default=0.02, gt=0.0)
-    max_log_ratio: float = Field(default=8.0, gt=0.0)
+    entropy_temperature: float = Field(default=0.01, ge=0.0)
     actor_epochs: int = Field(default=8, ge=1)
     actor_lr: float = Field(default=1e-3, gt=0.0)
     actor_batch_size: int = Field(default=256, ge=1)

@@ -16,14 +16,16 @@ round of the learner (:func:`learn_round`) on ``M`` such decisions:
 2. **Every agent's advantage**: ``A_k(x) = Q̂_k(x) - Σ_j π_old(j|x) Q̂_j(x)``, the counterfactual
    baseline of COMA (Foerster et al. 2018, arXiv 1705.08926, eq. 4) for one router: what choosing
    ``k`` instead of the policy's own mix is worth, for every agent, not only the logged one.
-3. **The actor in a trust region** (:func:`actor_targets`, :func:`fit_actor`): the KL-regularised
-   improvement of the serving policy, ``π*(k|x) ∝ π_old(k|x) exp(A_k(x) / η)``, the closed-form
-   solution of ``max_π E_π[A] - η KL(π || π_old)`` (Mirror Descent Policy Optimization, Tomar et
-   al. 2020, arXiv 2005.09814, eq. 5; the E-step of MPO, Abdolmaleki et al. 2018, arXiv
-   1806.06920, eq. 7), then the actor fitted to it by cross-entropy on the logged prompts.
-   ``η`` (``kl_temperature``) is the size of the trust region; ``max_log_ratio`` bounds how far
-   below the leader any agent's log-probability may start a round, so the policy never
-   saturates beyond what a few rounds of new evidence can undo.
+3. **The actor in a trust region** (:func:`actor_targets`, :func:`fit_actor`): the KL- and
+   entropy-regularised improvement of the serving policy,
+   ``π*(k|x) ∝ π_old(k|x)^(η/(η+τ)) exp(A_k(x) / (η+τ))``, the closed-form solution of
+   ``max_π E_π[A] - η KL(π || π_old) + τ H(π)`` (Mirror Descent Policy Optimization, Tomar et al.
+   2020, arXiv 2005.09814, eq. 5, with the entropy term of entropy-regularised natural policy
+   gradient, Cen et al. 2021, arXiv 2007.06558, eq. 14; the E-step of MPO, Abdolmaleki et al.
+   2018, arXiv 1806.06920, eq. 7), then the actor fitted to it by cross-entropy on the logged
+   prompts. ``η`` (``kl_temperature``) is the size of the trust region. ``τ``
+   (``entropy_temperature``) makes old evidence fade geometrically, by ``η/(η+τ)`` a round: the
+   policy tends to ``softmax(Q̂/τ)`` and never saturates past what a few rounds can undo.
 4. **Exploration** for the next rounds: ``γ`` of inverse gap weighting from the records fitted on
    (:mod:`training.exploration`).
 """
@@ -107,22 +109,25 @@ def fit_reward_critic(critic: RewardCritic, obs: torch.Tensor, action: torch.Ten
 
 @torch.no_grad()
 def actor_targets(old_probs: torch.Tensor, reward: torch.Tensor, kl_temperature: float,
-                  max_log_ratio: float) -> torch.Tensor:
-    """The trust-region target ``π* ∝ π_old exp(A / η)`` with COMA's counterfactual advantage.
+                  entropy_temperature: float) -> torch.Tensor:
+    """The trust-region target ``π* ∝ π_old^(η/(η+τ)) exp(A / (η+τ))`` with COMA's counterfactual
+    advantage ``A_k = Q̂_k - Σ_j π_old(j) Q̂_j`` (the baseline cancels in the normalisation; it is
+    what the step is measured against).
 
     Args:
         old_probs: ``[M, K]`` float32, the serving policy on the logged prompts (every agent allowed).
         reward: ``[M, K]`` float32, the critic's estimate of every agent.
         kl_temperature: ``η > 0`` (reward units): smaller moves further per round.
-        max_log_ratio: ``log π_old`` is floored at its maximum minus this before the step.
+        entropy_temperature: ``τ >= 0`` (reward units): the policy's limit is ``softmax(Q̂/τ)``;
+            0 is the pure trust-region step (old evidence never fades).
 
     Returns:
         ``[M, K]`` float32 rows summing to 1.
     """
     advantage = reward - (old_probs * reward).sum(-1, keepdim=True)
     log_old = torch.log(old_probs.clamp_min(torch.finfo(old_probs.dtype).tiny))
-    log_old = torch.maximum(log_old, log_old.max(-1, keepdim=True).values - max_log_ratio)
-    return torch.softmax(log_old + advantage / kl_temperature, dim=-1)
+    total = kl_temperature + entropy_temperature
+    return torch.softmax(log_old * (kl_temperature / total) + advantage / total, dim=-1)
 
 
 def fit_actor(actor: Actor, obs: torch.Tensor, target: torch.Tensor, epochs: int, lr: float, batch_size: int,
