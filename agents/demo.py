@@ -2,15 +2,14 @@
 hot swap, and a router that learns which agent answers arithmetic.
 
 1. **Agents up.** ``agent-router agents serve`` with the calculator and SmolLM2-135M-Instruct.
-2. **A seed policy.** General questions (the shipped dataset's prompts without arithmetic) are
-   asked of both agents; :mod:`agents.checker` scores the answers, and ``agent-router train`` learns
-   a policy on those outcomes. It has never seen arithmetic: it sends everything to SmolLM2.
+2. **A cold start.** ``agent-router init`` writes a policy from the agents file alone: no outcome
+   data. It explores both agents uniformly and, greedy, sends everything to the first (SmolLM2).
 3. **Proxy up.** ``agent-router serve`` with both agents as upstreams, exploring
-   (``ROUTER_PROXY_EXPLORE``, ``ROUTER_EXPLORE_FLOOR``), on SQLite.
+   (``ROUTER_PROXY_EXPLORE``: inverse gap weighting, uniform at first), on SQLite.
 4. **Traffic.** The ``openai`` client asks arithmetic and general questions through the proxy; the
    checker posts each answer's quality to ``/v1/feedback`` with the decision id of the response.
-5. **Retrain, hot swap.** ``agent-router retrain`` on the logged feedback (:data:`RETRAIN_SETTINGS`)
-   judges the candidate on held-out logged decisions and saves it when it passes;
+5. **Retrain, hot swap.** ``agent-router retrain`` learns from the logged feedback (the learner of
+   ``docs/learning.md``), judges the candidate on held-out logged decisions and saves it when it passes;
    ``POST /admin/policy/reload`` swaps it in.
 6. **The result.** The share of held-out arithmetic prompts the router sends to the calculator
    (its greedy choice, ``POST /v1/route``), before and after.
@@ -25,6 +24,7 @@ import gzip
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -47,9 +47,6 @@ DEMO_AGENTS = [
     {"name": "calculator", "description": "exact arithmetic tool", "price_per_1m_tokens": None,
      "cost_per_call_usd": 1e-6, "capacity": None},
 ]
-#: The demo's retraining: a larger step than the default (a few dozen decisions must move the policy
-#: in one round), and the logged gate sized for them (40% held out, at least 4 effective samples).
-RETRAIN_SETTINGS = ("lr=0.003", "update_epochs=50", "holdout_fraction=0.4", "min_ess=4")
 TEMPLATES = ["What is {a} * {b} + {c}?", "Compute {a} - {b} * {c}.", "Calculate ({a} + {b}) * {c}.",
              "What is {a} times {b} minus {c}?", "How much is {a} * {b} - {c}?", "Work out {a} + {b} * {c}, please."]
 
@@ -59,11 +56,9 @@ class DemoConfig:
     """What the demo runs (``agent-router demo`` options)."""
 
     workdir: Path = Path("var/demo")
-    seed_prompts: int = 40
     requests: int = 80
     held_out: int = 40
     arithmetic_share: float = 0.5
-    explore_floor: float = 0.3
     max_tokens: int = 24
     router_port: int = 8765
     agents_port: int = 9765
@@ -143,32 +138,6 @@ def _run(args: list[str], log: Path, what: str) -> str:
     return done.stdout
 
 
-def seed_dataset(cfg: DemoConfig, agents_url: str, prompts: list[str], say) -> Path:
-    """Ask both agents each prompt, score the answers, and write the dataset (prompts + agents files)."""
-    from openai import OpenAI
-
-    data = cfg.workdir / "seed-data"
-    data.mkdir(parents=True, exist_ok=True)
-    client = OpenAI(base_url=agents_url, api_key="local", max_retries=0, timeout=120)
-    rows = []
-    for i, prompt in enumerate(prompts):
-        outcomes = {}
-        for agent in (a["name"] for a in DEMO_AGENTS):
-            answer = client.chat.completions.create(model=agent, messages=[{"role": "user", "content": prompt}],
-                                                    max_tokens=cfg.max_tokens)
-            outcomes[agent] = {"quality": score(prompt, answer.choices[0].message.content or ""), "cost_usd": None}
-        rows.append({"id": f"seed-{i}", "prompt": prompt, "task": "general", "session_id": None, "turn": None,
-                     "outcomes": outcomes})
-    with (data / "prompts.jsonl").open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    (data / "agents.json").write_text(json.dumps({"agents": DEMO_AGENTS}, indent=2))
-    mean = {a["name"]: sum(r["outcomes"][a["name"]]["quality"] for r in rows) / len(rows) for a in DEMO_AGENTS}
-    say(f"seed outcomes on {len(rows)} general prompts: mean quality "
-        + ", ".join(f"{k} {v:.2f}" for k, v in mean.items()))
-    return data
-
-
 def calculator_share(router_url: str, prompts: list[str]) -> float:
     """Share of ``prompts`` the served policy's greedy choice sends to the calculator."""
     with httpx.Client(base_url=router_url, timeout=60) as http:
@@ -209,8 +178,7 @@ def run_demo(cfg: DemoConfig, say=print) -> dict[str, Any]:
     cfg.workdir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(cfg.seed)
     n_arith = round(cfg.requests * cfg.arithmetic_share)
-    general = general_prompts(cfg.shipped_prompts, cfg.seed_prompts + cfg.requests - n_arith, rng)
-    seed_general, traffic_general = general[:cfg.seed_prompts], general[cfg.seed_prompts:]
+    traffic_general = general_prompts(cfg.shipped_prompts, cfg.requests - n_arith, rng)
     arithmetic = arithmetic_prompts(n_arith + cfg.held_out, rng)
     traffic_arith, held_arith = arithmetic[:n_arith], arithmetic[n_arith:]
     requests = traffic_arith + traffic_general
@@ -222,15 +190,13 @@ def run_demo(cfg: DemoConfig, say=print) -> dict[str, Any]:
     with process(_cli("agents", "serve", "--port", str(cfg.agents_port), "--log-level", "warning"),
                  cfg.workdir / "agents.log", {"HF_HUB_OFFLINE": "1"}) as agents:
         _wait(f"http://127.0.0.1:{cfg.agents_port}/healthz", agents, cfg.workdir / "agents.log")
-        say("2. seed policy: both agents answer general questions; the checker scores them; train")
-        data = seed_dataset(cfg, agents_url, seed_general, say)
+        say("2. cold start: agent-router init from the agents file alone, no outcome data")
+        agents_file = cfg.workdir / "agents.json"
+        agents_file.write_text(json.dumps({"agents": DEMO_AGENTS}, indent=2))
         checkpoints = cfg.workdir / "checkpoints"
-        _run(_cli("train", "--quiet", "-s", f"data.prompts={data / 'prompts.jsonl'}",
-                  "-s", f"data.agents={data / 'agents.json'}", "-s", f"embed.cache_dir={cfg.embed_cache}",
-                  "-s", f"out_dir={cfg.workdir / 'run'}", "-s", f"checkpoint_dir={checkpoints}", "-s", "device=cpu",
-                  "-s", "env.num_worlds=32", "-s", "network.hidden=[64,64]", "-s", "ppo.total_steps=1024",
-                  "-s", "tensorboard=false"),
-             cfg.workdir / "train.log", "training the seed policy")
+        shutil.rmtree(checkpoints, ignore_errors=True)  # each demo starts cold
+        _run(_cli("init", "--agents", str(agents_file), "--out", str(checkpoints)), cfg.workdir / "init.log",
+             "writing the cold-start policy")
         upstreams = cfg.workdir / "upstreams.json"
         upstreams.write_text(json.dumps({"agents": {a["name"]: {"base_url": agents_url, "model": a["name"]}
                                                     for a in DEMO_AGENTS}}, indent=2))
@@ -238,11 +204,11 @@ def run_demo(cfg: DemoConfig, say=print) -> dict[str, Any]:
         sqlite.unlink(missing_ok=True)
         env = {"ROUTER_CHECKPOINT": str(checkpoints), "ROUTER_UPSTREAMS_FILE": str(upstreams),
                "ROUTER_PROXY_OPEN": "true", "ROUTER_ADMIN_OPEN": "true", "ROUTER_PROXY_EXPLORE": "true",
-               "ROUTER_EXPLORE_FLOOR": str(cfg.explore_floor), "ROUTER_SQLITE_PATH": str(sqlite),
+               "ROUTER_SQLITE_PATH": str(sqlite),
                "ROUTER_EMBED_CACHE_DIR": str(cfg.embed_cache), "ROUTER_LOG_LEVEL": "warning",
                "ROUTER_UPSTREAM_FIRST_TOKEN_TIMEOUT_S": "120", "ROUTER_UPSTREAM_TIMEOUT_S": "300",
                "HF_HUB_OFFLINE": "1"}
-        say(f"3. proxy up on {router_url}/v1 (exploring, floor {cfg.explore_floor})")
+        say(f"3. proxy up on {router_url}/v1 (exploring)")
         with process(_cli("serve", "--port", str(cfg.router_port)), cfg.workdir / "router.log", env) as router:
             _wait(f"{router_url}/readyz", router, cfg.workdir / "router.log")
             before = calculator_share(router_url, held_arith)
@@ -253,8 +219,7 @@ def run_demo(cfg: DemoConfig, say=print) -> dict[str, Any]:
             sent = traffic(cfg, router_url, requests)
             say(f"   answered by {sent['by_agent']}, mean quality {sent['mean_quality']:.2f}")
             say("5. retrain on the logged feedback, then hot swap")
-            out = _run(_cli("retrain", "--checkpoint", str(checkpoints), "--sqlite-path", str(sqlite),
-                            *[x for s in RETRAIN_SETTINGS for x in ("-s", s)], "--json"),
+            out = _run(_cli("retrain", "--checkpoint", str(checkpoints), "--sqlite-path", str(sqlite), "--json"),
                        cfg.workdir / "retrain.log", "retraining")
             result = json.loads(out.strip().splitlines()[-1])
             say(f"   retrain: {result['status']} {result.get('version') or ''} ({result['gate']['reason']})")

@@ -428,7 +428,6 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo writes its data, checkpoints and logs.")] = Path(
         "var/demo"),
     requests: Annotated[int, typer.Option(help="Questions sent through the proxy.", min=10)] = 80,
-    seed_prompts: Annotated[int, typer.Option(help="General questions of the seed policy's data.", min=10)] = 40,
     router_port: Annotated[int, typer.Option(help="Port of the router (proxy).", min=1, max=65535)] = 8765,
     agents_port: Annotated[int, typer.Option(help="Port of the local agents.", min=1, max=65535)] = 9765,
     seed: Annotated[int, typer.Option(help="Seed of the prompts' choice.")] = 0,
@@ -437,7 +436,7 @@ def demo(
     retrain, hot swap; prints the share of arithmetic routed to the calculator before and after."""
     from agents.demo import DemoConfig, run_demo
 
-    figures = run_demo(DemoConfig(workdir=workdir, requests=requests, seed_prompts=seed_prompts,
+    figures = run_demo(DemoConfig(workdir=workdir, requests=requests,
                                   router_port=router_port, agents_port=agents_port, seed=seed), say=typer.echo)
     typer.echo(json.dumps(figures))
 

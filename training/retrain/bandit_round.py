@@ -121,7 +121,7 @@ def bandit_round(cfg: RetrainConfig, serving: Policy, history: list[tuple[str, A
             reward = candidate.reward_critic(batch.obs).reshape(len(batch), -1)
         target = actor_targets(old, reward, cfg.kl_temperature, cfg.entropy_temperature)
         train |= fit_actor(candidate.actor, batch.obs, target, cfg.actor_epochs, cfg.actor_lr,
-                           cfg.actor_batch_size, generator)
+                           cfg.actor_batch_size, generator, cfg.actor_max_steps)
     k = len(serving.agents)
     exploration = {"method": "igw", "gamma": igw_gamma(fit.records, k, cfg.gamma_scale),
                    "gamma_scale": cfg.gamma_scale, "records": fit.records}

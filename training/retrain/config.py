@@ -63,6 +63,7 @@ class RetrainConfig(BaseModel):
         entropy_temperature: ``τ`` of the actor's entropy term, reward units: old evidence fades
             by ``η/(η+τ)`` a round and the policy tends to ``softmax(Q̂/τ)``.
         actor_epochs, actor_lr, actor_batch_size: the actor's cross-entropy fit.
+        actor_max_steps: at most this many of its Adam steps a round, however long the history.
         gamma_scale: exploration's ``γ = gamma_scale · sqrt(K · records)`` (:mod:`training.exploration`).
     """
 
@@ -95,6 +96,7 @@ class RetrainConfig(BaseModel):
     actor_epochs: int = Field(default=8, ge=1)
     actor_lr: float = Field(default=1e-3, gt=0.0)
     actor_batch_size: int = Field(default=256, ge=1)
+    actor_max_steps: int = Field(default=200, ge=1)
     gamma_scale: float = Field(default=10.0, ge=0.0)
 
     @model_validator(mode="before")

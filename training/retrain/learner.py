@@ -131,7 +131,7 @@ def actor_targets(old_probs: torch.Tensor, reward: torch.Tensor, kl_temperature:
 
 
 def fit_actor(actor: Actor, obs: torch.Tensor, target: torch.Tensor, epochs: int, lr: float, batch_size: int,
-              generator: torch.Generator) -> dict[str, float]:
+              generator: torch.Generator, max_steps: int | None = None) -> dict[str, float]:
     """Fit ``actor`` to ``target`` by cross-entropy (the projection ``min_θ KL(π* || π_θ)`` of MPO's
     M-step), Adam over shuffled minibatches.
 
@@ -140,6 +140,9 @@ def fit_actor(actor: Actor, obs: torch.Tensor, target: torch.Tensor, epochs: int
         obs: ``[M, 1, D]`` float32. target: ``[M, K]`` float32 (:func:`actor_targets`).
         epochs, lr, batch_size: the optimisation.
         generator: orders the minibatches.
+        max_steps: at most this many Adam steps (None: ``epochs`` full passes), so a round's time
+            stops growing with the replayed history (the actor is warm-started: it moves, it does
+            not start over).
 
     Returns:
         ``{"actor_kl", "actor_steps"}``: the mean ``KL(π* || π_θ)`` after the fit, and the Adam steps.
@@ -148,8 +151,11 @@ def fit_actor(actor: Actor, obs: torch.Tensor, target: torch.Tensor, epochs: int
     optimizer = torch.optim.Adam(actor.parameters(), lr=lr)
     actor.train()
     steps = 0
+    budget = epochs * -(-m // batch_size) if max_steps is None else min(max_steps, epochs * -(-m // batch_size))
     for _ in range(epochs if m else 0):
         for idx in torch.randperm(m, generator=generator).split(batch_size):
+            if steps >= budget:
+                break
             log_pi = torch.log_softmax(actor(obs[idx]).reshape(len(idx), -1), dim=-1)
             loss = -(target[idx] * log_pi).sum(-1).mean()
             optimizer.zero_grad(set_to_none=True)
