@@ -19,6 +19,7 @@ import argparse
 import json
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -26,16 +27,20 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.bandit_loop import MemorySource
-from benchmarks.common import load_average, machine, print_json_line
-from contract.experience import ExperienceRecord, Feedback
-from env.dataset import load_dataset
-from env.embedder import Embedder
-from router.service import RoutingService
-from training.checkpoint import load_checkpoint
-from training.cold_start import init_policy
-from training.retrain.config import RetrainConfig
-from training.retrain.job import run_retrain
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.bandit_loop import MemorySource  # noqa: E402
+from benchmarks.common import load_average, machine, print_json_line  # noqa: E402
+from contract.experience import ExperienceRecord, Feedback  # noqa: E402
+from env.dataset import load_dataset  # noqa: E402
+from env.embedder import Embedder  # noqa: E402
+from router.service import RoutingService  # noqa: E402
+from training.checkpoint import load_checkpoint  # noqa: E402
+from training.cold_start import init_policy  # noqa: E402
+from training.retrain.config import RetrainConfig  # noqa: E402
+from training.retrain.job import run_retrain  # noqa: E402
 
 GOAL_S = 10.0
 

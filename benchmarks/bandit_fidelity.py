@@ -1,0 +1,189 @@
+"""The fidelity row of the bandit bake-off: one shuffle through the real system, beside the
+in-process loop of ``benchmarks/bandit_stream.py`` on the same stream.
+
+For each backend (``sqlite``, ``redis``): ``agent-router init`` from the agents file, ``agent-router
+serve`` as its own process (uvicorn, the embedding cache of ``var/embeddings``, exploration asked by
+each request), and for every prompt of the shuffle ``POST /v1/route {"prompt", "explore": true}``
+then ``POST /v1/feedback {"decision_id", "quality", "cost_usd"}`` over HTTP. Rounds: with Redis,
+``agent-router retrain --every-records N`` runs beside the server and every publish reaches it by
+pub/sub (a hot swap); with SQLite (no publish channel), the client runs ``agent-router retrain``
+once N new feedbacks are in and ``POST /admin/policy/reload`` swaps the saved version in. The
+reward is ``quality - cost_weight * cost_usd`` of the agent the server chose.
+
+    .venv/bin/python benchmarks/bandit_fidelity.py [--dataset NAME=PROMPTS,AGENTS,CW] [--seed 100]
+        [--backends sqlite,redis] [--redis-url redis://127.0.0.1:6379/0]
+
+Prints each row's progressive-validation figures, its difference to the in-process row (goal:
+within 0.01 at the end), and one JSON object last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.bandit_loop import make_learner  # noqa: E402
+from benchmarks.bandit_stream import Setting, load, parse_setting, run_learner, stream_figures  # noqa: E402
+from benchmarks.common import load_average, machine, print_json_line, print_table  # noqa: E402
+
+ADMIN = "fidelity-admin-token"
+ROUND = 200
+GOAL = 0.01
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "router", *args]
+
+
+def _env(extra: dict[str, str]) -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
+
+
+def http_stream(setting: Setting, ds: Any, order: np.ndarray, backend: str, redis_url: str, work: Path) -> np.ndarray:
+    """Rewards ``[P]`` of one shuffle through a real server (see the module docstring)."""
+    root = work / "checkpoints"
+    subprocess.run(_cli("init", "--agents", setting.agents, "--out", str(root), "--cost-weight",
+                        str(setting.cost_weight)), check=True, capture_output=True, env=_env({}))
+    port = _port()
+    env = {"ROUTER_CHECKPOINT": str(root), "ROUTER_EMBED_CACHE_DIR": "var/embeddings", "ROUTER_ADMIN_TOKEN": ADMIN,
+           "ROUTER_LOG_LEVEL": "warning"}
+    prefix = f"fidelity-{uuid.uuid4().hex[:8]}"
+    if backend == "redis":
+        env |= {"ROUTER_REDIS_URL": redis_url, "ROUTER_REDIS_PREFIX": prefix}
+    else:
+        env |= {"ROUTER_SQLITE_PATH": str(work / "experience.sqlite3")}
+    procs = []
+    with (work / "server.log").open("wb") as log:
+        procs.append(subprocess.Popen(_cli("serve", "--port", str(port)), stdout=log, stderr=subprocess.STDOUT,
+                                      env=_env(env)))
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or procs[0].poll() is not None:
+                raise RuntimeError(f"the server did not start; see {work / 'server.log'}")
+            time.sleep(0.3)
+        if backend == "redis":
+            with (work / "retrain.log").open("wb") as log:
+                procs.append(subprocess.Popen(_cli("retrain", "--every-records", str(ROUND), "--every", "1s",
+                                                   "--metrics-file", str(work / "rounds.jsonl")),
+                                              stdout=log, stderr=subprocess.STDOUT, env=_env(env)))
+        rewards = np.empty(len(order))
+        names = ds.agent_names
+        new, learned = 0, 0
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for t, i in enumerate(order):
+                body = client.post("/v1/route", json={"prompt": ds.prompts[i], "explore": True}).raise_for_status()
+                body = body.json()
+                a = names.index(body["agent"])
+                q, c = float(ds.quality[i, a]), float(ds.cost_usd[i, a])
+                rewards[t] = q - setting.cost_weight * c
+                client.post("/v1/feedback", json={"decision_id": body["decision_id"], "quality": min(1.0, max(0.0, q)),
+                                                  "cost_usd": c}).raise_for_status()
+                new += 1
+                # the in-process loop's cadence (training.retrain.job.round_size): rounds double up to ROUND
+                if backend == "sqlite" and new >= min(ROUND, max(25, learned)):
+                    done = subprocess.run(_cli("retrain", "--json"), capture_output=True, text=True, env=_env(env))
+                    result = json.loads(done.stdout.strip().splitlines()[-1])
+                    if result["status"] == "saved":
+                        client.post("/admin/policy/reload", headers={"Authorization": f"Bearer {ADMIN}"},
+                                    json={"checkpoint": result["version"]}).raise_for_status()
+                        learned = result["used"]
+                    new = 0
+        return rewards
+    finally:
+        for proc in procs:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if backend == "redis":
+            import redis
+
+            with redis.Redis.from_url(redis_url) as r:
+                for key in r.scan_iter(f"{prefix}:*"):
+                    r.delete(key)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", type=parse_setting,
+                        default=parse_setting("llmrouter-dc=data/llmrouter-dc/prompts.jsonl.gz,"
+                                              "data/llmrouter-dc/agents.json,0"))
+    parser.add_argument("--seed", type=int, default=100)
+    parser.add_argument("--backends", default="sqlite,redis")
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--limit", type=int, default=None)
+    args = parser.parse_args()
+    start_load, t0 = load_average(), time.perf_counter()
+    setting = args.dataset
+    ds, _, contexts = load(setting, args.limit)
+    reward = ds.quality.astype(np.float64) - setting.cost_weight * ds.cost_usd.astype(np.float64)
+    order = np.random.default_rng(args.seed).permutation(len(ds))
+    rows: dict[str, dict[str, float]] = {}
+    seconds: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="fidelity-") as tmp:
+        start = time.perf_counter()
+        learner = make_learner(setting.agents, ds, setting.cost_weight, args.seed, Path(tmp) / "in-process")
+        rows["in-process"] = stream_figures(run_learner(learner, contexts, order, reward, ds.quality, ds.cost_usd)[0])
+        seconds["in-process"] = time.perf_counter() - start
+        for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
+            work = Path(tmp) / backend
+            work.mkdir()
+            start = time.perf_counter()
+            try:
+                rows[f"http-{backend}"] = stream_figures(http_stream(setting, ds, order, backend, args.redis_url, work))
+            except Exception:
+                print(f"http-{backend}: failed; its logs:", flush=True)
+                for log in work.glob("*.log"):
+                    print(log.read_text(errors="replace")[-2000:], flush=True)
+                shutil.copytree(work, Path("runs/bandit_fidelity") / backend, dirs_exist_ok=True)
+                raise
+            seconds[f"http-{backend}"] = time.perf_counter() - start
+    keys = list(rows["in-process"])
+    print(f"\n{setting.name} (cost_weight {setting.cost_weight:g}, {len(ds)} prompts, shuffle {args.seed})")
+    print_table(["row", *keys, "end - in-process", "seconds"],
+                [[name, *(r[k] for k in keys), f"{r['end'] - rows['in-process']['end']:+.4f}", f"{seconds[name]:.0f}"]
+                 for name, r in rows.items()])
+    goals = {name: {"end_minus_in_process": r["end"] - rows["in-process"]["end"], "goal": GOAL,
+                    "met": abs(r["end"] - rows["in-process"]["end"]) <= GOAL}
+             for name, r in rows.items() if name != "in-process"}
+    for name, g in goals.items():
+        print(f"goal {name}: |end - in-process| = {abs(g['end_minus_in_process']):.4f} vs <= {GOAL} "
+              f"({'met' if g['met'] else 'NOT met'})")
+    print_json_line({"benchmark": "bandit_fidelity", "setting": setting.name, "cost_weight": setting.cost_weight,
+                     "seed": args.seed, "rows": rows, "seconds": seconds, "goals": goals,
+                     "wall_s": time.perf_counter() - t0, "machine": machine(start_load)})
+
+
+if __name__ == "__main__":
+    main()
