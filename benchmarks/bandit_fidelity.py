@@ -143,6 +143,8 @@ def main() -> None:
     parser.add_argument("--backends", default="sqlite,redis")
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep the servers' logs, checkpoints and retrain rounds here (default: a temporary dir)")
     args = parser.parse_args()
     start_load, t0 = load_average(), time.perf_counter()
     setting = args.dataset
@@ -151,14 +153,18 @@ def main() -> None:
     order = np.random.default_rng(args.seed).permutation(len(ds))
     rows: dict[str, dict[str, float]] = {}
     seconds: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="fidelity-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="fidelity-") as scratch:
+        tmp = args.workdir or Path(scratch)
+        shutil.rmtree(tmp / "in-process", ignore_errors=True)
+        for backend in args.backends.split(","):
+            shutil.rmtree(tmp / backend.strip(), ignore_errors=True)
         start = time.perf_counter()
         learner = make_learner(setting.agents, ds, setting.cost_weight, args.seed, Path(tmp) / "in-process")
         rows["in-process"] = stream_figures(run_learner(learner, contexts, order, reward, ds.quality, ds.cost_usd)[0])
         seconds["in-process"] = time.perf_counter() - start
         for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
             work = Path(tmp) / backend
-            work.mkdir()
+            work.mkdir(parents=True)
             start = time.perf_counter()
             try:
                 rows[f"http-{backend}"] = stream_figures(http_stream(setting, ds, order, backend, args.redis_url, work))
