@@ -83,10 +83,14 @@ def test_repeated_prompt_hits_the_cache(client):
 
 
 def test_concurrent_routes_are_embedded_in_batches(sqlite_server, client):
-    n = 16
+    n = 32
 
     async def burst() -> list[int]:
-        async with httpx.AsyncClient(base_url=sqlite_server.url, timeout=60.0) as ac:
+        async with httpx.AsyncClient(base_url=sqlite_server.url, timeout=60.0,
+                                     limits=httpx.Limits(max_connections=n, max_keepalive_connections=n)) as ac:
+            # open the n connections first, so the burst's requests arrive together rather than one
+            # connection set-up apart (on a quiet machine each prompt was otherwise encoded alone)
+            await asyncio.gather(*(ac.get("/healthz") for _ in range(n)))
             rs = await asyncio.gather(*(ac.post("/v1/route", json={"prompt": f"burst {i} {uuid.uuid4().hex[:8]}"})
                                         for i in range(n)))
         return [r.status_code for r in rs]
