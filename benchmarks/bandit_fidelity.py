@@ -42,6 +42,8 @@ if str(ROOT) not in sys.path:
 from benchmarks.bandit_loop import make_learner  # noqa: E402
 from benchmarks.bandit_stream import Setting, load, parse_setting, run_learner, stream_figures  # noqa: E402
 from benchmarks.common import load_average, machine, print_json_line, print_table  # noqa: E402
+from training.retrain.config import RetrainConfig  # noqa: E402
+from training.retrain.job import round_size  # noqa: E402
 
 ADMIN = "fidelity-admin-token"
 ROUND = 200
@@ -99,6 +101,7 @@ def http_stream(setting: Setting, ds: Any, order: np.ndarray, backend: str, redi
         rewards = np.empty(len(order))
         names = ds.agent_names
         new, learned = 0, 0
+        cadence = RetrainConfig(min_records=ROUND)
         with httpx.Client(base_url=url, timeout=60) as client:
             for t, i in enumerate(order):
                 body = client.post("/v1/route", json={"prompt": ds.prompts[i], "explore": True}).raise_for_status()
@@ -109,8 +112,8 @@ def http_stream(setting: Setting, ds: Any, order: np.ndarray, backend: str, redi
                 client.post("/v1/feedback", json={"decision_id": body["decision_id"], "quality": min(1.0, max(0.0, q)),
                                                   "cost_usd": c}).raise_for_status()
                 new += 1
-                # the in-process loop's cadence (training.retrain.job.round_size): rounds double up to ROUND
-                if backend == "sqlite" and new >= min(ROUND, max(25, learned)):
+                # the in-process loop's cadence: rounds double up to ROUND
+                if backend == "sqlite" and new >= round_size(cadence, learned):
                     done = subprocess.run(_cli("retrain", "--json"), capture_output=True, text=True, env=_env(env))
                     result = json.loads(done.stdout.strip().splitlines()[-1])
                     if result["status"] == "saved":

@@ -84,7 +84,7 @@ class AgentRouterLoop:
         self.seed = seed
         self.service = RoutingService(load_checkpoint(self.root), embedder=None, seed=seed)  # type: ignore[arg-type]
         self.pending: Decision | None = None
-        self.new = 0
+        self.new, self.learned = 0, 0
         self.rounds: list[dict[str, Any]] = []
 
     def act(self, ctx: Context) -> tuple[int, float]:
@@ -102,7 +102,7 @@ class AgentRouterLoop:
                             feedback_at=datetime.now(UTC).isoformat())
         self.source.records.append(json.dumps(ExperienceRecord.join(context, feedback).to_json_dict()))
         self.new += 1
-        if self.new < round_size(self.cfg, self.service.policy):  # what --every-records polls for
+        if self.new < round_size(self.cfg, self.learned):  # what --every-records polls for
             return
         result = run_retrain(self.cfg, source=self.source)
         if result.status == "too_few":
@@ -113,6 +113,7 @@ class AgentRouterLoop:
         if result.status == "saved":
             self.service = RoutingService(load_checkpoint(result.checkpoint), embedder=None,  # type: ignore[arg-type]
                                           seed=self.seed + len(self.rounds))
+            self.learned = self.service.policy.meta.exploration.records
 
 
 def make_learner(agents_path: str, dataset: Any, cost_weight: float, seed: int, workdir: Path) -> AgentRouterLoop:

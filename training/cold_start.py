@@ -21,11 +21,14 @@ from env.dataset import AgentSpec, load_agents
 from env.embedder import DEFAULT_MODEL, canonical_model_id
 from env.errors import UserError
 from training.checkpoint import build_networks, build_reward_critic, save_checkpoint
+from training.retrain.config import RetrainConfig
 
 #: prompt length (tokens) whose expected cost scales the expected-cost features of a cold start
 COST_SCALE_TOKENS = 512
-#: the learner's default ``kl_temperature``: prior gaps become actor logits at this scale
-PRIOR_TEMPERATURE = 0.02
+#: prior gaps become actor logits at the learner's default trust-region step ``kl_temperature``
+PRIOR_TEMPERATURE = RetrainConfig.model_fields["kl_temperature"].default
+#: the learner's default ``gamma_scale``, recorded for the first rounds
+GAMMA_SCALE = RetrainConfig.model_fields["gamma_scale"].default
 
 
 def cold_start_layout(agents: list[AgentSpec], embed_dim: int, cost_weight: float) -> ObsLayout:
@@ -49,7 +52,7 @@ def cold_start_layout(agents: list[AgentSpec], embed_dim: int, cost_weight: floa
 
 def init_policy(agents_path: str | Path, out: str | Path, embedding_model: str = DEFAULT_MODEL,
                 embed_dim: int | None = None, cost_weight: float = 0.0, hidden: tuple[int, ...] = (256, 256),
-                gamma_scale: float = 10.0, seed: int = 0) -> Path:
+                gamma_scale: float = GAMMA_SCALE, seed: int = 0) -> Path:
     """Write a cold-start policy version under ``out`` and return its directory.
 
     Args:

@@ -23,7 +23,7 @@ from training.exploration import igw_gamma
 from training.retrain.config import RetrainConfig
 from training.retrain.learner import actor_targets, fit_actor, fit_reward_critic
 from training.retrain.offpolicy import logged_verdict, off_policy_terms
-from training.retrain.trajectories import LoggedBatch, build_batch, split_held_out
+from training.retrain.trajectories import LoggedBatch, build_batch, merged_skipped, split_held_out
 
 
 @dataclass
@@ -104,9 +104,6 @@ def bandit_round(cfg: RetrainConfig, serving: Policy, history: list[tuple[str, A
                                  else (entries, []))
     batch = build_batch(history + fresh_train, serving, cost_weight)
     held = build_batch(held_entries, serving, cost_weight)
-    skipped = dict(batch.skipped)
-    for reason, count in held.skipped.items():
-        skipped[reason] = skipped.get(reason, 0) + count
     candidate = _copy(serving)
     assert candidate.reward_critic is not None
     fit = fit_reward_critic(candidate.reward_critic, batch.obs, batch.action, batch.reward, cfg.ridge,
@@ -122,13 +119,12 @@ def bandit_round(cfg: RetrainConfig, serving: Policy, history: list[tuple[str, A
         target = actor_targets(old, reward, cfg.kl_temperature, cfg.entropy_temperature)
         train |= fit_actor(candidate.actor, batch.obs, target, cfg.actor_epochs, cfg.actor_lr,
                            cfg.actor_batch_size, generator, cfg.actor_max_steps)
-    k = len(serving.agents)
-    exploration = {"method": "igw", "gamma": igw_gamma(fit.records, k, cfg.gamma_scale),
-                   "gamma_scale": cfg.gamma_scale, "records": fit.records}
-    candidate.meta = candidate.meta.model_copy(update={"exploration": ExplorationMeta(**exploration)})
+    exploration = ExplorationMeta(gamma=igw_gamma(fit.records, len(serving.agents), cfg.gamma_scale),
+                                  gamma_scale=cfg.gamma_scale, records=fit.records)
+    candidate.meta = candidate.meta.model_copy(update={"exploration": exploration})
     logged = _judge(candidate, serving, held, cfg) if len(held) else None
     return BanditRound(candidate=candidate, cost_weight=cost_weight, used=len(batch), sessions=batch.sessions,
-                       skipped=skipped, train=train, gate=logged_gate(logged))
+                       skipped=merged_skipped(batch, held), train=train, gate=logged_gate(logged))
 
 
 def _judge(candidate: Policy, serving: Policy, held: LoggedBatch, cfg: RetrainConfig) -> dict[str, Any]:

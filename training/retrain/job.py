@@ -54,7 +54,7 @@ from training.retrain.config import RetrainConfig
 from training.retrain.offline_ppo import logged_update
 from training.retrain.offpolicy import logged_verdict, off_policy_terms
 from training.retrain.source import ExperienceSource, RedisGroupSource, SourceError, SqliteSource
-from training.retrain.trajectories import build_batch, split_held_out
+from training.retrain.trajectories import build_batch, merged_skipped, split_held_out
 from training.update import make_optimizer, set_learning_rates
 from training.value_norm import ValueNorm
 
@@ -172,13 +172,14 @@ class Publisher:
         self._redis.close()
 
 
-def round_size(cfg: RetrainConfig, serving: Policy) -> int:
+def round_size(cfg: RetrainConfig, learned: int | None) -> int:
     """New records a round needs: ``cfg.min_records``; for a policy with a reward critic that has
-    learned from fewer records than that, ``max(cfg.warmup_records, records it learned from)``
-    (rounds double in size while the policy knows little)."""
-    if serving.meta.exploration is None:
+    learned from ``learned`` records (``exploration.records``; None for other policies),
+    ``max(cfg.warmup_records, learned)`` while that is smaller (rounds double in size while the
+    policy knows little)."""
+    if learned is None:
         return cfg.min_records
-    return min(cfg.min_records, max(cfg.warmup_records, serving.meta.exploration.records))
+    return min(cfg.min_records, max(cfg.warmup_records, learned))
 
 
 def _resolve_ref(root: Path, ref: str | None) -> Path:
@@ -276,7 +277,8 @@ def _run(cfg: RetrainConfig, root: Path, source: ExperienceSource, publisher: Pu
             entries = [(eid, rec) for eid, rec in entries if eid not in set(stale)]
         result.stale_acked = len(stale)
     result.records = len(entries)
-    if len(entries) < round_size(cfg, serving):
+    learned = serving.meta.exploration.records if serving.meta.exploration is not None else None
+    if len(entries) < round_size(cfg, learned):
         return result
 
     if serving.reward_critic is not None:
@@ -327,10 +329,7 @@ def _ppo_round(cfg: RetrainConfig, serving: Policy, entries: list, result: Retra
                                    else (entries, []))
     batch = build_batch(train_entries, serving, cost_weight)
     held = build_batch(held_entries, serving, cost_weight)
-    skipped = dict(batch.skipped)
-    for reason, count in held.skipped.items():
-        skipped[reason] = skipped.get(reason, 0) + count
-    result.used, result.sessions, result.skipped = len(batch), batch.sessions, skipped
+    result.used, result.sessions, result.skipped = len(batch), batch.sessions, merged_skipped(batch, held)
     serving_value_norm = ValueNorm.from_meta(serving.meta.value_norm, train_cfg.ppo.norm_value)
 
     from training.data import load_splits

@@ -32,6 +32,7 @@ round of the learner (:func:`learn_round`) on ``M`` such decisions:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -151,7 +152,9 @@ def fit_actor(actor: Actor, obs: torch.Tensor, target: torch.Tensor, epochs: int
     optimizer = torch.optim.Adam(actor.parameters(), lr=lr)
     actor.train()
     steps = 0
-    budget = epochs * -(-m // batch_size) if max_steps is None else min(max_steps, epochs * -(-m // batch_size))
+    budget = epochs * math.ceil(m / batch_size)
+    if max_steps is not None:
+        budget = min(budget, max_steps)
     for _ in range(epochs if m else 0):
         for idx in torch.randperm(m, generator=generator).split(batch_size):
             if steps >= budget:

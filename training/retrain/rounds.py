@@ -102,14 +102,13 @@ def run_rounds(cfg: RetrainConfig, every_s: float, rounds: int, metrics_file: Pa
         except UserError as exc:
             logger.warning("retrain round %d failed: %s", index, exc)
             figures = {"round": index, "time": datetime.now(UTC).isoformat(), "status": "error", "error": str(exc)}
-        if not count_too_few and figures["status"] == "too_few":
-            index -= 1
-            sleep(max(0.0, every_s - (time.monotonic() - start)))
-            continue
-        record_round(figures, metrics_file, cfg)
-        done.append(figures)
-        if on_round is not None:
-            on_round(figures)
+        if count_too_few or figures["status"] != "too_few":
+            record_round(figures, metrics_file, cfg)
+            done.append(figures)
+            if on_round is not None:
+                on_round(figures)
+        else:
+            index -= 1  # only a poll: not a round
         if rounds == 0 or index < rounds:
             sleep(max(0.0, every_s - (time.monotonic() - start)))
     return done

@@ -150,11 +150,10 @@ class RedisGroupSource(ExperienceSource):
             while len(out) < max_records:
                 count = min(self.batch, max_records - len(out))
                 page = self._redis.xrevrange(self.stream, max=end, min="-", count=count)
-                page = [(eid, fields) for eid, fields in page if not out or eid != out[-1][0]]
                 if not page:
                     break
                 out.extend((eid, fields.get(RECORD_FIELD, "")) for eid, fields in page)
-                end = f"({page[-1][0]}"
+                end = f"({page[-1][0]}"  # exclusive: the next page starts below the last entry read
         except (RedisError, OSError) as exc:
             raise SourceError(f"cannot read {self.stream} from Redis: {type(exc).__name__}: {exc}") from None
         return out[::-1]

@@ -85,6 +85,15 @@ def _check(record: ExperienceRecord, policy: Policy) -> tuple[str | None, np.nda
     return None, vector
 
 
+def merged_skipped(*batches: LoggedBatch) -> dict[str, int]:
+    """Reasons -> records left out, summed over ``batches`` (a round's training and held-out parts)."""
+    out: dict[str, int] = {}
+    for batch in batches:
+        for reason, count in batch.skipped.items():
+            out[reason] = out.get(reason, 0) + count
+    return out
+
+
 def session_key(record: ExperienceRecord) -> str:
     """The session a record belongs to: its ``session_id``, else its own decision."""
     return record.session_id or f"decision:{record.decision_id}"
