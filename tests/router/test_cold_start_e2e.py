@@ -65,6 +65,9 @@ def test_init_explore_feedback_retrain_learns_from_bandit_feedback(start_server,
     server = start_server({
         "ROUTER_CHECKPOINT": str(root), "ROUTER_REDIS_URL": redis_url, "ROUTER_REDIS_PREFIX": redis_prefix,
         "ROUTER_EMBED_CACHE_DIR": str(embed_cache), "ROUTER_POLICY_POLL_S": "30", "ROUTER_ADMIN_TOKEN": ADMIN_TOKEN,
+        # no cooldowns: the broken agent is the learner's to find, not the circuit breaker's (with them on, it
+        # cools down as soon as it has 10 zero feedbacks, sometimes within the first 20 requests)
+        "ROUTER_COOLDOWN_S": "0",
     }).wait_ready()
     rng = np.random.default_rng(0)
     with httpx.Client(base_url=server.url, timeout=30.0) as client:
