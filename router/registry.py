@@ -21,10 +21,11 @@ import anyio
 import torch
 
 from env.embedder import canonical_model_id
+from policy.artefact import Policy
+from policy.checkpoint import META, CheckpointError, load_checkpoint, read_meta, resolve_checkpoint
 from router.errors import DomainError
 from router.experience.base import utc_now_iso
 from router.service import RoutingService
-from training.checkpoint import META, CheckpointError, Policy, load_checkpoint, read_meta, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 

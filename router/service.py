@@ -21,11 +21,12 @@ from contract.experience import SCHEMA_VERSION, DecisionContext, encode_embeddin
 from contract.observation import normalised_load
 from contract.pricing import prompt_tokens
 from env.embedder import Embedder
+from policy.artefact import Policy
+from policy.checkpoint import CheckpointError
+from policy.exploration import inverse_gap_weighting
 from router.errors import DomainError
 from router.experience.base import utc_now_iso
 from router.load import NoAgentAvailable
-from training.checkpoint import CheckpointError, Policy
-from training.exploration import inverse_gap_weighting
 
 
 class CandidateError(DomainError):
@@ -352,7 +353,7 @@ class RoutingService:
                               temperature: float) -> np.ndarray:
         """``[K]`` float64, what ``explore`` samples from. A policy with ``exploration`` (a reward
         critic and its ``γ``): inverse gap weighting around the actor's choice
-        (:func:`training.exploration.inverse_gap_weighting`), which already gives every allowed
+        (:func:`policy.exploration.inverse_gap_weighting`), which already gives every allowed
         agent a share that shrinks with its estimated gap, so ``floor`` and ``temperature`` are not
         used. Other policies: :func:`exploration_distribution`."""
         meta = self.policy.meta.exploration

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     checkpoint: Path = Field(
         Path("checkpoints"),
         description="A policy version directory, or a parent directory whose newest version is "
-        "served (see training.checkpoint.resolve_checkpoint).",
+        "served (see policy.checkpoint.resolve_checkpoint).",
     )
     redis_url: str | None = Field(
         None,

@@ -19,7 +19,7 @@ from tests.harness import LoopbackProcess, free_port
 
 @dataclass
 class AgentsServer(LoopbackProcess):
-    """``python -m router.cli agents serve --model ...`` on a free loopback port (weights preloaded).
+    """``python -m cli agents serve --model ...`` on a free loopback port (weights preloaded).
 
     Args:
         models: the model names to serve.
@@ -39,7 +39,7 @@ class AgentsServer(LoopbackProcess):
         return f"http://127.0.0.1:{self.port}/v1"
 
     def command(self) -> list[str]:
-        args = [sys.executable, "-m", "router.cli", "agents", "serve", "--port", str(self.port),
+        args = [sys.executable, "-m", "cli", "agents", "serve", "--port", str(self.port),
                 "--log-level", "warning"]
         for model in self.models:
             args += ["--model", model]

@@ -56,7 +56,7 @@ def agent_specs(agents: list[str] = AGENTS) -> list[dict[str, Any]]:
 def checkpoint_content(
     agents: list[str] = AGENTS, capacities: list[int | None] | None = None, hidden: tuple[int, ...] = (64, 64)
 ) -> dict[str, Any]:
-    """``policy.json`` content (as :func:`training.checkpoint.save_checkpoint` takes it) of a
+    """``policy.json`` content (as :func:`policy.checkpoint.save_checkpoint` takes it) of a
     single-router policy over ``agents`` on MiniLM embeddings.
 
     With ``capacities`` the agent specs and the meta record them (the server then feeds live load
@@ -80,15 +80,15 @@ def networks_for(content: dict[str, Any]):
     """Fresh ``(actor, critic)`` for checkpoint ``content`` (its ``obs_layout`` and ``network``)."""
     from contract.observation import ObsLayout
     from contract.policy_meta import NetworkMeta
-    from training.checkpoint import build_networks
+    from policy.networks import NetworkShape, build_networks
 
-    return build_networks(ObsLayout(**content["obs_layout"]), NetworkMeta(**content["network"]))
+    return build_networks(NetworkMeta(**content["network"]), NetworkShape.of_layout(ObsLayout(**content["obs_layout"])))
 
 
 def make_checkpoint(parent: Path, capacities: list[int | None] | None = None,
                     agents: list[str] = AGENTS) -> Path:
     """Save a freshly initialised (almost uniform) policy under ``parent``; its version directory."""
-    from training.checkpoint import save_checkpoint
+    from policy.checkpoint import save_checkpoint
 
     content = checkpoint_content(agents, capacities)
     actor, critic = networks_for(content)
@@ -100,7 +100,7 @@ def preference_checkpoint(parent: Path, agents: list[str] = AGENTS, cost_weight_
     alone: ``agents[0]`` at ``cost_weight`` 0, ``agents[1]`` from about 0.2 USD^-1 up."""
     import torch
 
-    from training.checkpoint import save_checkpoint
+    from policy.checkpoint import save_checkpoint
 
     content = checkpoint_content(agents, hidden=(8,))
     content["obs_layout"] |= {"cost_preference": True, "cost_weight_max": cost_weight_max, "default_cost_weight": 0.0}
@@ -125,7 +125,7 @@ def priced_checkpoint(parent: Path, agents: list[str] = AGENTS,
     import torch
 
     from contract.pricing import AgentPrice
-    from training.checkpoint import save_checkpoint
+    from policy.checkpoint import save_checkpoint
 
     content = checkpoint_content(agents, hidden=(8,))
     prices = [AgentPrice(price_per_1m_tokens=s["price_per_1m_tokens"], cost_per_call_usd=s["cost_per_call_usd"])

@@ -8,7 +8,7 @@ import pytest
 
 
 def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "router", *args], capture_output=True, text=True, timeout=300,
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=300,
                           cwd=cwd)
 
 
@@ -60,8 +60,8 @@ def test_bad_options(args, needle):
 
 
 def test_corrupt_checkpoint_is_refused_by_eval_and_serve(tmp_path):
+    from policy.checkpoint import WEIGHTS, save_checkpoint
     from tests.harness import networks_for
-    from training.checkpoint import WEIGHTS, save_checkpoint
 
     meta = {"agents": ["a", "b"], "capacities": [None, None], "embedding": {"model": "m", "dim": 4},
             "obs_layout": {"embed_dim": 4, "num_agents": 2, "num_routers": 1, "include_agent_id": False},
@@ -76,6 +76,6 @@ def test_admin_open_on_a_public_bind_refuses_to_start(tmp_path):
     import os
 
     env = {**os.environ, "ROUTER_ADMIN_OPEN": "true"}
-    proc = subprocess.run([sys.executable, "-m", "router", "serve", "--host", "0.0.0.0", "--checkpoint",
+    proc = subprocess.run([sys.executable, "-m", "cli", "serve", "--host", "0.0.0.0", "--checkpoint",
                            str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
     _assert_one_line_error(proc, "admin_open needs a loopback host", "ROUTER_ADMIN_TOKEN")

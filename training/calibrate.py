@@ -5,7 +5,7 @@ target on a dataset split, as RouteLLM calibrates its threshold (Ong et al. 2024
 The policy routes each prompt of the split greedily at zero load; the search is a bisection on
 ``log1p(cost_weight)`` for the smallest ``cost_weight`` whose mean cost (or the agent's share) is
 within the target. Both figures fall as ``cost_weight`` rises for a policy with prompt features
-(:class:`training.networks.Actor`), so the bisection finds the boundary.
+(:class:`policy.networks.Actor`), so the bisection finds the boundary.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 
 from env.dataset import RoutingDataset
 from env.errors import UserError
-from training.checkpoint import Policy
+from policy.artefact import Policy
 from training.evaluate import policy_choices, summarize
 
 #: ``cost_weight`` (USD^-1) beyond which no target is searched.

@@ -1,6 +1,6 @@
 """A serving policy from an agents file alone (``agent-router init``): no outcome data.
 
-The policy knows nothing yet. Its reward critic (:class:`~training.networks.RewardCritic`) starts
+The policy knows nothing yet. Its reward critic (:class:`~policy.networks.RewardCritic`) starts
 at each agent's ``prior_quality`` (0 when the agents file gives none), its actor prefers the agents
 with the highest prior (uniform without priors), and its exploration is inverse gap weighting with
 ``γ = 0``, the uniform choice, so ``explore: true`` tries every agent from the first request. Each
@@ -20,7 +20,8 @@ from contract.pricing import expected_costs_usd
 from env.dataset import AgentSpec, load_agents
 from env.embedder import DEFAULT_MODEL, canonical_model_id
 from env.errors import UserError
-from training.checkpoint import build_networks, build_reward_critic, save_checkpoint
+from policy.checkpoint import save_checkpoint
+from policy.networks import NetworkShape, build_networks, build_reward_critic
 from training.retrain.config import RetrainConfig
 
 #: prompt length (tokens) whose expected cost scales the expected-cost features of a cold start
@@ -76,7 +77,7 @@ def init_policy(agents_path: str | Path, out: str | Path, embedding_model: str =
     layout = cold_start_layout(agents, embed_dim, cost_weight)
     network = NetworkMeta(hidden=hidden, share_params=True, centralised_critic=True, reward_critic=True)
     torch.manual_seed(seed)
-    actor, critic = build_networks(layout, network)
+    actor, critic = build_networks(network, NetworkShape.of_layout(layout))
     priors = [a.prior_quality for a in agents]
     known = [p for p in priors if p is not None]
     reward_critic = build_reward_critic(layout, [p if p is not None else (sum(known) / len(known) if known else 0.0)

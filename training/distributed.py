@@ -1,6 +1,6 @@
 """Data-parallel training under ``torchrun``: process group set-up and rank helpers.
 
-``torchrun --nproc_per_node P -m router.cli train ...`` starts ``P`` processes; each simulates
+``torchrun --nproc_per_node P -m cli train ...`` starts ``P`` processes; each simulates
 ``B / P`` of the ``B`` worlds and :class:`torch.nn.parallel.DistributedDataParallel` averages the
 gradients (Li et al. 2020, "PyTorch Distributed", arXiv 2006.15704). Backend: ``nccl`` on CUDA,
 ``gloo`` on CPU. Rank 0 alone writes files.

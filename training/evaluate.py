@@ -12,8 +12,8 @@ import torch
 
 from contract.observation import ObsLayout, build_obs
 from env.dataset import RoutingDataset
-from training.checkpoint import Policy, router_probabilities
-from training.networks import Actor
+from policy.artefact import Policy, router_probabilities
+from policy.networks import Actor
 
 
 def summarize(choice: np.ndarray, quality: np.ndarray, cost_usd: np.ndarray, cost_weight: float) -> dict[str, float]:

@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 from contract.pricing import expected_costs_usd
 from env.errors import UserError
 from env.prompt_env import PromptEnv
-from training.checkpoint import Policy, save_checkpoint
+from policy.artefact import Policy
+from policy.checkpoint import save_checkpoint
 from training.config import TrainConfig
 from training.data import EmbeddedSplits, load_splits
 from training.distributed import DistContext, init_distributed, shutdown
@@ -43,7 +44,7 @@ def build_env(cfg: TrainConfig, splits: EmbeddedSplits, device: str, split: str 
 def checkpoint_meta(cfg: TrainConfig, splits: EmbeddedSplits, env: PromptEnv,
                     eval_metrics: dict[str, Any]) -> dict[str, Any]:
     """The ``policy.json`` content of a checkpoint trained with ``cfg`` (:class:`~contract.policy_meta.PolicyMeta`
-    but the fields :func:`~training.checkpoint.save_checkpoint` fills in)."""
+    but the fields :func:`~policy.checkpoint.save_checkpoint` fills in)."""
     ds = splits.dataset
     return {
         "agents": ds.agent_names,

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from env.base import MultiAgentEnv, MultiAgentStep
+from policy.networks import NetworkShape, build_networks
 from training.buffer import RolloutBuffer
 from training.config import TrainConfig
 from training.distributed import is_distributed
-from training.networks import Actor, Critic
 from training.update import PendingUpdate, make_optimizer, ppo_update_on_device, read_scalars, set_learning_rates
 from training.value_norm import ValueNorm
 
@@ -73,8 +73,8 @@ class MAPPOTrainer:
         N, D, K = env.num_routers, env.obs_dim, env.num_actions
         layout = getattr(env, "layout", None)  # PromptEnv's ObsLayout; other envs have none
         columns, penalty = (layout.actor_columns(), layout.penalty_cols) if layout is not None else (None, None)
-        self.actor = Actor(D, N, K, net.share_params, net.hidden, columns, penalty).to(self.device)
-        self.critic = Critic(D, env.state_dim, N, net.centralised_critic, net.share_params, net.hidden).to(self.device)
+        actor, critic = build_networks(net, NetworkShape(D, env.state_dim, N, K, columns, penalty))
+        self.actor, self.critic = actor.to(self.device), critic.to(self.device)
         self.value_norm = ValueNorm(ppo.norm_value).to(self.device)
         if config.compile:  # in place: the modules, their state_dict keys and DDP's wrapping stay as they are
             self.actor.compile()

@@ -112,7 +112,7 @@ def test_unknown_path_is_an_openai_404(server):
 
 
 def test_cli_refuses_an_unknown_model_in_one_line():
-    done = subprocess.run([sys.executable, "-m", "router.cli", "agents", "serve", "--model", "oracle"],
+    done = subprocess.run([sys.executable, "-m", "cli", "agents", "serve", "--model", "oracle"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip() == "error: unknown model 'oracle'; known: calculator, smollm2"

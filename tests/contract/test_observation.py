@@ -57,7 +57,7 @@ def test_prompt_features_columns_penalty_and_actor_columns():
 def test_actor_with_a_penalty_is_monotone_in_cost_weight():
     """Any weights: a larger cost_weight never raises the expected cost of the sampled agent nor
     the cost of the greedy one."""
-    from training.networks import Actor
+    from policy.networks import Actor
 
     torch.manual_seed(0)
     prices = tuple(AgentPrice(price_per_1m_tokens=p) for p in (0.1, 0.5, 2.0, 9.0))
@@ -85,8 +85,8 @@ def test_actor_with_a_penalty_is_monotone_in_cost_weight():
 def test_prompt_env_checkpoint_and_server_obs_agree(tmp_path, include_id):
     """The env's obs of a prompt under load equals ``Policy.build_obs`` of its embedding and the
     same load, and the serving load of the same backlog."""
+    from policy.checkpoint import load_checkpoint, save_checkpoint
     from router.service import RoutingService
-    from training.checkpoint import load_checkpoint, save_checkpoint
 
     rng = np.random.default_rng(0)
     emb = rng.standard_normal((5, 384)).astype(np.float32)

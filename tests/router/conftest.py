@@ -125,7 +125,7 @@ def redis_down_server(redis_down_server_launched) -> Server:
 
 
 def _expected_checkpoint_error(path: Path) -> str:
-    from training.checkpoint import CheckpointError, load_checkpoint
+    from policy.checkpoint import CheckpointError, load_checkpoint
 
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
@@ -134,7 +134,7 @@ def _expected_checkpoint_error(path: Path) -> str:
 
 @pytest.fixture(scope="session")
 def failed_starts_launched(start_server, checkpoint, tmp_path_factory) -> dict:
-    from training.checkpoint import WEIGHTS
+    from policy.checkpoint import WEIGHTS
 
     root = tmp_path_factory.mktemp("broken")
     missing = root / "nowhere"

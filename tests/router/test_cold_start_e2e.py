@@ -14,8 +14,8 @@ import httpx
 import numpy as np
 import pytest
 
+from policy.checkpoint import load_checkpoint
 from tests.harness import ROOT
-from training.checkpoint import load_checkpoint
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 ADMIN_TOKEN = "cold-start-admin-token"
@@ -56,7 +56,7 @@ def test_init_explore_feedback_retrain_learns_from_bandit_feedback(start_server,
     agents_file.write_text(json.dumps({"agents": AGENTS}))
     root = tmp_path / "checkpoints"
     env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
-    init = subprocess.run([sys.executable, "-m", "router", "init", "--agents", str(agents_file), "--out", str(root)],
+    init = subprocess.run([sys.executable, "-m", "cli", "init", "--agents", str(agents_file), "--out", str(root)],
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert init.returncode == 0, init.stderr
     v1 = load_checkpoint(root)
@@ -82,7 +82,7 @@ def test_init_explore_feedback_retrain_learns_from_bandit_feedback(start_server,
             assert r.status_code == 202, r.text
         assert set(chosen) == {a["name"] for a in AGENTS}
 
-        run = subprocess.run([sys.executable, "-m", "router", "retrain", "--checkpoint", str(root),
+        run = subprocess.run([sys.executable, "-m", "cli", "retrain", "--checkpoint", str(root),
                               "--redis-url", redis_url, "--prefix", redis_prefix, "--every-records", "300",
                               "--every", "1s", "--rounds", "1", "--metrics-file", str(tmp_path / "rounds.jsonl"),
                               "--json"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)

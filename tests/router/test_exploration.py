@@ -30,8 +30,8 @@ def _fixed_policy(tmp_path, logits):
     """A checkpoint whose distribution is ``softmax(logits)`` whatever the prompt."""
     import torch
 
+    from policy.checkpoint import load_checkpoint, save_checkpoint
     from tests.harness import checkpoint_content, networks_for
-    from training.checkpoint import load_checkpoint, save_checkpoint
 
     agents = [f"a{k}" for k in range(len(logits))]
     content = checkpoint_content(agents, hidden=(8,))

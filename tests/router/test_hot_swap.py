@@ -44,7 +44,7 @@ def save_version(
     """Save a policy whose output does not depend on its input: logits ``FAVOURITE_LOGIT`` for
     agent ``favourite``, 0 for the others (NaN everywhere with ``poison``), so every response's
     probabilities tell which version answered."""
-    from training.checkpoint import save_checkpoint
+    from policy.checkpoint import save_checkpoint
 
     meta = {**checkpoint_content(agents, hidden=(32, 32)), "version": version,
             "agent_specs": agent_specs()[: len(agents)]}
@@ -84,7 +84,7 @@ class Versions:
 
 
 def make_versions(base: Path) -> Versions:
-    from training.checkpoint import WEIGHTS
+    from policy.checkpoint import WEIGHTS
 
     root = base / "versions"
     bad = {  # older than a and b, so that the newest version is b
@@ -136,9 +136,9 @@ class StubEmbedder:
 
 
 def make_registry(versions: Versions, start: str | None = None):
+    from policy.checkpoint import load_checkpoint
     from router.registry import PolicyRegistry
     from router.service import RoutingService
-    from training.checkpoint import load_checkpoint
 
     service = RoutingService(load_checkpoint(versions.root / (start or versions.b)), StubEmbedder())
     service.warm_up()
@@ -412,7 +412,7 @@ class Swap:
 def test_two_replicas_follow_50_swaps_under_16_clients(replicas, versions, redis_url):
     """The spec: zero failed requests, every response names a version live at the time, both
     replicas report the new version within 1 s of each publish."""
-    from contract.policy_meta import EVENTS_CHANNEL
+    from policy.versions import EVENTS_CHANNEL
 
     servers, prefix = replicas
     clients, swaps_wanted, dwell_s = 16, 50, 0.15

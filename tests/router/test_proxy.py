@@ -102,7 +102,7 @@ def test_a_routed_answer_is_the_upstreams_and_its_call_record_is_written_without
     both = [r for r in sqlite_records(proxy_sqlite_server) if r["decision_id"] == decision_id]
     assert [r.get("source", "client") for r in both] == ["proxy", "client"] and both[1]["quality"] == 0.8
 
-    from training.checkpoint import load_checkpoint
+    from policy.checkpoint import load_checkpoint
     from training.retrain.trajectories import NO_QUALITY, build_batch
 
     policy = load_checkpoint(proxy_sqlite_server.env["ROUTER_CHECKPOINT"])

@@ -127,7 +127,7 @@ def test_keys_new_prints_a_key_and_only_its_hash_for_the_settings():
 
     from tests.harness import ROOT
 
-    run = subprocess.run([sys.executable, "-m", "router", "keys", "new", "--name", "team-a",
+    run = subprocess.run([sys.executable, "-m", "cli", "keys", "new", "--name", "team-a",
                           "--budget-usd-per-day", "2.5"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert run.returncode == 0, run.stderr
     key_line, entry_line = run.stdout.strip().splitlines()
@@ -135,6 +135,6 @@ def test_keys_new_prints_a_key_and_only_its_hash_for_the_settings():
     entry = json.loads(entry_line.removeprefix("ROUTER_API_KEYS entry: "))
     assert entry == {"name": "team-a", "sha256": hash_key(key), "budget_usd_per_day": 2.5}
     assert authenticate(settings(api_keys=[entry]), f"Bearer {key}", None).name == "team-a"
-    bad = subprocess.run([sys.executable, "-m", "router", "keys", "new", "--name", "no spaces"],
+    bad = subprocess.run([sys.executable, "-m", "cli", "keys", "new", "--name", "no spaces"],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("error: keys new: name:") and "Traceback" not in bad.stderr

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import redis
 
+from policy.checkpoint import load_checkpoint
 from tests.harness import ROOT
-from training.checkpoint import load_checkpoint
 from training.data import load_splits
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -68,7 +68,7 @@ def test_feedback_retrain_hot_swap_improves_the_policy(weak_policy, start_server
             assert r.status_code == 202, r.text
 
         env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
-        run = subprocess.run([sys.executable, "-m", "router", "retrain", "--checkpoint", str(root),
+        run = subprocess.run([sys.executable, "-m", "cli", "retrain", "--checkpoint", str(root),
                               "--redis-url", redis_url, "--prefix", redis_prefix, "--set", "min_ess=5",
                               "--every", "1s", "--rounds", "1", "--metrics-file", str(tmp_path / "rounds.jsonl"),
                               "--json"],

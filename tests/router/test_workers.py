@@ -81,7 +81,7 @@ def test_two_workers_share_live_load_agents_down_and_the_served_version(two_work
 
 
 def test_more_than_one_worker_without_redis_is_refused_in_one_line(tmp_path, checkpoint):
-    run = subprocess.run([sys.executable, "-m", "router", "serve", "--workers", "2", "--checkpoint", str(checkpoint)],
+    run = subprocess.run([sys.executable, "-m", "cli", "serve", "--workers", "2", "--checkpoint", str(checkpoint)],
                          capture_output=True, text=True, cwd=ROOT, timeout=120,
                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert run.returncode == 2

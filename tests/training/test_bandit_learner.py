@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from contract.experience import ExperienceRecord, Feedback
+from policy.checkpoint import load_checkpoint
+from policy.exploration import igw_gamma, inverse_gap_weighting
+from policy.networks import RewardCritic
 from router.service import RoutingService
-from training.checkpoint import load_checkpoint
 from training.cold_start import init_policy
-from training.exploration import igw_gamma, inverse_gap_weighting
-from training.networks import RewardCritic
 from training.retrain.bandit_round import bandit_round, logged_gate
 from training.retrain.config import RetrainConfig
 from training.retrain.learner import actor_targets, fit_reward_critic

@@ -5,15 +5,8 @@ import torch
 
 from contract.observation import ObsLayout
 from contract.policy_meta import FORMAT, FORMAT_V1, NetworkMeta, migrate_v1, parse_policy_meta
-from training.checkpoint import (
-    META,
-    WEIGHTS,
-    CheckpointError,
-    build_networks,
-    load_checkpoint,
-    resolve_checkpoint,
-    save_checkpoint,
-)
+from policy.checkpoint import META, WEIGHTS, CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint
+from policy.networks import NetworkShape, build_networks
 
 AGENTS = ["small", "medium", "large"]
 
@@ -31,7 +24,7 @@ def _meta(hidden=(16, 16), share=True, routers=2, centralised=True):
 
 
 def build_networks_of(meta):
-    return build_networks(ObsLayout(**meta["obs_layout"]), NetworkMeta(**meta["network"]))
+    return build_networks(NetworkMeta(**meta["network"]), NetworkShape.of_layout(ObsLayout(**meta["obs_layout"])))
 
 
 @pytest.mark.parametrize(("share", "centralised"), [(True, True), (False, True), (True, False), (False, False)])

@@ -82,7 +82,7 @@ def test_torchrun_cli_trains_on_two_processes(small_config, tmp_path):
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(json.dumps(small_config.model_dump(mode="json")))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "router", "train",
+    run = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "cli", "train",
                           "--config", str(cfg_path), "-s", "ppo.total_steps=64", "-q"],
                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -16,8 +16,8 @@ import torch
 from env.config import EnvConfig
 from env.dataset import AgentSpec, RoutingDataset
 from env.errors import UserError
+from policy.artefact import Policy
 from tests.harness import networks_for
-from training.checkpoint import Policy
 from training.evaluation import capacity as cap
 from training.evaluation.classifiers import fit_predictors, route_wtp, wtp_grid
 from training.evaluation.report import offline_report, parse_capacity_overrides, run_eval

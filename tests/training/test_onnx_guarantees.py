@@ -18,7 +18,8 @@ import pytest
 
 from env.dataset import RoutingDataset
 from env.onnx_embedder import OnnxEmbedder
-from training.checkpoint import Policy, load_checkpoint
+from policy.artefact import Policy
+from policy.checkpoint import load_checkpoint
 from training.config import load_config
 from training.data import load_splits
 from training.evaluate import policy_choices, summarize

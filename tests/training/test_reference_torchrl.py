@@ -50,9 +50,9 @@ import pytest
 import torch
 from torch import nn
 
+from policy.networks import Actor, Critic
 from training.buffer import RolloutBuffer
 from training.gae import generalized_advantage_estimate
-from training.networks import Actor, Critic
 from training.ppo import ppo_loss
 
 

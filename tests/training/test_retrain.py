@@ -11,11 +11,11 @@ import pytest
 import redis
 
 from env.errors import UserError
+from policy.checkpoint import META, load_checkpoint
 from router.experience.redis_store import RedisExperienceStore
 from router.experience.sqlite_store import SqliteExperienceStore
 from router.service import RoutingService
 from tests.harness import sample_feedback
-from training.checkpoint import META, load_checkpoint
 from training.data import load_splits
 from training.retrain import RetrainConfig, run_retrain
 from training.retrain import job as retrain_job

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from contract.experience import ExperienceRecord
+from policy.checkpoint import load_checkpoint
 from tests.harness import priced_checkpoint, sample_context, sample_feedback
-from training.checkpoint import load_checkpoint
 from training.retrain.trajectories import build_batch
 
 

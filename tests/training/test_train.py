@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from training.checkpoint import load_checkpoint
+from policy.checkpoint import load_checkpoint
 from training.run import run_training
 
 pytestmark = pytest.mark.slow
@@ -31,7 +31,7 @@ def test_short_training_run_beats_random(small_config):
 
 
 def _cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "router", *args], capture_output=True, text=True, timeout=600, **kw)
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=600, **kw)
 
 
 def test_cli_train_then_eval_json(small_config, tmp_path):
@@ -153,7 +153,7 @@ def test_one_policy_for_every_trade_off(small_config):
     assert all(b <= a + 1e-12 for a, b in itertools.pairwise(costs)), costs
     # calibrate (the CLI) to a cost half-way: the smallest cost_weight that meets it
     target = 1000 * (costs[0] + costs[-1]) / 2
-    out = subprocess.run([sys.executable, "-m", "router", "calibrate", "--checkpoint", str(policy.path),
+    out = subprocess.run([sys.executable, "-m", "cli", "calibrate", "--checkpoint", str(policy.path),
                           "--target-cost-usd-per-1k", str(target), "--json"], capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr

@@ -8,9 +8,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from policy.networks import Actor, Critic
 from training.buffer import RolloutBuffer
 from training.config import PPOConfig
-from training.networks import Actor, Critic
 from training.ppo import ppo_loss
 from training.retrain.config import PPO_DEFAULTS, RetrainConfig
 from training.update import minibatch_indices, ppo_update

@@ -23,7 +23,7 @@ from contract.observation import ObsLayout
 from env.config import EnvConfig
 from env.errors import UserError
 from env.prompt_env import EnvStep, PromptEnv
-from training.checkpoint import Policy
+from policy.artefact import Policy
 
 RoutingRule = Callable[[PromptEnv, EnvStep], torch.Tensor]
 

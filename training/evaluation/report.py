@@ -40,7 +40,8 @@ import numpy as np
 from env.config import EnvConfig
 from env.dataset import RoutingDataset
 from env.errors import UserError
-from training.checkpoint import META, Policy, load_checkpoint
+from policy.artefact import Policy
+from policy.checkpoint import META, load_checkpoint
 from training.evaluate import policy_choices, summarize, zero_load_probabilities
 from training.evaluation import capacity as cap
 from training.evaluation import curves

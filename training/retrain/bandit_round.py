@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from contract.policy_meta import ExplorationMeta
-from training.checkpoint import Policy
-from training.exploration import igw_gamma
+from policy.artefact import Policy
+from policy.exploration import igw_gamma
 from training.retrain.config import RetrainConfig
 from training.retrain.learner import actor_targets, fit_actor, fit_reward_critic
 from training.retrain.offpolicy import logged_verdict, off_policy_terms

@@ -64,7 +64,7 @@ class RetrainConfig(BaseModel):
             by ``η/(η+τ)`` a round and the policy tends to ``softmax(Q̂/τ)``.
         actor_epochs, actor_lr, actor_batch_size: the actor's cross-entropy fit.
         actor_max_steps: at most this many of its Adam steps a round, however long the history.
-        gamma_scale: exploration's ``γ = gamma_scale · sqrt(K · records)`` (:mod:`training.exploration`).
+        gamma_scale: exploration's ``γ = gamma_scale · sqrt(K · records)`` (:mod:`policy.exploration`).
     """
 
     model_config = ConfigDict(extra="forbid")

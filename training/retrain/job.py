@@ -37,17 +37,11 @@ import redis
 import torch
 from redis.exceptions import RedisError
 
-from contract.policy_meta import CURRENT_KEY, EVENTS_CHANNEL, PolicyMeta
+from contract.policy_meta import PolicyMeta
 from env.errors import UserError
-from training.checkpoint import (
-    META,
-    CheckpointError,
-    Policy,
-    load_checkpoint,
-    read_meta,
-    resolve_checkpoint,
-    save_checkpoint,
-)
+from policy.artefact import Policy
+from policy.checkpoint import META, CheckpointError, load_checkpoint, read_meta, resolve_checkpoint, save_checkpoint
+from policy.versions import VersionKeys
 from training.config import TrainConfig, checkpoint_config
 from training.retrain.bandit_round import bandit_round
 from training.retrain.config import RetrainConfig
@@ -61,8 +55,6 @@ from training.value_norm import ValueNorm
 logger = logging.getLogger(__name__)
 
 REJECTED = "rejected"
-#: Redis set, under ``<prefix>:``, of the versions this job published (recovery checks it)
-PUBLISHED_SET = "retrain:published"
 
 
 @dataclass
@@ -140,33 +132,35 @@ def last_watermark(root: Path, source: ExperienceSource) -> str | None:
 
 
 class Publisher:
-    """The policy version published to every server replica (see :mod:`router.registry`)."""
+    """The policy version published to every server replica (:mod:`policy.versions`)."""
 
     def __init__(self, url: str, prefix: str) -> None:
         self._redis = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10.0)
-        self.key, self.channel = f"{prefix}:{CURRENT_KEY}", f"{prefix}:{EVENTS_CHANNEL}"
-        self.published_set = f"{prefix}:{PUBLISHED_SET}"
+        self.keys = VersionKeys(prefix)
 
     def current(self) -> str | None:
         try:
-            return self._redis.get(self.key)
+            return self._redis.get(self.keys.current)
         except (RedisError, OSError) as exc:
-            raise SourceError(f"cannot read {self.key}: {exc}") from None
+            raise SourceError(f"cannot read {self.keys.current}: {exc}") from None
 
     def was_published(self, version: str) -> bool:
         try:
-            return bool(self._redis.sismember(self.published_set, version))
+            return bool(self._redis.sismember(self.keys.published, version))
         except (RedisError, OSError) as exc:
-            raise SourceError(f"cannot read {self.published_set}: {exc}") from None
+            raise SourceError(f"cannot read {self.keys.published}: {exc}") from None
 
-    def publish(self, ref: str, version: str) -> None:
-        """SET the key, PUBLISH the event and record ``version`` as published, in one MULTI."""
+    def publish(self, version: str) -> None:
+        """:meth:`policy.versions.VersionKeys.queue_publish`, executed.
+
+        Raises:
+            SourceError: Redis is unreachable or refused.
+        """
         try:
             with self._redis.pipeline(transaction=True) as pipe:
-                pipe.set(self.key, ref).publish(self.channel, ref).sadd(self.published_set, version)
-                pipe.execute()
+                self.keys.queue_publish(pipe, version).execute()
         except (RedisError, OSError) as exc:
-            raise SourceError(f"could not publish {ref!r}: {exc}") from None
+            raise SourceError(f"could not publish {version!r}: {exc}") from None
 
     def close(self) -> None:
         self._redis.close()
@@ -259,7 +253,7 @@ def _run(cfg: RetrainConfig, root: Path, source: ExperienceSource, publisher: Pu
         # passed the gate, meant to be published, never published: finish the earlier run's publish
         if ((run.get("gate") or {}).get("passed") and run.get("config", {}).get("publish") and cfg.publish
                 and not publisher.was_published(newest_meta.version)):
-            publisher.publish(newest.name, newest_meta.version)
+            publisher.publish(newest.name)
             recovered, serving_dir = newest_meta.version, newest
             logger.info("published %s, left unpublished by an earlier run", recovered)
     serving = load_checkpoint(serving_dir)
@@ -309,7 +303,7 @@ def _run(cfg: RetrainConfig, root: Path, source: ExperienceSource, publisher: Pu
     if not passed:
         result.status = "rejected"
     elif publisher is not None and cfg.publish:
-        publisher.publish(path.name, result.version)
+        publisher.publish(path.name)
         result.status = "published"
     else:
         result.status = "saved"

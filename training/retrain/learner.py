@@ -27,7 +27,7 @@ round of the learner (:func:`learn_round`) on ``M`` such decisions:
    (``entropy_temperature``) makes old evidence fade geometrically, by ``η/(η+τ)`` a round: the
    policy tends to ``softmax(Q̂/τ)`` and never saturates past what a few rounds can undo.
 4. **Exploration** for the next rounds: ``γ`` of inverse gap weighting from the records fitted on
-   (:mod:`training.exploration`).
+   (:mod:`policy.exploration`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from training.networks import Actor, RewardCritic
+from policy.networks import Actor, RewardCritic
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from policy.networks import Actor, Critic
 from training.gae import generalized_advantage_estimate
-from training.networks import Actor, Critic
 from training.retrain.config import RetrainConfig
 from training.retrain.trajectories import LoggedBatch
 from training.trainer import explained_variance

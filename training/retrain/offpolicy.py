@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from training.checkpoint import Policy
+from policy.artefact import Policy
 from training.retrain.trajectories import LoggedBatch
 from training.value_norm import ValueNorm
 

@@ -1,6 +1,6 @@
 """Retraining round after round (``agent-router retrain --every 10m``): the same
 :func:`~training.retrain.job.run_retrain` each round, its figures appended to a JSON Lines file
-and, with Redis, written to ``<prefix>:<RETRAIN_ROUND_KEY>`` for the servers' ``/metrics``.
+and, with Redis, written to ``<prefix>:retrain:last_round`` (:mod:`policy.versions`) for the servers' ``/metrics``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 import redis
 from redis.exceptions import RedisError
 
-from contract.policy_meta import RETRAIN_ROUND_KEY
 from env.errors import UserError
+from policy.versions import VersionKeys
 from training.json_safe import finite_or_null
 from training.retrain.config import RetrainConfig
 from training.retrain.job import RetrainResult, run_retrain
@@ -66,7 +66,7 @@ def round_figures(round_index: int, result: RetrainResult) -> dict[str, Any]:
 
 def record_round(figures: dict[str, Any], metrics_file: Path | None, cfg: RetrainConfig) -> None:
     """Append ``figures`` to ``metrics_file`` and, with Redis, SET them (JSON) at
-    ``<prefix>:<RETRAIN_ROUND_KEY>``; a Redis failure is logged, not raised."""
+    ``<prefix>:retrain:last_round`` (:mod:`policy.versions`); a Redis failure is logged, not raised."""
     if metrics_file is not None:
         metrics_file.parent.mkdir(parents=True, exist_ok=True)
         with metrics_file.open("a", encoding="utf-8") as f:
@@ -74,7 +74,7 @@ def record_round(figures: dict[str, Any], metrics_file: Path | None, cfg: Retrai
     if cfg.redis_url:
         try:
             with redis.Redis.from_url(cfg.redis_url, socket_timeout=5.0) as r:
-                r.set(f"{cfg.redis_prefix}:{RETRAIN_ROUND_KEY}", json.dumps(finite_or_null(figures), default=str))
+                r.set(VersionKeys(cfg.redis_prefix).last_round, json.dumps(finite_or_null(figures), default=str))
         except (RedisError, OSError) as exc:
             logger.warning("could not write the round's figures to Redis: %s", exc)
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from contract.experience import ExperienceRecord, parse_record
-from training.checkpoint import Policy
+from policy.artefact import Policy
 
 
 @dataclass

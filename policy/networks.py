@@ -7,10 +7,14 @@ Shapes use ``B`` for any leading batch dims (``[T, B]`` during the update), ``N`
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from itertools import pairwise
+from typing import Any
 
 import torch
 from torch import nn
+
+from contract.observation import ObsLayout
 
 
 def orthogonal_init(module: nn.Module, gain: float) -> None:
@@ -185,3 +189,50 @@ class RewardCritic(nn.Module):
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """``[..., N, K]`` estimated reward of each agent for obs ``[..., N, D]``."""
         return self.features(obs) @ self.weight.T + self.bias
+
+
+@dataclass(frozen=True)
+class NetworkShape:
+    """The sizes the actor and critic are built for.
+
+    Attributes:
+        obs_dim: ``D``, features of one router's obs.
+        state_dim: ``S``, features of the global state (the centralised critic's input).
+        num_routers: ``N``.
+        num_actions: ``K``, the agents.
+        actor_columns: the obs columns the actor reads (None: all).
+        penalty_cols: the cost penalty's columns
+            (:attr:`contract.observation.ObsLayout.penalty_cols`), None without agent prices.
+    """
+
+    obs_dim: int
+    state_dim: int
+    num_routers: int
+    num_actions: int
+    actor_columns: list[int] | None = None
+    penalty_cols: slice | None = None
+
+    @classmethod
+    def of_layout(cls, layout: ObsLayout) -> NetworkShape:
+        """The shape of a PromptEnv policy with observations of ``layout``."""
+        return cls(layout.dim, layout.state_dim, layout.num_routers, layout.num_agents, layout.actor_columns(),
+                   layout.penalty_cols)
+
+
+def build_networks(network: Any, shape: NetworkShape) -> tuple[Actor, Critic]:
+    """Fresh actor and critic (built in that order, so a seed gives the same weights) of the
+    architecture ``network`` (``hidden``, ``share_params``, ``centralised_critic``: a
+    :class:`~contract.policy_meta.NetworkMeta` or ``training.config.NetworkConfig``) for ``shape``:
+    the one builder of the trainer, the cold start and the checkpoint loader."""
+    hidden = tuple(network.hidden)
+    actor = Actor(shape.obs_dim, shape.num_routers, shape.num_actions, network.share_params, hidden,
+                  shape.actor_columns, shape.penalty_cols)
+    critic = Critic(shape.obs_dim, shape.state_dim, shape.num_routers, network.centralised_critic,
+                    network.share_params, hidden)
+    return actor, critic
+
+
+def build_reward_critic(layout: ObsLayout, prior: list[float] | None = None) -> RewardCritic:
+    """A fresh :class:`RewardCritic` over ``layout``'s critic columns, biased at
+    ``prior`` (``[K]``; None: 0)."""
+    return RewardCritic(layout.num_agents, layout.critic_columns(), prior)

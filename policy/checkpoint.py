@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,113 +21,16 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from contract.observation import ObsLayout, build_obs
 from contract.policy_meta import PolicyMeta, parse_policy_meta
 from env.errors import UserError
-from training.networks import Actor, Critic, RewardCritic
+from policy.artefact import Policy
+from policy.networks import Actor, Critic, NetworkShape, RewardCritic, build_networks, build_reward_critic
 
 WEIGHTS, META = "policy.safetensors", "policy.json"
 
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, corrupt, or does not fit what it is loaded for."""
-
-
-@dataclass
-class Policy:
-    """A loaded policy: the router network (actor), the critic, and the metadata.
-
-    Attributes:
-        path: the version directory it was loaded from.
-        meta: the validated ``policy.json``.
-        actor: :class:`~training.networks.Actor`, in eval mode.
-        critic: :class:`~training.networks.Critic`, in eval mode.
-        reward_critic: :class:`~training.networks.RewardCritic` (``meta.network.reward_critic``), else None.
-    """
-
-    path: Path
-    meta: PolicyMeta
-    actor: Actor
-    critic: Critic
-    reward_critic: RewardCritic | None = None
-
-    @classmethod
-    def draft(cls, path: Path, content: dict[str, Any], actor: Actor, critic: Critic,
-              reward_critic: RewardCritic | None = None) -> Policy:
-        """A policy not yet saved (to evaluate it before :func:`save_checkpoint`): ``content`` as
-        for :func:`save_checkpoint`, with version ``"unsaved"`` and a zero weights hash.
-
-        Raises:
-            ValueError: ``content`` does not validate.
-        """
-        meta = PolicyMeta.model_validate({**content, "version": "unsaved", "created_at": datetime.now(UTC).isoformat(),
-                                          "weights_sha256": "0" * 64})
-        return cls(Path(path), meta, actor, critic, reward_critic)
-
-    @property
-    def version(self) -> str:
-        return self.meta.version
-
-    @property
-    def agents(self) -> list[str]:
-        return list(self.meta.agents)
-
-    @property
-    def embedding_model(self) -> str:
-        return self.meta.embedding.model
-
-    @property
-    def layout(self) -> ObsLayout:
-        return self.meta.obs_layout
-
-    def build_obs(self, embedding: torch.Tensor, load: torch.Tensor | None, router: int = 0,
-                  cost_weight: torch.Tensor | float | None = None,
-                  tokens: torch.Tensor | None = None) -> torch.Tensor:
-        """Obs of router ``router`` as in training (:func:`contract.observation.build_obs`).
-
-        Args:
-            embedding: ``[B, E]`` float32 prompt embeddings.
-            load: ``[B, K]`` float32 normalised load, already clipped to ``[0, load_clip]``; None: 0.
-            cost_weight: the cost preference (USD^-1; float or ``[B]``) of a policy trained for
-                every trade-off; None: its default. Refused (ValueError) by other policies.
-            tokens: ``[B]`` int, each prompt's token count (needed when ``layout.agent_prices``).
-
-        Returns:
-            ``[B, 1, D]`` float32.
-        """
-        return build_obs(self.layout, embedding, load, router, cost_weight, tokens)
-
-    def probabilities(self, obs: torch.Tensor, action_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """:func:`router_probabilities` of this policy's actor."""
-        return router_probabilities(self.actor, self.layout, obs, action_mask)
-
-    @torch.no_grad()
-    def estimated_rewards(self, obs: torch.Tensor) -> torch.Tensor:
-        """``[B, 1, K]`` float32, the reward critic's estimate of every agent for obs ``[B, 1, D]``.
-
-        Raises:
-            ValueError: the policy has no reward critic.
-        """
-        if self.reward_critic is None:
-            raise ValueError(f"policy {self.version} has no reward critic")
-        return self.reward_critic(obs)
-
-
-@torch.no_grad()
-def router_probabilities(actor: Actor, layout: ObsLayout, obs: torch.Tensor,
-                         action_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Routing distribution ``[B, 1, K]`` float32 of one router for obs ``[B, 1, D]`` and mask
-    ``[B, 1, K]`` bool.
-
-    With parameter sharing the single network serves any router; without it, router 0's.
-    """
-    if not actor.net.share_params:
-        n = layout.num_routers
-        obs = obs.expand(obs.shape[0], n, obs.shape[-1])
-        if action_mask is not None:
-            action_mask = action_mask.expand(obs.shape[0], n, action_mask.shape[-1])
-        return torch.softmax(actor(obs, action_mask), dim=-1)[:, :1]
-    return torch.softmax(actor(obs, action_mask), dim=-1)
 
 
 def _sha256(path: Path) -> str:
@@ -145,22 +47,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def build_networks(layout: ObsLayout, network: Any) -> tuple[Actor, Critic]:
-    """Fresh actor and critic for observations of ``layout`` with the architecture ``network``
-    (``hidden``, ``share_params``, ``centralised_critic``: a :class:`~contract.policy_meta.NetworkMeta`
-    or ``training.config.NetworkConfig``)."""
-    n, d, k, hidden = layout.num_routers, layout.dim, layout.num_agents, tuple(network.hidden)
-    actor = Actor(d, n, k, network.share_params, hidden, layout.actor_columns(), layout.penalty_cols)
-    critic = Critic(d, layout.state_dim, n, network.centralised_critic, network.share_params, hidden)
-    return actor, critic
-
-
-def build_reward_critic(layout: ObsLayout, prior: list[float] | None = None) -> RewardCritic:
-    """A fresh :class:`~training.networks.RewardCritic` over ``layout``'s critic columns, biased at
-    ``prior`` (``[K]``; None: 0)."""
-    return RewardCritic(layout.num_agents, layout.critic_columns(), prior)
 
 
 def save_checkpoint(
@@ -303,7 +189,7 @@ def load_checkpoint(
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{weights_path}: cannot read weights: {exc}") from None
     try:
-        actor, critic = build_networks(meta.obs_layout, meta.network)
+        actor, critic = build_networks(meta.network, NetworkShape.of_layout(meta.obs_layout))
         reward_critic = build_reward_critic(meta.obs_layout) if meta.network.reward_critic else None
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{meta_path}: bad architecture record: {exc}") from None

@@ -1,11 +1,10 @@
-"""``agent-router agents ...``: serve the local agents (docs/agents.md).
-
-Registered in :mod:`router.cli`; a user's mistake ends with one line ``error: ...`` and exit
-code 2 there. Heavy imports happen inside the command.
-"""
+"""``agent-router agents serve`` (the local agents, docs/agents.md) and ``agent-router demo`` (the
+whole loop on this machine)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -15,11 +14,7 @@ from env.errors import UserError
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
-app = typer.Typer(help="Local specialist agents (calculator, SmolLM2) behind an OpenAI-compatible API.",
-                  no_args_is_help=True)
 
-
-@app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Bind address (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.", min=1, max=65535)] = 9100,
@@ -49,3 +44,20 @@ def serve(
     server_app = create_app(names, preload=preload, threads=threads)  # AgentUnavailable is a UserError
     typer.echo(f"serving {', '.join(names)} on http://{host}:{port}/v1", err=True)
     uvicorn.run(server_app, host=host, port=port, log_level=log_level)
+
+
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where the demo writes its data, checkpoints and logs.")] = Path(
+        "var/demo"),
+    requests: Annotated[int, typer.Option(help="Questions sent through the proxy.", min=10)] = 80,
+    router_port: Annotated[int, typer.Option(help="Port of the router (proxy).", min=1, max=65535)] = 8765,
+    agents_port: Annotated[int, typer.Option(help="Port of the local agents.", min=1, max=65535)] = 9765,
+    seed: Annotated[int, typer.Option(help="Seed of the prompts' choice.")] = 0,
+) -> None:
+    """Run the whole loop locally: agents up, proxy up, the openai client asks, a checker posts quality,
+    retrain, hot swap; prints the share of arithmetic routed to the calculator before and after."""
+    from agents.demo import DemoConfig, run_demo
+
+    figures = run_demo(DemoConfig(workdir=workdir, requests=requests,
+                                  router_port=router_port, agents_port=agents_port, seed=seed), say=typer.echo)
+    typer.echo(json.dumps(figures))

@@ -1,5 +1,0 @@
-"""``python -m router`` is the ``agent-router`` command."""
-
-from router.cli import main
-
-main()
