@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from env.errors import UserError
+from contract.errors import UserError
 
 #: Completion tokens when the request names none.
 DEFAULT_MAX_TOKENS = 64

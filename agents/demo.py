@@ -38,7 +38,7 @@ import httpx
 
 from agents.calculator import find_expression
 from agents.checker import expected_value, score
-from env.errors import UserError
+from contract.errors import UserError
 
 #: The agents of the demo and their nominal prices (USD; both run locally).
 DEMO_AGENTS = [

@@ -157,7 +157,7 @@ def changed_world_value(splits, split: str, scenario: str, agent: int, price_fac
 def policy_on_split(policy, splits, split: str, value: np.ndarray, agent: int) -> dict[str, float]:
     """``policy`` routed greedily on ``split`` with every agent free (zero load): its mean
     ``value`` ``[P, K]``, ``agent``'s greedy share and its mean probability."""
-    from training.evaluate import zero_load_probabilities
+    from training.evaluation.offline import zero_load_probabilities
 
     probs = zero_load_probabilities(policy.actor, policy.layout, splits.embeddings(split),
                                     splits.splits[split].prompt_tokens)
@@ -173,8 +173,8 @@ def changed_world_ceiling(splits, policies: dict[str, Any], scenario: str, agent
     MLP predictors fitted on train with the changed world's outcomes (routed at willingness to pay
     ``weight``), the best single agent (chosen on validation, and chosen on train), the oracle,
     and each of ``policies`` routed greedily."""
-    from training.evaluate import policy_choices
     from training.evaluation.classifiers import fit_predictors, route_wtp
+    from training.evaluation.offline import policy_choices
 
     train, val = splits.splits["train"], splits.splits["val"]
     x_train, x_val = splits.embeddings("train"), splits.embeddings("val")

@@ -67,8 +67,8 @@ def _checkpoint(config: Path, seed: int, work: Path, checkpoint_root: Path | Non
 
 def _lambda_rewards(policy, split, embeddings, predictors, grid: np.ndarray) -> dict[str, list[float]]:
     """Each router's mean reward ``quality - λ * cost_usd`` at every ``λ`` of ``grid``."""
-    from training.evaluate import policy_choices
     from training.evaluation.classifiers import route_wtp
+    from training.evaluation.offline import policy_choices
 
     rows = np.arange(len(split))
     q, c = split.quality, split.cost_usd

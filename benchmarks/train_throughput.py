@@ -200,7 +200,7 @@ class RoutingData:
 def load_shipped(cfg: TrainConfig) -> RoutingData:
     """The configured dataset's train split with its cached SBERT embeddings (``cfg.embed.cache_dir``)."""
     from training.data import load_splits
-    from training.evaluate import baselines
+    from training.evaluation.offline import baselines
 
     splits = load_splits(cfg, device="cpu")
     train, val = splits.splits["train"], splits.splits["val"]

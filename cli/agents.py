@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from agents.registry import AGENT_NAMES
-from env.errors import UserError
+from contract.errors import UserError
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 

@@ -11,7 +11,7 @@ import sys
 import typer
 
 from cli import agents, data, evaluate, keys, retrain, serve, train
-from env.errors import UserError
+from contract.errors import UserError
 
 MARKUP = "markdown"
 

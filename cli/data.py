@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from env.errors import UserError
+from contract.errors import UserError
 
 
 def convert(

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from cli.options import SetOpt, check_split
-from env.errors import UserError
+from contract.errors import UserError
 
 
 def eval_(

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from env.errors import UserError
+from contract.errors import UserError
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML training config.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override, e.g. ppo.lr=1e-3 (repeatable).")]

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from cli.options import server_settings
-from env.errors import UserError
+from contract.errors import UserError
 
 
 def retrain(
@@ -43,8 +43,9 @@ def retrain(
 
     Reads the experience records after the watermark of the checkpoints (Redis consumer group, or
     the SQLite store). A policy with a reward critic (from `agent-router init`) refits its critic
-    and its actor on the records logged so far (the newest replay_records; docs/learning.md); a policy trained by `agent-router
-    train` runs PPO warm-started from itself, with the logged propensities as the old policy. The
+    and its actor on the records logged so far (the newest replay_records; docs/learning.md); a
+    policy trained by `agent-router train` runs PPO warm-started from itself, with the logged
+    propensities as the old policy. The
     candidate is compared with the serving policy on held-out logged records, written with its
     watermark and published: every server replica following Redis hot-swaps to it. Records are
     acknowledged only after the checkpoint is durable.

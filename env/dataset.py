@@ -29,8 +29,8 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from contract.errors import DataError
 from contract.pricing import DEFAULT_OUTPUT_TOKENS, AgentPrice, call_cost_usd, prompt_tokens
-from env.errors import DataError
 
 SPLITS = ("train", "val", "test")
 

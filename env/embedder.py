@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from env.errors import UserError
+from contract.errors import UserError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _BUNDLED_ALIASES = {

@@ -50,14 +50,11 @@ from typing import Any
 
 import numpy as np
 
+from contract.errors import UserError
 from env.embedder import DEFAULT_MODEL, Embedder, resolve_model_path
-from env.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-#: The encoders :func:`make_embedder` builds (``ROUTER_ENCODER`` also takes ``onnx``: the faster of
-#: the two ONNX ones, measured at start-up by :func:`router.encode_plan.choose_encoder`).
-ENCODERS = ("torch", "onnx-int8", "onnx-fp32")
 #: What to install for ``onnx-int8`` (onnx-ir: ONNX Runtime's MatMulNBits quantiser imports it).
 INSTALL_HINT = "pip install onnxruntime onnx onnx-ir"
 #: Bumped when the export changes, so that older exports are not reused.
@@ -453,22 +450,3 @@ class OnnxEmbedder(Embedder):
         isa = f" on {self.instructions}" if self.scheme is not None else ""
         where = f", {self.export_dir}" if self.export_dir is not None else ""
         return f"{self.encoder} ({self.quantization}{isa}, {self.threads} threads{where})"
-
-
-def make_embedder(encoder: str, model: str = DEFAULT_MODEL, cache_dir: str | Path | None = None,
-                  device: str | None = None, batch_size: int = 64, progress: bool = True,
-                  onnx_dir: str | Path = Path("var/onnx"), threads: int = 1,
-                  log: logging.Logger | None = None) -> Embedder:
-    """The :class:`~env.embedder.Embedder` of ``encoder`` (one of :data:`ENCODERS`).
-
-    ``onnx-fp32`` is the ONNX export without quantisation (torch's vectors up to float rounding).
-
-    Raises:
-        UserError: an unknown encoder, or an ONNX one without ONNX Runtime, onnx or onnx-ir.
-    """
-    if encoder == "torch":
-        return Embedder(model=model, cache_dir=cache_dir, device=device, batch_size=batch_size, progress=progress)
-    if encoder in ("onnx-int8", "onnx-fp32"):
-        return OnnxEmbedder(model=model, cache_dir=cache_dir, batch_size=batch_size, progress=progress,
-                            onnx_dir=onnx_dir, threads=threads, quantize=encoder == "onnx-int8", log=log)
-    raise UserError(f"unknown encoder {encoder!r}: one of {', '.join(ENCODERS)}")

@@ -21,8 +21,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from contract.errors import UserError
 from contract.policy_meta import PolicyMeta, parse_policy_meta
-from env.errors import UserError
 from policy.artefact import Policy
 from policy.networks import Actor, Critic, NetworkShape, RewardCritic, build_networks, build_reward_critic
 

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from pydantic import ValidationError
 
-from env.errors import UserError
+from contract.errors import UserError
 from router.auth import log_admin_mode
 from router.context import open_context
 from router.errors import install_error_handlers

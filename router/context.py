@@ -19,17 +19,17 @@ import anyio
 import redis.asyncio as aioredis
 import torch
 
+from contract.errors import UserError
 from contract.pricing import AgentPrice
 from env.embedder import Embedder
-from env.errors import UserError
-from env.onnx_embedder import make_embedder
+from env.encoders import make_embedder
 from policy.checkpoint import load_checkpoint
 from router.batcher import EmbedBatcher
 from router.cooldown import CooldownPolicy, Cooldowns, LocalCooldowns, RedisCooldowns
 from router.encode_plan import choose_encoder, choose_pass_size
 from router.experience import ExperienceStore, Outbox, RedisExperienceStore, SqliteExperienceStore, StoreUnavailable
 from router.follower import follow_published
-from router.load import LoadTracker, LocalLoadTracker, RedisLoadTracker
+from router.inflight import LoadTracker, LocalLoadTracker, RedisLoadTracker
 from router.metrics import RouterMetrics
 from router.proxy.client import UpstreamClient
 from router.proxy.keys import LocalKeySpend, RedisKeySpend

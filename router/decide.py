@@ -15,7 +15,7 @@ import numpy as np
 
 from router.cooldown import Cooldowns
 from router.experience import ExperienceStore
-from router.load import LoadTracker
+from router.inflight import LoadTracker
 from router.metrics import RouterMetrics
 from router.service import Decision, RoutingService
 from router.settings import Settings

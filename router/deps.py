@@ -14,7 +14,7 @@ from router.batcher import EmbedBatcher
 from router.context import AppContext
 from router.cooldown import Cooldowns
 from router.experience import ExperienceStore
-from router.load import LoadTracker
+from router.inflight import LoadTracker
 from router.metrics import RouterMetrics
 from router.registry import PolicyRegistry
 from router.service import RoutingService

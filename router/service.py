@@ -26,7 +26,7 @@ from policy.checkpoint import CheckpointError
 from policy.exploration import inverse_gap_weighting
 from router.errors import DomainError
 from router.experience.base import utc_now_iso
-from router.load import NoAgentAvailable
+from router.inflight import NoAgentAvailable
 
 
 class CandidateError(DomainError):

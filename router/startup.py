@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from env.errors import UserError
+from contract.errors import UserError
 
 
 def describe_settings_error(exc: ValidationError) -> str:

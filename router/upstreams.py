@@ -27,8 +27,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from contract.errors import UserError
 from contract.pricing import AgentPrice
-from env.errors import UserError
 from router.errors import describe_validation_errors
 
 

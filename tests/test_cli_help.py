@@ -3,6 +3,8 @@ width (no line broken mid-sentence where the source was wrapped), and nothing ru
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -49,7 +51,7 @@ def test_help_reads_as_prose_at_80_columns(path):
     paragraphs = _description(result.output)
     assert paragraphs, result.output
     for paragraph in paragraphs:
-        for line, following in zip(paragraph, paragraph[1:], strict=False):
+        for line, following in itertools.pairwise(paragraph):
             # a line is cut short only where the next word would not have fitted
             assert len(line) + 1 + len(following.split()[0]) > WIDTH - 4, f"{line!r} then {following!r}"
 

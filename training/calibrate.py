@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from contract.errors import UserError
 from env.dataset import RoutingDataset
-from env.errors import UserError
 from policy.artefact import Policy
-from training.evaluate import policy_choices, summarize
+from training.evaluation.offline import policy_choices, summarize
 
 #: ``cost_weight`` (USD^-1) beyond which no target is searched.
 MAX_COST_WEIGHT = 1e9

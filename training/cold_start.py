@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
+from contract.errors import UserError
 from contract.observation import ObsLayout
 from contract.policy_meta import ExplorationMeta, NetworkMeta
 from contract.pricing import expected_costs_usd
 from env.dataset import AgentSpec, load_agents
 from env.embedder import DEFAULT_MODEL, canonical_model_id
-from env.errors import UserError
 from policy.checkpoint import save_checkpoint
 from policy.networks import NetworkShape, build_networks, build_reward_critic
 from training.retrain.config import RetrainConfig

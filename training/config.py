@@ -8,9 +8,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from contract.errors import UserError
 from contract.policy_meta import PolicyMeta
 from env.config import EnvConfig
-from env.errors import UserError
 
 
 class DataConfig(BaseModel):

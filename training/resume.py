@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from env.errors import UserError
+from contract.errors import UserError
 
 
 class ResumeError(UserError):

@@ -12,16 +12,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from contract.errors import UserError
 from contract.pricing import expected_costs_usd
-from env.errors import UserError
 from env.prompt_env import PromptEnv
 from policy.artefact import Policy
 from policy.checkpoint import save_checkpoint
 from training.config import TrainConfig
 from training.data import EmbeddedSplits, load_splits
 from training.distributed import DistContext, init_distributed, shutdown
-from training.evaluate import evaluate
-from training.plots import plot_reward_curve
+from training.evaluation.offline import evaluate
+from training.learning_curve import plot_reward_curve
 from training.resume import ResumeError, save_trainer_state, state_file
 from training.trainer import MAPPOTrainer, seed_everything
 from training.validation import Validator

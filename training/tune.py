@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from env.errors import UserError
+from contract.errors import UserError
 from training.config import TrainConfig, load_config
 
 #: name -> (kind, arguments) of :func:`suggest`; the hyper-parameters the seeds name and users tune

@@ -1,6 +1,6 @@
 """Validation while training: the greedy policy's reward on the held-out split, and the best weights.
 
-The figures are the offline ones of :mod:`training.evaluate` (each validation prompt routed once,
+The figures are the offline ones of :mod:`training.evaluation.offline` (each validation prompt routed once,
 every agent free, ``reward = quality - cost_weight * cost_usd``), so they sit beside the training
 reward in ``metrics.jsonl``, TensorBoard and ``reward_curve.png`` and show the generalisation gap.
 """
@@ -14,7 +14,7 @@ import numpy as np
 
 from contract.observation import ObsLayout
 from env.dataset import RoutingDataset
-from training.evaluate import greedy_choices, summarize
+from training.evaluation.offline import greedy_choices, summarize
 
 
 class Validator:

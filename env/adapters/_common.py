@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from contract.errors import UserError
 from env.base import MultiAgentStep
-from env.errors import UserError
 
 
 class MissingExtraError(UserError, ModuleNotFoundError):

@@ -22,7 +22,7 @@ import json
 import shutil
 from pathlib import Path
 
-from env.errors import DataError
+from contract.errors import DataError
 
 #: Assumed completion length in tokens, by upstream scoring metric.
 OUTPUT_TOKENS_BY_METRIC: dict[str, int] = {

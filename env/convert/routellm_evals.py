@@ -63,9 +63,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from contract.errors import DataError
 from env.convert.llmrouter_dc import _token_counter
 from env.dataset import open_text
-from env.errors import DataError
 
 WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 STRONG = "gpt-4-1106-preview"

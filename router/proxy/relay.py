@@ -30,7 +30,7 @@ from contract.pricing import CHARS_PER_TOKEN, call_cost_usd
 from router.decide import decide
 from router.errors import openai_error_body
 from router.experience.base import utc_now_iso
-from router.load import NoAgentAvailable
+from router.inflight import NoAgentAvailable
 from router.metrics import RouterMetrics
 from router.proxy.client import UpstreamClient, UpstreamFailure, Usage
 from router.proxy.keys import KeySpend

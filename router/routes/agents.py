@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from pydantic import ValidationError
 
 from router.deps import CooldownsDep, LoadDep, ServiceDep
-from router.load import LoadSnapshot
+from router.inflight import LoadSnapshot
 from router.schemas import AgentInfo
 from router.service import RoutingService
 

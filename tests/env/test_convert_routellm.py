@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contract.errors import DataError
 from env.convert import CONVERTERS
 from env.convert.routellm_evals import (
     FILES,
@@ -23,7 +24,6 @@ from env.convert.routellm_evals import (
     convert_routellm_evals,
 )
 from env.dataset import load_dataset, split_indices
-from env.errors import DataError
 from tests.conftest import ROOT
 
 UPSTREAM = ROOT.parent / "shared" / "data" / "routellm-evals"

@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 
+from contract.errors import DataError
 from env.convert import convert_llmrouter_dc
 from env.dataset import load_dataset, split_indices
-from env.errors import DataError
 from tests.conftest import UPSTREAM
 
 

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contract.errors import UserError
 from env import onnx_embedder
 from env.embedder import Embedder
-from env.errors import UserError
-from env.onnx_embedder import SCHEME, OnnxEmbedder, ensure_export, int8_instructions, make_embedder
+from env.encoders import make_embedder
+from env.onnx_embedder import SCHEME, OnnxEmbedder, ensure_export, int8_instructions
 from tests.env.threads import assert_encodes_alike_in_threads
 
 TEXTS = ["Route this maths question: what is 17 * 23?", "Write a haiku about queues.", "", "x " * 400]

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from contract.observation import normalised_load
-from router.load import LocalLoadTracker, NoAgentAvailable, RedisLoadTracker
+from router.inflight import LocalLoadTracker, NoAgentAvailable, RedisLoadTracker
 from router.service import live_mask
 from tests.harness import AGENTS
 from tests.router.live_fixtures import ADMIN_TOKEN, CAPACITIES, LOAD_CLIP

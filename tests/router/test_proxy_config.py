@@ -8,8 +8,8 @@ import json
 import pytest
 from pydantic import ValidationError
 
+from contract.errors import UserError
 from contract.pricing import AgentPrice
-from env.errors import UserError
 from router.proxy.keys import OPEN_KEY, KeyRefused, LocalKeySpend, RedisKeySpend, authenticate, hash_key, new_key
 from router.redis_client import RedisErrors, open_redis
 from router.settings import ClientKey, Settings

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from contract.errors import UserError
 from env.config import EnvConfig
 from env.dataset import AgentSpec, RoutingDataset
-from env.errors import UserError
 from policy.artefact import Policy
 from tests.harness import networks_for
 from training.evaluation import capacity as cap
@@ -188,7 +188,8 @@ def test_run_eval_adds_the_capacity_table_and_goals():
 def test_cli_eval_json_and_plots(small_config, tmp_path, capsys, monkeypatch):
     from typer.testing import CliRunner
 
-    from router import cli
+    from cli.app import app as cli_app
+    from cli.app import main as cli_main
     from training.run import run_training
 
     # 150 of the shipped prompts, 4 PPO iterations: the figures only need to exist and be finite
@@ -207,7 +208,7 @@ def test_cli_eval_json_and_plots(small_config, tmp_path, capsys, monkeypatch):
     args = ["eval", "--checkpoint", str(cfg.checkpoint_dir), "--json", "--plot-dir", str(plots),
             "--curve", str(tmp_path / "curve"), "-s", "env.num_routers=3", "-s", "env.num_worlds=8",
             "--capacity", f"{best}=1", "--steps", "16"]
-    result = CliRunner().invoke(cli.app, args)
+    result = CliRunner().invoke(cli_app, args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout.strip().splitlines()[-1])  # stdout alone: no model-loading bar
     routers = report["routers"]
@@ -224,7 +225,7 @@ def test_cli_eval_json_and_plots(small_config, tmp_path, capsys, monkeypatch):
     for name in ("pareto.png", "per_task.png"):
         assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    text = CliRunner().invoke(cli.app, ["eval", "--checkpoint", str(cfg.checkpoint_dir), "--split", "val"])
+    text = CliRunner().invoke(cli_app, ["eval", "--checkpoint", str(cfg.checkpoint_dir), "--split", "val"])
     assert text.exit_code == 0 and "zero_router" in text.output and "AIQ" in text.output
 
     # a user's mistake: one line on stderr, exit code 2
@@ -232,7 +233,7 @@ def test_cli_eval_json_and_plots(small_config, tmp_path, capsys, monkeypatch):
                                       "--capacity", "no-such-agent=1"])
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
-        cli.main()
+        cli_main()
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.startswith("error: --capacity") and len(err.strip().splitlines()) == 1
 

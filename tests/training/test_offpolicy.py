@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from training.retrain.job import decide
+from training.retrain.job import gate_verdict
 from training.retrain.offpolicy import OffPolicyTerms, logged_verdict
 from training.retrain.trajectories import held_out
 
@@ -41,10 +41,10 @@ def test_verdicts_and_the_rule():
     assert logged_verdict(good, good, 30, 0.95)["verdict"] == "inconclusive"
     assert logged_verdict(good, bad, min_ess=n + 1, confidence=0.95)["verdict"] == "too_few"
     static_no = {"passed": False}
-    assert decide(static_no, better)["passed"]  # the static split cannot veto a clear logged verdict
-    assert not decide({"passed": True}, logged_verdict(bad, good, 30, 0.95))["passed"]
-    assert decide({"passed": True}, logged_verdict(good, good, 30, 0.95))["passed"]  # inconclusive: static
-    assert decide({"passed": True}, None)["passed"] and not decide(static_no, None)["passed"]
+    assert gate_verdict(static_no, better)["passed"]  # the static split cannot veto a clear logged verdict
+    assert not gate_verdict({"passed": True}, logged_verdict(bad, good, 30, 0.95))["passed"]
+    assert gate_verdict({"passed": True}, logged_verdict(good, good, 30, 0.95))["passed"]  # inconclusive: static
+    assert gate_verdict({"passed": True}, None)["passed"] and not gate_verdict(static_no, None)["passed"]
 
 
 def test_held_out_sessions_are_a_stable_share():

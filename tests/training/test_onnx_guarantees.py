@@ -22,7 +22,7 @@ from policy.artefact import Policy
 from policy.checkpoint import load_checkpoint
 from training.config import load_config
 from training.data import load_splits
-from training.evaluate import policy_choices, summarize
+from training.evaluation.offline import policy_choices, summarize
 from training.run import run_training
 
 pytestmark = pytest.mark.slow

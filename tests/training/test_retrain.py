@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import redis
 
-from env.errors import UserError
+from contract.errors import UserError
 from policy.checkpoint import META, load_checkpoint
 from router.experience.redis_store import RedisExperienceStore
 from router.experience.sqlite_store import SqliteExperienceStore
@@ -251,7 +251,7 @@ def test_a_candidate_worse_on_logged_data_is_refused(v1, store_kind, redis_url, 
     """Logged feedback rewards exactly the serving policy's own choices, but the candidate learns
     from simulated rollouts of the static dataset instead (the logged update barely moves it):
     better on the static split, worse on held-out logged data, refused."""
-    from training.evaluate import policy_choices
+    from training.evaluation.offline import policy_choices
 
     cfg, v1_dir = v1
     root, db = v1_dir.parent, tmp_path / "experience.sqlite3"

@@ -74,7 +74,7 @@ def test_validation_reward_tensorboard_and_keep_best(small_config):
     keep_best checkpoints the best validated weights."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from training.evaluate import policy_choices, summarize
+    from training.evaluation.offline import policy_choices, summarize
 
     ppo = small_config.ppo.model_copy(update={"total_steps": 160})
     cfg = small_config.model_copy(update={"ppo": ppo, "eval_every": 3, "keep_best": True})
@@ -130,8 +130,8 @@ def test_one_policy_for_every_trade_off(small_config):
     from contract.experience import ExperienceRecord
     from tests.harness import sample_context, sample_feedback
     from training.data import load_splits
-    from training.evaluate import policy_choices
     from training.evaluation import fit_predictors, offline_report, wtp_grid
+    from training.evaluation.offline import policy_choices
     from training.retrain.trajectories import build_batch
 
     env = small_config.env.model_copy(update={"cost_weight_range": (20.0, 2000.0), "cost_weight_zero_share": 0.5})

@@ -9,7 +9,7 @@
 * :mod:`~training.evaluation.plots`: ``pareto.png`` and ``per_task.png``.
 
 The plain offline figures used by training (``summarize``, ``baselines``, ``policy_choices``,
-``evaluate``) stay in :mod:`training.evaluate`.
+``evaluate``) stay in :mod:`training.evaluation.offline`.
 """
 
 from training.evaluation.capacity import (

@@ -19,9 +19,9 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from contract.errors import UserError
 from contract.observation import ObsLayout
 from env.config import EnvConfig
-from env.errors import UserError
 from env.prompt_env import EnvStep, PromptEnv
 from policy.artefact import Policy
 

@@ -37,15 +37,15 @@ from typing import Any
 
 import numpy as np
 
+from contract.errors import UserError
 from env.config import EnvConfig
 from env.dataset import RoutingDataset
-from env.errors import UserError
 from policy.artefact import Policy
 from policy.checkpoint import META, load_checkpoint
-from training.evaluate import policy_choices, summarize, zero_load_probabilities
 from training.evaluation import capacity as cap
 from training.evaluation import curves
 from training.evaluation.classifiers import QualityPredictor, fit_predictors, route_wtp, wtp_grid
+from training.evaluation.offline import policy_choices, summarize, zero_load_probabilities
 from training.json_safe import finite_or_null
 
 #: Routers that are baselines for the AIQ goal (not the policy, not the oracle bound).

@@ -12,7 +12,7 @@ One run (:func:`run_retrain`):
    acknowledged unused; fewer than ``min_records`` new ones: stop, leaving them pending.
 5. **Train**: per-session trajectories (:mod:`.trajectories`), clipped PPO against the logged
    propensities (:mod:`.offline_ppo`), optionally MAPPO on simulated PromptEnv rollouts.
-6. **Gate** (:func:`decide`): the candidate's and the serving policy's value on held-out logged
+6. **Gate** (:func:`gate_verdict`): the candidate's and the serving policy's value on held-out logged
    sessions (``holdout_fraction`` of them, never trained on; SNIPS and doubly robust estimates,
    :mod:`.offpolicy`) decide when their difference is clear at ``confidence``; when it is not,
    the mean reward of the greedy choice on the static ``eval_split`` decides (a second opinion,
@@ -37,8 +37,8 @@ import redis
 import torch
 from redis.exceptions import RedisError
 
+from contract.errors import UserError
 from contract.policy_meta import PolicyMeta
-from env.errors import UserError
 from policy.artefact import Policy
 from policy.checkpoint import META, CheckpointError, load_checkpoint, read_meta, resolve_checkpoint, save_checkpoint
 from policy.versions import VersionKeys
@@ -71,7 +71,7 @@ class RetrainResult:
         stale_acked: entries at or before the watermark acknowledged unused (a crashed run's).
         recovered: version published by recovery, if any.
         checkpoint: the candidate's directory; version: its version; watermark: its last entry id.
-        gate: :func:`decide`'s ``{"rule", "static", "logged", "passed", "reason"}``: ``static``
+        gate: :func:`gate_verdict`'s ``{"rule", "static", "logged", "passed", "reason"}``: ``static``
             is ``{"split", "serving", "candidate", "margin", "passed"}`` (mean reward, quality,
             cost_usd_per_1k of both on the dataset split), ``logged`` the off-policy estimates
             (:func:`~training.retrain.offpolicy.logged_verdict`).
@@ -185,7 +185,7 @@ def _resolve_ref(root: Path, ref: str | None) -> Path:
     return resolve_checkpoint(root)
 
 
-def decide(static: dict[str, Any], logged: dict[str, Any] | None) -> dict[str, Any]:
+def gate_verdict(static: dict[str, Any], logged: dict[str, Any] | None) -> dict[str, Any]:
     """The gate's decision: ``static`` (:func:`_gate`, on the dataset split) and ``logged``
     (:func:`~training.retrain.offpolicy.logged_verdict`, None when off).
 
@@ -213,7 +213,7 @@ def decide(static: dict[str, Any], logged: dict[str, Any] | None) -> dict[str, A
 
 def _gate(serving: Policy, candidate: Policy, cfg: RetrainConfig, train_cfg: TrainConfig, splits,
           cost_weight: float) -> dict[str, Any]:
-    from training.evaluate import policy_choices, summarize
+    from training.evaluation.offline import policy_choices, summarize
 
     ds, emb = splits.splits[cfg.eval_split], splits.embeddings(cfg.eval_split)
     tokens = ds.prompt_tokens
@@ -345,7 +345,7 @@ def _ppo_round(cfg: RetrainConfig, serving: Policy, entries: list, result: Retra
     if cfg.holdout_fraction:
         logged = logged_verdict(off_policy_terms(candidate, value_norm, held),
                                 off_policy_terms(serving, serving_value_norm, held), cfg.min_ess, cfg.confidence)
-    result.gate = decide(static, logged)
+    result.gate = gate_verdict(static, logged)
     return candidate, value_norm, cost_weight, gamma
 
 

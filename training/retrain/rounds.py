@@ -17,7 +17,7 @@ from typing import Any
 import redis
 from redis.exceptions import RedisError
 
-from env.errors import UserError
+from contract.errors import UserError
 from policy.versions import VersionKeys
 from training.json_safe import finite_or_null
 from training.retrain.config import RetrainConfig

@@ -23,8 +23,8 @@ from typing import Any
 import redis
 from redis.exceptions import RedisError, ResponseError
 
+from contract.errors import UserError
 from contract.experience import EXPERIENCE_STREAM, RECORD_FIELD, SQLITE_EXPERIENCE_QUERY, SQLITE_HISTORY_QUERY
-from env.errors import UserError
 
 Entry = tuple[str, str]
 
