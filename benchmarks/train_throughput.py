@@ -402,12 +402,13 @@ class TorchRLUpdate:
             vn.update(ret)
             ret, old_value = vn.normalize(ret), vn.normalize(old_value)
         M, N = buf.T * buf.B, buf.N
+        batch = buf.ppo_batch()
         agents = TensorDict({
-            "observation": buf.flat("obs"), "action_mask": buf.flat("action_mask"), "action": buf.flat("action"),
-            "action_log_prob": buf.flat("log_prob"), "advantage": adv.reshape(M, N, 1),
+            "observation": batch.obs, "action_mask": batch.action_mask, "action": batch.action,
+            "action_log_prob": batch.log_prob, "advantage": adv.reshape(M, N, 1),
             "value_target": ret.reshape(M, N, 1), "state_value": old_value.reshape(M, N, 1),
         }, batch_size=[M, N])
-        return TensorDict({"state": buf.flat("state"), "agents": agents}, batch_size=[M]), (adv, ret)
+        return TensorDict({"state": batch.state, "agents": agents}, batch_size=[M]), (adv, ret)
 
     def loss_terms(self, td) -> Any:
         with warnings.catch_warnings():
@@ -463,13 +464,14 @@ def check_numerics(trainer: MAPPOTrainer, ref: TorchRLUpdate) -> dict[str, float
     gen = torch.Generator(device=trainer._gen.device)
     gen.set_state(trainer._gen.get_state())
     idx = next(buf.minibatch_indices(ppo.num_minibatches, gen))
-    obs, state, mask = buf.flat("obs")[idx], buf.flat("state")[idx], buf.flat("action_mask")[idx]
+    batch = buf.ppo_batch()
+    obs, state, mask = batch.obs[idx], batch.state[idx], batch.action_mask[idx]
     ent = trainer.current_ent_coef() if hasattr(trainer, "current_ent_coef") else ppo.ent_coef
     dist = torch.distributions.Categorical(logits=trainer.actor(obs, mask))
     a = adv.reshape(-1, buf.N)[idx]
     if ppo.norm_adv and a.numel() > 1:
         a = (a - a.mean()) / (a.std() + 1e-8)
-    ours = ppo_loss(dist.log_prob(buf.flat("action")[idx]), buf.flat("log_prob")[idx], a,
+    ours = ppo_loss(dist.log_prob(batch.action[idx]), batch.log_prob[idx], a,
                     trainer.critic(obs, state), old_value.reshape(-1, buf.N)[idx], ret.reshape(-1, buf.N)[idx],
                     dist.entropy(), ppo.clip_coef, ent, ppo.vf_coef, ppo.clip_vloss)
     theirs = ref.loss_terms(td[idx])

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import torch
 
+from training.batch import PPOBatch
 from training.gae import generalized_advantage_estimate
 from training.update import minibatch_indices
 
@@ -101,7 +102,17 @@ class RolloutBuffer:
         as :func:`training.update.ppo_update` draws one epoch's."""
         yield from minibatch_indices(self.T * self.B, num_minibatches, generator)
 
-    def flat(self, name: str) -> torch.Tensor:
-        """Attribute ``name`` viewed as ``[T * B, ...]``."""
-        x = getattr(self, name)
-        return x.reshape(self.T * self.B, *x.shape[2:])
+    def ppo_batch(self) -> PPOBatch:
+        """The rollout as one :class:`~training.batch.PPOBatch` of ``M = T * B`` samples (views, no
+        copy): ``returns`` and ``value`` on the critic's raw scale, ``probs`` and
+        ``action_advantage`` with ``all_actions``. Call :meth:`compute_advantages` first."""
+        m = self.T * self.B
+
+        def flat(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(m, *x.shape[2:])
+
+        return PPOBatch(
+            obs=flat(self.obs), state=flat(self.state), action_mask=flat(self.action_mask), action=flat(self.action),
+            log_prob=flat(self.log_prob), advantage=flat(self.advantage), returns=flat(self.returns),
+            value=flat(self.value), probs=flat(self.probs) if self.probs is not None else None,
+            action_advantage=flat(self.action_advantage) if self.action_advantage is not None else None)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ from policy.networks import NetworkShape, build_networks
 from training.buffer import RolloutBuffer
 from training.config import TrainConfig
 from training.distributed import is_distributed
-from training.update import PendingUpdate, make_optimizer, ppo_update_on_device, read_scalars, set_learning_rates
+from training.update import PendingUpdate, make_optimizer, ppo_update, read_scalars, set_learning_rates
 from training.value_norm import ValueNorm
 
 
@@ -191,22 +192,16 @@ class MAPPOTrainer:
         return self._update_metrics(pending, update_values, extra_values)
 
     def _update(self) -> tuple[PendingUpdate, dict[str, torch.Tensor | float]]:
-        """:meth:`update` without the read-back (:func:`training.update.ppo_update_on_device`): no
+        """:meth:`update` without the read-back (:func:`training.update.ppo_update`): no
         minibatch step waits for the device. Returns the pending update and the other figures
         (explained variance, entropy coefficient, value normaliser's moments)."""
         ppo, buf, vn = self.config.ppo, self.buffer, self.value_norm
         buf.compute_advantages(ppo.gamma, ppo.gae_lambda)
         vn.update(buf.returns)
-        obs, state, mask = buf.flat("obs"), buf.flat("state"), buf.flat("action_mask")
-        action, old_log_prob = buf.flat("action"), buf.flat("log_prob")
-        advantage, returns, old_value = buf.flat("advantage"), buf.flat("returns"), buf.flat("value")
-        returns_n, old_value_n = vn.normalize(returns), vn.normalize(old_value)
+        batch = buf.ppo_batch()
+        batch = replace(batch, returns=vn.normalize(batch.returns), value=vn.normalize(batch.value))
         ent_coef = self.current_ent_coef()
-        every = {"old_probs": buf.flat("probs"), "action_advantage": buf.flat("action_advantage")} \
-            if self.expected_pg else {}
-        pending = ppo_update_on_device(self._actor_train, self._critic_train, self.optimizer, obs, state, mask,
-                                       action, old_log_prob, advantage, returns_n, old_value_n, ppo, self._gen,
-                                       ent_coef, **every)
+        pending = ppo_update(self._actor_train, self._critic_train, self.optimizer, batch, ppo, self._gen, ent_coef)
         extra = {"explained_variance": explained_variance_tensor(buf.value.flatten(), buf.returns.flatten()),
                  "ent_coef": ent_coef, "value_mean": vn.mean, "value_std": vn.std}
         return pending, extra

@@ -296,9 +296,10 @@ def test_mappo_batch_matches_clip_ppo_loss(clip_vloss):
 
     # one minibatch of the trainer's update, no advantage normalisation
     idx = next(buf.minibatch_indices(2, torch.Generator().manual_seed(3)))
-    obs, state, amask = buf.flat("obs")[idx], buf.flat("state")[idx], buf.flat("action_mask")[idx]
-    action, old_log_prob = buf.flat("action")[idx], buf.flat("log_prob")[idx]
-    advantage, returns, old_value = buf.flat("advantage")[idx], buf.flat("returns")[idx], buf.flat("value")[idx]
+    batch = buf.ppo_batch()
+    obs, state, amask = batch.obs[idx], batch.state[idx], batch.action_mask[idx]
+    action, old_log_prob = batch.action[idx], batch.log_prob[idx]
+    advantage, returns, old_value = batch.advantage[idx], batch.returns[idx], batch.value[idx]
     M = idx.numel()
     assert obs.shape == (M, N, D) and action.shape == (M, N) and state.shape == (M, S)
 

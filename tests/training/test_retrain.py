@@ -92,7 +92,7 @@ def test_crash_between_checkpoint_and_publish_trains_each_record_once(v1, redis_
     rc = RetrainConfig(checkpoint_root=root, redis_url=redis_url, redis_prefix=redis_prefix, update_epochs=2,
                        margin=1.0, holdout_fraction=0.0)
 
-    def crash(self, ref, version):
+    def crash(self, version):
         raise KeyboardInterrupt("killed after the checkpoint was durable")
 
     monkeypatch.setattr(retrain_job.Publisher, "publish", crash)

@@ -9,6 +9,7 @@ import torch
 from pydantic import ValidationError
 
 from policy.networks import Actor, Critic
+from training.batch import PPOBatch
 from training.buffer import RolloutBuffer
 from training.config import PPOConfig
 from training.ppo import ppo_loss
@@ -42,7 +43,10 @@ def _setup(log_prob_shift: float = 0.3):
 def _run(actor, critic, data, ppo: PPOConfig, lr: float = 1e-2, seed: int = 0):
     params = [*actor.parameters(), *critic.parameters()]
     optimizer = torch.optim.SGD(params, lr=lr)
-    return ppo_update(actor, critic, optimizer, **data, ppo=ppo, generator=torch.Generator().manual_seed(seed))
+    batch = PPOBatch(obs=data["obs"], state=data["state"], action_mask=data["action_mask"], action=data["action"],
+                     log_prob=data["old_log_prob"], advantage=data["advantage"], returns=data["returns"],
+                     value=data["old_value"])
+    return ppo_update(actor, critic, optimizer, batch, ppo, torch.Generator().manual_seed(seed)).read()
 
 
 def test_minibatch_indices_are_a_permutation_in_ceil_sized_chunks():

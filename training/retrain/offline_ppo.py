@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from policy.networks import Actor, Critic
+from training.batch import PPOBatch
 from training.gae import generalized_advantage_estimate
 from training.retrain.config import RetrainConfig
 from training.retrain.trajectories import LoggedBatch
@@ -64,8 +65,9 @@ def logged_update(
     value_norm.update(returns)
     actor.train()
     critic.train()
-    result = ppo_update(actor, critic, optimizer, obs, state, mask, action, batch.behaviour_log_prob,
-                        advantage, value_norm.normalize(returns), value_norm.normalize(value), cfg.ppo, generator)
+    ppo_batch = PPOBatch(obs=obs, state=state, action_mask=mask, action=action, log_prob=batch.behaviour_log_prob,
+                         advantage=advantage, returns=value_norm.normalize(returns), value=value_norm.normalize(value))
+    result = ppo_update(actor, critic, optimizer, ppo_batch, cfg.ppo, generator).read()
     actor.eval()
     critic.eval()
     result["explained_variance"] = explained_variance(value.flatten(), returns.flatten())
