@@ -40,6 +40,10 @@ PARTS = ("embedding", "load", "prompt_tokens", "expected_cost", "cost_penalty", 
 TOKEN_SCALE = 8192
 
 
+class CostWeightError(ValueError):
+    """A ``cost_weight`` for a policy trained at one cost weight (:meth:`ObsLayout.resolve_cost_weight`)."""
+
+
 class ObsLayout(BaseModel):
     """Shape of a router's observation; recorded in ``policy.json`` as ``obs_layout``.
 
@@ -185,6 +189,22 @@ class ObsLayout(BaseModel):
         obs[..., self.cols("expected_cost")] = torch.log1p(cost / self.cost_scale_usd)
         return cost
 
+    def resolve_cost_weight(self, cost_weight: torch.Tensor | float | None) -> torch.Tensor | float:
+        """The cost weight (USD^-1) an observation of this layout is built at: ``cost_weight`` (a
+        float, or ``[B]`` one per world), or ``default_cost_weight`` when None. The one place a
+        cost weight is defaulted and refused, for the trainer's env and the server alike.
+
+        Raises:
+            CostWeightError: a ``cost_weight`` for a layout without ``cost_preference`` (a policy
+                trained at one cost weight).
+        """
+        if cost_weight is None:
+            return self.default_cost_weight
+        if not self.cost_preference:
+            raise CostWeightError("this policy was trained at one cost weight; it takes no cost_weight (train with "
+                                  "env.cost_weight_range for a policy of every trade-off)")
+        return cost_weight
+
     def write_cost_penalty(self, obs: torch.Tensor, expected_cost: torch.Tensor,
                            cost_weight: torch.Tensor | float | None) -> None:
         """Write ``cost_weight * expected_cost`` (``expected_cost`` ``[B, N, K]`` USD; ``cost_weight``
@@ -192,6 +212,7 @@ class ObsLayout(BaseModel):
         place (no-op without ``agent_prices``)."""
         if self.agent_prices is None:
             return
+        # the weight the penalty is trained at (also that of a policy trained at one cost weight)
         cw = torch.as_tensor(self.default_cost_weight if cost_weight is None else cost_weight,
                              dtype=obs.dtype, device=obs.device)
         obs[..., self.cols("cost_penalty")] = expected_cost * (cw.reshape(-1, 1, 1) if cw.ndim else cw)
@@ -206,14 +227,13 @@ class ObsLayout(BaseModel):
         ``default_cost_weight``) into every router's column of ``obs`` ``[B, N, D]``, in place.
 
         Raises:
-            ValueError: a ``cost_weight`` for a layout without ``cost_preference``.
+            CostWeightError: a ``cost_weight`` for a layout without ``cost_preference``
+                (:meth:`resolve_cost_weight`).
         """
+        resolved = self.resolve_cost_weight(cost_weight)
         if not self.cost_preference:
-            if cost_weight is not None:
-                raise ValueError("this policy was trained for one cost_weight; it takes no cost preference")
             return
-        cw = torch.as_tensor(self.default_cost_weight if cost_weight is None else cost_weight,
-                             dtype=obs.dtype, device=obs.device)
+        cw = torch.as_tensor(resolved, dtype=obs.dtype, device=obs.device)
         feature = self.preference_feature(cw).reshape(-1, 1, 1) if cw.ndim else self.preference_feature(cw)
         obs[..., self.preference_cols] = feature
 

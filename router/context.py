@@ -31,11 +31,12 @@ from router.experience import ExperienceStore, Outbox, RedisExperienceStore, Sql
 from router.follower import follow_published
 from router.inflight import LoadTracker, LocalLoadTracker, RedisLoadTracker
 from router.metrics import RouterMetrics
+from router.proxy.attempts import Proxy
 from router.proxy.client import UpstreamClient
 from router.proxy.keys import LocalKeySpend, RedisKeySpend
-from router.proxy.relay import Proxy
 from router.redis_client import RedisErrors, open_redis
 from router.registry import PolicyRegistry
+from router.routing import Router
 from router.service import RoutingService
 from router.settings import Settings
 from router.upstreams import load_upstreams
@@ -58,6 +59,7 @@ class AppContext:
         redis: the shared Redis client; None without Redis.
         redis_errors: failed Redis calls by operation, of every user of ``redis``.
         cooldowns: agents whose feedback quality collapsed (:mod:`router.cooldown`).
+        router: the routing capability both endpoints call (:class:`router.routing.Router`).
         proxy: the OpenAI-compatible proxy's upstreams, client and key spending; None without
             ``ROUTER_UPSTREAMS_FILE``.
     """
@@ -71,6 +73,7 @@ class AppContext:
     redis: aioredis.Redis | None
     redis_errors: RedisErrors
     cooldowns: Cooldowns
+    router: Router
     proxy: Proxy | None = None
 
     @property
@@ -204,5 +207,7 @@ async def open_context(settings: Settings, metrics: RouterMetrics) -> AsyncItera
                                  else LocalKeySpend()))
             stack.push_async_callback(proxy.client.aclose)
             logger.info("proxying %d agents: %s", len(proxy.upstreams), ", ".join(proxy.upstreams))
+        router = Router(settings, registry, store, load, cooldowns, batcher, metrics)
         yield AppContext(settings=settings, registry=registry, store=store, load=load, batcher=batcher,
-                         metrics=metrics, redis=client, redis_errors=errors, cooldowns=cooldowns, proxy=proxy)
+                         metrics=metrics, redis=client, redis_errors=errors, cooldowns=cooldowns, router=router,
+                         proxy=proxy)

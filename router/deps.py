@@ -17,6 +17,7 @@ from router.experience import ExperienceStore
 from router.inflight import LoadTracker
 from router.metrics import RouterMetrics
 from router.registry import PolicyRegistry
+from router.routing import Router
 from router.service import RoutingService
 from router.settings import Settings
 
@@ -59,6 +60,10 @@ async def get_batcher(context: ContextDep) -> EmbedBatcher:
     return context.batcher
 
 
+async def get_router(context: ContextDep) -> Router:
+    return context.router
+
+
 async def get_metrics(context: ContextDep) -> RouterMetrics:
     return context.metrics
 
@@ -71,3 +76,4 @@ LoadDep = Annotated[LoadTracker, Depends(get_load)]
 CooldownsDep = Annotated[Cooldowns, Depends(get_cooldowns)]
 BatcherDep = Annotated[EmbedBatcher, Depends(get_batcher)]
 MetricsDep = Annotated[RouterMetrics, Depends(get_metrics)]
+RouterDep = Annotated[Router, Depends(get_router)]

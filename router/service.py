@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from contract.experience import SCHEMA_VERSION, DecisionContext, encode_embedding
-from contract.observation import normalised_load
+from contract.observation import CostWeightError, normalised_load
 from contract.pricing import prompt_tokens
 from env.embedder import Embedder
 from policy.artefact import Policy
@@ -36,9 +36,30 @@ class CandidateError(DomainError):
 
 
 class PreferenceError(DomainError):
-    """A ``cost_weight`` for a policy trained at one cost weight (422)."""
+    """A cost preference the request cannot have: a ``cost_weight`` for a policy trained at one cost
+    weight, both a ``cost_weight`` and a budget, or a budget no allowed agent fits (422)."""
 
     status_code = 422
+
+
+@dataclass(frozen=True)
+class RoutePlan:
+    """A request validated against one policy (:meth:`RoutingService.plan`).
+
+    Attributes:
+        prompt: the text routed on.
+        candidates: the agents the request named (None: all), for messages.
+        allowed: ``[K]`` bool, the agents it allows before live state (candidates within budget).
+        cost_weight: the cost preference the observation holds (USD^-1); None for a policy trained
+            at one cost weight.
+        tokens: the prompt's length in tokens (:func:`contract.pricing.prompt_tokens`).
+    """
+
+    prompt: str
+    candidates: list[str] | None
+    allowed: np.ndarray
+    cost_weight: float | None
+    tokens: int
 
 
 @dataclass(frozen=True)
@@ -144,7 +165,7 @@ class RoutingService:
             (``policy.embedding_model``).
         seed: seed of the sampler used when ``explore`` is true; None: from the OS.
 
-    Thread-safe: :meth:`route` may run in several threads at once.
+    Thread-safe: :meth:`choose` may run in several threads at once.
     """
 
     def __init__(self, policy: Policy, embedder: Embedder, seed: int | None = None) -> None:
@@ -188,39 +209,41 @@ class RoutingService:
         counts = [int(in_flight.get(name, 0)) for name in self.agents]
         return normalised_load(counts, self.capacities, self.load_clip)
 
-    def cost_preference(self, cost_weight: float | None) -> float | None:
-        """The cost weight the observation holds: ``cost_weight`` (None: the policy's default) for a
-        policy trained for every trade-off, None for the others.
+    def plan(self, prompt: str, candidates: Sequence[str] | None = None, cost_weight: float | None = None,
+             max_cost_usd_per_1k: float | None = None, default_cost_weight: float | None = None) -> RoutePlan:
+        """Validate a request against this policy, once: its ``candidates``, its cost preference
+        and its budget.
 
-        Raises:
-            PreferenceError: a ``cost_weight`` for a policy trained at one cost weight.
-        """
-        layout = self.policy.layout
-        if not layout.cost_preference:
-            if cost_weight is not None:
-                raise PreferenceError(
-                    f"cost_weight: policy {self.version} was trained at one cost weight; it takes no cost_weight "
-                    "(train with env.cost_weight_range for a policy of every trade-off)")
-            return None
-        return layout.default_cost_weight if cost_weight is None else float(cost_weight)
-
-    def request_mask(self, prompt: str, candidates: Sequence[str] | None, cost_weight: float | None,
-                     max_cost_usd_per_1k: float | None) -> np.ndarray:
-        """``[K]`` bool, the agents a request allows before live state: its ``candidates``, within
-        its budget (:meth:`within_budget`); checks its ``cost_weight`` on the way.
+        The cost weight is resolved here and only here: ``max_cost_usd_per_1k`` routes for quality
+        (0) among the agents within the budget (:meth:`within_budget`); otherwise ``cost_weight``,
+        else ``default_cost_weight`` (``ROUTER_COST_WEIGHT``), else the policy's default
+        (:meth:`contract.observation.ObsLayout.resolve_cost_weight`). A policy trained at one cost
+        weight takes none (its plan's ``cost_weight`` is None).
 
         Raises:
             CandidateError: bad ``candidates``.
             PreferenceError: a ``cost_weight`` this policy does not take, both ``cost_weight`` and
                 ``max_cost_usd_per_1k``, or a budget no allowed agent fits.
         """
+        layout = self.policy.layout
         allowed = self.action_mask(candidates)
         if max_cost_usd_per_1k is not None and cost_weight is not None:
             raise PreferenceError("give cost_weight or max_cost_usd_per_1k, not both")
-        self.cost_preference(cost_weight)
+        tokens = prompt_tokens(prompt)
         if max_cost_usd_per_1k is not None:
-            allowed = allowed & self.within_budget(prompt_tokens(prompt), max_cost_usd_per_1k, allowed)
-        return allowed
+            allowed = allowed & self.within_budget(tokens, max_cost_usd_per_1k, allowed)
+            requested = 0.0 if layout.cost_preference else None
+        elif cost_weight is None and layout.cost_preference:
+            requested = default_cost_weight
+        else:
+            requested = cost_weight
+        try:
+            resolved = layout.resolve_cost_weight(requested)
+        except CostWeightError as exc:
+            raise PreferenceError(f"cost_weight: policy {self.version}: {exc}") from None
+        return RoutePlan(prompt=prompt, candidates=list(candidates) if candidates is not None else None,
+                         allowed=allowed, cost_weight=float(resolved) if layout.cost_preference else None,
+                         tokens=tokens)
 
     def within_budget(self, tokens: int, max_cost_usd_per_1k: float, allowed: np.ndarray) -> np.ndarray:
         """``[K]`` bool: agents whose expected cost of a ``tokens``-token prompt
@@ -278,48 +301,54 @@ class RoutingService:
         cost_weight: float | None = None,
         max_cost_usd_per_1k: float | None = None,
     ) -> Decision:
-        """Choose an agent for ``prompt``.
+        """:meth:`choose` of :meth:`plan`: validate and route in one call (for code that routes in
+        process; the server plans once per request, :class:`router.routing.Router`).
+
+        Raises:
+            CandidateError, PreferenceError: as :meth:`plan`. NoAgentAvailable: as :meth:`choose`.
+        """
+        return self.choose(self.plan(prompt, candidates, cost_weight, max_cost_usd_per_1k), explore, in_flight,
+                           down, embedding, explore_floor, explore_temperature)
+
+    def choose(
+        self,
+        plan: RoutePlan,
+        explore: bool = False,
+        in_flight: Mapping[str, int] | None = None,
+        down: Collection[str] = (),
+        embedding: np.ndarray | None = None,
+        explore_floor: float = 0.0,
+        explore_temperature: float = 1.0,
+    ) -> Decision:
+        """Choose an agent for a validated request (:meth:`plan`).
 
         The observation is :func:`contract.observation.build_obs` of the embedding ``[1, E]`` and
-        the live load of :meth:`load_vector` ``[1, K]``, as in training. The allowed agents are
-        ``candidates`` minus those ``down``; the choice is the most probable allowed agent under the
+        the live load of :meth:`load_vector` ``[1, K]``, as in training. The allowed agents are the
+        plan's minus those ``down``; the choice is the most probable allowed agent under the
         masked policy (so when the unmasked favourite is masked, the next most probable allowed one).
 
         Args:
-            prompt: the prompt text (not stored; validated by the caller).
-            candidates: agent names allowed; None allows every agent.
-            explore: sample from :func:`exploration_distribution` (True) or take the argmax of the
+            plan: the request, validated against this policy.
+            explore: sample from :meth:`sampling_distribution` (True) or take the argmax of the
                 policy (False).
             in_flight: agent name -> requests in flight (missing agents: 0); None: no load.
             down: names of agents marked down.
             embedding: the prompt's ``[E]`` embedding if already computed (by the micro-batcher,
-                :mod:`router.batcher`); None: encode ``prompt`` here.
+                :mod:`router.batcher`); None: encode the prompt here.
             explore_floor, explore_temperature: ``floor`` and ``temperature`` of
                 :func:`exploration_distribution`.
-            cost_weight: the request's cost preference, USD^-1 (:meth:`cost_preference`).
-            max_cost_usd_per_1k: in place of ``cost_weight``, a budget: only agents whose
-                expected cost of this prompt is within it are allowed (:meth:`within_budget`),
-                and among them the policy routes for quality (``cost_weight`` 0).
 
         Raises:
-            CandidateError: bad ``candidates``.
-            PreferenceError: a ``cost_weight`` this policy does not take, both ``cost_weight``
-                and ``max_cost_usd_per_1k``, or a budget no allowed agent fits.
             NoAgentAvailable: every allowed agent is down.
         """
-        allowed = self.request_mask(prompt, candidates, cost_weight, max_cost_usd_per_1k)
-        if max_cost_usd_per_1k is not None:
-            cost_weight = 0.0 if self.policy.layout.cost_preference else None
-        preference = self.cost_preference(cost_weight)
-        tokens = prompt_tokens(prompt)
-        mask = live_mask(self.agents, allowed, down, candidates)
+        mask = live_mask(self.agents, plan.allowed, down, plan.candidates)
         if embedding is None:
-            embedding = self.embedder.encode([prompt])
+            embedding = self.embedder.encode([plan.prompt])
         else:
             embedding = np.array(embedding, dtype=np.float32, ndmin=2)  # a writable [1, E] copy
         load = self.load_vector(in_flight)[None, :]
-        obs = self.policy.build_obs(torch.from_numpy(embedding), torch.from_numpy(load), cost_weight=preference,
-                                    tokens=torch.tensor([tokens]))
+        obs = self.policy.build_obs(torch.from_numpy(embedding), torch.from_numpy(load), cost_weight=plan.cost_weight,
+                                    tokens=torch.tensor([plan.tokens]))
         mask_t = None if mask.all() else torch.from_numpy(mask).view(1, 1, -1)
         probs = self.policy.probabilities(obs, mask_t)[0, 0].cpu().numpy().astype(np.float32)
         probs[~mask] = 0.0
@@ -345,8 +374,8 @@ class RoutingService:
             action_mask=mask,
             explore=explore,
             propensity=propensity,
-            cost_weight=preference,
-            prompt_tokens=tokens,
+            cost_weight=plan.cost_weight,
+            prompt_tokens=plan.tokens,
         )
 
     def sampling_distribution(self, obs: torch.Tensor, probs: np.ndarray, mask: np.ndarray, floor: float,
