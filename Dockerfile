@@ -9,6 +9,7 @@ COPY pyproject.toml README.md ./
 COPY contract ./contract
 COPY env ./env
 COPY policy ./policy
+COPY experience ./experience
 COPY training ./training
 COPY router ./router
 COPY agents ./agents

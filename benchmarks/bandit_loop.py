@@ -9,7 +9,7 @@ and the gate, with its watermark and replay) on an in-memory log at the cadence 
 ``agent-router retrain --every-records N``; a saved candidate is loaded from its checkpoint
 directory and served from the next prompt on, as a hot swap does. What it skips: HTTP, the
 embedding model (the harness gives the cached embedding) and Redis or SQLite (the log is a list
-behind the same :class:`training.retrain.source.ExperienceSource` interface).
+behind the same :class:`experience.readers.ExperienceSource` interface).
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from typing import Any
 
 from benchmarks.bandit_anchors import Context
 from contract.experience import ExperienceRecord, Feedback
+from experience.readers import Entry, ExperienceSource
 from policy.checkpoint import load_checkpoint
 from router.service import Decision, RoutingService
 from training.cold_start import init_policy
 from training.retrain.config import RetrainConfig
 from training.retrain.job import round_size, run_retrain
-from training.retrain.source import Entry, ExperienceSource
 
 
 class MemorySource(ExperienceSource):

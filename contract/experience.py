@@ -28,13 +28,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 SCHEMA_VERSION = 4
 
-#: Where records live: the Redis stream ``<prefix>:<EXPERIENCE_STREAM>`` (field ``record``) and
-#: the SQLite table ``experience(seq, record)``; both hold the record's JSON text.
-EXPERIENCE_STREAM = "experience"
-RECORD_FIELD = "record"
-SQLITE_EXPERIENCE_QUERY = "SELECT seq, record FROM experience WHERE seq > ? ORDER BY seq LIMIT ?"
-#: the newest records at or before a ``seq`` (the learner's replay of what earlier rounds used)
-SQLITE_HISTORY_QUERY = "SELECT seq, record FROM experience WHERE seq <= ? ORDER BY seq DESC LIMIT ?"
 
 
 def encode_embedding(vector: np.ndarray) -> str:

@@ -1,13 +1,13 @@
 """The app's context: everything a request handler needs, built once in the lifespan.
 
-:func:`open_context` starts the policy and the embedding model, opens the one Redis client (when
-``ROUTER_REDIS_URL`` is set) that the experience store, the load tracker and the policy follower
-share, and closes everything in reverse order when the app stops.
+:func:`open_context` starts the policy and the embedding model, opens the shared state
+(:func:`open_shared_state`: Redis or local, decided there once for the experience store, the live
+load, the cooldowns and the key spending; the one Redis client is also the policy follower's), and
+closes everything in reverse order when the app stops.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import sys
@@ -23,18 +23,19 @@ from contract.errors import UserError
 from contract.pricing import AgentPrice
 from env.embedder import Embedder
 from env.encoders import make_embedder
+from experience import ExperienceStore, StoreUnavailable
+from experience.backend import open_store
+from experience.redis_client import RedisErrors, open_redis
 from policy.checkpoint import load_checkpoint
 from router.batcher import EmbedBatcher
 from router.cooldown import CooldownPolicy, Cooldowns, LocalCooldowns, RedisCooldowns
 from router.encode_plan import choose_encoder, choose_pass_size
-from router.experience import ExperienceStore, Outbox, RedisExperienceStore, SqliteExperienceStore, StoreUnavailable
 from router.follower import follow_published
 from router.inflight import LoadTracker, LocalLoadTracker, RedisLoadTracker
 from router.metrics import RouterMetrics
 from router.proxy.attempts import Proxy
 from router.proxy.client import UpstreamClient
-from router.proxy.keys import LocalKeySpend, RedisKeySpend
-from router.redis_client import RedisErrors, open_redis
+from router.proxy.keys import KeySpend, LocalKeySpend, RedisKeySpend
 from router.registry import PolicyRegistry
 from router.routing import Router
 from router.service import RoutingService
@@ -134,26 +135,58 @@ def start_policy(settings: Settings) -> RoutingService:
     return service
 
 
-async def _open_store(settings: Settings, client: aioredis.Redis | None, errors: RedisErrors) -> ExperienceStore:
-    """Redis (sharing ``client``, with its durable outbox) or SQLite.
+@dataclass
+class SharedState:
+    """What every replica shares through Redis, or this process keeps alone without it.
+
+    Attributes:
+        redis: the one Redis client, or None.
+        store: the experience log (Redis streams with the outbox, or SQLite).
+        load: in-flight leases and agents down.
+        cooldowns: agents whose feedback quality collapsed.
+        spend: each client key's spending.
+    """
+
+    redis: aioredis.Redis | None
+    store: ExperienceStore
+    load: LoadTracker
+    cooldowns: Cooldowns
+    spend: KeySpend
+
+
+async def open_shared_state(settings: Settings, metrics: RouterMetrics, errors: RedisErrors,
+                            stack: contextlib.AsyncExitStack) -> SharedState:
+    """Redis or local, decided here once for every shared state (``ROUTER_REDIS_URL``); what it
+    opens is closed by ``stack``.
 
     Raises:
-        UserError: the SQLite file or the outbox cannot be opened.
+        UserError: a malformed Redis URL, or a store that cannot be opened.
     """
-    if client is not None:
+    policy = CooldownPolicy(quality=settings.cooldown_quality, window=settings.cooldown_window,
+                            min_feedback=settings.cooldown_min_feedback,
+                            probe_feedback=settings.cooldown_probe_feedback, seconds=settings.cooldown_s)
+    client = None
+    if settings.redis_url:
         try:
-            outbox = await asyncio.to_thread(Outbox, settings.outbox_path, settings.redis_prefix)
-        except StoreUnavailable as exc:
-            raise UserError(f"ROUTER_OUTBOX_PATH: {exc}") from None
-        store = RedisExperienceStore(client, prefix=settings.redis_prefix, stream_maxlen=settings.stream_maxlen,
-                                     decision_ttl_s=settings.decision_ttl_s, outbox=outbox, redis_errors=errors)
-        store.start()
-        return store
-    try:
-        return await asyncio.to_thread(SqliteExperienceStore, settings.sqlite_path, settings.decision_ttl_s,
-                                       decision_sync=settings.sqlite_decision_sync)
-    except StoreUnavailable as exc:
-        raise UserError(str(exc)) from None
+            client = open_redis(settings.redis_url)
+        except ValueError as exc:
+            raise UserError(f"ROUTER_REDIS_URL: {exc}") from None
+        stack.push_async_callback(client.aclose)
+    store = await open_store(client, prefix=settings.redis_prefix, stream_maxlen=settings.stream_maxlen,
+                             decision_ttl_s=settings.decision_ttl_s, outbox_path=settings.outbox_path,
+                             sqlite_path=settings.sqlite_path, sqlite_decision_sync=settings.sqlite_decision_sync,
+                             redis_errors=errors)
+    stack.push_async_callback(store.close)
+    if client is not None:
+        prefix = settings.redis_prefix
+        load: LoadTracker = RedisLoadTracker(client, prefix, settings.inflight_ttl_s, redis_errors=errors)
+        shared = SharedState(client, store, load, RedisCooldowns(client, prefix, policy, errors, metrics.note_cooldown),
+                             RedisKeySpend(client, prefix, errors))
+    else:
+        shared = SharedState(None, store, LocalLoadTracker(settings.inflight_ttl_s),
+                             LocalCooldowns(policy, metrics.note_cooldown), LocalKeySpend())
+    stack.push_async_callback(shared.load.close)
+    return shared
 
 
 @asynccontextmanager
@@ -168,23 +201,11 @@ async def open_context(settings: Settings, metrics: RouterMetrics) -> AsyncItera
     async with contextlib.AsyncExitStack() as stack:
         if service.embedder.cache is not None:
             stack.callback(service.embedder.cache.close)
-        client = None
-        if settings.redis_url:
-            try:
-                client = open_redis(settings.redis_url)
-            except ValueError as exc:
-                raise UserError(f"ROUTER_REDIS_URL: {exc}") from None
-            stack.push_async_callback(client.aclose)
-        store = await _open_store(settings, client, errors)
-        stack.push_async_callback(store.close)
+        shared = await open_shared_state(settings, metrics, errors, stack)
         try:
-            await store.ping()
+            await shared.store.ping()
         except StoreUnavailable as exc:  # the server still starts; requests answer 503 meanwhile
             logger.warning("experience store not reachable yet: %s", exc)
-        load: LoadTracker = (RedisLoadTracker(client, settings.redis_prefix, settings.inflight_ttl_s,
-                                              redis_errors=errors)
-                             if client is not None else LocalLoadTracker(settings.inflight_ttl_s))
-        stack.push_async_callback(load.close)
         threads = settings.resolved_encode_threads()
         logger.info("encode threads: %d", threads)
         batcher = EmbedBatcher(window_ms=settings.batch_window_ms, max_batch=settings.max_batch,
@@ -192,22 +213,16 @@ async def open_context(settings: Settings, metrics: RouterMetrics) -> AsyncItera
                                on_lookup=metrics.observe_lookup)
         stack.push_async_callback(batcher.aclose)
         registry = PolicyRegistry(service, settings.checkpoint)
-        await stack.enter_async_context(follow_published(registry, settings, client, errors))
-        policy = CooldownPolicy(quality=settings.cooldown_quality, window=settings.cooldown_window,
-                                min_feedback=settings.cooldown_min_feedback,
-                                probe_feedback=settings.cooldown_probe_feedback, seconds=settings.cooldown_s)
-        cooldowns: Cooldowns = (RedisCooldowns(client, settings.redis_prefix, policy, errors, metrics.note_cooldown)
-                                if client is not None else LocalCooldowns(policy, metrics.note_cooldown))
+        await stack.enter_async_context(follow_published(registry, settings, shared.redis, errors))
         proxy = None
         if settings.upstreams_file is not None:
             proxy = Proxy(upstreams=load_upstreams(settings.upstreams_file, service.agents, policy_prices(service)),
                           client=UpstreamClient(settings.upstream_connect_timeout_s,
                                                 settings.upstream_first_token_timeout_s),
-                          spend=(RedisKeySpend(client, settings.redis_prefix, errors) if client is not None
-                                 else LocalKeySpend()))
+                          spend=shared.spend)
             stack.push_async_callback(proxy.client.aclose)
             logger.info("proxying %d agents: %s", len(proxy.upstreams), ", ".join(proxy.upstreams))
-        router = Router(settings, registry, store, load, cooldowns, batcher, metrics)
-        yield AppContext(settings=settings, registry=registry, store=store, load=load, batcher=batcher,
-                         metrics=metrics, redis=client, redis_errors=errors, cooldowns=cooldowns, router=router,
-                         proxy=proxy)
+        router = Router(settings, registry, shared.store, shared.load, shared.cooldowns, batcher, metrics)
+        yield AppContext(settings=settings, registry=registry, store=shared.store, load=shared.load,
+                         batcher=batcher, metrics=metrics, redis=shared.redis, redis_errors=errors,
+                         cooldowns=shared.cooldowns, router=router, proxy=proxy)

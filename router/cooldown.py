@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from router.redis_client import RedisErrors
+from experience.redis_client import RedisErrors
 
 logger = logging.getLogger(__name__)
 

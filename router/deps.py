@@ -10,10 +10,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from experience import ExperienceStore
 from router.batcher import EmbedBatcher
 from router.context import AppContext
 from router.cooldown import Cooldowns
-from router.experience import ExperienceStore
 from router.inflight import LoadTracker
 from router.metrics import RouterMetrics
 from router.registry import PolicyRegistry

@@ -17,13 +17,15 @@ anything else                      500     logged with its traceback
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from contract.errors import DomainError
 
 logger = logging.getLogger(__name__)
 
@@ -36,21 +38,6 @@ OPENAI_PATHS = ("/v1/chat/completions", "/v1/models")
 def openai_error_body(message: str, type: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
     """OpenAI's error object ``{"error": {"message", "type", "param", "code"}}``."""
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
-
-
-class DomainError(Exception):
-    """An error of the service that a client can act on.
-
-    Attributes:
-        status_code: the HTTP status it is answered with.
-        retry_after: answer with ``Retry-After: ROUTER_RETRY_AFTER_S`` (the request is safe to retry).
-        public_detail: the message sent instead of ``str(exc)`` (None: ``str(exc)``), for errors
-            whose text is for the server's log only.
-    """
-
-    status_code: ClassVar[int] = 422
-    retry_after: ClassVar[bool] = False
-    public_detail: ClassVar[str | None] = None
 
 
 def _where(loc: tuple[Any, ...] | list[Any]) -> str:

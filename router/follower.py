@@ -17,8 +17,8 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from experience.redis_client import RedisErrors
 from policy.versions import VersionKeys
-from router.redis_client import RedisErrors
 from router.registry import PolicyRefused, PolicyRegistry, PublishFailed
 from router.settings import Settings
 

@@ -25,9 +25,9 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from router.errors import DomainError
-from router.experience.base import StoreUnavailable
-from router.redis_client import RedisErrors, open_redis
+from contract.errors import DomainError
+from experience.base import StoreUnavailable
+from experience.redis_client import RedisErrors, open_redis
 
 logger = logging.getLogger(__name__)
 

@@ -20,11 +20,11 @@ from pathlib import Path
 import anyio
 import torch
 
+from contract.errors import DomainError
 from env.embedder import canonical_model_id
+from experience.base import utc_now_iso
 from policy.artefact import Policy
 from policy.checkpoint import META, CheckpointError, load_checkpoint, read_meta, resolve_checkpoint
-from router.errors import DomainError
-from router.experience.base import utc_now_iso
 from router.service import RoutingService
 
 logger = logging.getLogger(__name__)

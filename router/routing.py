@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from contract.errors import DomainError
+from experience import ExperienceStore
 from router.batcher import EmbedBatcher
 from router.cooldown import Cooldowns
-from router.errors import DomainError
-from router.experience import ExperienceStore
 from router.inflight import LoadTracker
 from router.metrics import RouterMetrics
 from router.registry import PolicyRegistry

@@ -17,15 +17,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from contract.errors import DomainError
 from contract.experience import SCHEMA_VERSION, DecisionContext, encode_embedding
 from contract.observation import CostWeightError, normalised_load
 from contract.pricing import prompt_tokens
 from env.embedder import Embedder
+from experience.base import utc_now_iso
 from policy.artefact import Policy
 from policy.checkpoint import CheckpointError
 from policy.exploration import inverse_gap_weighting
-from router.errors import DomainError
-from router.experience.base import utc_now_iso
 from router.inflight import NoAgentAvailable
 
 

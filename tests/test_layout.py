@@ -1,6 +1,7 @@
 """The import structure, floor by floor (no exception list):
 
-- ``contract`` at the bottom, then ``env``, then ``policy`` (the served artefact);
+- ``contract`` at the bottom, then ``env``, then ``policy`` (the served artefact) and
+  ``experience`` (the log: its storage, the server's writers, the retrain job's readers);
 - ``training`` (the trainer and the learner from logged feedback) and ``router`` (the server)
   stand on those and never import each other; ``agents`` stands on ``contract`` and ``env``;
 - ``cli`` is the only package above the server, and nothing imports it;
@@ -17,11 +18,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("contract", "env", "policy", "training", "router", "agents", "cli")
+PACKAGES = ("contract", "env", "policy", "experience", "training", "router", "agents", "cli")
 #: what each top-level package may import of the others
-ALLOWED = {"contract": set(), "env": {"contract"}, "policy": {"contract", "env"},
-           "training": {"contract", "env", "policy"}, "router": {"contract", "env", "policy", "agents"},
-           "agents": {"contract", "env"}, "cli": {"contract", "env", "policy", "training", "router", "agents"}}
+ALLOWED = {"contract": set(), "env": {"contract"}, "policy": {"contract", "env"}, "experience": {"contract"},
+           "training": {"contract", "env", "policy", "experience"},
+           "router": {"contract", "env", "policy", "experience", "agents"}, "agents": {"contract", "env"},
+           "cli": {"contract", "env", "policy", "experience", "training", "router", "agents"}}
 
 
 def _module_name(path: Path) -> str:

@@ -44,8 +44,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from contract.experience import Feedback
 from contract.pricing import CHARS_PER_TOKEN, call_cost_usd
+from experience.base import utc_now_iso
 from router.errors import openai_error_body
-from router.experience.base import utc_now_iso
 from router.inflight import NoAgentAvailable
 from router.metrics import annotate
 from router.proxy.client import UpstreamClient, UpstreamFailure, UpstreamRejected, Usage

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from router.redis_client import RedisErrors
+from experience.redis_client import RedisErrors
 from router.settings import ClientKey, Settings, is_loopback
 
 logger = logging.getLogger(__name__)

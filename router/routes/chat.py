@@ -17,8 +17,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import Response
 
+from contract.errors import DomainError
 from router.deps import ContextDep, RouterDep
-from router.errors import DomainError
 from router.proxy.attempts import Proxy, ProxyCall
 from router.proxy.keys import KeyRefused, authenticate
 from router.proxy.openai_api import (

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, status
 
 from contract.experience import Feedback
+from experience.base import utc_now_iso
 from router.deps import CooldownsDep, LoadDep, StoreDep
-from router.experience.base import utc_now_iso
 from router.metrics import annotate
 from router.routes import BODY_ERRORS, STORE_DOWN, error_responses
 from router.schemas import FeedbackRequest, FeedbackResponse

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from experience import StoreUnavailable
 from router.deps import ContextDep, ServiceDep
-from router.experience import StoreUnavailable
 from router.routes import error_responses
 from router.schemas import HealthResponse, ReadyResponse
 

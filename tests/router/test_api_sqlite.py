@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from router.experience import SqliteExperienceStore
+from experience import SqliteExperienceStore
 from tests.harness import AGENTS, agent_specs
 
 

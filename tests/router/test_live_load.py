@@ -118,7 +118,7 @@ def test_redis_tracker_falls_back_to_its_own_leases_when_redis_is_down():
         assert not snap.shared and snap.in_flight == {"a": 1, "b": 0}
         await tracker.release("a", "d1")
         assert (await tracker.snapshot(["a"])).in_flight == {"a": 0}
-        from router.experience import StoreUnavailable
+        from experience import StoreUnavailable
 
         with pytest.raises(StoreUnavailable):
             await tracker.set_down("a", True)

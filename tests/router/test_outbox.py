@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from contract.experience import DecisionContext
-from router.experience import (
+from experience import (
     DuplicateFeedback,
     Outbox,
     RedisExperienceStore,

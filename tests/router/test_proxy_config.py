@@ -10,8 +10,8 @@ from pydantic import ValidationError
 
 from contract.errors import UserError
 from contract.pricing import AgentPrice
+from experience.redis_client import RedisErrors, open_redis
 from router.proxy.keys import OPEN_KEY, KeyRefused, LocalKeySpend, RedisKeySpend, authenticate, hash_key, new_key
-from router.redis_client import RedisErrors, open_redis
 from router.settings import ClientKey, Settings
 from router.upstreams import load_upstreams
 

@@ -9,8 +9,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from experience import StoreUnavailable
 from router.deps import get_context
-from router.experience import StoreUnavailable
 from router.routes import health
 
 

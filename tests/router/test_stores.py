@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from contract.experience import DecisionContext, ExperienceRecord
-from router.experience import (
+from experience import (
     DuplicateFeedback,
     RedisExperienceStore,
     SqliteExperienceStore,
@@ -144,7 +144,7 @@ def test_sqlite_decisions_without_their_own_fsync_survive_a_killed_process(sqlit
     ctx = context()
     script = (
         "import asyncio, os, sys\n"
-        "from router.experience import SqliteExperienceStore\n"
+        "from experience import SqliteExperienceStore\n"
         "from contract.experience import DecisionContext\n"
         "async def main():\n"
         "    store = SqliteExperienceStore(sys.argv[1], decision_sync='normal')\n"

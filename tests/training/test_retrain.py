@@ -11,9 +11,9 @@ import pytest
 import redis
 
 from contract.errors import UserError
+from experience.redis_store import RedisExperienceStore
+from experience.sqlite_store import SqliteExperienceStore
 from policy.checkpoint import META, load_checkpoint
-from router.experience.redis_store import RedisExperienceStore
-from router.experience.sqlite_store import SqliteExperienceStore
 from router.service import RoutingService
 from tests.harness import sample_feedback
 from training.data import load_splits

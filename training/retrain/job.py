@@ -39,6 +39,8 @@ from redis.exceptions import RedisError
 
 from contract.errors import UserError
 from contract.policy_meta import PolicyMeta
+from experience.backend import open_source
+from experience.readers import ExperienceSource, SourceError
 from policy.artefact import Policy
 from policy.checkpoint import META, CheckpointError, load_checkpoint, read_meta, resolve_checkpoint, save_checkpoint
 from policy.versions import VersionKeys
@@ -47,7 +49,6 @@ from training.retrain.bandit_round import bandit_round
 from training.retrain.config import RetrainConfig
 from training.retrain.offline_ppo import logged_update
 from training.retrain.offpolicy import logged_verdict, off_policy_terms
-from training.retrain.source import ExperienceSource, RedisGroupSource, SourceError, SqliteSource
 from training.retrain.trajectories import build_batch, merged_skipped, split_held_out
 from training.update import make_optimizer, set_learning_rates
 from training.value_norm import ValueNorm
@@ -94,13 +95,6 @@ class RetrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def open_source(cfg: RetrainConfig) -> ExperienceSource:
-    """The configured experience source (Redis consumer group, else the SQLite store)."""
-    if cfg.redis_url:
-        return RedisGroupSource(cfg.redis_url, cfg.redis_prefix, cfg.group, cfg.consumer)
-    return SqliteSource(cfg.sqlite_path)
 
 
 def _versions(root: Path) -> list[tuple[Path, PolicyMeta]]:
@@ -232,7 +226,8 @@ def run_retrain(cfg: RetrainConfig, source: ExperienceSource | None = None) -> R
             SourceError (a UserError): the experience log or Redis cannot be reached.
     """
     root = Path(cfg.checkpoint_root)
-    source = source or open_source(cfg)
+    source = source or open_source(cfg.redis_url, prefix=cfg.redis_prefix, group=cfg.group, consumer=cfg.consumer,
+                                   sqlite_path=cfg.sqlite_path)
     publisher = Publisher(cfg.redis_url, cfg.redis_prefix) if cfg.redis_url else None
     try:
         return _run(cfg, root, source, publisher)

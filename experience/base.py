@@ -13,8 +13,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from contract.errors import DomainError
 from contract.experience import DecisionContext, ExperienceRecord, Feedback
-from router.errors import DomainError
 
 
 class StoreError(DomainError):

@@ -24,7 +24,7 @@ import redis
 from redis.exceptions import RedisError, ResponseError
 
 from contract.errors import UserError
-from contract.experience import EXPERIENCE_STREAM, RECORD_FIELD, SQLITE_EXPERIENCE_QUERY, SQLITE_HISTORY_QUERY
+from experience.layout import EXPERIENCE_STREAM, RECORD_FIELD, SQLITE_EXPERIENCE_QUERY, SQLITE_HISTORY_QUERY
 
 Entry = tuple[str, str]
 

@@ -23,14 +23,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from contract.experience import SQLITE_EXPERIENCE_QUERY, DecisionContext, ExperienceRecord, Feedback, record_key
-from router.experience.base import (
+from contract.experience import DecisionContext, ExperienceRecord, Feedback, record_key
+from experience.base import (
     DuplicateFeedback,
     ExperienceStore,
     UnknownDecision,
     dump_json,
 )
-from router.experience.durable_sqlite import DurableSqlite
+from experience.durable_sqlite import DurableSqlite
+from experience.layout import SQLITE_EXPERIENCE_QUERY
 
 T = TypeVar("T")
 
@@ -59,7 +60,7 @@ class SqliteExperienceStore(ExperienceStore):
         decision_sync: ``"full"``: a decision context is fsynced before :meth:`put_decision`
             returns; ``"normal"``: it survives a crash of the process at once and a crash of the
             machine once the next feedback's fsync carries it
-            (:meth:`~router.experience.durable_sqlite.DurableSqlite.write`). Feedback is always
+            (:meth:`~experience.durable_sqlite.DurableSqlite.write`). Feedback is always
             fsynced.
 
     Raises:

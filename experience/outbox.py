@@ -3,7 +3,7 @@
 When Redis is unreachable (connection refused, timeout, a Redis still loading its data), the
 Redis store appends decision contexts and experience records here instead, answers the request,
 and a background task drains the outbox to the Redis streams, oldest first, once Redis is back
-(see :class:`router.experience.redis_store.RedisExperienceStore`).
+(see :class:`experience.redis_store.RedisExperienceStore`).
 
 One SQLite file (``ROUTER_OUTBOX_PATH``) in WAL mode with ``synchronous=FULL``: a committed append
 has been fsynced, so it survives a crash of the process or of the machine. Table::
@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from contract.experience import ExperienceRecord
-from router.experience.base import DuplicateFeedback, UnknownDecision, dump_json
-from router.experience.durable_sqlite import DurableSqlite, transaction
+from experience.base import DuplicateFeedback, UnknownDecision, dump_json
+from experience.durable_sqlite import DurableSqlite, transaction
 
 T = TypeVar("T")
 

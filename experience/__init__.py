@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from router.experience.base import (
+from experience.base import (
     DuplicateFeedback,
     ExperienceStore,
     StoreError,
     StoreUnavailable,
     UnknownDecision,
 )
-from router.experience.outbox import Outbox
-from router.experience.redis_store import RedisExperienceStore
-from router.experience.sqlite_store import SqliteExperienceStore
+from experience.outbox import Outbox
+from experience.redis_store import RedisExperienceStore
+from experience.sqlite_store import SqliteExperienceStore
 
 __all__ = [
     "DuplicateFeedback",

@@ -7,7 +7,7 @@ proxy's call record). Streams are trimmed with
 ``XADD MAXLEN ~``. Feedback is one Lua script (check the decision, check the marker, append, mark),
 so it is atomic; the keys of one call live in different hash slots (a standalone Redis or a single
 shard). While Redis is unreachable, decisions and the feedback of decisions held there go to the
-durable :class:`~router.experience.outbox.Outbox` and are drained, in order and idempotently, when
+durable :class:`~experience.outbox.Outbox` and are drained, in order and idempotently, when
 Redis is back; other feedback answers 503. ``docs/outbox.md`` describes the protocol.
 """
 
@@ -27,23 +27,22 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from contract.experience import (
-    EXPERIENCE_STREAM,
-    RECORD_FIELD,
     DecisionContext,
     ExperienceRecord,
     Feedback,
     parse_record,
     record_key,
 )
-from router.experience.base import (
+from experience.base import (
     DuplicateFeedback,
     ExperienceStore,
     StoreUnavailable,
     UnknownDecision,
     dump_json,
 )
-from router.experience.outbox import Outbox, OutboxRow
-from router.redis_client import RedisErrors, open_redis
+from experience.layout import EXPERIENCE_STREAM, RECORD_FIELD
+from experience.outbox import Outbox, OutboxRow
+from experience.redis_client import RedisErrors, open_redis
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +91,7 @@ class RedisExperienceStore(ExperienceStore):
 
     Args:
         url: ``redis://host:port/db`` (or ``rediss://``, ``unix://``), or an open client to share
-            (:func:`router.redis_client.open_redis`; then closing the store leaves it open).
+            (:func:`experience.redis_client.open_redis`; then closing the store leaves it open).
         prefix: key prefix; every key is ``<prefix>:...``.
         stream_maxlen: approximate maximum length of each stream.
         decision_ttl_s: seconds a decision context is kept waiting for feedback.

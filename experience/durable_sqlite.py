@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from router.experience.base import StoreUnavailable
+from experience.base import StoreUnavailable
 
 T = TypeVar("T")
 
