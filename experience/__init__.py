@@ -1,4 +1,7 @@
-"""Experience log backends (Redis streams or SQLite) behind one async interface."""
+"""The experience log, in one place: where records live (:mod:`experience.layout`), the server's
+async writers (Redis streams with a durable outbox, or SQLite) behind one interface, the retrain
+job's readers (:mod:`experience.readers`) and the choice of backend (:mod:`experience.backend`).
+The record types are the contract's (:mod:`contract.experience`)."""
 
 from __future__ import annotations
 
