@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from contract.observation import ObsLayout, build_obs
+from contract.observation import CostWeightError, ObsLayout, build_obs
 from env.config import EnvConfig
 from env.prompt_env import PromptEnv
 
@@ -76,7 +76,7 @@ def test_preference_feature_and_builder():
         math.log1p(9.0) / math.log1p(100.0))
     assert build_obs(layout, torch.ones(1, 2))[0, 0, 4].item() == 0.0  # the default
     plain = ObsLayout(embed_dim=2, num_agents=2)
-    with pytest.raises(ValueError, match="one cost_weight"):
+    with pytest.raises(CostWeightError, match="trained at one cost weight"):
         build_obs(plain, torch.ones(1, 2), cost_weight=1.0)
     with pytest.raises(ValueError, match="cost_weight_max"):
         ObsLayout(embed_dim=2, num_agents=2, cost_preference=True)
