@@ -5,10 +5,13 @@ For each backend (``sqlite``, ``redis``): ``agent-router init`` from the agents 
 serve`` as its own process (uvicorn, the embedding cache of ``var/embeddings``, exploration asked by
 each request), and for every prompt of the shuffle ``POST /v1/route {"prompt", "explore": true}``
 then ``POST /v1/feedback {"decision_id", "quality", "cost_usd"}`` over HTTP. Rounds: with Redis,
-``agent-router retrain --every-records N`` runs beside the server and every publish reaches it by
-pub/sub (a hot swap); with SQLite (no publish channel), the client runs ``agent-router retrain``
-once N new feedbacks are in and ``POST /admin/policy/reload`` swaps the saved version in. The
-reward is ``quality - cost_weight * cost_usd`` of the agent the server chose.
+``agent-router retrain --every-records N`` runs beside the server, started before the first request
+as a production worker is, and every publish reaches the server by pub/sub (a hot swap); the rounds
+run while the client goes on, so a version serves a few hundred prompts later than in process
+(``served.jsonl`` in the work directory: the prompt at which each version began to serve). With
+SQLite (no publish channel), the client runs ``agent-router retrain`` once N new feedbacks are in
+and ``POST /admin/policy/reload`` swaps the saved version in. The reward is ``quality -
+cost_weight * cost_usd`` of the agent the server chose.
 
     .venv/bin/python benchmarks/bandit_fidelity.py [--dataset NAME=PROMPTS,AGENTS,CW] [--seed 100]
         [--backends sqlite,redis] [--redis-url redis://127.0.0.1:6379/0]
@@ -42,6 +45,7 @@ if str(ROOT) not in sys.path:
 from benchmarks.bandit_loop import make_learner  # noqa: E402
 from benchmarks.bandit_stream import Setting, load, parse_setting, run_learner, stream_figures  # noqa: E402
 from benchmarks.common import load_average, machine, print_json_line, print_table  # noqa: E402
+from cli.retrain import READY  # noqa: E402
 from training.retrain.config import RetrainConfig  # noqa: E402
 from training.retrain.job import round_size  # noqa: E402
 
@@ -93,11 +97,15 @@ def http_stream(setting: Setting, ds: Any, order: np.ndarray, backend: str, redi
             if time.monotonic() > deadline or procs[0].poll() is not None:
                 raise RuntimeError(f"the server did not start; see {work / 'server.log'}")
             time.sleep(0.3)
-        if backend == "redis":
+        if backend == "redis":  # a worker running before the traffic, as in production
             with (work / "retrain.log").open("wb") as log:
                 procs.append(subprocess.Popen(_cli("retrain", "--every-records", str(ROUND), "--every", "1s",
                                                    "--metrics-file", str(work / "rounds.jsonl")),
                                               stdout=log, stderr=subprocess.STDOUT, env=_env(env)))
+            while READY not in (work / "retrain.log").read_text(errors="replace"):
+                if time.monotonic() > deadline + 180 or procs[-1].poll() is not None:
+                    raise RuntimeError(f"the retrain worker did not start; see {work / 'retrain.log'}")
+                time.sleep(0.3)
         rewards = np.empty(len(order))
         served: list[tuple[int, str]] = []  # (prompt index, version) at each change of the served version
         names = ds.agent_names

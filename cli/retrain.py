@@ -12,6 +12,9 @@ import typer
 from cli.options import server_settings
 from contract.errors import UserError
 
+#: the first word of the line ``retrain --every`` writes to stderr once it is running
+READY = "retraining"
+
 
 def retrain(
     checkpoint: Annotated[Path | None, typer.Option(
@@ -85,6 +88,9 @@ def retrain(
 
         interval = parse_interval(every)
         path = metrics_file or Path(cfg.checkpoint_root) / "retrain_rounds.jsonl"
+        cadence = (f"a round once {every_records} new records are logged (checked every {every})"
+                   if every_records is not None else f"a round every {every}")
+        typer.echo(f"{READY}: {cadence}; Ctrl-C stops", err=True)
 
         def show(figures: dict) -> None:
             typer.echo(json.dumps(figures, default=str) if as_json else
