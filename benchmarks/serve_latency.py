@@ -119,7 +119,7 @@ def raw_embedder(encoder: str, threads: int, warm: list[str]):
     ``threads`` threads, ONNX exports in ``var/onnx`` as the server's), warmed up."""
     import torch
 
-    from env.onnx_embedder import make_embedder
+    from env.encoders import make_embedder
 
     torch.set_num_threads(threads)
     embedder = make_embedder(encoder, device="cpu", progress=False, onnx_dir=ROOT / "var" / "onnx", threads=threads)
