@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 import threading
 import uuid
 from collections.abc import Collection, Mapping, Sequence
@@ -163,7 +164,8 @@ class RoutingService:
         policy: the loaded checkpoint (networks on CPU).
         embedder: prompt embedder of the model the policy was trained on
             (``policy.embedding_model``).
-        seed: seed of the sampler used when ``explore`` is true; None: from the OS.
+        seed: seed of the sampler used when ``explore`` is true and of the decision ids; None: from
+            the OS (uuid4 ids).
 
     Thread-safe: :meth:`choose` may run in several threads at once.
     """
@@ -175,6 +177,9 @@ class RoutingService:
         self._index = {name: i for i, name in enumerate(self.agents)}
         self._rng = np.random.default_rng(seed)
         self._rng_lock = threading.Lock()
+        # decision ids: uuid4 from the OS, or drawn from the seed so that a seeded run (a test, a
+        # benchmark's in-process loop) logs the same ids, and its hashed held-out split is the same
+        self._ids = None if seed is None else random.Random(seed)
         self.embed_dim = policy.layout.embed_dim
         #: capacity of each agent in requests per env step (None: unbounded), from the checkpoint
         self.capacities: list[int | None] = list(policy.meta.capacities)
@@ -363,7 +368,7 @@ class RoutingService:
         chosen = float(probs[action])
         log_prob = math.log(chosen) if chosen > 0.0 else math.log(np.finfo(np.float32).tiny)
         return Decision(
-            decision_id=uuid.uuid4().hex,
+            decision_id=self._decision_id(),
             created_at=utc_now_iso(),
             action=action,
             agent=self.agents[action],
@@ -377,6 +382,12 @@ class RoutingService:
             cost_weight=plan.cost_weight,
             prompt_tokens=plan.tokens,
         )
+
+    def _decision_id(self) -> str:
+        if self._ids is None:
+            return uuid.uuid4().hex
+        with self._rng_lock:
+            return uuid.UUID(int=self._ids.getrandbits(128), version=4).hex
 
     def sampling_distribution(self, obs: torch.Tensor, probs: np.ndarray, mask: np.ndarray, floor: float,
                               temperature: float) -> np.ndarray:

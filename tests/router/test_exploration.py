@@ -97,3 +97,24 @@ def test_tempered_exploration_logs_its_exact_propensity(tmp_path):
     mu = exploration_distribution(decisions[0].probabilities, np.ones(3, dtype=bool), 0.01, 3.0)
     assert all(d.propensity == pytest.approx(mu[d.action], abs=1e-12) for d in decisions)
     assert mu[1] > 0.1  # T = 3 gives the runner-up real traffic (the policy itself: about 0.05)
+
+
+def test_a_seeded_service_draws_the_same_decision_ids_and_an_unseeded_one_uuid4(tmp_path):
+    """A seeded run (a benchmark's in-process loop) logs the same ids, so its hashed held-out split
+    and everything after it repeat; the server (no seed) draws uuid4 ids from the OS."""
+    import uuid
+
+    from router.service import RoutingService
+
+    policy = _fixed_policy(tmp_path, [2.0, 0.0, -1.0])
+    embedding = np.zeros(policy.layout.embed_dim, dtype=np.float32)
+
+    def ids(seed):
+        service = RoutingService(policy, embedder=None, seed=seed)
+        return [service.route("x", explore=True, embedding=embedding).decision_id for _ in range(5)]
+
+    first = ids(3)
+    assert first == ids(3) and first != ids(4) and len(set(first)) == 5
+    for value in [*first, *ids(None)]:
+        assert len(value) == 32 and uuid.UUID(hex=value).version == 4
+    assert ids(None) != ids(None)
