@@ -8,6 +8,7 @@ forward pass there.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import random
 import threading
@@ -157,6 +158,10 @@ def live_mask(agents: Sequence[str], allowed: np.ndarray, down: Collection[str],
     return mask
 
 
+#: numbers the seeded services of this process (their decision ids differ even for one seed)
+_SEEDED_SERVICES = itertools.count()
+
+
 class RoutingService:
     """Serves one loaded policy.
 
@@ -177,9 +182,10 @@ class RoutingService:
         self._index = {name: i for i, name in enumerate(self.agents)}
         self._rng = np.random.default_rng(seed)
         self._rng_lock = threading.Lock()
-        # decision ids: uuid4 from the OS, or drawn from the seed so that a seeded run (a test, a
-        # benchmark's in-process loop) logs the same ids, and its hashed held-out split is the same
-        self._ids = None if seed is None else random.Random(seed)
+        # decision ids: uuid4 from the OS, or drawn from the seed and this service's place among the
+        # seeded ones of the process, so that a seeded run (a benchmark's in-process loop) logs the
+        # same ids each time (its hashed held-out split repeats) and two services never share one
+        self._ids = None if seed is None else random.Random(f"{seed}:{next(_SEEDED_SERVICES)}")
         self.embed_dim = policy.layout.embed_dim
         #: capacity of each agent in requests per env step (None: unbounded), from the checkpoint
         self.capacities: list[int | None] = list(policy.meta.capacities)
