@@ -11,11 +11,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from experience import ExperienceStore
-from router.batcher import EmbedBatcher
 from router.context import AppContext
 from router.cooldown import Cooldowns
 from router.inflight import LoadTracker
-from router.metrics import RouterMetrics
 from router.registry import PolicyRegistry
 from router.routing import Router
 from router.service import RoutingService
@@ -56,16 +54,8 @@ async def get_cooldowns(context: ContextDep) -> Cooldowns:
     return context.cooldowns
 
 
-async def get_batcher(context: ContextDep) -> EmbedBatcher:
-    return context.batcher
-
-
 async def get_router(context: ContextDep) -> Router:
     return context.router
-
-
-async def get_metrics(context: ContextDep) -> RouterMetrics:
-    return context.metrics
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -74,6 +64,4 @@ RegistryDep = Annotated[PolicyRegistry, Depends(get_registry)]
 StoreDep = Annotated[ExperienceStore, Depends(get_store)]
 LoadDep = Annotated[LoadTracker, Depends(get_load)]
 CooldownsDep = Annotated[Cooldowns, Depends(get_cooldowns)]
-BatcherDep = Annotated[EmbedBatcher, Depends(get_batcher)]
-MetricsDep = Annotated[RouterMetrics, Depends(get_metrics)]
 RouterDep = Annotated[Router, Depends(get_router)]

@@ -43,8 +43,3 @@ class PPOBatch:
 
     def __len__(self) -> int:
         return int(self.obs.shape[0])
-
-    @property
-    def all_actions(self) -> bool:
-        """True when the batch carries every action's advantage (the expected-gradient loss)."""
-        return self.probs is not None and self.action_advantage is not None

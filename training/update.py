@@ -136,7 +136,7 @@ def minibatch_loss(actor: torch.nn.Module, critic: torch.nn.Module, batch: PPOBa
     """The clipped-PPO loss of the minibatch ``idx`` (``[m]`` int64) of ``batch``: a ``Categorical``
     over ``actor(obs, action_mask)`` logits, advantages normalised within the minibatch when
     ``ppo.norm_adv``, then :func:`training.ppo.ppo_loss`, or :func:`training.ppo.expected_ppo_loss`
-    when the batch carries every action's advantage (:attr:`PPOBatch.all_actions`)."""
+    when the batch carries every action's advantage (``probs`` and ``action_advantage``)."""
     logits = actor(batch.obs[idx], batch.action_mask[idx])
     dist = torch.distributions.Categorical(logits=logits, validate_args=False)
     new_value = critic(batch.obs[idx], batch.state[idx])

@@ -164,6 +164,12 @@ class ProxyStream(StreamingResponse):
 Next = Literal["next", "stop", "gone"]
 
 
+def no_agent_error() -> OpenAIError:
+    """409: no agent the request's model can use is available, so no attempt could start."""
+    return OpenAIError(409, "every agent this model can use is marked down; no agent can take the request",
+                       "invalid_request_error", code="no_agent_available")
+
+
 class ProxyCall:
     """The attempts of one request (see the module docstring).
 
@@ -296,8 +302,7 @@ class ProxyCall:
         """The error once no attempt answered: 409 when none could start, else 504 when the last
         one timed out, else 502."""
         if not self.attempts:
-            return OpenAIError(409, "every agent this model can use is marked down; no agent can take the request",
-                               "invalid_request_error", code="no_agent_available")
+            return no_agent_error()
         timeout = failures and failures[-1].outcome == "timeout"
         text = "; ".join(str(f) for f in failures)
         return OpenAIError(504 if timeout else 502, f"no agent answered ({len(self.attempts)} attempts): {text}",

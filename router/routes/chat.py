@@ -19,7 +19,7 @@ from fastapi.responses import Response
 
 from contract.errors import DomainError
 from router.deps import ContextDep, RouterDep
-from router.proxy.attempts import Proxy, ProxyCall
+from router.proxy.attempts import Proxy, ProxyCall, no_agent_error
 from router.proxy.keys import KeyRefused, authenticate
 from router.proxy.openai_api import (
     PREFERENCE_PREFIX,
@@ -115,8 +115,7 @@ async def chat_completions(
     choice = parse_model(body.model, upstream_agents)
     candidates = [choice.agent] if choice.agent is not None else upstream_agents
     if not candidates:
-        raise OpenAIError(409, "every agent this model can use is marked down; no agent can take the request",
-                          "invalid_request_error", code="no_agent_available")
+        raise no_agent_error()
     explore = settings.proxy_explore if body.explore is None else body.explore
     try:
         routing = router.plan(prompt, candidates=candidates, cost_weight=choice.cost_weight, explore=explore,
