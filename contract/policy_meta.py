@@ -44,7 +44,8 @@ class NetworkMeta(BaseModel):
 
 class ExplorationMeta(BaseModel):
     """How ``explore: true`` samples: inverse gap weighting over the reward critic's estimates
-    (:mod:`policy.exploration`), with ``gamma`` fixed by the round that made the policy."""
+    (:mod:`policy.exploration`), with ``gamma`` fixed by the round that made the policy and gaps
+    measured to each agent's ``estimate + optimism · width`` (0: to the estimate)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -52,6 +53,7 @@ class ExplorationMeta(BaseModel):
     gamma: float = Field(ge=0.0)
     gamma_scale: float = Field(ge=0.0)
     records: int = Field(ge=0)
+    optimism: float = Field(default=0.0, ge=0.0)
 
 
 class Watermark(BaseModel):

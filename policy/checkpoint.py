@@ -27,6 +27,8 @@ from policy.artefact import Policy
 from policy.networks import Actor, Critic, NetworkShape, RewardCritic, build_networks, build_reward_critic
 
 WEIGHTS, META = "policy.safetensors", "policy.json"
+#: tensors a checkpoint may lack because it was saved before they existed (they load at their default)
+OPTIONAL_TENSORS = {"reward.": ("covariance",)}
 
 
 class CheckpointError(UserError):
@@ -202,6 +204,8 @@ def load_checkpoint(
     for prefix, module in modules:
         state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         expected = module.state_dict()
+        for name in OPTIONAL_TENSORS.get(prefix, ()):  # saved before the tensor existed: its default
+            state.setdefault(name, expected[name])
         if set(state) != set(expected):
             raise CheckpointError(f"{weights_path}: tensors {sorted(set(state) ^ set(expected))} do not fit")
         for k, v in state.items():

@@ -8,6 +8,14 @@ with the data (``γ = gamma_scale · sqrt(K · n)`` for ``n`` logged decisions, 
 SquareCB's analysis, ``γ ∝ sqrt(K T)``, and of Vowpal Wabbit's ``--squarecb``), so exploration
 fades as the critic learns. The leader here is the actor's choice (the policy routes, the critic
 says where to look), so a gap is ``max(0, q̂_b - q̂_k)``.
+
+Gaps can be measured optimistically, to each agent's upper confidence bound
+``q̂_k + optimism · σ_k(x)`` (``σ_k`` the critic's posterior width,
+:meth:`policy.networks.RewardCritic.width`): an agent the critic knows little about for this
+prompt is tried as if it were close to the leader, one it knows well by its estimated gap. This is
+the optimism of RegCB (Foster, Agarwal, Dudík, Luo and Schapire 2018, "Practical Contextual Bandits
+with Regression Oracles", arXiv 1803.01088, sec. 3), which with inverse gap weighting is the
+bake-off's leading family (Bietti, Agarwal and Langford 2021, JMLR 22(133), sec. 6).
 """
 
 from __future__ import annotations
@@ -22,14 +30,17 @@ def igw_gamma(records: int, num_agents: int, gamma_scale: float) -> float:
     return gamma_scale * math.sqrt(max(0, records) * num_agents)
 
 
-def inverse_gap_weighting(reward: np.ndarray, mask: np.ndarray, leader: int, gamma: float) -> np.ndarray:
-    """SquareCB's sampling distribution.
+def inverse_gap_weighting(reward: np.ndarray, mask: np.ndarray, leader: int, gamma: float,
+                          width: np.ndarray | None = None, optimism: float = 0.0) -> np.ndarray:
+    """SquareCB's sampling distribution, with optimistic gaps when ``width`` is given.
 
     Args:
         reward: ``[K]`` float, the critic's estimated reward of each agent (reward units).
         mask: ``[K]`` bool, allowed agents (``leader`` among them).
         leader: index of the agent the policy would choose.
         gamma: ``γ >= 0`` (:func:`igw_gamma`); 0 gives the uniform choice over allowed agents.
+        width: ``[K]`` float, the critic's posterior standard deviation of each estimate (None: 0).
+        optimism: ``β >= 0``: a gap is ``max(0, q̂_b - q̂_k - β σ_k)``.
 
     Returns:
         ``[K]`` float64 summing to 1, 0 where ``mask`` is False.
@@ -41,7 +52,10 @@ def inverse_gap_weighting(reward: np.ndarray, mask: np.ndarray, leader: int, gam
         raise ValueError(f"leader {leader} is masked")
     allowed = mask.astype(bool)
     k_allowed = int(allowed.sum())
-    gap = np.maximum(0.0, float(reward[leader]) - reward.astype(np.float64))
+    upper = reward.astype(np.float64)
+    if width is not None and optimism > 0.0:
+        upper = upper + optimism * width.astype(np.float64)
+    gap = np.maximum(0.0, float(reward[leader]) - upper)
     p = np.where(allowed, 1.0 / (k_allowed + max(0.0, gamma) * gap), 0.0)
     p[leader] = 0.0
     p[leader] = max(0.0, 1.0 - p.sum())

@@ -164,6 +164,12 @@ class RewardCritic(nn.Module):
     decision teaches the critic about its own agent only; the actor then learns from the critic's
     estimate of every agent (:mod:`training.retrain.learner`).
 
+    The fit also keeps each agent's posterior covariance ``covariance_k = σ̂² (X_kᵀX_k + λI)⁻¹``
+    over ``[features, 1]`` (``[K, F + 1, F + 1]``), so :meth:`width` can say how unsure the estimate
+    is for a prompt (the confidence width of LinUCB, Li et al. 2010, eq. 4, and of RegCB's bounds,
+    Foster et al. 2018, arXiv 1803.01088). All zeros (a fresh critic, or a checkpoint saved before
+    it was kept): no width is known, :meth:`width` is 0.
+
     Args:
         num_actions: ``K``.
         columns: observation columns it reads (``F`` of them).
@@ -175,6 +181,7 @@ class RewardCritic(nn.Module):
         self.weight = nn.Parameter(torch.zeros(num_actions, len(columns)), requires_grad=False)
         bias = torch.tensor(prior, dtype=torch.float32) if prior is not None else torch.zeros(num_actions)
         self.bias = nn.Parameter(bias, requires_grad=False)
+        self.register_buffer("covariance", torch.zeros(num_actions, len(columns) + 1, len(columns) + 1))
         self.register_buffer("_columns", torch.tensor(columns, dtype=torch.long), persistent=False)
 
     @property
@@ -189,6 +196,15 @@ class RewardCritic(nn.Module):
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """``[..., N, K]`` estimated reward of each agent for obs ``[..., N, D]``."""
         return self.features(obs) @ self.weight.T + self.bias
+
+    def width(self, obs: torch.Tensor) -> torch.Tensor:
+        """``[..., N, K]`` float32, each agent's posterior standard deviation of its estimated
+        reward for obs ``[..., N, D]``: ``sqrt(φ̃ᵀ covariance_k φ̃)`` with ``φ̃ = [features, 1]``
+        (reward units; 0 where no covariance is known)."""
+        x = self.features(obs)
+        x = torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)  # [..., N, F + 1]
+        quad = torch.einsum("...f,kfg,...g->...k", x, self.covariance, x)
+        return quad.clamp_min(0.0).sqrt()
 
 
 @dataclass(frozen=True)

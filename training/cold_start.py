@@ -30,6 +30,8 @@ COST_SCALE_TOKENS = 512
 PRIOR_TEMPERATURE = RetrainConfig.model_fields["kl_temperature"].default
 #: the learner's default ``gamma_scale``, recorded for the first rounds
 GAMMA_SCALE = RetrainConfig.model_fields["gamma_scale"].default
+#: and its ``optimism``
+OPTIMISM = RetrainConfig.model_fields["optimism"].default
 
 
 def cold_start_layout(agents: list[AgentSpec], embed_dim: int, cost_weight: float) -> ObsLayout:
@@ -94,7 +96,8 @@ def init_policy(agents_path: str | Path, out: str | Path, embedding_model: str =
         "obs_layout": layout.model_dump(mode="json"),
         "network": network.model_dump(mode="json"),
         "training": None,
-        "exploration": ExplorationMeta(gamma=0.0, gamma_scale=gamma_scale, records=0).model_dump(),
+        "exploration": ExplorationMeta(gamma=0.0, gamma_scale=gamma_scale, records=0,
+                                       optimism=OPTIMISM).model_dump(),
         "data": {"source": f"init: {Path(agents_path).name}", "prompts": 0},
     }
     return save_checkpoint(out, actor, critic, meta, reward_critic)

@@ -3,15 +3,17 @@ inverse gap weighting, a round on logged records, and the doubly robust gate's i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from contract.experience import ExperienceRecord, Feedback
-from policy.checkpoint import load_checkpoint
+from policy.checkpoint import META, WEIGHTS, load_checkpoint
 from policy.exploration import igw_gamma, inverse_gap_weighting
 from policy.networks import RewardCritic
 from router.service import RoutingService
@@ -67,6 +69,51 @@ def test_actor_target_moves_towards_the_advantage_within_the_trust_region():
     for _ in range(40):
         pi = actor_targets(pi, reward, kl_temperature=0.02, entropy_temperature=0.01)
     assert torch.allclose(pi, torch.softmax(reward / 0.01, dim=-1), atol=1e-4)
+
+
+def test_reward_critic_width_is_the_ridge_posterior_sd_and_shrinks_where_it_has_data():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, E))
+    action = np.where(rng.random(400) < 0.9, 0, 1)  # agent 0 chosen 9 times in 10, agent 2 never
+    reward = 0.5 + 0.1 * x[:, 0] + rng.normal(scale=0.1, size=400)
+    critic = RewardCritic(K, list(range(E)))
+    assert critic.width(_obs(x[:1])).abs().max() == 0  # a fresh critic knows no width
+    fit = fit_reward_critic(critic, _obs(x), torch.as_tensor(action)[:, None], torch.as_tensor(reward)[:, None],
+                            ridge=2.0)
+    # the reference: σ̂² (X̃ᵀX̃ + λI)⁻¹ with X̃ = [x, 1], σ̂² the pooled mean squared residual
+    probe = rng.normal(size=(5, E))
+    xt = np.hstack([x[action == 1], np.ones(((action == 1).sum(), 1))])
+    cov = fit.mse * np.linalg.inv(xt.T @ xt + 2.0 * np.eye(E + 1))
+    pt = np.hstack([probe, np.ones((5, 1))])
+    expected = np.sqrt(np.einsum("mf,fg,mg->m", pt, cov, pt))
+    width = critic.width(_obs(probe))[:, 0].numpy()  # [5, K]
+    assert width[:, 1] == pytest.approx(expected, rel=1e-4)
+    assert (width[:, 0] < width[:, 1]).all() and (width[:, 1] < width[:, 2]).all()  # more data, narrower
+    assert width[:, 2] == pytest.approx(np.sqrt(fit.mse * (np.square(probe).sum(1) + 1) / 2.0), rel=1e-4)
+
+
+def test_optimistic_gaps_explore_an_agent_the_critic_is_unsure_of():
+    reward = np.array([0.5, 0.3, 0.3])
+    mask = np.ones(3, dtype=bool)
+    width = np.array([0.0, 0.0, 0.4])
+    plain = inverse_gap_weighting(reward, mask, 0, 100.0)
+    assert plain[1] == pytest.approx(plain[2])
+    p = inverse_gap_weighting(reward, mask, 0, 100.0, width, optimism=0.5)  # agent 2's bound 0.5: gap 0
+    assert p[1] == pytest.approx(1 / (3 + 100 * 0.2)) and p[2] == pytest.approx(1 / 3)
+    assert p.sum() == pytest.approx(1.0)
+    assert inverse_gap_weighting(reward, mask, 0, 100.0, width, optimism=0.0) == pytest.approx(plain)
+
+
+def test_a_checkpoint_saved_before_the_critic_kept_its_covariance_still_loads(tmp_path):
+    directory = _policy(tmp_path).path
+    tensors = load_file(str(directory / WEIGHTS))
+    del tensors["reward.covariance"]
+    save_file(tensors, str(directory / WEIGHTS))
+    meta = json.loads((directory / META).read_text())
+    meta["weights_sha256"] = hashlib.sha256((directory / WEIGHTS).read_bytes()).hexdigest()
+    (directory / META).write_text(json.dumps(meta))
+    policy = load_checkpoint(directory)
+    assert policy.reward_critic is not None and policy.reward_critic.covariance.abs().max() == 0
 
 
 def test_inverse_gap_weighting_follows_squarecb():

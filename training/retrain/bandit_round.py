@@ -120,7 +120,7 @@ def bandit_round(cfg: RetrainConfig, serving: Policy, history: list[tuple[str, A
         train |= fit_actor(candidate.actor, batch.obs, target, cfg.actor_epochs, cfg.actor_lr,
                            cfg.actor_batch_size, generator, cfg.actor_max_steps)
     exploration = ExplorationMeta(gamma=igw_gamma(fit.records, len(serving.agents), cfg.gamma_scale),
-                                  gamma_scale=cfg.gamma_scale, records=fit.records)
+                                  gamma_scale=cfg.gamma_scale, records=fit.records, optimism=cfg.optimism)
     candidate.meta = candidate.meta.model_copy(update={"exploration": exploration})
     logged = _judge(candidate, serving, held, cfg) if len(held) else None
     return BanditRound(candidate=candidate, cost_weight=cost_weight, used=len(batch), sessions=batch.sessions,

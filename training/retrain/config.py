@@ -65,6 +65,8 @@ class RetrainConfig(BaseModel):
         actor_epochs, actor_lr, actor_batch_size: the actor's cross-entropy fit.
         actor_max_steps: at most this many of its Adam steps a round, however long the history.
         gamma_scale: exploration's ``γ = gamma_scale · sqrt(K · records)`` (:mod:`policy.exploration`).
+        optimism: exploration measures each gap to ``q̂_k + optimism · σ_k``, the critic's upper
+            confidence bound (0: to its estimate).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -98,6 +100,7 @@ class RetrainConfig(BaseModel):
     actor_batch_size: int = Field(default=256, ge=1)
     actor_max_steps: int = Field(default=200, ge=1)
     gamma_scale: float = Field(default=10.0, ge=0.0)
+    optimism: float = Field(default=0.3, ge=0.0)
 
     @model_validator(mode="before")
     @classmethod

@@ -39,6 +39,11 @@ import torch
 
 from policy.networks import Actor, RewardCritic
 
+#: the reward noise variance assumed before any record (reward units²: a quality in [0, 1] has at most 0.25)
+PRIOR_NOISE = 0.25
+#: the pooled residual variance is floored here, so a critic that fits its few records exactly stays unsure
+NOISE_FLOOR = 1e-3
+
 
 @dataclass(frozen=True)
 class CriticFit:
@@ -64,6 +69,9 @@ def fit_reward_critic(critic: RewardCritic, obs: torch.Tensor, action: torch.Ten
     """Fit ``critic`` in place: for each agent ``k``, ridge regression of ``r - prior_k`` on
     ``[features, 1]`` over the decisions that chose ``k``, ``(XᵀWX + ridge·I) θ = XᵀW(r - prior_k)``
     (float64); the intercept is penalised too, so an agent with few decisions stays near its prior.
+    Its posterior covariance ``σ̂² (XᵀWX + ridge·I)⁻¹`` goes to ``critic.covariance``, ``σ̂²`` the
+    fit's mean squared error over every agent (at least :data:`NOISE_FLOOR`; :data:`PRIOR_NOISE`
+    without records).
 
     Args:
         critic: the reward critic to overwrite.
@@ -92,6 +100,7 @@ def fit_reward_critic(critic: RewardCritic, obs: torch.Tensor, action: torch.Ten
     eye = ridge * torch.eye(x.shape[1], dtype=x.dtype)
     weight = torch.zeros(k_agents, x.shape[1] - 1, dtype=torch.float64)
     bias = torch.tensor(priors, dtype=torch.float64)
+    precision_inv = torch.linalg.inv(eye).expand(k_agents, -1, -1).clone()  # [K, F + 1, F + 1]
     counts = []
     for k in range(k_agents):
         chosen = a == k
@@ -99,12 +108,17 @@ def fit_reward_critic(critic: RewardCritic, obs: torch.Tensor, action: torch.Ten
         if not counts[-1]:
             continue
         xk, wk = x[chosen], w[chosen]
-        theta = torch.linalg.solve(xk.T @ (xk * wk[:, None]) + eye, xk.T @ (wk * (r[chosen] - priors[k])))
+        precision = xk.T @ (xk * wk[:, None]) + eye
+        theta = torch.linalg.solve(precision, xk.T @ (wk * (r[chosen] - priors[k])))
         weight[k], bias[k] = theta[:-1], priors[k] + theta[-1]
+        precision_inv[k] = torch.linalg.inv(precision)
     critic.weight.copy_(weight.float())
     critic.bias.copy_(bias.float())
     pred = critic(obs.reshape(len(obs), 1, -1)).reshape(len(obs), k_agents).gather(1, a[:, None]).reshape(-1)
     mse = float(((pred.double() - r) ** 2).mean()) if len(r) else 0.0
+    # σ̂²: the residual variance pooled over the agents (one agent's few records would make it noisy)
+    noise = max(mse, NOISE_FLOOR) if len(r) else PRIOR_NOISE
+    critic.covariance.copy_((noise * precision_inv).float())
     return CriticFit(records=len(r), per_agent=counts, prior=priors, mse=mse)
 
 
