@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.bandit_loop import make_learner  # noqa: E402
-from benchmarks.bandit_stream import Setting, load, parse_setting, run_learner, stream_figures  # noqa: E402
+from benchmarks.bandit_stream import Setting, World, load, parse_setting, run_learner, stream_figures  # noqa: E402
 from benchmarks.common import load_average, machine, print_json_line, print_table  # noqa: E402
 from cli.retrain import READY  # noqa: E402
 from training.retrain.config import RetrainConfig  # noqa: E402
@@ -175,7 +175,8 @@ def main() -> None:
             shutil.rmtree(tmp / backend.strip(), ignore_errors=True)
         start = time.perf_counter()
         learner = make_learner(setting.agents, ds, setting.cost_weight, args.seed, Path(tmp) / "in-process")
-        rows["in-process"] = stream_figures(run_learner(learner, contexts, order, reward, ds.quality, ds.cost_usd)[0])
+        world = World(reward, ds.quality, ds.cost_usd)
+        rows["in-process"] = stream_figures(run_learner(learner, contexts, order, world)[0])
         seconds["in-process"] = time.perf_counter() - start
         for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
             work = Path(tmp) / backend

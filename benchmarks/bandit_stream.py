@@ -77,6 +77,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.bandit_anchors import ANCHORS, LEARNING_ANCHORS, Context, StreamLearner, make_anchor  # noqa: E402
+from benchmarks.bandit_scenarios import (  # noqa: E402
+    SCENARIOS,
+    SHARE_AFTER,
+    SHARE_WINDOW,
+    Change,
+    change_figures,
+    make_change,
+    scenario_goals,
+)
 from benchmarks.common import load_average, machine, print_json_line, print_table  # noqa: E402
 from training.json_safe import finite_or_null  # noqa: E402
 
@@ -172,40 +181,58 @@ def stream_figures(rewards: np.ndarray) -> dict[str, float]:
     return out
 
 
-def run_learner(learner: StreamLearner, contexts: list[Context], order: np.ndarray, reward: np.ndarray,
-                quality: np.ndarray, cost_usd: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+@dataclass(frozen=True)
+class World:
+    """The outcomes a stream is scored on: ``reward``, ``quality`` and ``cost_usd``, ``[P, K]`` each."""
+
+    reward: np.ndarray
+    quality: np.ndarray
+    cost_usd: np.ndarray
+
+    @classmethod
+    def of(cls, ds: Any, cost_weight: float) -> World:
+        """``reward = quality - cost_weight * cost_usd`` of dataset ``ds``."""
+        return cls(ds.quality.astype(np.float64) - cost_weight * ds.cost_usd.astype(np.float64), ds.quality,
+                   ds.cost_usd)
+
+
+def run_learner(learner: StreamLearner, contexts: list[Context], order: np.ndarray, world: World,
+                after: World | None = None, change_at: int | None = None
+                ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
     """One pass of ``learner`` over ``order``.
 
     Args:
-        reward: ``[P, K]`` reward of every agent on every prompt.
-        quality, cost_usd: ``[P, K]`` the outcomes the reward is made of. A learner with a
+        world: every agent's outcome on every prompt. A learner with a
             ``learn_outcome(ctx, action, quality, cost_usd, propensity)`` method (the agent-router
             row, whose feedback carries quality and cost apart, as ``POST /v1/feedback`` does) is
             told the chosen agent's outcome that way instead of ``learn``.
+        after, change_at: the world the prompts from arrival ``change_at`` on meet (None: no change).
 
     Returns:
-        ``(rewards [P] in arrival order, act + learn seconds, propensities [P])``.
+        ``(rewards [P] in arrival order, act + learn seconds, propensities [P], actions [P])``.
     """
     rewards = np.empty(len(order))
     props = np.empty(len(order))
+    actions = np.empty(len(order), dtype=np.int64)
     spent = 0.0
     for t, i in enumerate(order):
+        w = after if after is not None and change_at is not None and t >= change_at else world
         ctx = contexts[i]
         start = time.perf_counter()
         a, p = learner.act(ctx)
         spent += time.perf_counter() - start
-        r = float(reward[i, a])
+        r = float(w.reward[i, a])
         start = time.perf_counter()
         if hasattr(learner, "learn_outcome"):
-            learner.learn_outcome(ctx, a, float(quality[i, a]), float(cost_usd[i, a]), p)
+            learner.learn_outcome(ctx, a, float(w.quality[i, a]), float(w.cost_usd[i, a]), p)
         else:
             learner.learn(ctx, a, r, p)
         spent += time.perf_counter() - start
-        rewards[t], props[t] = r, p
+        rewards[t], props[t], actions[t] = r, p, a
     close = getattr(learner, "close", None)
     if callable(close):
         close()
-    return rewards, spent, props
+    return rewards, spent, props, actions
 
 
 def _router_factory(learners: list[str]) -> Any:
@@ -238,26 +265,38 @@ def run_setting(setting: Setting, args: argparse.Namespace, learners: list[str],
     t0 = time.perf_counter()
     ds, emb, contexts = load(setting, args.limit)
     n, k = ds.quality.shape
-    reward = ds.quality.astype(np.float64) - setting.cost_weight * ds.cost_usd.astype(np.float64)  # [P, K]
-    rows = np.arange(n)
+    world = World.of(ds, setting.cost_weight)
+    reward = world.reward  # [P, K]
     best = int(reward.mean(axis=0).argmax())
     fixed = {"best-single": np.full(n, best, dtype=np.int64)}
     start = time.perf_counter()
     fixed |= ceiling_choices(ds, emb, setting.cost_weight, args.fold_seed, args.out / "ceiling")
+    change = make_change(args.scenario, ds, setting.cost_weight, args.change_at, args.price_factor)
+    after = fixed_after = None
+    if change is not None:  # the fixed rows of the changed world, read from the change on
+        after = World.of(change.dataset, setting.cost_weight)
+        best_after = int(after.reward.mean(axis=0).argmax())
+        fixed_after = {"best-single": np.full(n, best_after, dtype=np.int64)}
+        fixed_after |= ceiling_choices(change.dataset, emb, setting.cost_weight, args.fold_seed, args.out / "ceiling")
     ceiling_s = time.perf_counter() - start
-    fixed_reward = {name: reward[rows, choice] for name, choice in fixed.items()}  # [P] each, dataset order
     print(f"\n{setting.name}: {n} prompts, {k} agents, cost_weight {setting.cost_weight:g}; best single "
           f"{ds.agent_names[best]} ({reward[:, best].mean():.4f}); oracle {reward.max(axis=1).mean():.4f}; "
           f"ceiling routes in {ceiling_s:.1f} s", flush=True)
+    if change is not None:
+        print(f"  scenario {change.scenario}: {change.name} changes at arrival {change.at}", flush=True)
 
     seeds = [args.shuffle_offset + s for s in range(args.shuffles)]
     per: dict[str, list[dict[str, float]]] = {}
     curves: dict[str, list[np.ndarray]] = {}
     for seed in seeds:
         order = np.random.default_rng(seed).permutation(n)
-        ceiling_last = max(float(fixed_reward[name][order][-LAST:].mean()) for name in ("knn-full", "mlp-full"))
-        results: dict[str, tuple[np.ndarray, float, np.ndarray | None]] = {
-            name: (r[order], float("nan"), None) for name, r in fixed_reward.items()}
+        results: dict[str, tuple[np.ndarray, float, np.ndarray | None, np.ndarray]] = {}
+        for name, choice in fixed.items():  # arrival order; the changed world's choices from the change on
+            actions = choice[order]
+            if change is not None and fixed_after is not None:
+                actions = np.concatenate([actions[:change.at], fixed_after[name][order][change.at:]])
+            results[name] = (_rewards(world, after, change, order, actions), float("nan"), None, actions)
+        ceiling_last = max(float(results[name][0][-LAST:].mean()) for name in ("knn-full", "mlp-full"))
         for name in learners:
             if name == AGENT_ROUTER:
                 if router is None:
@@ -267,12 +306,14 @@ def run_setting(setting: Setting, args: argparse.Namespace, learners: list[str],
                 learner = router(setting.agents, ds, setting.cost_weight, seed, workdir)
             else:
                 learner = make_anchor(name, k, seed)
-            results[name] = run_learner(learner, contexts, order, reward, ds.quality, ds.cost_usd)
+            results[name] = run_learner(learner, contexts, order, world, after, change.at if change else None)
             print(f"  shuffle {seed} {name}: end {results[name][0].mean():.4f} in {results[name][1]:.1f} s",
                   flush=True)
-        for name, (r, spent, props) in results.items():
+        for name, (r, spent, props, actions) in results.items():
             fig = stream_figures(r) | {"seconds": spent, f"last{LAST}_minus_ceiling": float(r[-LAST:].mean())
                                        - ceiling_last}
+            if change is not None:
+                fig |= change_figures(r, actions, change)
             if props is not None:
                 fig["min_propensity"] = float(props.min())
             fig["ceiling_last"] = ceiling_last
@@ -280,7 +321,9 @@ def run_setting(setting: Setting, args: argparse.Namespace, learners: list[str],
             curves.setdefault(name, []).append(np.cumsum(r) / np.arange(1, n + 1))
 
     keys = [f"T{t}" for t in CHECKPOINTS] + ["end", f"last{LAST}", f"last{LAST}_minus_ceiling", "seconds"]
-    summary = {name: {key: _mean_sd([f[key] for f in figs]) | {"values": [f[key] for f in figs]} for key in keys}
+    change_keys = [key for key in (per["best-single"][0] if change is not None else {}) if key in CHANGE_KEYS]
+    summary = {name: {key: _mean_sd([f[key] for f in figs]) | {"values": [f[key] for f in figs]}
+                      for key in keys + change_keys}
                for name, figs in per.items()}
     ceiling = _mean_sd([f["ceiling_last"] for f in per["best-single"]])
     headers = ["learner", *(f"T={t}" for t in CHECKPOINTS), "end", f"last {LAST}", "vs ceiling", "act+learn s"]
@@ -290,6 +333,11 @@ def run_setting(setting: Setting, args: argparse.Namespace, learners: list[str],
     print(f"\n{setting.name} (cost_weight {setting.cost_weight:g}, {n} prompts, shuffles {seeds}; mean ± sd)")
     print_table(headers, table)
     print(f"ceiling last-{LAST} (max of knn-full, mlp-full per shuffle): {_cell(ceiling)}")
+    if change is not None:
+        print(f"\nafter the change ({change.scenario} of {change.name} at arrival {change.at}; share: of the "
+              f"changed agent in the {SHARE_WINDOW} arrivals from n feedbacks after the change)")
+        print_table(["learner", *change_keys], [[name, *(_cell(s[key]) for key in change_keys)]
+                                                for name, s in summary.items()])
     out: dict[str, Any] = {
         "name": setting.name, "prompts_file": setting.prompts, "agents_file": setting.agents,
         "cost_weight": setting.cost_weight, "prompts": n, "agents": ds.agent_names, "shuffle_seeds": seeds,
@@ -297,10 +345,29 @@ def run_setting(setting: Setting, args: argparse.Namespace, learners: list[str],
         "ceiling_seconds": ceiling_s, "ceiling_last": ceiling, "rows": summary,
         "curves": {name: np.mean(c, axis=0) for name, c in curves.items()}, "seconds": time.perf_counter() - t0,
     }
+    if change is not None:
+        out["change"] = {"scenario": change.scenario, "agent": change.name, "at": change.at,
+                         "price_factor": args.price_factor if change.scenario == "price" else None}
     if AGENT_ROUTER in summary:
         out["goals"] = goals(summary, ceiling)
+        if change is not None:
+            out["goals"] |= scenario_goals(summary, change, AGENT_ROUTER, list(LEARNING_ANCHORS))
         print_goals(out["goals"])
     return out
+
+
+#: the per-shuffle figures of :func:`benchmarks.bandit_scenarios.change_figures`, in the table's order
+CHANGE_KEYS = ("after_mean", *(f"share_after{n}" for n in SHARE_AFTER), f"share_last{SHARE_WINDOW}")
+
+
+def _rewards(world: World, after: World | None, change: Change | None, order: np.ndarray,
+             actions: np.ndarray) -> np.ndarray:
+    """``[P]`` rewards of ``actions`` (arrival order) on the prompts ``order``, in the changed world
+    from the change on."""
+    r = world.reward[order, actions]
+    if change is not None and after is not None:
+        r[change.at:] = after.reward[order[change.at:], actions[change.at:]]
+    return r
 
 
 def goals(summary: dict[str, Any], ceiling: dict[str, float]) -> dict[str, Any]:
@@ -363,6 +430,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--limit", type=int, default=None, help="prompts per dataset (the first N of the file)")
     ap.add_argument("--learners", default=",".join([*ANCHORS, AGENT_ROUTER]),
                     help=f"comma list of {', '.join([*ANCHORS, AGENT_ROUTER])}")
+    ap.add_argument("--scenario", choices=SCENARIOS, default="none",
+                    help="the world changes mid-stream (benchmarks/bandit_scenarios.py)")
+    ap.add_argument("--change-at", type=float, default=0.5, help="where the change comes, a share of the stream")
+    ap.add_argument("--price-factor", type=float, default=10.0, help="the price scenario's factor")
     ap.add_argument("--out", type=Path, default=Path("runs/bandit_stream"))
     args = ap.parse_args(argv)
     settings = args.dataset or [parse_setting(s) for s in DEFAULT_DATASETS]
@@ -377,7 +448,8 @@ def main(argv: list[str] | None = None) -> None:
     plot(results, png)
     figures: dict[str, Any] = {
         "benchmark": "bandit_stream", "shuffles": args.shuffles, "shuffle_offset": args.shuffle_offset,
-        "fold_seed": args.fold_seed, "limit": args.limit, "learners": learners,
+        "fold_seed": args.fold_seed, "limit": args.limit, "learners": learners, "scenario": args.scenario,
+        "change_at": args.change_at,
         "settings": {r["name"]: {k: v for k, v in r.items() if k != "curves"} for r in results},
         "png": str(png), "wall_s": time.perf_counter() - t0, "machine": machine(start_load),
     }

@@ -96,6 +96,9 @@ class PolicyMeta(BaseModel):
         value_norm: the value normaliser's moments.
         exploration: :class:`ExplorationMeta` (None: ``explore`` flattens and floors the policy's
             own distribution, ``router.service.exploration_distribution``).
+        history_since: agent -> ISO 8601 time: the reward critic learns of the agent only from
+            decisions made at or after it (set when a round found that the agent's feedback had
+            moved away from its history, :mod:`training.retrain.change`).
         retrain: what the retrain run that made it did (None for a trained policy).
         runtime: torch and Python versions.
         weights_sha256: hex SHA-256 of ``policy.safetensors``.
@@ -117,6 +120,7 @@ class PolicyMeta(BaseModel):
     data: DataMeta = Field(default_factory=DataMeta)
     value_norm: dict[str, Any] | None = None
     exploration: ExplorationMeta | None = None
+    history_since: dict[str, str] = Field(default_factory=dict)
     retrain: dict[str, Any] | None = None
     runtime: dict[str, Any] | None = None
     weights_sha256: str = Field(min_length=64, max_length=64)

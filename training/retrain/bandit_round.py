@@ -12,7 +12,9 @@ estimate on the held-out decisions says it is worse (:func:`logged_gate`).
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import torch
@@ -20,10 +22,13 @@ import torch
 from contract.policy_meta import ExplorationMeta
 from policy.artefact import Policy
 from policy.exploration import igw_gamma
+from training.retrain.change import detect_changes
 from training.retrain.config import RetrainConfig
-from training.retrain.learner import actor_targets, fit_actor, fit_reward_critic
+from training.retrain.learner import actor_targets, fit_actor, fit_reward_critic, recency_weights
 from training.retrain.offpolicy import logged_verdict, off_policy_terms
 from training.retrain.trajectories import LoggedBatch, build_batch, merged_skipped, split_held_out
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -91,7 +96,8 @@ def bandit_round(cfg: RetrainConfig, serving: Policy, history: list[tuple[str, A
 
     Args:
         cfg: the run's settings (``ridge``, ``kl_temperature``, ``entropy_temperature``, ``actor_*``,
-            ``gamma_scale``, ``holdout_fraction``, ``min_ess``, ``confidence``, ``seed``).
+            ``gamma_scale``, ``optimism``, ``half_life_records``, ``half_life_s``,
+            ``holdout_fraction``, ``min_ess``, ``confidence``, ``seed``).
         serving: the serving policy (it has a reward critic); it is not changed.
         history: ``(entry_id, record)`` replayed from earlier rounds, any order.
         entries: this round's new ``(entry_id, record)``.
@@ -106,10 +112,17 @@ def bandit_round(cfg: RetrainConfig, serving: Policy, history: list[tuple[str, A
     held = build_batch(held_entries, serving, cost_weight)
     candidate = _copy(serving)
     assert candidate.reward_critic is not None
+    fresh_ids = {entry_id for entry_id, _ in fresh_train}
+    fresh = torch.tensor([eid in fresh_ids for eid in batch.entry_ids], dtype=torch.bool)
+    since = dict(serving.meta.history_since)
+    weight, changes = _weights(cfg, serving, batch, fresh, since)
     fit = fit_reward_critic(candidate.reward_critic, batch.obs, batch.action, batch.reward, cfg.ridge,
-                            agent_priors(serving))
+                            agent_priors(serving), sample_weight=weight)
     train: dict[str, float] = {"critic_records": float(fit.records), "critic_mse": fit.mse,
-                               "reward_mean": float(batch.reward.mean()) if len(batch) else 0.0}
+                               "reward_mean": float(batch.reward.mean()) if len(batch) else 0.0,
+                               "changes_detected": float(len(changes))}
+    if weight is not None:
+        train["critic_effective_records"] = float(weight.sum())
     if len(batch):
         generator = torch.Generator().manual_seed(cfg.seed)
         torch.manual_seed(cfg.seed)
@@ -121,10 +134,48 @@ def bandit_round(cfg: RetrainConfig, serving: Policy, history: list[tuple[str, A
                            cfg.actor_batch_size, generator, cfg.actor_max_steps)
     exploration = ExplorationMeta(gamma=igw_gamma(fit.records, len(serving.agents), cfg.gamma_scale),
                                   gamma_scale=cfg.gamma_scale, records=fit.records, optimism=cfg.optimism)
-    candidate.meta = candidate.meta.model_copy(update={"exploration": exploration})
+    candidate.meta = candidate.meta.model_copy(update={"exploration": exploration, "history_since": since})
     logged = _judge(candidate, serving, held, cfg) if len(held) else None
     return BanditRound(candidate=candidate, cost_weight=cost_weight, used=len(batch), sessions=batch.sessions,
                        skipped=merged_skipped(batch, held), train=train, gate=logged_gate(logged))
+
+
+def _weights(cfg: RetrainConfig, serving: Policy, batch: LoggedBatch, fresh: torch.Tensor,
+             since: dict[str, str]) -> tuple[torch.Tensor | None, list[str]]:
+    """The critic's ``[M]`` sample weights (None: 1 each): the forgetting horizon's
+    (:func:`recency_weights`), 0 for an agent's records from before its ``since`` time, and the
+    change test (:func:`detect_changes`) run on the rest; an agent it finds changed gets the time
+    of its first new record in ``since`` (updated in place), and the names of those agents."""
+    created = batch.created_at
+    if created is None or not len(batch):
+        return None, []
+    weight = recency_weights(created, cfg.half_life_records, cfg.half_life_s)
+    weight = torch.ones(len(batch), dtype=torch.float64) if weight is None else weight
+    action = batch.action.reshape(-1)
+
+    def forget_before() -> None:
+        for k, name in enumerate(serving.agents):
+            if name in since:
+                weight[(action == k) & (created < datetime.fromisoformat(since[name]).timestamp())] = 0.0
+
+    forget_before()
+    changed: list[str] = []
+    if cfg.change_z is not None:
+        assert serving.reward_critic is not None
+        tests = detect_changes(copy.deepcopy(serving.reward_critic), batch.obs, batch.action, batch.reward, fresh,
+                               weight, cfg.ridge, agent_priors(serving), cfg.change_z, cfg.change_min_shift,
+                               cfg.change_min_records)
+        for test in tests:
+            if test.changed:
+                name = serving.agents[test.agent]
+                first = float(created[fresh & (action == test.agent)].min())
+                since[name] = datetime.fromtimestamp(first, UTC).isoformat()
+                changed.append(name)
+                logger.warning("agent %s: its new feedback departs from its history (mean residual %+.3f, "
+                               "z %+.1f over %d records): its earlier records are forgotten", name, test.shift,
+                               test.z, test.records)
+        forget_before()
+    return weight, changed
 
 
 def _judge(candidate: Policy, serving: Policy, held: LoggedBatch, cfg: RetrainConfig) -> dict[str, Any]:

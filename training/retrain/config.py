@@ -67,6 +67,14 @@ class RetrainConfig(BaseModel):
         gamma_scale: exploration's ``γ = gamma_scale · sqrt(K · records)`` (:mod:`policy.exploration`).
         optimism: exploration measures each gap to ``q̂_k + optimism · σ_k``, the critic's upper
             confidence bound (0: to its estimate).
+        half_life_records, half_life_s: the forgetting horizon of the reward critic: a record
+            counts ``0.5^(age / half_life)``, its age in newer decisions or in seconds
+            (:func:`~training.retrain.learner.recency_weights`); None: not forgotten that way.
+        change_z, change_min_shift, change_min_records: the change test of each agent's new
+            feedback against its history (:mod:`training.retrain.change`): it fires at a mean
+            residual of at least ``change_min_shift`` reward units and ``change_z`` standard
+            errors, on at least ``change_min_records`` new and earlier records; ``change_z`` None:
+            no test.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -101,6 +109,11 @@ class RetrainConfig(BaseModel):
     actor_max_steps: int = Field(default=200, ge=1)
     gamma_scale: float = Field(default=10.0, ge=0.0)
     optimism: float = Field(default=0.3, ge=0.0)
+    half_life_records: int | None = Field(default=None, gt=0)
+    half_life_s: float | None = Field(default=None, gt=0.0)
+    change_z: float | None = Field(default=4.0, gt=0.0)
+    change_min_shift: float = Field(default=0.05, ge=0.0)
+    change_min_records: int = Field(default=20, ge=2)
 
     @model_validator(mode="before")
     @classmethod

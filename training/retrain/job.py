@@ -285,6 +285,7 @@ def _run(cfg: RetrainConfig, root: Path, source: ExperienceSource, publisher: Pu
         meta["value_norm"] = value_norm.to_meta()
     if candidate.meta.exploration is not None:
         meta["exploration"] = candidate.meta.exploration.model_dump()
+    meta["history_since"] = dict(candidate.meta.history_since)
     meta["eval"] = {"retrain_gate": result.gate}
     meta["retrain"] = {"parent_version": serving.version, "records": result.records, "used": result.used,
                        "sessions": result.sessions, "skipped": result.skipped, "cost_weight": cost_weight,

@@ -122,6 +122,43 @@ def fit_reward_critic(critic: RewardCritic, obs: torch.Tensor, action: torch.Ten
     return CriticFit(records=len(r), per_agent=counts, prior=priors, mse=mse)
 
 
+def recency_weights(created_at: torch.Tensor, half_life_records: int | None = None,
+                    half_life_s: float | None = None) -> torch.Tensor | None:
+    """How much each logged decision still counts: ``0.5^(age / half_life)``, its age counted in
+    newer decisions (``half_life_records``) and in seconds before the newest decision
+    (``half_life_s``; a pause in traffic forgets nothing), the two multiplied when both are set.
+    An exponentially discounted regression follows a reward that drifts or jumps, at the price of
+    the data it forgets: the weighted ridge of discounted LinUCB (Russac, Vernade and Cappé 2019,
+    "Weighted Linear Bandits for Non-Stationary Environments", arXiv 1909.09146, sec. 3), whose
+    posterior widens as the evidence fades, so exploration comes back to agents not tried lately.
+
+    Args:
+        created_at: ``[M]`` float64, each decision's time, POSIX seconds.
+        half_life_records: decisions after which a record counts half (None: no forgetting by count).
+        half_life_s: seconds after which a record counts half (None: no forgetting by time).
+
+    Returns:
+        ``[M]`` float64 in ``(0, 1]`` (the newest 1), or None when neither half-life is set.
+
+    Raises:
+        ValueError: a half-life that is not positive.
+    """
+    if half_life_records is None and half_life_s is None:
+        return None
+    for name, value in (("half_life_records", half_life_records), ("half_life_s", half_life_s)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+    t = created_at.double()
+    log_w = torch.zeros_like(t)
+    if len(t) and half_life_records is not None:
+        newer = torch.empty_like(t)
+        newer[torch.argsort(t, descending=True, stable=True)] = torch.arange(len(t), dtype=t.dtype)
+        log_w -= newer / half_life_records
+    if len(t) and half_life_s is not None:
+        log_w -= (t.max() - t) / half_life_s
+    return torch.exp2(log_w)
+
+
 @torch.no_grad()
 def actor_targets(old_probs: torch.Tensor, reward: torch.Tensor, kl_temperature: float,
                   entropy_temperature: float) -> torch.Tensor:

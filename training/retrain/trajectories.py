@@ -41,6 +41,7 @@ class LoggedBatch:
         entry_ids: ``[M]`` entry ids, in the batch's order.
         sessions: ``S``.
         skipped: reasons -> count of records left out (they are still acknowledged).
+        created_at: ``[M]`` float64, each decision's time, POSIX seconds (None: not known).
     """
 
     obs: torch.Tensor
@@ -53,6 +54,7 @@ class LoggedBatch:
     entry_ids: list[str]
     sessions: int
     skipped: dict[str, int] = field(default_factory=dict)
+    created_at: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.entry_ids)
@@ -151,9 +153,11 @@ def build_batch(entries: list[tuple[str, Any]], policy: Policy, cost_weight: flo
     ordered: list[tuple[str, ExperienceRecord]] = []
     vectors: list[np.ndarray] = []
     done: list[bool] = []
+    created: list[float] = []
     for steps in sessions.values():
         steps.sort(key=lambda s: (s[0], s[1]))
         ordered.extend((eid, rec) for _, eid, rec, _ in steps)
+        created.extend(at.timestamp() for at, *_ in steps)
         vectors.extend(vec for *_, vec in steps)
         done.extend([False] * (len(steps) - 1) + [True])
     m, k = len(ordered), len(policy.agents)
@@ -185,4 +189,5 @@ def build_batch(entries: list[tuple[str, Any]], policy: Policy, cost_weight: flo
         entry_ids=[eid for eid, _ in ordered],
         sessions=len(sessions),
         skipped=dict(skipped),
+        created_at=torch.tensor(created, dtype=torch.float64),
     )

@@ -1,0 +1,110 @@
+"""A changing world in the learner: the forgetting horizon's weights, the change test, and a round
+that forgets a broken agent's history and keeps forgetting it in the rounds after."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from contract.experience import ExperienceRecord, Feedback
+from policy.checkpoint import load_checkpoint
+from policy.networks import RewardCritic
+from router.service import RoutingService
+from training.cold_start import init_policy
+from training.retrain.bandit_round import bandit_round
+from training.retrain.change import detect_changes
+from training.retrain.config import RetrainConfig
+from training.retrain.learner import recency_weights
+
+E, K = 6, 3
+
+
+def test_recency_weights_halve_every_half_life_in_records_and_in_seconds():
+    t = torch.tensor([10.0, 40.0, 20.0, 30.0], dtype=torch.float64)  # newest: 40 s
+    assert recency_weights(t) is None
+    by_count = recency_weights(t, half_life_records=2)
+    assert by_count.tolist() == pytest.approx([0.5 ** 1.5, 1.0, 0.5, 0.5 ** 0.5])
+    by_time = recency_weights(t, half_life_s=10.0)
+    assert by_time.tolist() == pytest.approx([0.125, 1.0, 0.25, 0.5])
+    both = recency_weights(t, half_life_records=2, half_life_s=10.0)
+    assert both.tolist() == pytest.approx((by_count * by_time).tolist())
+    with pytest.raises(ValueError, match="half_life_s"):
+        recency_weights(t, half_life_s=0.0)
+
+
+def _obs(x: np.ndarray) -> torch.Tensor:
+    return torch.cat([torch.as_tensor(x, dtype=torch.float32), torch.zeros(len(x), K)], dim=1).unsqueeze(1)
+
+
+def _tests(reward_of, seed: int = 0):
+    """Change tests on 600 earlier and 200 new records, agents chosen uniformly; ``reward_of(x, a,
+    fresh)`` the world."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(800, E)) / np.sqrt(E)
+    a = rng.integers(0, K, size=800)
+    fresh = np.arange(800) >= 600
+    r = np.array([reward_of(x[i], a[i], fresh[i], rng) for i in range(800)])
+    return detect_changes(RewardCritic(K, list(range(E))), _obs(x), torch.as_tensor(a)[:, None],
+                          torch.as_tensor(r, dtype=torch.float32)[:, None], torch.as_tensor(fresh), None,
+                          ridge=10.0, prior=[None] * K, z_threshold=4.0, min_shift=0.05, min_records=20)
+
+
+def test_the_change_test_fires_on_a_shift_and_not_on_noise_or_the_priors_pull():
+    def stationary(x, a, fresh, rng):
+        return 0.3 + 0.2 * a + 0.1 * x[0] + rng.normal(scale=0.2)
+
+    assert not any(t.changed for t in _tests(stationary))
+
+    def broken(x, a, fresh, rng):
+        return 0.0 if a == 2 and fresh else stationary(x, a, fresh, rng)
+
+    tests = {t.agent: t for t in _tests(broken)}
+    assert tests[2].changed and tests[2].shift < -0.5 and not tests[0].changed and not tests[1].changed
+
+    def always_zero(x, a, fresh, rng):  # the ridge pulls agent 2's estimate towards the prior: not a change
+        return 0.0 if a == 2 else stationary(x, a, fresh, rng)
+
+    assert not any(t.changed for t in _tests(always_zero))
+
+
+def _records(policy, rng, n: int, quality_of, start: int) -> list[tuple[str, str]]:
+    service = RoutingService(policy, embedder=None, seed=int(rng.integers(1 << 30)))  # type: ignore[arg-type]
+    out = []
+    for i in range(n):
+        x = rng.normal(size=E).astype(np.float32)
+        decision = service.route("prompt", explore=True, embedding=x / np.linalg.norm(x))
+        record = ExperienceRecord.join(service.decision_context(decision, "prompt", None),
+                                       Feedback(quality=quality_of(decision.action),
+                                                feedback_at="2026-12-06T00:00:00+00:00"))
+        out.append((f"{start + i:08d}", json.dumps(record.to_json_dict())))
+    return out
+
+
+def test_a_round_forgets_a_broken_agents_history_and_the_next_rounds_keep_it_forgotten(tmp_path):
+    (tmp_path / "agents.json").write_text(json.dumps([{"name": f"agent-{k}"} for k in range(K)]))
+    policy = load_checkpoint(init_policy(tmp_path / "agents.json", tmp_path / "checkpoints", embed_dim=E))
+    cfg = RetrainConfig(checkpoint_root=tmp_path, holdout_fraction=0.0)
+    rng = np.random.default_rng(0)
+    good = {0: 0.9, 1: 0.5, 2: 0.4}
+    before = _records(policy, rng, 600, lambda a: good[a], 0)
+    first = bandit_round(cfg, policy, [], before)
+    assert first.train["changes_detected"] == 0 and first.candidate.meta.history_since == {}
+    serving = first.candidate
+    assert serving.reward_critic.bias.argmax() == 0
+    after = _records(serving, rng, 300, lambda a: 0.0 if a == 0 else good[a], 600)  # agent-0 breaks
+    second = bandit_round(cfg, serving, before, after)
+    assert second.train["changes_detected"] == 1 and list(second.candidate.meta.history_since) == ["agent-0"]
+    x = torch.from_numpy(rng.normal(size=(200, E)).astype(np.float32))
+    estimate = second.candidate.estimated_rewards(second.candidate.build_obs(x, None))[:, 0]  # [200, K]
+    assert (estimate[:, 0] < estimate[:, 1]).all()  # the broken agent is rated below a working one
+    share = [p.candidate.probabilities(p.candidate.build_obs(x, None))[:, 0, 0].mean() for p in (first, second)]
+    assert share[1] < share[0] - 0.15  # the actor leaves it inside its trust region, a step a round
+    # the next round, with the broken agent's old records still replayed, does not learn them back
+    third = bandit_round(cfg, second.candidate, before + after, _records(second.candidate, rng, 200,
+                                                                         lambda a: 0.0 if a == 0 else good[a], 900))
+    assert third.candidate.meta.history_since == second.candidate.meta.history_since
+    assert (third.candidate.estimated_rewards(third.candidate.build_obs(x, None))[:, 0, 0] < 0.3).all()
+    assert third.candidate.probabilities(third.candidate.build_obs(x, None))[:, 0, 0].mean() < 0.05
