@@ -164,7 +164,8 @@ async def open_shared_state(settings: Settings, metrics: RouterMetrics, errors: 
     """
     policy = CooldownPolicy(quality=settings.cooldown_quality, window=settings.cooldown_window,
                             min_feedback=settings.cooldown_min_feedback,
-                            probe_feedback=settings.cooldown_probe_feedback, seconds=settings.cooldown_s)
+                            probe_feedback=settings.cooldown_probe_feedback, seconds=settings.cooldown_s,
+                            false_alarm=settings.cooldown_false_alarm)
     client = None
     if settings.redis_url:
         try:

@@ -1,12 +1,23 @@
-"""Cooldowns: an agent whose feedback quality collapses is taken out of routing for a while, on
-every replica, then let back in on probation (the circuit breaker of LiteLLM's cooldowns).
+"""Cooldowns: an agent whose feedback collapses is taken out of routing for a while, on every
+replica, then let back in on probation (the circuit breaker of LiteLLM's cooldowns).
 
-Per agent, the last ``window`` feedback qualities are kept. When at least ``min_feedback`` of them
-average at most ``quality``, the agent **cools down** for ``seconds``: the routing mask leaves it
-out. When the cooldown ends it is **probing**: it routes as usual, its window starts empty, and
-after ``probe_feedback`` feedbacks it either recovers (their mean is above ``quality``) or cools
-down again. With Redis the windows and the cooldowns are shared by every replica
-(``<prefix>:quality:<agent>``, ``<prefix>:cooldown:<agent>`` with a TTL,
+A feedback quality at or below ``quality`` is a **failure**. Per agent the last ``window``
+qualities are kept, newest first. The agent **cools down** for ``seconds`` when the run of failures
+at the head is at least ``min_feedback`` long and would happen to the agent as it was before the run
+with a chance of at most ``false_alarm``: ``(1 - s)^run <= false_alarm``, ``s`` its rate of
+non-failures over the rest of the window (``(successes + 1) / (count + 2)``, Laplace's rule). A
+broken agent that usually works cools after a short run (``s`` 0.7: 8 failures at 1e-4, floored at
+``min_feedback``); a weak agent that fails four times in five needs 42 in a row, which it does by
+chance about once in 60,000 feedbacks, so it keeps serving and the learner, not the breaker, decides
+how much traffic it gets. This is a sequential test of the run against the agent's own record (a
+one-sided run test with its false-alarm rate fixed, as in Page's CUSUM, Page 1954, Biometrika
+41(1/2)), not a fixed mean threshold, which cooled weak but working agents.
+
+The feedback that made the run is logged as any other (``POST /v1/feedback`` writes the record
+before it is counted here): the learner sees the failures the breaker acted on. When the cooldown
+ends the agent is **probing**: it routes as usual; a non-failure recovers it, ``probe_feedback``
+failures in a row cool it down again. With Redis the windows and the cooldowns are shared by every
+replica (``<prefix>:quality:<agent>``, ``<prefix>:cooldown:<agent>`` with a TTL,
 ``<prefix>:probe:<agent>``); without it they are this process's.
 """
 
@@ -29,29 +40,54 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CooldownPolicy:
-    """When an agent cools down (see the module docstring). ``seconds`` 0 turns cooldowns off."""
+    """When an agent cools down (see the module docstring). ``seconds`` 0 turns cooldowns off.
+
+    Attributes:
+        quality: a feedback quality at or below this is a failure.
+        window: feedbacks kept per agent (the run and the record it is judged against).
+        min_feedback: the shortest run of failures that cools an agent.
+        probe_feedback: failures in a row that cool an agent on probation again.
+        seconds: how long a cooldown lasts.
+        false_alarm: the largest chance, under the agent's own record, of the run that cools it.
+    """
 
     quality: float = 0.05
-    window: int = 20
+    window: int = 200
     min_feedback: int = 10
     probe_feedback: int = 3
     seconds: float = 60.0
+    false_alarm: float = 1e-4
 
     @property
     def enabled(self) -> bool:
         return self.seconds > 0
 
 
+def failure_run(policy: CooldownPolicy, qualities: Sequence[float]) -> int:
+    """How many of ``qualities`` (newest first) in a row, from the newest, are failures."""
+    run = 0
+    for q in qualities:
+        if q > policy.quality:
+            break
+        run += 1
+    return run
+
+
 def _verdict(policy: CooldownPolicy, qualities: Sequence[float], probing: bool) -> str | None:
-    """``"cool"``, ``"recover"`` (a probe that went well) or None, for the window ``qualities``."""
-    need = policy.probe_feedback if probing else policy.min_feedback
-    if len(qualities) < need:
+    """``"cool"``, ``"recover"`` (a probe that went well) or None, for the window ``qualities``
+    (newest first)."""
+    if not qualities:
         return None
-    recent = list(qualities)[:need] if probing else list(qualities)
-    mean = sum(recent) / len(recent)
-    if mean <= policy.quality:
-        return "cool"
-    return "recover" if probing else None
+    run = failure_run(policy, qualities)
+    if probing:
+        if run >= policy.probe_feedback:
+            return "cool"
+        return "recover" if run == 0 else None
+    if run < policy.min_feedback:
+        return None
+    record = list(qualities)[run:]
+    success = (sum(q > policy.quality for q in record) + 1) / (len(record) + 2)
+    return "cool" if (1.0 - success) ** run <= policy.false_alarm else None
 
 
 class Cooldowns(abc.ABC):
@@ -97,7 +133,8 @@ class LocalCooldowns(Cooldowns):
         if verdict == "cool":
             self._until[agent] = self._clock() + self.policy.seconds
             self._probing.discard(agent)
-            window.clear()
+            for _ in range(failure_run(self.policy, window)):  # the run is spent; the record before it stays
+                window.popleft()
             self._cooled(agent)
         elif verdict == "recover":
             self._probing.discard(agent)
@@ -134,15 +171,16 @@ class RedisCooldowns(Cooldowns):
                 pipe.lrange(window, 0, -1)
                 cooling, probing, _, _, values = await pipe.execute()
             if cooling:
-                await self._r.delete(window)  # feedback of decisions made before the cooldown
+                await self._r.lpop(window)  # feedback of a decision made before the cooldown: not counted
                 return
-            verdict = _verdict(self.policy, [float(v) for v in values], bool(probing))
+            qualities = [float(v) for v in values]
+            verdict = _verdict(self.policy, qualities, bool(probing))
             if verdict == "cool":
                 async with self._r.pipeline(transaction=True) as pipe:
                     # the probe key outlives the cooldown: the agent comes back on probation
                     pipe.set(cool, "1", px=int(self.policy.seconds * 1000))
                     pipe.set(probe, "1", px=int(self.policy.seconds * 1000) + 86_400_000)
-                    pipe.delete(window)
+                    pipe.ltrim(window, failure_run(self.policy, qualities), -1)  # the run is spent
                     await pipe.execute()
                 self._cooled(agent)
             elif verdict == "recover":

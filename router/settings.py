@@ -218,14 +218,20 @@ class Settings(BaseSettings):
     )
     cooldown_quality: float = Field(
         0.05, ge=0.0, le=1.0,
-        description="An agent cools down when the mean quality of its recent feedback is at most this.",
+        description="A feedback quality at or below this is a failure (router.cooldown).",
     )
-    cooldown_window: int = Field(20, ge=1, le=10_000, description="Recent feedbacks per agent the mean is over.")
+    cooldown_window: int = Field(
+        200, ge=1, le=10_000,
+        description="Recent feedbacks kept per agent: the run of failures and the record it is judged against.")
     cooldown_min_feedback: int = Field(
-        10, ge=1, le=10_000, description="Feedbacks an agent needs in its window before it can cool down.")
+        10, ge=1, le=10_000, description="The shortest run of failures that cools an agent down.")
     cooldown_probe_feedback: int = Field(
         3, ge=1, le=10_000,
-        description="After a cooldown, feedbacks that decide whether the agent recovers or cools down again.")
+        description="After a cooldown, failures in a row that cool the agent down again (a success recovers it).")
+    cooldown_false_alarm: float = Field(
+        1e-4, gt=0.0, lt=1.0,
+        description="An agent cools down when its run of failures would have at most this chance under its own "
+        "record before the run: a weak but working agent is not cooled.")
     explore_temperature: float = Field(
         1.0,
         ge=1.0,
