@@ -99,6 +99,8 @@ class PolicyMeta(BaseModel):
         history_since: agent -> ISO 8601 time: the reward critic learns of the agent only from
             decisions made at or after it (set when a round found that the agent's feedback had
             moved away from its history, :mod:`training.retrain.change`).
+        retired: agents taken out of service (``DELETE /admin/agents/{name}``): they keep their
+            index, so their logged records stay readable, and are masked wherever it routes.
         retrain: what the retrain run that made it did (None for a trained policy).
         runtime: torch and Python versions.
         weights_sha256: hex SHA-256 of ``policy.safetensors``.
@@ -121,6 +123,7 @@ class PolicyMeta(BaseModel):
     value_norm: dict[str, Any] | None = None
     exploration: ExplorationMeta | None = None
     history_since: dict[str, str] = Field(default_factory=dict)
+    retired: list[str] = Field(default_factory=list)
     retrain: dict[str, Any] | None = None
     runtime: dict[str, Any] | None = None
     weights_sha256: str = Field(min_length=64, max_length=64)
@@ -141,6 +144,10 @@ class PolicyMeta(BaseModel):
             raise ValueError(f"obs_layout.num_agents is {self.obs_layout.num_agents}, agents has {k}")
         if self.obs_layout.embed_dim != self.embedding.dim:
             raise ValueError(f"obs_layout.embed_dim {self.obs_layout.embed_dim} != embedding.dim {self.embedding.dim}")
+        if unknown := sorted(set(self.retired) - set(self.agents)):
+            raise ValueError(f"retired agents {unknown} are not agents of the policy")
+        if len(set(self.retired)) >= k:
+            raise ValueError("every agent is retired")
         if self.exploration is not None and not self.network.reward_critic:
             raise ValueError("exploration needs network.reward_critic")
         return self

@@ -24,6 +24,7 @@ from contract.pricing import AgentPrice
 from env.embedder import Embedder
 from env.encoders import make_embedder
 from experience import ExperienceStore, StoreUnavailable
+from experience.agent_changes import AgentChanges, open_agent_changes
 from experience.backend import open_store
 from experience.redis_client import RedisErrors, open_redis
 from policy.checkpoint import load_checkpoint
@@ -60,6 +61,7 @@ class AppContext:
         redis: the shared Redis client; None without Redis.
         redis_errors: failed Redis calls by operation, of every user of ``redis``.
         cooldowns: agents whose feedback quality collapsed (:mod:`router.cooldown`).
+        agent_changes: the agent set's pending changes (:mod:`experience.agent_changes`).
         router: the routing capability both endpoints call (:class:`router.routing.Router`).
         proxy: the OpenAI-compatible proxy's upstreams, client and key spending; None without
             ``ROUTER_UPSTREAMS_FILE``.
@@ -74,6 +76,7 @@ class AppContext:
     redis: aioredis.Redis | None
     redis_errors: RedisErrors
     cooldowns: Cooldowns
+    agent_changes: AgentChanges
     router: Router
     proxy: Proxy | None = None
 
@@ -145,6 +148,7 @@ class SharedState:
         load: in-flight leases and agents down.
         cooldowns: agents whose feedback quality collapsed.
         spend: each client key's spending.
+        agent_changes: the agent set's pending changes.
     """
 
     redis: aioredis.Redis | None
@@ -152,6 +156,7 @@ class SharedState:
     load: LoadTracker
     cooldowns: Cooldowns
     spend: KeySpend
+    agent_changes: AgentChanges
 
 
 async def open_shared_state(settings: Settings, metrics: RouterMetrics, errors: RedisErrors,
@@ -178,14 +183,16 @@ async def open_shared_state(settings: Settings, metrics: RouterMetrics, errors: 
                              sqlite_path=settings.sqlite_path, sqlite_decision_sync=settings.sqlite_decision_sync,
                              redis_errors=errors)
     stack.push_async_callback(store.close)
+    changes = open_agent_changes(settings.redis_url, prefix=settings.redis_prefix, sqlite_path=settings.sqlite_path)
+    stack.callback(changes.close)
     if client is not None:
         prefix = settings.redis_prefix
         load: LoadTracker = RedisLoadTracker(client, prefix, settings.inflight_ttl_s, redis_errors=errors)
         shared = SharedState(client, store, load, RedisCooldowns(client, prefix, policy, errors, metrics.note_cooldown),
-                             RedisKeySpend(client, prefix, errors))
+                             RedisKeySpend(client, prefix, errors), changes)
     else:
         shared = SharedState(None, store, LocalLoadTracker(settings.inflight_ttl_s),
-                             LocalCooldowns(policy, metrics.note_cooldown), LocalKeySpend())
+                             LocalCooldowns(policy, metrics.note_cooldown), LocalKeySpend(), changes)
     stack.push_async_callback(shared.load.close)
     return shared
 
@@ -226,4 +233,4 @@ async def open_context(settings: Settings, metrics: RouterMetrics) -> AsyncItera
         router = Router(settings, registry, shared.store, shared.load, shared.cooldowns, batcher, metrics)
         yield AppContext(settings=settings, registry=registry, store=shared.store, load=shared.load,
                          batcher=batcher, metrics=metrics, redis=shared.redis, redis_errors=errors,
-                         cooldowns=shared.cooldowns, router=router, proxy=proxy)
+                         cooldowns=shared.cooldowns, agent_changes=shared.agent_changes, router=router, proxy=proxy)

@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from experience import ExperienceStore
+from experience.agent_changes import AgentChanges
 from router.context import AppContext
 from router.cooldown import Cooldowns
 from router.inflight import LoadTracker
@@ -54,6 +55,10 @@ async def get_cooldowns(context: ContextDep) -> Cooldowns:
     return context.cooldowns
 
 
+async def get_agent_changes(context: ContextDep) -> AgentChanges:
+    return context.agent_changes
+
+
 async def get_router(context: ContextDep) -> Router:
     return context.router
 
@@ -64,4 +69,5 @@ RegistryDep = Annotated[PolicyRegistry, Depends(get_registry)]
 StoreDep = Annotated[ExperienceStore, Depends(get_store)]
 LoadDep = Annotated[LoadTracker, Depends(get_load)]
 CooldownsDep = Annotated[Cooldowns, Depends(get_cooldowns)]
+AgentChangesDep = Annotated[AgentChanges, Depends(get_agent_changes)]
 RouterDep = Annotated[Router, Depends(get_router)]

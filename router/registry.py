@@ -168,7 +168,8 @@ class PolicyRegistry:
     def prepare(self, directory: Path) -> RoutingService:
         """Load and validate the checkpoint at ``directory``; a service ready to swap in.
 
-        Checks: weights hash, tensor shapes and agent list (the served ones, names and order);
+        Checks: weights hash, tensor shapes and agent list (the served ones, names and order,
+        followed by any agents added since: :mod:`policy.agent_set`);
         the embedding model and width of the shared embedder; a smoke forward pass.
 
         Raises:
@@ -177,7 +178,9 @@ class PolicyRegistry:
         """
         serving = self.current
         try:
-            policy = load_checkpoint(directory, expect_agents=serving.agents)
+            policy = load_checkpoint(directory)
+            if policy.agents[:len(serving.agents)] != serving.agents:  # agents are only ever appended
+                raise PolicyRefused(f"{directory}: agents {policy.agents} do not extend the served {serving.agents}")
             model = canonical_model_id(policy.embedding_model)
             if model != self.embedder.model_id:
                 raise PolicyRefused(f"{directory}: the policy embeds prompts with {model}, but this server's "

@@ -39,12 +39,14 @@ from redis.exceptions import RedisError
 
 from contract.errors import UserError
 from contract.policy_meta import PolicyMeta
+from experience.agent_changes import AgentChanges, open_agent_changes
 from experience.backend import open_source
 from experience.readers import ExperienceSource, SourceError
 from policy.artefact import Policy
 from policy.checkpoint import META, CheckpointError, load_checkpoint, read_meta, resolve_checkpoint, save_checkpoint
 from policy.versions import VersionKeys
 from training.config import TrainConfig, checkpoint_config
+from training.retrain.agent_set import bring_to_agent_set
 from training.retrain.bandit_round import bandit_round
 from training.retrain.config import RetrainConfig
 from training.retrain.offline_ppo import logged_update
@@ -77,6 +79,8 @@ class RetrainResult:
             cost_usd_per_1k of both on the dataset split), ``logged`` the off-policy estimates
             (:func:`~training.retrain.offpolicy.logged_verdict`).
         train: metrics of the update.
+        agent_changes: the recorded agent changes applied before the round (``"+name"``,
+            ``"-name"``; :mod:`.agent_set`): a round runs on them even without new records.
     """
 
     status: str
@@ -92,6 +96,7 @@ class RetrainResult:
     watermark: str | None = None
     gate: dict[str, Any] = field(default_factory=dict)
     train: dict[str, float] = field(default_factory=dict)
+    agent_changes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -217,8 +222,13 @@ def _gate(serving: Policy, candidate: Policy, cfg: RetrainConfig, train_cfg: Tra
     return {"split": cfg.eval_split, "prompts": len(ds), **scores, "margin": cfg.margin, "passed": bool(passed)}
 
 
-def run_retrain(cfg: RetrainConfig, source: ExperienceSource | None = None) -> RetrainResult:
+def run_retrain(cfg: RetrainConfig, source: ExperienceSource | None = None,
+                agent_changes: AgentChanges | None = None) -> RetrainResult:
     """Run one retraining job (see the module docstring).
+
+    Args:
+        source: the experience log (None: the one ``cfg`` names).
+        agent_changes: the recorded agent changes (None: the record beside ``cfg``'s experience log).
 
     Raises:
         UserError: no checkpoint under ``cfg.checkpoint_root``, its dataset missing, a
@@ -229,15 +239,21 @@ def run_retrain(cfg: RetrainConfig, source: ExperienceSource | None = None) -> R
     source = source or open_source(cfg.redis_url, prefix=cfg.redis_prefix, group=cfg.group, consumer=cfg.consumer,
                                    sqlite_path=cfg.sqlite_path)
     publisher = Publisher(cfg.redis_url, cfg.redis_prefix) if cfg.redis_url else None
+    own_changes = agent_changes is None
+    if agent_changes is None:
+        agent_changes = open_agent_changes(cfg.redis_url, prefix=cfg.redis_prefix, sqlite_path=cfg.sqlite_path)
     try:
-        return _run(cfg, root, source, publisher)
+        return _run(cfg, root, source, publisher, agent_changes)
     finally:
         source.close()
         if publisher is not None:
             publisher.close()
+        if own_changes:
+            agent_changes.close()
 
 
-def _run(cfg: RetrainConfig, root: Path, source: ExperienceSource, publisher: Publisher | None) -> RetrainResult:
+def _run(cfg: RetrainConfig, root: Path, source: ExperienceSource, publisher: Publisher | None,
+         agent_changes: AgentChanges) -> RetrainResult:
     serving_dir = _resolve_ref(root, publisher.current() if publisher else None)
     watermark = last_watermark(root, source)
     recovered = None
@@ -256,7 +272,9 @@ def _run(cfg: RetrainConfig, root: Path, source: ExperienceSource, publisher: Pu
     if routers > 1 and serving.meta.network.centralised_critic:
         raise UserError(f"{serving_dir}: retrain supports single-router policies or IPPO critics; this one "
                         f"has {routers} routers and a centralised critic")
-    result = RetrainResult(status="too_few", serving_version=serving.version, recovered=recovered)
+    serving, applied = bring_to_agent_set(root, serving, agent_changes)
+    result = RetrainResult(status="too_few", serving_version=serving.version, recovered=recovered,
+                           agent_changes=applied)
 
     entries = source.read(watermark, cfg.max_records)
     if watermark is not None:
@@ -267,7 +285,7 @@ def _run(cfg: RetrainConfig, root: Path, source: ExperienceSource, publisher: Pu
         result.stale_acked = len(stale)
     result.records = len(entries)
     learned = serving.meta.exploration.records if serving.meta.exploration is not None else None
-    if len(entries) < round_size(cfg, learned):
+    if len(entries) < round_size(cfg, learned) and not applied:
         return result
 
     if serving.reward_critic is not None:
@@ -278,16 +296,18 @@ def _run(cfg: RetrainConfig, root: Path, source: ExperienceSource, publisher: Pu
         result.train, result.gate = outcome.train, outcome.gate
     else:
         candidate, value_norm, cost_weight, gamma = _ppo_round(cfg, serving, entries, result)
-    last = max((eid for eid, _ in entries), key=source.order_key)
+    last = max((eid for eid, _ in entries), key=source.order_key) if entries else watermark
     meta = serving.meta.content()
-    meta["data"]["watermark"] = {"source": source.kind, "name": source.name, "id": last}
+    if last is not None:
+        meta["data"]["watermark"] = {"source": source.kind, "name": source.name, "id": last}
     if value_norm is not None:
         meta["value_norm"] = value_norm.to_meta()
     if candidate.meta.exploration is not None:
         meta["exploration"] = candidate.meta.exploration.model_dump()
     meta["history_since"] = dict(candidate.meta.history_since)
     meta["eval"] = {"retrain_gate": result.gate}
-    meta["retrain"] = {"parent_version": serving.version, "records": result.records, "used": result.used,
+    meta["retrain"] = {"parent_version": serving.version, "agent_changes": applied, "records": result.records,
+                       "used": result.used,
                        "sessions": result.sessions, "skipped": result.skipped, "cost_weight": cost_weight,
                        "gamma": gamma, "config": cfg.model_dump(mode="json", exclude={"redis_url"}),
                        "train": result.train, "gate": result.gate}

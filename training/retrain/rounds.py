@@ -41,12 +41,14 @@ def parse_interval(text: str) -> float:
 
 
 def round_figures(round_index: int, result: RetrainResult) -> dict[str, Any]:
-    """One round's figures: status, versions, records, and the gate's estimates (DR, SNIPS,
-    effective sample size of each policy; static rewards) where the round got that far."""
+    """One round's figures: status, versions, records (and the reasons of those skipped), the agent
+    changes it applied, and the gate's estimates (DR, SNIPS, effective sample size of each policy;
+    static rewards) where the round got that far."""
     figures: dict[str, Any] = {"round": round_index, "time": datetime.now(UTC).isoformat(),
                                "status": result.status, "serving_version": result.serving_version,
                                "version": result.version, "records": result.records, "used": result.used,
-                               "published": result.version if result.status == "published" else None}
+                               "published": result.version if result.status == "published" else None,
+                               "agent_changes": result.agent_changes, "skipped": result.skipped}
     gate = result.gate or {}
     logged = gate.get("logged")
     if logged:

@@ -72,7 +72,7 @@ def _check(record: ExperienceRecord, policy: Policy) -> tuple[str | None, np.nda
         return NO_QUALITY, None
     if not record.action < k or record.agent != policy.agents[record.action]:
         return "agent not in the serving policy's action order", None
-    if len(record.load) != k or len(record.action_mask) != k:
+    if len(record.load) != len(record.action_mask) or len(record.load) > k:
         return "load or action_mask of another agent count", None
     if not record.action_mask[record.action]:
         return "chosen agent masked", None
@@ -85,6 +85,11 @@ def _check(record: ExperienceRecord, policy: Policy) -> tuple[str | None, np.nda
     if layout.agent_prices is not None and record.prompt_tokens is None:
         return "no prompt length (a record from before schema version 3)", None
     return None, vector
+
+
+def _padded(values: list[Any], k: int, fill: Any) -> list[Any]:
+    """``values`` extended with ``fill`` to length ``k``."""
+    return list(values) + [fill] * (k - len(values))
 
 
 def merged_skipped(*batches: LoggedBatch) -> dict[str, int]:
@@ -162,7 +167,9 @@ def build_batch(entries: list[tuple[str, Any]], policy: Policy, cost_weight: flo
         done.extend([False] * (len(steps) - 1) + [True])
     m, k = len(ordered), len(policy.agents)
     emb = np.stack(vectors) if m else np.zeros((0, policy.layout.embed_dim), dtype=np.float32)
-    load = np.array([r.load for _, r in ordered], dtype=np.float32).reshape(m, k)
+    # a record logged before agents were added holds a prefix of the action order: the agents it
+    # did not know were neither loaded nor allowed (policy.agent_set appends, never reorders)
+    load = np.array([_padded(r.load, k, 0.0) for _, r in ordered], dtype=np.float32).reshape(m, k)
     preference = None
     if policy.layout.cost_preference:
         preference = torch.tensor([policy.layout.default_cost_weight if r.cost_weight is None else r.cost_weight
@@ -171,7 +178,7 @@ def build_batch(entries: list[tuple[str, Any]], policy: Policy, cost_weight: flo
               if policy.layout.agent_prices is not None else None)
     obs = policy.build_obs(torch.as_tensor(emb, dtype=torch.float32), torch.from_numpy(load), cost_weight=preference,
                            tokens=tokens)
-    mask = torch.tensor([r.action_mask for _, r in ordered], dtype=torch.bool).reshape(m, 1, k)
+    mask = torch.tensor([_padded(r.action_mask, k, False) for _, r in ordered], dtype=torch.bool).reshape(m, 1, k)
     action = torch.tensor([r.action for _, r in ordered], dtype=torch.long).reshape(m, 1)
     behaviour = [r.behaviour_log_prob() for _, r in ordered]
     # a policy trained for every trade-off is rewarded at each request's own preference
