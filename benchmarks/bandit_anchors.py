@@ -41,12 +41,20 @@ class Context:
         tokens: prompt length in tokens (:func:`contract.pricing.prompt_tokens`).
         expected_cost_usd: ``[K]`` float64, each agent's expected cost of this prompt in USD
             (:func:`contract.pricing.expected_costs_usd`, from the agents file's prices).
+        allowed: ``[K]`` bool, the agents in service now (an agent not yet added, or retired, is
+            not: ``benchmarks/bandit_scenarios.py``); None: every agent. A learner picks among them.
     """
 
     embedding: np.ndarray
     prompt: str
     tokens: int
     expected_cost_usd: np.ndarray
+    allowed: np.ndarray | None = None
+
+
+def _allowed(ctx: Context, k: int) -> np.ndarray:
+    """``[K]`` bool, the agents ``ctx`` allows."""
+    return np.ones(k, dtype=bool) if ctx.allowed is None else np.asarray(ctx.allowed, dtype=bool)
 
 
 @runtime_checkable
@@ -135,14 +143,16 @@ class VWLearner:
 
     def act(self, ctx: Context) -> tuple[int, float]:
         shared, actions = self._example(ctx)
-        pmf = self.vw.predict("\n".join([shared, *actions]))
-        return _sample(np.asarray(pmf), self.rng)
+        index = np.flatnonzero(_allowed(ctx, len(actions)))  # ADF: only the agents in service are actions
+        pmf = self.vw.predict("\n".join([shared, *(actions[i] for i in index)]))
+        a, p = _sample(np.asarray(pmf), self.rng)
+        return int(index[a]), p
 
     def learn(self, ctx: Context, action: int, reward: float, propensity: float) -> None:
         shared, actions = self._example(ctx)
-        lines = list(actions)
+        lines = {int(i): actions[i] for i in np.flatnonzero(_allowed(ctx, len(actions)))}
         lines[action] = f"0:{-reward:.6g}:{propensity:.6g} {lines[action]}"
-        self.vw.learn("\n".join([shared, *lines]))
+        self.vw.learn("\n".join([shared, *lines.values()]))
 
     def close(self) -> None:
         """Release the VW workspace."""
@@ -194,7 +204,8 @@ class LinUCB:
             self._init(len(x))
         ax = self.a_inv @ x  # [K, d]
         width = np.sqrt(np.clip(ax @ x, 0.0, None))
-        return _argmax_random_tie(self.theta @ x + self.alpha * width, self.rng)
+        score = np.where(_allowed(ctx, self.num_agents), self.theta @ x + self.alpha * width, -np.inf)
+        return _argmax_random_tie(score, self.rng)
 
     def learn(self, ctx: Context, action: int, reward: float, propensity: float) -> None:
         x = self._features(ctx)
@@ -232,14 +243,14 @@ class BetaThompson:
         self.alpha = np.ones(num_agents)
         self.beta = np.ones(num_agents)
 
-    def _draw(self, alpha: np.ndarray, beta: np.ndarray) -> tuple[int, float]:
+    def _draw(self, alpha: np.ndarray, beta: np.ndarray, allowed: np.ndarray) -> tuple[int, float]:
         draws = self.rng.beta(alpha, beta, size=(self.mc_draws, len(alpha)))  # [M, K]
-        winners = draws.argmax(axis=1)
+        winners = np.where(allowed, draws, -1.0).argmax(axis=1)
         a = int(winners[0])
         return a, float(np.mean(winners == a))
 
     def act(self, ctx: Context) -> tuple[int, float]:
-        return self._draw(self.alpha, self.beta)
+        return self._draw(self.alpha, self.beta, _allowed(ctx, self.num_agents))
 
     def learn(self, ctx: Context, action: int, reward: float, propensity: float) -> None:
         r = min(max(float(reward), 0.0), 1.0)
@@ -298,7 +309,7 @@ class ClusterThompson(BetaThompson):
         if self.centres is None:
             return super().act(ctx)
         c = self._cluster(ctx)
-        return self._draw(self.c_alpha[c], self.c_beta[c])
+        return self._draw(self.c_alpha[c], self.c_beta[c], _allowed(ctx, self.num_agents))
 
     def learn(self, ctx: Context, action: int, reward: float, propensity: float) -> None:
         r = min(max(float(reward), 0.0), 1.0)
@@ -322,7 +333,8 @@ class UniformRandom:
         self.rng = np.random.default_rng(seed)
 
     def act(self, ctx: Context) -> tuple[int, float]:
-        return int(self.rng.integers(self.num_agents)), 1.0 / self.num_agents
+        index = np.flatnonzero(_allowed(ctx, self.num_agents))
+        return int(index[self.rng.integers(len(index))]), 1.0 / len(index)
 
     def learn(self, ctx: Context, action: int, reward: float, propensity: float) -> None:
         return None

@@ -22,6 +22,8 @@ from typing import Any
 
 from benchmarks.bandit_anchors import Context
 from contract.experience import ExperienceRecord, Feedback
+from env.dataset import load_agents
+from experience.agent_changes import AgentChangeConflict, AgentChanges, AgentChangeSet
 from experience.readers import Entry, ExperienceSource
 from policy.checkpoint import load_checkpoint
 from router.service import Decision, RoutingService
@@ -59,6 +61,27 @@ class MemorySource(ExperienceSource):
         """Kept open across rounds (the job closes its source after each)."""
 
 
+class MemoryAgentChanges(AgentChanges):
+    """The record of agent-set changes in lists (what ``POST /admin/agents`` and
+    ``DELETE /admin/agents/{name}`` write to Redis or SQLite)."""
+
+    def __init__(self) -> None:
+        self.changes = AgentChangeSet()
+
+    def add(self, spec: dict[str, Any]) -> None:
+        if spec["name"] in [a["name"] for a in self.changes.added]:
+            raise AgentChangeConflict(f"agent {spec['name']!r} was added already")
+        self.changes.added.append(spec)
+
+    def retire(self, name: str) -> None:
+        if name in self.changes.retired:
+            raise AgentChangeConflict(f"agent {name!r} was retired already")
+        self.changes.retired.append(name)
+
+    def read(self) -> AgentChangeSet:
+        return AgentChangeSet(list(self.changes.added), list(self.changes.retired))
+
+
 class AgentRouterLoop:
     """``StreamLearner`` of the production loop (see the module docstring).
 
@@ -69,15 +92,30 @@ class AgentRouterLoop:
         workdir: checkpoints go under ``workdir/checkpoints``.
         embed_dim: the embeddings' width.
         settings: ``RetrainConfig`` fields beside the defaults (``min_records`` is the round size).
+        agent_names: the harness's agents, in its action order (None: the agents file's order);
+            ``act`` answers and ``learn_outcome`` takes indices in it.
+        serving: of those, the agents in service at the start (None: all): the cold start knows only
+            these; the others join through :meth:`change_agents`, as an operator adds them.
     """
 
     name = "agent-router"
 
     def __init__(self, agents_path: str, cost_weight: float, seed: int, workdir: Path, embed_dim: int = 384,
-                 settings: dict[str, Any] | None = None) -> None:
+                 settings: dict[str, Any] | None = None, agent_names: list[str] | None = None,
+                 serving: list[str] | None = None) -> None:
         self.root = Path(workdir) / "checkpoints"
         shutil.rmtree(self.root, ignore_errors=True)  # a scratch directory: an earlier run's versions would be served
+        self.specs = {a.name: a.model_dump() for a in load_agents(agents_path)}
+        self.names = list(agent_names) if agent_names is not None else list(self.specs)
+        if serving is not None:  # the agents file the operator started with
+            first = Path(workdir) / "agents-at-start.json"
+            first.parent.mkdir(parents=True, exist_ok=True)
+            first.write_text(json.dumps([self.specs[n] for n in serving]))
+            agents_path = str(first)
         init_policy(agents_path, self.root, embed_dim=embed_dim, cost_weight=cost_weight, seed=seed)
+        self.changes = MemoryAgentChanges()
+        self.down: set[str] = set()  # retired agents, marked down until a round retires them
+        self.changed = False
         self.source = MemorySource(f"memory:{workdir}")
         self.cfg = RetrainConfig.model_validate({"checkpoint_root": self.root, "publish": False, "seed": seed,
                                                  "min_records": 200, **(settings or {})})
@@ -88,26 +126,42 @@ class AgentRouterLoop:
         self.rounds: list[dict[str, Any]] = []
 
     def act(self, ctx: Context) -> tuple[int, float]:
-        self.pending = self.service.route(ctx.prompt, explore=True, embedding=ctx.embedding)
-        return self.pending.action, self.pending.propensity
+        down = self.down | set(self.service.policy.meta.retired)  # the server masks both
+        self.pending = self.service.route(ctx.prompt, explore=True, embedding=ctx.embedding, down=down)
+        return self.names.index(self.pending.agent), self.pending.propensity
+
+    def change_agents(self, allowed: Any) -> None:
+        """The harness's agent set changed (``allowed``: ``[K]`` bool in its order): agents newly
+        allowed are added (``POST /admin/agents`` with their agents-file entry), agents no longer
+        allowed are retired (``DELETE /admin/agents/{name}``) and marked down at once, as an
+        operator does; the next round applies the change."""
+        served = self.service.agents
+        for name, ok in zip(self.names, allowed, strict=True):
+            if ok and name not in served:
+                self.changes.add(self.specs[name])
+                self.changed = True
+            elif not ok and name in served and name not in self.down:
+                self.changes.retire(name)
+                self.down.add(name)
+                self.changed = True
 
     def learn(self, ctx: Context, action: int, reward: float, propensity: float) -> None:
         raise NotImplementedError("the loop's feedback is an outcome: learn_outcome")
 
     def learn_outcome(self, ctx: Context, action: int, quality: float, cost_usd: float, propensity: float) -> None:
         decision = self.pending
-        assert decision is not None and decision.action == action
+        assert decision is not None and decision.agent == self.names[action]
         context = self.service.decision_context(decision, ctx.prompt, session_id=None)
         feedback = Feedback(quality=min(1.0, max(0.0, quality)), cost_usd=cost_usd,
                             feedback_at=datetime.now(UTC).isoformat())
         self.source.records.append(json.dumps(ExperienceRecord.join(context, feedback).to_json_dict()))
         self.new += 1
-        if self.new < round_size(self.cfg, self.learned):  # what --every-records polls for
+        if self.new < round_size(self.cfg, self.learned) and not self.changed:  # what --every-records polls for
             return
-        result = run_retrain(self.cfg, source=self.source)
+        result = run_retrain(self.cfg, source=self.source, agent_changes=self.changes)
         if result.status == "too_few":
             return
-        self.new = 0
+        self.new, self.changed = 0, False
         self.rounds.append({"records": len(self.source.records), "status": result.status,
                             "reason": result.gate.get("reason"), **result.train})
         if result.status == "saved":
@@ -116,6 +170,9 @@ class AgentRouterLoop:
             self.learned = self.service.policy.meta.exploration.records
 
 
-def make_learner(agents_path: str, dataset: Any, cost_weight: float, seed: int, workdir: Path) -> AgentRouterLoop:
-    """The harness's factory (``dataset`` is not read: the loop learns only from its feedback)."""
-    return AgentRouterLoop(agents_path, cost_weight, seed, workdir)
+def make_learner(agents_path: str, dataset: Any, cost_weight: float, seed: int, workdir: Path,
+                 serving: list[str] | None = None) -> AgentRouterLoop:
+    """The harness's factory (``dataset`` is not read but for its agents' names: the loop learns
+    only from its feedback); ``serving``: the agents in service at the start (None: all)."""
+    return AgentRouterLoop(agents_path, cost_weight, seed, workdir, agent_names=list(dataset.agent_names),
+                           serving=serving)

@@ -8,6 +8,11 @@ the best single agent in hindsight by reward, in the world before the change.
 * ``degrade``: its quality is halved (a provider update that made it worse).
 * ``price``: its cost is ``--price-factor`` (10) times the dataset's; meaningful at a cost weight
   where cost matters.
+* ``new-agent``: it is not in service before the change and joins at it, its outcomes the data's
+  column held back until then (agent-router: through ``POST /admin/agents``' path, the anchors: a
+  new action).
+* ``retire``: it is taken out of service at the change (agent-router: ``DELETE /admin/agents``'
+  path, marked down at once).
 
 Every learner meets the same change at the same position of the same shuffle, and learns of it only
 through the rewards of the agents it chooses (online anchors adapt as they go; agent-router
@@ -25,7 +30,9 @@ from typing import Any
 
 import numpy as np
 
-SCENARIOS = ("none", "break", "degrade", "price")
+SCENARIOS = ("none", "break", "degrade", "price", "new-agent", "retire")
+#: the scenarios that change the agent set rather than an agent's outcomes
+AGENT_SET_SCENARIOS = ("new-agent", "retire")
 #: arrivals after the change at which the changed agent's share is read, and the window it is read over
 SHARE_AFTER = (1000, 2000)
 SHARE_WINDOW = 500
@@ -40,6 +47,8 @@ class Change:
         agent: the changed agent's index; name: its name.
         at: arrival position of the change (prompts ``order[at:]`` meet the changed world).
         dataset: the changed world's dataset (same prompts and agents, changed outcomes).
+        allowed_before, allowed_after: ``[K]`` bool, the agents in service before and after the
+            change (every agent but in ``new-agent``, before, and ``retire``, after).
     """
 
     scenario: str
@@ -47,6 +56,12 @@ class Change:
     name: str
     at: int
     dataset: Any
+    allowed_before: np.ndarray
+    allowed_after: np.ndarray
+
+    def allowed(self, t: int) -> np.ndarray:
+        """``[K]`` bool, the agents in service at arrival ``t``."""
+        return self.allowed_after if t >= self.at else self.allowed_before
 
 
 def make_change(scenario: str, ds: Any, cost_weight: float, change_at: float, price_factor: float) -> Change | None:
@@ -64,14 +79,19 @@ def make_change(scenario: str, ds: Any, cost_weight: float, change_at: float, pr
     reward = ds.quality.astype(np.float64) - cost_weight * ds.cost_usd.astype(np.float64)
     agent = int(reward.mean(axis=0).argmax())
     quality, cost = ds.quality.copy(), ds.cost_usd.copy()
+    everyone = np.ones(len(ds.agent_names), dtype=bool)
+    without = everyone.copy()
+    without[agent] = False
     if scenario == "break":
         quality[:, agent] = 0.0
     elif scenario == "degrade":
         quality[:, agent] *= 0.5
-    else:
+    elif scenario == "price":
         cost[:, agent] *= price_factor
     changed = dataclasses.replace(ds, quality=quality, cost_usd=cost)
-    return Change(scenario, agent, ds.agent_names[agent], round(change_at * len(ds)), changed)
+    masks = {"new-agent": (without, everyone), "retire": (everyone, without)}
+    before, after = masks.get(scenario, (everyone, everyone))
+    return Change(scenario, agent, ds.agent_names[agent], round(change_at * len(ds)), changed, before, after)
 
 
 def change_figures(rewards: np.ndarray, actions: np.ndarray, change: Change) -> dict[str, float]:
@@ -99,7 +119,8 @@ def scenario_goals(summary: dict[str, Any], change: Change, router: str, anchors
     """The issue's goals after a change, on the means over shuffles: ``router``'s reward after the
     change at least the best anchor's + 0.01; for ``break`` the broken agent's share 1,000 feedbacks
     after the change below 0.02; for ``degrade`` its share 2,000 after within 0.05 of the changed
-    world's ceiling's (the better of ``knn-full`` and ``mlp-full`` after the change)."""
+    world's ceiling's (the better of ``knn-full`` and ``mlp-full`` after the change); for
+    ``new-agent`` its share 1,000 after at least half the ceiling's."""
     me = summary[router]
     out: dict[str, Any] = {}
     present = [a for a in anchors if a in summary]
@@ -112,6 +133,12 @@ def scenario_goals(summary: dict[str, Any], change: Change, router: str, anchors
         share = me["share_after1000"]["mean"]
         out["broken_share_after1000"] = {"margin": 0.02 - share, "share": share, "goal": 0.0,
                                          "met": bool(share < 0.02)}
+    if change.scenario == "new-agent":
+        ceiling = max(("knn-full", "mlp-full"), key=lambda c: summary[c]["after_mean"]["mean"])
+        share, target = me["share_after1000"]["mean"], summary[ceiling]["share_after1000"]["mean"]
+        out["new_agent_share_after1000_vs_half_ceiling"] = {"margin": share - 0.5 * target, "share": share,
+                                                            "ceiling_share": target, "goal": 0.0,
+                                                            "met": bool(share >= 0.5 * target)}
     if change.scenario == "degrade":
         ceiling = max(("knn-full", "mlp-full"), key=lambda c: summary[c]["after_mean"]["mean"])
         share, target = me["share_after2000"]["mean"], summary[ceiling]["share_after2000"]["mean"]

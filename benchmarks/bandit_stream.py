@@ -21,10 +21,11 @@ Rows:
   module; the row is skipped, with a note, while it does not exist), built per shuffle as::
 
       make_learner(agents_path: str, dataset: RoutingDataset, cost_weight: float, seed: int,
-                   workdir: Path) -> StreamLearner
+                   workdir: Path, serving: list[str] | None) -> StreamLearner
 
   with the agents file path, the (possibly ``--limit``-ed) dataset, the setting's cost weight, the
-  shuffle seed and an empty scratch directory under ``--out``; the learner must read no outcome
+  shuffle seed, an empty scratch directory under ``--out`` and the agents in service at the start
+  (None: all; ``--scenario new-agent`` holds one back); the learner must read no outcome
   (``quality``, ``cost_usd``) from ``dataset`` other than through ``learn``;
 * rows that learn nothing, read in each shuffle's order: ``best-single`` (the agent of highest
   mean reward over the whole dataset, in hindsight) and the full-information ceiling as
@@ -61,6 +62,7 @@ the last line of stdout.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import statistics
@@ -78,6 +80,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.bandit_anchors import ANCHORS, LEARNING_ANCHORS, Context, StreamLearner, make_anchor  # noqa: E402
 from benchmarks.bandit_scenarios import (  # noqa: E402
+    AGENT_SET_SCENARIOS,
     SCENARIOS,
     SHARE_AFTER,
     SHARE_WINDOW,
@@ -138,8 +141,10 @@ def load(setting: Setting, limit: int | None) -> tuple[Any, np.ndarray, list[Con
     return ds, emb, contexts
 
 
-def ceiling_choices(ds: Any, emb: np.ndarray, cost_weight: float, fold_seed: int, cache: Path) -> dict[str, np.ndarray]:
-    """Cross-fitted full-information routers: ``{"knn-full": [P], "mlp-full": [P]}`` int64 actions.
+def ceiling_choices(ds: Any, emb: np.ndarray, cost_weight: float, fold_seed: int, cache: Path,
+                    allowed: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Cross-fitted full-information routers: ``{"knn-full": [P], "mlp-full": [P]}`` int64 actions
+    (among the ``allowed`` agents, ``[K]`` bool; None: all).
 
     Each of ``FOLDS`` folds (a ``fold_seed`` permutation) is routed by ``fit_knn`` / ``fit_mlp``
     fitted on the other folds' embeddings and every agent's quality and cost, by ``route_wtp`` at
@@ -167,6 +172,8 @@ def ceiling_choices(ds: Any, emb: np.ndarray, cost_weight: float, fold_seed: int
                 q_hat[test], c_hat[test] = predictor.predict(emb[test])
             cache.mkdir(parents=True, exist_ok=True)
             np.savez(path, quality=q_hat, cost_usd=c_hat)
+        if allowed is not None:  # an agent out of service is never the best
+            q_hat = np.where(allowed, q_hat, -1e9)
         out[name] = route_wtp(q_hat, c_hat, cost_weight)
     return out
 
@@ -197,7 +204,7 @@ class World:
 
 
 def run_learner(learner: StreamLearner, contexts: list[Context], order: np.ndarray, world: World,
-                after: World | None = None, change_at: int | None = None
+                after: World | None = None, change_at: int | None = None, change: Change | None = None,
                 ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
     """One pass of ``learner`` over ``order``.
 
@@ -207,6 +214,9 @@ def run_learner(learner: StreamLearner, contexts: list[Context], order: np.ndarr
             row, whose feedback carries quality and cost apart, as ``POST /v1/feedback`` does) is
             told the chosen agent's outcome that way instead of ``learn``.
         after, change_at: the world the prompts from arrival ``change_at`` on meet (None: no change).
+        change: a change of the agent set: each context says the agents in service
+            (``Context.allowed``), and at the change a learner with a ``change_agents(allowed)``
+            method is told, as an operator tells the router.
 
     Returns:
         ``(rewards [P] in arrival order, act + learn seconds, propensities [P], actions [P])``.
@@ -218,6 +228,10 @@ def run_learner(learner: StreamLearner, contexts: list[Context], order: np.ndarr
     for t, i in enumerate(order):
         w = after if after is not None and change_at is not None and t >= change_at else world
         ctx = contexts[i]
+        if change is not None and change.scenario in AGENT_SET_SCENARIOS:
+            ctx = dataclasses.replace(ctx, allowed=change.allowed(t))
+            if t == change.at and callable(getattr(learner, "change_agents", None)):
+                learner.change_agents(change.allowed_after)
         start = time.perf_counter()
         a, p = learner.act(ctx)
         spent += time.perf_counter() - start
@@ -278,6 +292,10 @@ def run_setting(setting: Setting, args: argparse.Namespace, learners: list[str],
         best_after = int(after.reward.mean(axis=0).argmax())
         fixed_after = {"best-single": np.full(n, best_after, dtype=np.int64)}
         fixed_after |= ceiling_choices(change.dataset, emb, setting.cost_weight, args.fold_seed, args.out / "ceiling")
+        if change.scenario in AGENT_SET_SCENARIOS:  # the fixed rows route among the agents in service
+            for rows, allowed in ((fixed, change.allowed_before), (fixed_after, change.allowed_after)):
+                rows["best-single"][:] = int(np.where(allowed, reward.mean(axis=0), -np.inf).argmax())
+                rows |= ceiling_choices(ds, emb, setting.cost_weight, args.fold_seed, args.out / "ceiling", allowed)
     ceiling_s = time.perf_counter() - start
     print(f"\n{setting.name}: {n} prompts, {k} agents, cost_weight {setting.cost_weight:g}; best single "
           f"{ds.agent_names[best]} ({reward[:, best].mean():.4f}); oracle {reward.max(axis=1).mean():.4f}; "
@@ -303,10 +321,14 @@ def run_setting(setting: Setting, args: argparse.Namespace, learners: list[str],
                     continue
                 workdir = args.out / AGENT_ROUTER / setting.name / f"seed{seed}"
                 workdir.mkdir(parents=True, exist_ok=True)
-                learner = router(setting.agents, ds, setting.cost_weight, seed, workdir)
+                serving = None
+                if change is not None and change.scenario in AGENT_SET_SCENARIOS:
+                    serving = [a for a, ok in zip(ds.agent_names, change.allowed_before, strict=True) if ok]
+                learner = router(setting.agents, ds, setting.cost_weight, seed, workdir, serving=serving)
             else:
                 learner = make_anchor(name, k, seed)
-            results[name] = run_learner(learner, contexts, order, world, after, change.at if change else None)
+            results[name] = run_learner(learner, contexts, order, world, after, change.at if change else None,
+                                        change)
             print(f"  shuffle {seed} {name}: end {results[name][0].mean():.4f} in {results[name][1]:.1f} s",
                   flush=True)
         for name, (r, spent, props, actions) in results.items():

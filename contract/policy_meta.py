@@ -45,7 +45,8 @@ class NetworkMeta(BaseModel):
 class ExplorationMeta(BaseModel):
     """How ``explore: true`` samples: inverse gap weighting over the reward critic's estimates
     (:mod:`policy.exploration`), with ``gamma`` fixed by the round that made the policy and gaps
-    measured to each agent's ``estimate + optimism · width`` (0: to the estimate)."""
+    measured to each agent's ``estimate + optimism · width`` (0: to the estimate); the ``young``
+    agents (added at run time, with too few records yet) are tried as if level with the leader."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -54,6 +55,7 @@ class ExplorationMeta(BaseModel):
     gamma_scale: float = Field(ge=0.0)
     records: int = Field(ge=0)
     optimism: float = Field(default=0.0, ge=0.0)
+    young: list[str] = Field(default_factory=list)
 
 
 class Watermark(BaseModel):

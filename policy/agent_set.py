@@ -14,8 +14,10 @@ it knew, with the new agent's columns and outputs set apart:
   lowest of the others: before any feedback the greedy choice stays (nearly) where it was, and
   exploration, not the actor, tries the new agent;
 * the reward critic gains a model for it at its ``prior_quality``, else at the best of the other
-  agents' intercepts (optimistic initialisation, so inverse gap weighting tries it as if it could
-  lead), with the prior's covariance: its posterior is wide until its own feedback arrives.
+  agents' intercepts (clipped to [0, 1]), which becomes its ``prior_quality`` in ``agent_specs``:
+  optimistic initialisation (Sutton and Barto 2018, sec. 2.6), so inverse gap weighting tries it as
+  if it could lead and the learner's ridge shrinks its estimate towards that until its own feedback
+  outweighs it, with the prior's covariance: its posterior is wide until that feedback arrives.
 """
 
 from __future__ import annotations
@@ -133,11 +135,13 @@ def add_agent(policy: Policy, spec: AgentSpec) -> tuple[Any, Any, Any, dict[str,
     reward_critic = None
     if policy.reward_critic is not None:
         old_rc = policy.reward_critic
+        if spec.prior_quality is None:  # optimistic: as good as the best of the others, until it shows otherwise
+            spec = spec.model_copy(update={"prior_quality": min(1.0, max(0.0, float(old_rc.bias.max())))})
         reward_critic = build_reward_critic(new)
         with torch.no_grad():
             reward_critic.weight[:k] = old_rc.weight
             reward_critic.bias[:k] = old_rc.bias
-            reward_critic.bias[k] = spec.prior_quality if spec.prior_quality is not None else old_rc.bias.max()
+            reward_critic.bias[k] = spec.prior_quality
             reward_critic.covariance[:k] = old_rc.covariance
             # the widest posterior of the others (an agent never chosen has the prior's); the next
             # round's fit sets the new agent's to the prior's until it has feedback
@@ -148,6 +152,9 @@ def add_agent(policy: Policy, spec: AgentSpec) -> tuple[Any, Any, Any, dict[str,
     content["agent_specs"] = [*meta.agent_specs, spec.model_dump()]
     content["capacities"] = [*meta.capacities, spec.capacity]
     content["obs_layout"] = new.model_dump(mode="json")
+    exploration = content.get("exploration")
+    if exploration is not None:  # explored as level with the leader until the critic has enough of its records
+        exploration["young"] = [*exploration.get("young", []), spec.name]
     return actor, critic, reward_critic, content
 
 

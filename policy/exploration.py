@@ -16,6 +16,14 @@ prompt is tried as if it were close to the leader, one it knows well by its esti
 the optimism of RegCB (Foster, Agarwal, Dudík, Luo and Schapire 2018, "Practical Contextual Bandits
 with Regression Oracles", arXiv 1803.01088, sec. 3), which with inverse gap weighting is the
 bake-off's leading family (Bietti, Agarwal and Langford 2021, JMLR 22(133), sec. 6).
+
+An agent added at run time is *young* until the critic has ``young_records`` of its records
+(:class:`~contract.policy_meta.ExplorationMeta` ``young``): it is tried as if it were level with the
+leader, on every prompt: without that, its few explored records would
+come from the prompts where the leader is weakest (where its gap is smallest) and teach the critic
+that it is weak everywhere. This is the forced exploration of a new arm (each arm tried a minimum
+number of times before the index rule takes over, as in UCB's initialisation, Auer, Cesa-Bianchi
+and Fischer 2002, Machine Learning 47, sec. 2).
 """
 
 from __future__ import annotations
@@ -31,7 +39,8 @@ def igw_gamma(records: int, num_agents: int, gamma_scale: float) -> float:
 
 
 def inverse_gap_weighting(reward: np.ndarray, mask: np.ndarray, leader: int, gamma: float,
-                          width: np.ndarray | None = None, optimism: float = 0.0) -> np.ndarray:
+                          width: np.ndarray | None = None, optimism: float = 0.0,
+                          young: np.ndarray | None = None) -> np.ndarray:
     """SquareCB's sampling distribution, with optimistic gaps when ``width`` is given.
 
     Args:
@@ -41,6 +50,7 @@ def inverse_gap_weighting(reward: np.ndarray, mask: np.ndarray, leader: int, gam
         gamma: ``γ >= 0`` (:func:`igw_gamma`); 0 gives the uniform choice over allowed agents.
         width: ``[K]`` float, the critic's posterior standard deviation of each estimate (None: 0).
         optimism: ``β >= 0``: a gap is ``max(0, q̂_b - q̂_k - β σ_k)``.
+        young: ``[K]`` bool, agents with too few records to judge: their gap is 0 (None: none).
 
     Returns:
         ``[K]`` float64 summing to 1, 0 where ``mask`` is False.
@@ -56,6 +66,8 @@ def inverse_gap_weighting(reward: np.ndarray, mask: np.ndarray, leader: int, gam
     if width is not None and optimism > 0.0:
         upper = upper + optimism * width.astype(np.float64)
     gap = np.maximum(0.0, float(reward[leader]) - upper)
+    if young is not None:
+        gap = np.where(young, 0.0, gap)
     p = np.where(allowed, 1.0 / (k_allowed + max(0.0, gamma) * gap), 0.0)
     p[leader] = 0.0
     p[leader] = max(0.0, 1.0 - p.sum())

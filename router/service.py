@@ -407,7 +407,8 @@ class RoutingService:
             return exploration_distribution(probs, mask, floor, temperature)
         reward = self.policy.estimated_rewards(obs)[0, 0].cpu().numpy().astype(np.float64)
         width = self.policy.reward_critic.width(obs)[0, 0].cpu().numpy() if meta.optimism > 0 else None
-        return inverse_gap_weighting(reward, mask, int(np.argmax(probs)), meta.gamma, width, meta.optimism)
+        young = np.isin(self.agents, meta.young) if meta.young else None
+        return inverse_gap_weighting(reward, mask, int(np.argmax(probs)), meta.gamma, width, meta.optimism, young)
 
     def decision_context(
         self, decision: Decision, prompt: str, session_id: str | None, store_prompt: bool = False

@@ -102,6 +102,9 @@ def test_optimistic_gaps_explore_an_agent_the_critic_is_unsure_of():
     assert p[1] == pytest.approx(1 / (3 + 100 * 0.2)) and p[2] == pytest.approx(1 / 3)
     assert p.sum() == pytest.approx(1.0)
     assert inverse_gap_weighting(reward, mask, 0, 100.0, width, optimism=0.0) == pytest.approx(plain)
+    # a young agent (added at run time, few records) is tried as if level with the leader
+    young = inverse_gap_weighting(reward, mask, 0, 100.0, young=np.array([False, True, False]))
+    assert young[1] == pytest.approx(1 / 3) and young[2] == pytest.approx(plain[2])
 
 
 def test_a_checkpoint_saved_before_the_critic_kept_its_covariance_still_loads(tmp_path):

@@ -108,3 +108,30 @@ def test_a_round_forgets_a_broken_agents_history_and_the_next_rounds_keep_it_for
     assert third.candidate.meta.history_since == second.candidate.meta.history_since
     assert (third.candidate.estimated_rewards(third.candidate.build_obs(x, None))[:, 0, 0] < 0.3).all()
     assert third.candidate.probabilities(third.candidate.build_obs(x, None))[:, 0, 0].mean() < 0.05
+
+
+def test_an_added_agent_is_young_until_the_critic_has_enough_of_its_records(tmp_path):
+    from env.dataset import AgentSpec
+    from policy.agent_set import add_agent
+    from policy.checkpoint import save_checkpoint
+
+    (tmp_path / "agents.json").write_text(json.dumps([{"name": f"agent-{k}"} for k in range(K)]))
+    policy = load_checkpoint(init_policy(tmp_path / "agents.json", tmp_path / "checkpoints", embed_dim=E))
+    cfg = RetrainConfig(checkpoint_root=tmp_path, holdout_fraction=0.0, young_records=30)
+    rng = np.random.default_rng(0)
+    first = bandit_round(cfg, policy, [], _records(policy, rng, 300, lambda a: 0.5, 0))
+    assert first.candidate.meta.exploration.young == []
+    actor, critic, reward_critic, content = add_agent(first.candidate, AgentSpec(name="newcomer"))
+    assert content["exploration"]["young"] == ["newcomer"]
+    assert content["agent_specs"][-1]["prior_quality"] == pytest.approx(float(first.candidate.reward_critic.bias.max()))
+    grown = load_checkpoint(save_checkpoint(tmp_path / "grown", actor, critic, content | {"version": "g"},
+                                            reward_critic))
+    service = RoutingService(grown, embedder=None, seed=0)  # type: ignore[arg-type]
+    x = torch.nn.functional.normalize(torch.randn(50, E), dim=-1)
+    p_new = [service.sampling_distribution(grown.build_obs(x[i:i + 1], None), grown.probabilities(
+        grown.build_obs(x[i:i + 1], None))[0, 0].numpy(), np.ones(K + 1, bool), 0.0, 1.0)[K] for i in range(50)]
+    assert min(p_new) == pytest.approx(1 / (K + 1))  # level with the leader on every prompt
+    fresh = _records(grown, rng, 200, lambda a: 0.5, 300)
+    n_new = sum(json.loads(r)["agent"] == "newcomer" for _, r in fresh)
+    second = bandit_round(cfg, grown, [], fresh)
+    assert n_new >= 30 and second.candidate.meta.exploration.young == []  # known now: the index rule takes over

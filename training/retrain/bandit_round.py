@@ -132,8 +132,12 @@ def bandit_round(cfg: RetrainConfig, serving: Policy, history: list[tuple[str, A
         target = actor_targets(old, reward, cfg.kl_temperature, cfg.entropy_temperature)
         train |= fit_actor(candidate.actor, batch.obs, target, cfg.actor_epochs, cfg.actor_lr,
                            cfg.actor_batch_size, generator, cfg.actor_max_steps)
+    # an agent added at run time (policy.agent_set) is explored as young until the critic has enough of its records
+    young = [name for name in (serving.meta.exploration.young if serving.meta.exploration else [])
+             if fit.per_agent[serving.agents.index(name)] < cfg.young_records]
     exploration = ExplorationMeta(gamma=igw_gamma(fit.records, len(serving.agents), cfg.gamma_scale),
-                                  gamma_scale=cfg.gamma_scale, records=fit.records, optimism=cfg.optimism)
+                                  gamma_scale=cfg.gamma_scale, records=fit.records, optimism=cfg.optimism,
+                                  young=young)
     candidate.meta = candidate.meta.model_copy(update={"exploration": exploration, "history_since": since})
     logged = _judge(candidate, serving, held, cfg) if len(held) else None
     return BanditRound(candidate=candidate, cost_weight=cost_weight, used=len(batch), sessions=batch.sessions,

@@ -67,6 +67,8 @@ class RetrainConfig(BaseModel):
         gamma_scale: exploration's ``γ = gamma_scale · sqrt(K · records)`` (:mod:`policy.exploration`).
         optimism: exploration measures each gap to ``q̂_k + optimism · σ_k``, the critic's upper
             confidence bound (0: to its estimate).
+        young_records: an agent added at run time is explored as if level with the leader, on every
+            prompt, until the critic has this many of its records (:mod:`policy.exploration`).
         half_life_records, half_life_s: the forgetting horizon of the reward critic: a record
             counts ``0.5^(age / half_life)``, its age in newer decisions or in seconds
             (:func:`~training.retrain.learner.recency_weights`); None: not forgotten that way.
@@ -109,6 +111,7 @@ class RetrainConfig(BaseModel):
     actor_max_steps: int = Field(default=200, ge=1)
     gamma_scale: float = Field(default=10.0, ge=0.0)
     optimism: float = Field(default=0.3, ge=0.0)
+    young_records: int = Field(default=200, ge=0)
     half_life_records: int | None = Field(default=None, gt=0)
     half_life_s: float | None = Field(default=None, gt=0.0)
     change_z: float | None = Field(default=4.0, gt=0.0)
