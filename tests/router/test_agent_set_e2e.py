@@ -119,13 +119,15 @@ def test_agents_added_and_retired_on_running_replicas(start_server, redis_url, r
         grown = load_checkpoint(root / v2)
         assert grown.agents == ["calculator", "writer", "poet", "spare"] and grown.meta.data.watermark is not None
 
-        # the new agents are explored, and what the poet does is learned
+        # the new agents are explored (young: as if level with the leader, on every prompt), and
+        # what the poet does is learned, inside the actor's trust region: a step a round
         chosen = _serve(two, _prompts(rng, 200))
-        assert chosen.count("poet") >= 10 and chosen.count("spare") >= 5, {a: chosen.count(a) for a in set(chosen)}
-        result = _retrain(root, redis_url, redis_prefix, tmp_path)  # 200 records, the warm-up's round size
-        assert result["status"] == "published", result
-        v3 = result["version"]
-        _wait_for((one, two), v3)
+        assert chosen.count("poet") >= 30 and chosen.count("spare") >= 30, {a: chosen.count(a) for a in set(chosen)}
+        for _ in range(2):
+            result = _retrain(root, redis_url, redis_prefix, tmp_path)
+            assert result["status"] == "published", result
+            _wait_for((one, two), result["version"])
+            _serve(two, _prompts(rng, 200))
         greedy = [one.post("/v1/route", json={"prompt": p}).json()["agent"]
                   for p, kind in _prompts(np.random.default_rng(1), 40) if kind == "writing"]
         assert greedy.count("poet") >= 16, greedy  # 80% of the writing prompts
