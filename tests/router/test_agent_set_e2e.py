@@ -61,7 +61,7 @@ def _serve(client: httpx.Client, prompts, explore: bool = True) -> list[str]:
 
 def _retrain(root, redis_url, prefix, tmp_path) -> dict:
     run = subprocess.run([sys.executable, "-m", "cli", "retrain", "--checkpoint", str(root), "--redis-url", redis_url,
-                          "--prefix", prefix, "--every-records", "1000", "--every", "1s", "--rounds", "1",
+                          "--prefix", prefix, "--every-records", "200", "--every", "1s", "--rounds", "1",
                           "--metrics-file", str(tmp_path / "rounds.jsonl"), "--json"],
                          capture_output=True, text=True, cwd=ROOT, env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
                          timeout=600)
@@ -111,7 +111,7 @@ def test_agents_added_and_retired_on_running_replicas(start_server, redis_url, r
         # the policy published before the change keeps serving until the next round
         rng = np.random.default_rng(0)
         assert set(_serve(one, _prompts(rng, 40))) <= {"calculator", "writer"}
-        result = _retrain(root, redis_url, redis_prefix, tmp_path)  # 40 records < 1000: the change alone runs it
+        result = _retrain(root, redis_url, redis_prefix, tmp_path)  # 40 records < 200: the change alone runs it
         assert result["status"] == "published" and result["agent_changes"] == ["+poet", "+spare"], result
         v2 = result["version"]
         _wait_for((one, two), v2)
@@ -123,10 +123,11 @@ def test_agents_added_and_retired_on_running_replicas(start_server, redis_url, r
         # what the poet does is learned, inside the actor's trust region: a step a round
         chosen = _serve(two, _prompts(rng, 200))
         assert chosen.count("poet") >= 30 and chosen.count("spare") >= 30, {a: chosen.count(a) for a in set(chosen)}
-        for _ in range(2):
+        for _ in range(3):  # a round the gate holds back (held-out evidence of worse) leaves the last one serving
             result = _retrain(root, redis_url, redis_prefix, tmp_path)
-            assert result["status"] == "published", result
-            _wait_for((one, two), result["version"])
+            assert result["status"] in ("published", "rejected"), result
+            if result["status"] == "published":
+                _wait_for((one, two), result["version"])
             _serve(two, _prompts(rng, 200))
         greedy = [one.post("/v1/route", json={"prompt": p}).json()["agent"]
                   for p, kind in _prompts(np.random.default_rng(1), 40) if kind == "writing"]

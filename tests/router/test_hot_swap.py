@@ -172,8 +172,8 @@ def test_registry_reload_rollback_and_refusals(versions):
             ("link-out", UnknownVersion, outside),  # a link out of the root
             ("/no/such/dir", UnknownVersion, outside),
             (versions.bad["corrupt"], PolicyRefused, "sha256"),
-            (versions.bad["other-agents"], PolicyRefused, "do not match"),
-            (versions.bad["reordered-agents"], PolicyRefused, "do not match"),
+            (versions.bad["other-agents"], PolicyRefused, "do not extend"),
+            (versions.bad["reordered-agents"], PolicyRefused, "do not extend"),
             (versions.bad["nan"], PolicyRefused, "non-finite"),
             (versions.bad["other-model"], PolicyRefused, "someone/other-embedder"),
         ]:
@@ -358,8 +358,8 @@ def test_bad_checkpoints_are_refused_and_the_old_one_keeps_serving(replicas, ver
     cases = [
         ({"checkpoint": "no-such-version"}, 404, "unknown policy version 'no-such-version'"),
         ({"checkpoint": versions.bad["corrupt"]}, 422, "does not match policy.json"),
-        ({"checkpoint": versions.bad["other-agents"]}, 422, "do not match"),
-        ({"checkpoint": versions.bad["reordered-agents"]}, 422, "do not match"),
+        ({"checkpoint": versions.bad["other-agents"]}, 422, "do not extend"),
+        ({"checkpoint": versions.bad["reordered-agents"]}, 422, "do not extend"),
         ({"checkpoint": versions.bad["nan"]}, 422, "non-finite probabilities"),
         ({"checkpoint": versions.bad["other-model"]}, 422, "someone/other-embedder"),
         ({"checkpoint": ""}, 422, "checkpoint"),
