@@ -66,12 +66,13 @@ def save_checkpoint(
         reward_critic: saved as ``reward.*`` when given (``meta.network.reward_critic`` must say so).
         meta: the fields of :class:`~contract.policy_meta.PolicyMeta` but ``format``,
             ``created_at`` and ``weights_sha256``, which are filled in here (``version`` too
-            unless given).
+            unless given: ``<UTC time>Z-<weights sha256[:8]>``, and ``-1``, ``-2``, ... after it
+            when the same weights were saved in the same second, e.g. an agent retired).
 
     Raises:
         ValueError: ``meta`` does not validate as a :class:`~contract.policy_meta.PolicyMeta`
             (nothing is written).
-        CheckpointError: that version exists already.
+        CheckpointError: the given version exists already.
     """
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -86,6 +87,10 @@ def save_checkpoint(
         digest = _sha256(tmp / WEIGHTS)
         now = datetime.now(UTC)
         version = meta.get("version") or f"{now:%Y%m%dT%H%M%S}Z-{digest[:8]}"
+        if not meta.get("version"):  # the same weights saved twice in one second (a change of metadata only)
+            taken = 1
+            while (checkpoint_dir / version).exists():
+                version, taken = f"{now:%Y%m%dT%H%M%S}Z-{digest[:8]}-{taken}", taken + 1
         full = PolicyMeta.model_validate({**meta, "version": version, "created_at": now.isoformat(),
                                           "weights_sha256": digest})
         if full.network.reward_critic != (reward_critic is not None):

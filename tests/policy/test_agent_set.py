@@ -105,3 +105,12 @@ def test_bad_changes_are_refused_and_a_retired_agent_keeps_its_index(tmp_path):
     with pytest.raises(AgentSetError, match=r"exists already \(retired\)"):
         add_agent(Policy(policy.path, meta, policy.actor, policy.critic, policy.reward_critic),
                   AgentSpec(name="agent-0", price_per_1m_tokens=1.0))
+
+
+def test_a_retirement_saved_in_the_same_second_as_its_parent_gets_its_own_version(tmp_path):
+    policy = _policy(tmp_path, priced=False, share=True, centralised=True)
+    first = save_checkpoint(tmp_path / "root", policy.actor, policy.critic, policy.meta.content(), policy.reward_critic)
+    second = save_checkpoint(tmp_path / "root", policy.actor, policy.critic, retire_agent(policy.meta, "agent-0"),
+                             policy.reward_critic)  # the same weights: only the metadata changed
+    assert first != second  # (in the same second, the name of the first with "-1" after it)
+    assert load_checkpoint(second).meta.retired == ["agent-0"] and load_checkpoint(first).meta.retired == []
