@@ -82,11 +82,16 @@ def test_repeated_prompt_hits_the_cache(client):
     assert value(after, "router_embed_batch_size_sum") - value(before, "router_embed_batch_size_sum") == 1
 
 
-def test_concurrent_routes_are_embedded_in_batches(sqlite_server, client):
+def test_concurrent_routes_are_embedded_in_batches(start_server, checkpoint, tmp_path):
+    """One encode thread: a prompt that arrives while it is busy waits and shares the next pass (with
+    a thread free for each arrival, a fast machine could encode every prompt of the burst alone)."""
     n = 32
+    server = start_server({"ROUTER_CHECKPOINT": str(checkpoint.parent), "ROUTER_ENCODE_THREADS": "1",
+                           "ROUTER_SQLITE_PATH": str(tmp_path / "experience.sqlite3")}).wait_ready()
+    client = httpx.Client(base_url=server.url, timeout=30.0)
 
     async def burst() -> list[int]:
-        async with httpx.AsyncClient(base_url=sqlite_server.url, timeout=60.0,
+        async with httpx.AsyncClient(base_url=server.url, timeout=60.0,
                                      limits=httpx.Limits(max_connections=n, max_keepalive_connections=n)) as ac:
             # open the n connections first, so the burst's requests arrive together rather than one
             # connection set-up apart (on a quiet machine each prompt was otherwise encoded alone)
@@ -100,6 +105,7 @@ def test_concurrent_routes_are_embedded_in_batches(sqlite_server, client):
     after = scrape(client)
     prompts = value(after, "router_embed_batch_size_sum") - value(before, "router_embed_batch_size_sum")
     calls = value(after, "router_embed_batch_size_count") - value(before, "router_embed_batch_size_count")
+    client.close()
     assert prompts == n
     assert calls < n  # some prompts shared an encode call
 
