@@ -126,8 +126,7 @@ class AgentRouterLoop:
         self.rounds: list[dict[str, Any]] = []
 
     def act(self, ctx: Context) -> tuple[int, float]:
-        down = self.down | set(self.service.policy.meta.retired)  # the server masks both
-        self.pending = self.service.route(ctx.prompt, explore=True, embedding=ctx.embedding, down=down)
+        self.pending = self.service.route(ctx.prompt, explore=True, embedding=ctx.embedding, down=self.down)
         return self.names.index(self.pending.agent), self.pending.propensity
 
     def change_agents(self, allowed: Any) -> None:

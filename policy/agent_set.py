@@ -42,6 +42,23 @@ class AgentSetError(ValueError):
     missing where the policy needs one)."""
 
 
+class AgentExists(AgentSetError):
+    """A new agent's name is an agent of the policy already (retired or not)."""
+
+
+def check_new_agent(policy: Policy, spec: AgentSpec) -> ObsLayout:
+    """The layout ``policy`` would have with ``spec`` appended.
+
+    Raises:
+        AgentExists: ``spec.name`` is an agent of the policy already (retired or not).
+        AgentSetError: the policy weighs prices and ``spec`` has none.
+    """
+    if spec.name in policy.agents:
+        raise AgentExists(f"agent {spec.name!r} exists already" +
+                          (" (retired)" if spec.name in policy.meta.retired else ""))
+    return grown_layout(policy.layout, spec)
+
+
 def grown_layout(layout: ObsLayout, spec: AgentSpec) -> ObsLayout:
     """``layout`` with one more agent (its price appended when the layout has prices).
 
@@ -106,14 +123,10 @@ def add_agent(policy: Policy, spec: AgentSpec) -> tuple[Any, Any, Any, dict[str,
     (see the module docstring); ``meta`` is ready for :func:`policy.checkpoint.save_checkpoint`.
 
     Raises:
-        AgentSetError: ``spec.name`` is an agent of the policy already (retired or not), or a
-            price is missing where the policy needs one.
+        AgentExists, AgentSetError: as :func:`check_new_agent`.
     """
-    if spec.name in policy.agents:
-        raise AgentSetError(f"agent {spec.name!r} exists already" +
-                            (" (retired)" if spec.name in policy.meta.retired else ""))
     old, meta = policy.layout, policy.meta
-    new = grown_layout(old, spec)
+    new = check_new_agent(policy, spec)
     obs_map, k = column_map(old, new), old.num_agents
     actor, critic = build_networks(meta.network, NetworkShape.of_layout(new))
     old_layers, new_layers = _layers(policy.actor), _layers(actor)

@@ -166,6 +166,7 @@ def load_checkpoint(
     path: str | Path,
     expect_agents: list[str] | None = None,
     device: str | torch.device = "cpu",
+    agents_may_grow: bool = False,
 ) -> Policy:
     """Load and validate a checkpoint.
 
@@ -173,6 +174,8 @@ def load_checkpoint(
         path: a version directory, or a parent directory (its newest version is loaded).
         expect_agents: when given, the checkpoint's agent list must equal it (names and order).
         device: where the networks are placed.
+        agents_may_grow: the agent list may also be ``expect_agents`` followed by agents added
+            since (:mod:`policy.agent_set` only ever appends).
 
     Raises:
         CheckpointError: missing files, unparsable metadata, a weights hash that does not match,
@@ -187,10 +190,11 @@ def load_checkpoint(
     digest = _sha256(weights_path)
     if digest != meta.weights_sha256:
         raise CheckpointError(f"{weights_path}: sha256 {digest[:12]}... does not match policy.json (corrupt?)")
-    if expect_agents is not None and list(expect_agents) != list(meta.agents):
-        raise CheckpointError(
-            f"{directory}: agents {meta.agents} do not match the expected {list(expect_agents)}"
-        )
+    if expect_agents is not None:
+        if agents_may_grow and list(meta.agents[:len(expect_agents)]) != list(expect_agents):
+            raise CheckpointError(f"{directory}: agents {meta.agents} do not extend the expected {list(expect_agents)}")
+        if not agents_may_grow and list(expect_agents) != list(meta.agents):
+            raise CheckpointError(f"{directory}: agents {meta.agents} do not match the expected {list(expect_agents)}")
     try:
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError) as exc:

@@ -178,9 +178,7 @@ class PolicyRegistry:
         """
         serving = self.current
         try:
-            policy = load_checkpoint(directory)
-            if policy.agents[:len(serving.agents)] != serving.agents:  # agents are only ever appended
-                raise PolicyRefused(f"{directory}: agents {policy.agents} do not extend the served {serving.agents}")
+            policy = load_checkpoint(directory, expect_agents=serving.agents, agents_may_grow=True)
             model = canonical_model_id(policy.embedding_model)
             if model != self.embedder.model_id:
                 raise PolicyRefused(f"{directory}: the policy embeds prompts with {model}, but this server's "

@@ -95,8 +95,8 @@ class Router:
         """Route ``request`` (its prompt embedded once, micro-batched) and log the decision.
 
         Args:
-            excluded: agents this decision must not use (the proxy's failed attempts), masked always,
-                as are the policy's retired agents.
+            excluded: agents this decision must not use (the proxy's failed attempts), masked always
+                (as :meth:`RoutingService.choose` masks the policy's retired agents).
 
         Raises:
             NoAgentAvailable: every allowed agent is down.
@@ -106,9 +106,9 @@ class Router:
         if request.embedding is None:
             request.embedding = await self.batcher.embed(service.embedder, plan.prompt)  # LRU-cached
         live = await self.load.snapshot(service.agents)
-        excluded = set(excluded) | set(service.policy.meta.retired)  # a retired agent is never routed to
+        excluded = set(excluded)
         down = live.down | set(await self.cooldowns.cooling(service.agents)) | excluded
-        if set(plan.candidates or service.agents) - excluded <= down:
+        if set(plan.candidates or service.agents) - excluded - service.retired <= down:
             down = live.down | excluded  # every allowed agent cools down: route among them rather than refuse
         settings = self.settings
         decision = service.choose(plan, request.explore, live.in_flight, down, request.embedding,

@@ -179,6 +179,8 @@ class RoutingService:
         self.policy = policy
         self.embedder = embedder
         self.agents: list[str] = policy.agents
+        #: agents taken out of service (``policy.json`` ``retired``): masked in every decision
+        self.retired: frozenset[str] = frozenset(policy.meta.retired)
         self._index = {name: i for i, name in enumerate(self.agents)}
         self._rng = np.random.default_rng(seed)
         self._rng_lock = threading.Lock()
@@ -335,7 +337,7 @@ class RoutingService:
 
         The observation is :func:`contract.observation.build_obs` of the embedding ``[1, E]`` and
         the live load of :meth:`load_vector` ``[1, K]``, as in training. The allowed agents are the
-        plan's minus those ``down``; the choice is the most probable allowed agent under the
+        plan's minus those ``down`` and those retired; the choice is the most probable allowed agent under the
         masked policy (so when the unmasked favourite is masked, the next most probable allowed one).
 
         Args:
@@ -352,7 +354,7 @@ class RoutingService:
         Raises:
             NoAgentAvailable: every allowed agent is down.
         """
-        mask = live_mask(self.agents, plan.allowed, down, plan.candidates)
+        mask = live_mask(self.agents, plan.allowed, set(down) | self.retired, plan.candidates)
         if embedding is None:
             embedding = self.embedder.encode([plan.prompt])
         else:

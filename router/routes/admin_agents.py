@@ -34,7 +34,7 @@ from pydantic import BaseModel, Field
 
 from env.dataset import AgentSpec
 from experience.agent_changes import AgentChangeConflict, AgentChangesUnavailable
-from policy.agent_set import AgentSetError, grown_layout
+from policy.agent_set import AgentExists, AgentSetError, check_new_agent
 from router.auth import AdminDep
 from router.deps import AgentChangesDep, LoadDep, ServiceDep
 from router.routes import error_responses
@@ -119,11 +119,10 @@ async def add_agent(spec: AgentSpec, service: ServiceDep, changes: AgentChangesD
     if policy.reward_critic is None:
         raise HTTPException(status.HTTP_409_CONFLICT, f"policy {policy.version} has no reward critic: it cannot learn "
                             "a new agent from feedback (start from `agent-router init`, or train with the agent)")
-    if spec.name in policy.agents:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"agent {spec.name!r} exists already"
-                            + (" (retired)" if spec.name in policy.meta.retired else ""))
     try:
-        grown_layout(policy.layout, spec)
+        check_new_agent(policy, spec)
+    except AgentExists as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     except AgentSetError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
     await _changes(changes.add, spec.model_dump())

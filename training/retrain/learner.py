@@ -100,7 +100,7 @@ def fit_reward_critic(critic: RewardCritic, obs: torch.Tensor, action: torch.Ten
     eye = ridge * torch.eye(x.shape[1], dtype=x.dtype)
     weight = torch.zeros(k_agents, x.shape[1] - 1, dtype=torch.float64)
     bias = torch.tensor(priors, dtype=torch.float64)
-    precision_inv = torch.linalg.inv(eye).expand(k_agents, -1, -1).clone()  # [K, F + 1, F + 1]
+    precision_inv = (eye / ridge**2).expand(k_agents, -1, -1).clone()  # [K, F + 1, F + 1]: (ridge·I)⁻¹ without data
     counts = []
     for k in range(k_agents):
         chosen = a == k
@@ -108,10 +108,9 @@ def fit_reward_critic(critic: RewardCritic, obs: torch.Tensor, action: torch.Ten
         if not counts[-1]:
             continue
         xk, wk = x[chosen], w[chosen]
-        precision = xk.T @ (xk * wk[:, None]) + eye
-        theta = torch.linalg.solve(precision, xk.T @ (wk * (r[chosen] - priors[k])))
+        precision_inv[k] = torch.linalg.inv(xk.T @ (xk * wk[:, None]) + eye)  # one factorisation for both
+        theta = precision_inv[k] @ (xk.T @ (wk * (r[chosen] - priors[k])))
         weight[k], bias[k] = theta[:-1], priors[k] + theta[-1]
-        precision_inv[k] = torch.linalg.inv(precision)
     critic.weight.copy_(weight.float())
     critic.bias.copy_(bias.float())
     pred = critic(obs.reshape(len(obs), 1, -1)).reshape(len(obs), k_agents).gather(1, a[:, None]).reshape(-1)
