@@ -14,7 +14,9 @@ there), then scores it on ``--split`` (``test`` for the final figures; ``val`` w
   for a policy of one cost weight of RouteLLM's threshold on ``π(strong)``;
 * agents with a capacity: reward in PromptEnv against the load-aware greedy rule.
 
-Goals (issue 11), printed as ratios: llmrouter-dc policy quality >= max(kNN, MLP) + 0.02 at
+Goals of issue 22 for a policy of every trade-off (``configs/tradeoffs.yaml``,
+``configs/routellm-tradeoffs.yaml``): reward at each ``λ`` >= max(kNN, MLP) - 0.003, and AIQ
+above both. Goals (issue 11), printed as ratios: llmrouter-dc policy quality >= max(kNN, MLP) + 0.02 at
 ``cost_weight`` 0, policy reward >= kNN's and MLP's at every ``λ``, policy AIQ above every
 baseline's; routellm-evals APGR >= 0.65 and CPT(50%) <= 30%; capacity reward >= 1.1x load-aware
 greedy. Mean and standard deviation over the seeds.
@@ -117,6 +119,7 @@ def score(config: Path, seed: int, checkpoint: Path, split_name: str) -> dict[st
     }
     margins = [p - max(k, m) for p, k, m in zip(lam["policy"], lam["knn"], lam["mlp"], strict=True)]
     figures["lambda_wins"] = sum(x >= 0 for x in margins)
+    figures["lambda_within_0.003"] = sum(x >= -0.003 for x in margins)  # issue 22: every λ from one checkpoint
     figures["lambda_worst_margin"] = min(margins)
     figures["quality_margin"] = r["policy"]["quality"] - max(r["knn"]["quality"], r["mlp"]["quality"])
     aiq_base = max(r[n]["aiq"] for n in ("knn", "mlp", "zero_router", "best_single", "cheapest") if n in r)
@@ -147,7 +150,8 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
     for config in dict.fromkeys(r["config"] for r in results):
         rs = [r for r in results if r["config"] == config]
         summary: dict[str, Any] = {"seeds": [r["seed"] for r in rs]}
-        for key in ("quality_margin", "aiq_margin", "lambda_worst_margin", "lambda_wins", "apgr", "cpt50",
+        for key in ("quality_margin", "aiq_margin", "lambda_worst_margin", "lambda_wins", "lambda_within_0.003",
+                    "apgr", "cpt50",
                     "capacity_ratio"):
             if all(key in r for r in rs):
                 summary[key] = dict(zip(("mean", "sd"), _mean_sd([r[key] for r in rs]), strict=True))
@@ -166,6 +170,10 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
             goals["quality_margin_minus_0.02"] = summary["quality_margin"]["mean"] - 0.02
             goals["lambda_points_won"] = f"{sum(r['lambda_wins'] for r in rs)}/{sum(len(r['lambda']) for r in rs)}"
             goals["aiq_margin"] = summary["aiq_margin"]["mean"]
+        # issue 22, every λ from one checkpoint: reward >= max(kNN, MLP) - 0.003 at each λ, AIQ >= both
+        goals["lambda_points_within_0.003"] = (f"{sum(r['lambda_within_0.003'] for r in rs)}/"
+                                               f"{sum(len(r['lambda']) for r in rs)}")
+        goals["lambda_worst_margin_plus_0.003"] = summary["lambda_worst_margin"]["mean"] + 0.003
         summary["goals"] = goals
         out[config] = summary
     return out

@@ -65,6 +65,9 @@ def train(
     path = run_training(cfg, progress=not quiet, resume_state=state)
     if path is not None:
         typer.echo(f"checkpoint: {path}")
+        if cfg.network.actor == "outcome":
+            typer.echo(f"eval: {Path(cfg.out_dir) / 'eval.json'}")
+            return
         typer.echo(f"metrics: {Path(cfg.out_dir) / 'metrics.jsonl'}  curve: {Path(cfg.out_dir) / 'reward_curve.png'}"
                    + ("" if not launched_by_torchrun() else "  (rank 0's worlds)"))
 

@@ -222,6 +222,12 @@ class ObsLayout(BaseModel):
         assert self.cost_weight_max is not None
         return (torch.log1p(cost_weight.clamp(min=0.0)) / math.log1p(self.cost_weight_max)).clamp(max=1.0)
 
+    def decode_preference(self, feature: torch.Tensor) -> torch.Tensor:
+        """The ``cost_weight`` (USD^-1, same shape) of a :meth:`preference_feature` (the inverse on
+        ``[0, cost_weight_max]``; a weight above ``cost_weight_max`` decodes to it)."""
+        assert self.cost_weight_max is not None
+        return torch.expm1(feature.clamp(0.0, 1.0) * math.log1p(self.cost_weight_max))
+
     def write_preference(self, obs: torch.Tensor, cost_weight: torch.Tensor | float | None) -> None:
         """Write the cost preference of ``cost_weight`` (a float, or ``[B]`` one per world; None:
         ``default_cost_weight``) into every router's column of ``obs`` ``[B, N, D]``, in place.

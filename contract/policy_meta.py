@@ -29,6 +29,10 @@ class EmbeddingMeta(BaseModel):
     dim: int = Field(ge=1)
 
 
+#: Default temperature of an outcome actor's Boltzmann policy (quality units per logit).
+OUTCOME_TEMPERATURE = 0.05
+
+
 class NetworkMeta(BaseModel):
     """Architecture of the actor and critic (``training.config.NetworkConfig``)."""
 
@@ -40,6 +44,13 @@ class NetworkMeta(BaseModel):
     #: the policy carries a reward critic, every agent's estimated reward (``reward.*`` tensors,
     #: :class:`policy.networks.RewardCritic`); the learner from logged feedback needs it
     reward_critic: bool = False
+    #: ``mlp``: the router network :class:`policy.networks.Actor` (trained by MAPPO); ``outcome``:
+    #: :class:`policy.outcome.OutcomeActor`, routing by every agent's predicted quality and cost at
+    #: the request's cost weight (one checkpoint for every trade-off)
+    actor: Literal["mlp", "outcome"] = "mlp"
+    #: the outcome actor's ensemble size and Boltzmann temperature (quality units)
+    outcome_members: int = Field(default=3, ge=1)
+    temperature: float = Field(default=OUTCOME_TEMPERATURE, gt=0.0)
 
 
 class ExplorationMeta(BaseModel):

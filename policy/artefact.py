@@ -105,7 +105,7 @@ def router_probabilities(actor: Actor, layout: ObsLayout, obs: torch.Tensor,
 
     With parameter sharing the single network serves any router; without it, router 0's.
     """
-    if not actor.net.share_params:
+    if not actor.share_params:
         n = layout.num_routers
         obs = obs.expand(obs.shape[0], n, obs.shape[-1])
         if action_mask is not None:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from contract.observation import ObsLayout
+from policy.outcome import OutcomeActor
 
 
 def orthogonal_init(module: nn.Module, gain: float) -> None:
@@ -110,6 +111,11 @@ class Actor(nn.Module):
         self._select, self.penalty = columns is not None, penalty
         if penalty is not None:
             self.log_penalty_scale = nn.Parameter(torch.tensor(math.log(PENALTY_SCALE_INIT)))
+
+    @property
+    def share_params(self) -> bool:
+        """One network for every router (True) or one per router."""
+        return self.net.share_params
 
     def forward(self, obs: torch.Tensor, action_mask: torch.Tensor | None = None) -> torch.Tensor:
         logits = self.net(obs.index_select(-1, self._columns) if self._select else obs)
@@ -219,6 +225,7 @@ class NetworkShape:
         actor_columns: the obs columns the actor reads (None: all).
         penalty_cols: the cost penalty's columns
             (:attr:`contract.observation.ObsLayout.penalty_cols`), None without agent prices.
+        layout: the observation layout it was read from (an outcome actor needs it), or None.
     """
 
     obs_dim: int
@@ -227,22 +234,35 @@ class NetworkShape:
     num_actions: int
     actor_columns: list[int] | None = None
     penalty_cols: slice | None = None
+    layout: ObsLayout | None = None
 
     @classmethod
     def of_layout(cls, layout: ObsLayout) -> NetworkShape:
         """The shape of a PromptEnv policy with observations of ``layout``."""
         return cls(layout.dim, layout.state_dim, layout.num_routers, layout.num_agents, layout.actor_columns(),
-                   layout.penalty_cols)
+                   layout.penalty_cols, layout)
 
 
-def build_networks(network: Any, shape: NetworkShape) -> tuple[Actor, Critic]:
+def build_networks(network: Any, shape: NetworkShape) -> tuple[Actor | OutcomeActor, Critic]:
     """Fresh actor and critic (built in that order, so a seed gives the same weights) of the
-    architecture ``network`` (``hidden``, ``share_params``, ``centralised_critic``: a
-    :class:`~contract.policy_meta.NetworkMeta` or ``training.config.NetworkConfig``) for ``shape``:
-    the one builder of the trainer, the cold start and the checkpoint loader."""
+    architecture ``network`` (``hidden``, ``share_params``, ``centralised_critic``, ``actor``,
+    ``outcome_members``, ``temperature``: a :class:`~contract.policy_meta.NetworkMeta` or
+    ``training.config.NetworkConfig``) for ``shape``: the one builder of the trainer, the cold start
+    and the checkpoint loader. ``actor`` ``outcome`` builds a :class:`~policy.outcome.OutcomeActor`
+    (it needs ``shape.layout``).
+
+    Raises:
+        ValueError: an outcome actor for a shape without a layout, or a layout it cannot read.
+    """
     hidden = tuple(network.hidden)
-    actor = Actor(shape.obs_dim, shape.num_routers, shape.num_actions, network.share_params, hidden,
-                  shape.actor_columns, shape.penalty_cols)
+    if getattr(network, "actor", "mlp") == "outcome":
+        if shape.layout is None:
+            raise ValueError("an outcome actor is built from an observation layout")
+        actor: Actor | OutcomeActor = OutcomeActor(shape.layout, hidden, network.outcome_members,
+                                                   network.temperature)
+    else:
+        actor = Actor(shape.obs_dim, shape.num_routers, shape.num_actions, network.share_params, hidden,
+                      shape.actor_columns, shape.penalty_cols)
     critic = Critic(shape.obs_dim, shape.state_dim, shape.num_routers, network.centralised_critic,
                     network.share_params, hidden)
     return actor, critic

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from contract.errors import UserError
-from contract.policy_meta import PolicyMeta
+from contract.policy_meta import OUTCOME_TEMPERATURE, PolicyMeta
 from env.config import EnvConfig
 
 
@@ -42,6 +42,12 @@ class NetworkConfig(BaseModel):
     hidden: tuple[int, ...] = (256, 256)
     share_params: bool = True
     centralised_critic: bool = Field(default=True, description="MAPPO if true, IPPO if false")
+    actor: Literal["mlp", "outcome"] = Field(
+        default="mlp", description="mlp: the router network trained by MAPPO; outcome: every agent's quality and cost "
+        "predicted apart on full-information data, routed at each request's cost_weight (policy.outcome)")
+    outcome_members: int = Field(default=3, ge=1, description="ensemble size of the outcome actor's critic")
+    temperature: float = Field(default=OUTCOME_TEMPERATURE, gt=0,
+                               description="the outcome actor's Boltzmann temperature (quality units)")
 
 
 class PPOConfig(BaseModel):
@@ -105,6 +111,16 @@ class TrainConfig(BaseModel):
             raise ValueError("device must be auto, cpu or cuda[:i]")
         return v
 
+    @model_validator(mode="after")
+    def _outcome_actor(self) -> TrainConfig:
+        if self.network.actor == "outcome":
+            if not self.env.prompt_features:
+                raise ValueError("network.actor outcome needs env.prompt_features (the agents' prices)")
+            if self.env.cost_weight_range is None:
+                raise ValueError("network.actor outcome serves every cost_weight up to env.cost_weight_range's "
+                                 "high: set env.cost_weight_range")
+        return self
+
     def resolve_device(self) -> str:
         import torch
 
@@ -125,6 +141,33 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _extended(path: Path, tree: dict[str, Any], seen: tuple[Path, ...]) -> dict[str, Any]:
+    """``tree`` over the config its ``extends:`` names (a path relative to ``path``'s folder), merged
+    section by section; no ``extends``: ``tree``."""
+    parent = tree.pop("extends", None)
+    if parent is None:
+        return tree
+    base_path = (path.parent / str(parent)).resolve()
+    if base_path in seen:
+        raise UserError(f"{path}: extends {parent}: a cycle of configs")
+    if not base_path.is_file():
+        raise UserError(f"{path}: extends {parent}: config file not found")
+    try:
+        base = yaml.safe_load(base_path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{base_path}: invalid YAML: {exc}".splitlines()[0]) from None
+    if not isinstance(base, dict):
+        raise UserError(f"{base_path}: expected a mapping at the top level")
+    return _merge(_extended(base_path, base, (*seen, base_path)), tree)
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
@@ -132,7 +175,9 @@ def load_config(
 ) -> TrainConfig:
     """Build a :class:`TrainConfig` from a YAML file and ``key.sub=value`` overrides.
 
-    Override values are parsed as YAML (``ppo.lr=1e-3``, ``network.hidden=[64,64]``).
+    Override values are parsed as YAML (``ppo.lr=1e-3``, ``network.hidden=[64,64]``). A file may
+    start from another: ``extends: default.yaml`` (relative to its folder), whose sections it
+    overrides key by key.
     ``base`` (a config as a dict, e.g. a checkpoint's recorded one) is used when ``path`` is None.
 
     Raises:
@@ -150,6 +195,7 @@ def load_config(
             raise UserError(f"{path}: invalid YAML: {exc}".splitlines()[0]) from None
         if not isinstance(tree, dict):
             raise UserError(f"{path}: expected a mapping at the top level")
+        tree = _extended(path, tree, seen=(path.resolve(),))
     for item in overrides or []:
         if "=" not in item:
             raise UserError(f"override {item!r}: expected key=value, e.g. ppo.lr=1e-3")

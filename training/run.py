@@ -22,6 +22,7 @@ from training.data import EmbeddedSplits, load_splits
 from training.distributed import DistContext, init_distributed, shutdown
 from training.evaluation.offline import evaluate
 from training.learning_curve import plot_reward_curve
+from training.outcome_fit import train_outcome_policy
 from training.resume import ResumeError, save_trainer_state, state_file
 from training.trainer import MAPPOTrainer, seed_everything
 from training.validation import Validator
@@ -129,6 +130,10 @@ def _run(cfg: TrainConfig, rank_cfg: TrainConfig, ctx: DistContext, device: str,
         if ctx.is_main:
             torch.distributed.barrier()
     env = build_env(rank_cfg, splits, device)
+    if cfg.network.actor == "outcome":  # fitted on every agent's outcome, not trained by MAPPO
+        if ctx.enabled:
+            raise UserError("network.actor outcome is fitted in one process; run it without torchrun")
+        return train_outcome_policy(cfg, splits, env.layout, checkpoint_meta(cfg, splits, env, eval_metrics={}))
     trainer = MAPPOTrainer(rank_cfg, env)
     if resume_state is not None:
         try:

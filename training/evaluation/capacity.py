@@ -64,7 +64,7 @@ def check_policy_fits(policy: Policy, config: EnvConfig, embed_dim: int, num_age
             f"the capacity env's obs has {env_layout.dim} dims (embedding {embed_dim} + {num_agents} loads"
             f"{' + router id' if config.include_agent_id else ''}), the policy was trained on "
             f"{layout.dim}: use the policy's env.include_agent_id and env.num_routers")
-    if not policy.actor.net.share_params and layout.num_routers != config.num_routers:
+    if not policy.actor.share_params and layout.num_routers != config.num_routers:
         raise UserError(f"the policy has one network per router for {layout.num_routers} routers; "
                         f"the capacity env has env.num_routers={config.num_routers}")
 

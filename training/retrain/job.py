@@ -272,6 +272,10 @@ def _run(cfg: RetrainConfig, root: Path, source: ExperienceSource, publisher: Pu
     if routers > 1 and serving.meta.network.centralised_critic:
         raise UserError(f"{serving_dir}: retrain supports single-router policies or IPPO critics; this one "
                         f"has {routers} routers and a centralised critic")
+    if serving.meta.network.actor == "outcome":
+        raise UserError(f"policy {serving.version} routes by every agent's outcome fitted on full-information data "
+                        "(network.actor outcome): retraining it from logged feedback is not supported; fit it again "
+                        "with agent-router train, or serve a policy of the learner (agent-router init)")
     serving, applied = bring_to_agent_set(root, serving, agent_changes)
     result = RetrainResult(status="too_few", serving_version=serving.version, recovered=recovered,
                            agent_changes=applied)
