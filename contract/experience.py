@@ -111,6 +111,11 @@ class DecisionContext(BaseModel):
         """``[E]`` float32 (:func:`decode_embedding`)."""
         return decode_embedding(self.embedding)
 
+    @property
+    def explored_off_greedy(self) -> bool:
+        """``explore`` sampled another agent than the policy's most probable one (ties: the first)."""
+        return self.explore and self.action != max(range(len(self.probabilities)), key=self.probabilities.__getitem__)
+
     def behaviour_log_prob(self) -> float:
         """Log-probability the action was chosen with: ``log(propensity)`` for a sampled decision,
         the policy's ``log_prob`` for an argmax one (the logging policy of off-policy methods)."""

@@ -11,6 +11,13 @@ metric                                            type        labels / source
                                                               template), ``status``
 ``router_http_request_duration_seconds``          histogram   ``method``, ``endpoint``, ``status``
 ``router_decisions_total``                        counter     ``agent``
+``router_explored_decisions_total``               counter     ``agent``: decisions sampled by
+                                                              ``explore`` to another agent than the
+                                                              policy's most probable one
+``router_feedback_quality``                       histogram   ``agent``, ``explored`` (``true`` /
+                                                              ``false``): each feedback's quality;
+                                                              greedy minus explored mean quality is
+                                                              exploration's cost
 ``router_policy_info``                            info        ``version`` of the served policy, read
                                                               at scrape time (follows hot swap)
 ``router_outbox_depth``                           gauge       the store's ``outbox_depth()`` at
@@ -73,6 +80,8 @@ UNMATCHED = "unmatched"
 #: Endpoints whose request lines are logged at DEBUG rather than INFO (probes and scrapes).
 QUIET_ENDPOINTS = frozenset({"/metrics", "/healthz", "/readyz"})
 
+#: Buckets of ``router_feedback_quality`` (quality is in [0, 1]).
+QUALITY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 OUTBOX_TIMEOUT_S = 1.0
@@ -103,6 +112,14 @@ class RouterMetrics:
         )
         self.decisions = Counter(
             "router_decisions", "Routing decisions, by chosen agent.", ["agent"], registry=self.registry
+        )
+        self.explored = Counter(
+            "router_explored_decisions", "Decisions sampled by explore to another agent than the policy's most "
+            "probable one, by chosen agent.", ["agent"], registry=self.registry,
+        )
+        self.feedback_quality = Histogram(
+            "router_feedback_quality", "Quality reported by POST /v1/feedback, by agent and whether the decision "
+            "explored.", ["agent", "explored"], buckets=QUALITY_BUCKETS, registry=self.registry,
         )
         self.embed_batch_size = Histogram(
             "router_embed_batch_size", "Prompts embedded per encode call (micro-batching).",
@@ -158,6 +175,15 @@ class RouterMetrics:
     def observe_batch(self, size: int, seconds: float) -> None:
         self.embed_batch_size.observe(size)
         self.embed_batch_seconds.observe(seconds)
+
+    def observe_decision(self, agent: str, explored: bool) -> None:
+        """Count a decision; ``explored``: sampled to another agent than the most probable one."""
+        self.decisions.labels(agent=agent).inc()
+        if explored:
+            self.explored.labels(agent=agent).inc()
+
+    def observe_feedback(self, agent: str, quality: float, explored: bool) -> None:
+        self.feedback_quality.labels(agent=agent, explored="true" if explored else "false").observe(quality)
 
     def note_cooldown(self, agent: str) -> None:
         self.cooldowns.labels(agent=agent).inc()

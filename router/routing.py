@@ -117,5 +117,5 @@ class Router:
                                            store_prompt=settings.store_prompts)
         await self.store.put_decision(context)
         await self.load.take(decision.agent, decision.decision_id)
-        self.metrics.decisions.labels(agent=decision.agent).inc()
+        self.metrics.observe_decision(decision.agent, context.explored_off_greedy)
         return decision

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, status
 
 from contract.experience import Feedback
 from experience.base import utc_now_iso
-from router.deps import CooldownsDep, LoadDep, StoreDep
+from router.deps import ContextDep, CooldownsDep, LoadDep, StoreDep
 from router.metrics import annotate
 from router.routes import BODY_ERRORS, STORE_DOWN, error_responses
 from router.schemas import FeedbackRequest, FeedbackResponse
@@ -27,7 +27,7 @@ api = APIRouter(tags=["routing"])
     summary="Report how the chosen agent did",
 )
 async def feedback(body: FeedbackRequest, request: Request, store: StoreDep, load: LoadDep,
-                   cooldowns: CooldownsDep) -> FeedbackResponse:
+                   cooldowns: CooldownsDep, context: ContextDep) -> FeedbackResponse:
     """Append the experience record (decision context + feedback); 202 only once it is durable. The
     quality also feeds the agent's cooldown (:mod:`router.cooldown`)."""
     annotate(request, decision_id=body.decision_id)
@@ -37,4 +37,5 @@ async def feedback(body: FeedbackRequest, request: Request, store: StoreDep, loa
     )
     await load.release(record.agent, body.decision_id)
     await cooldowns.observe(record.agent, body.quality)
+    context.metrics.observe_feedback(record.agent, body.quality, record.explored_off_greedy)
     return FeedbackResponse(status="accepted", decision_id=body.decision_id)
