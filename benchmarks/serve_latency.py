@@ -1,7 +1,7 @@
-"""Serving latency and throughput, torch and ONNX int8 side by side: raw encoding in-process, then the
-real server over HTTP, on the same prompts.
+"""Serving latency and throughput, torch, ONNX int8 and static embeddings side by side: raw encoding
+in-process, then the real server over HTTP, on the same prompts.
 
-For each encoder of ``--encoders`` (``ROUTER_ENCODER``; default ``torch,onnx-int8``) one run measures:
+For each encoder of ``--encoders`` (``ROUTER_ENCODER``; default ``torch,onnx-int8,static``) one run measures:
 
 1. the real server (``uvicorn router.app:create_app`` in a subprocess, on a free port) is started;
    its pass size (``ROUTER_ENCODE_BATCH=auto``: measured at its start-up) and encode threads
@@ -72,6 +72,7 @@ except ImportError:
 import httpx  # noqa: E402
 
 from benchmarks.common import machine, print_json_line, print_table  # noqa: E402
+from env.encoders import vectors_of  # noqa: E402
 from tests.harness import Server, make_checkpoint  # noqa: E402
 
 DATASET = ROOT / "data" / "llmrouter-dc" / "prompts.jsonl.gz"
@@ -115,14 +116,16 @@ def load_prompts(count: int, seed: int, max_chars: int) -> tuple[list[str], str]
 
 
 def raw_embedder(encoder: str, threads: int, warm: list[str]):
-    """The in-process embedder of ``encoder`` (``torch``, ``onnx-int8`` or ``onnx-fp32``; all-MiniLM-L6-v2 on CPU,
-    ``threads`` threads, ONNX exports in ``var/onnx`` as the server's), warmed up."""
+    """The in-process embedder of ``encoder`` (``torch``, ``onnx-int8``, ``onnx-fp32`` or ``static``;
+    all-MiniLM-L6-v2 on CPU, ``threads`` threads, ONNX exports in ``var/onnx`` and static models in
+    ``var/static`` as the server's), warmed up."""
     import torch
 
     from env.encoders import make_embedder
 
     torch.set_num_threads(threads)
-    embedder = make_embedder(encoder, device="cpu", progress=False, onnx_dir=ROOT / "var" / "onnx", threads=threads)
+    embedder = make_embedder(encoder, device="cpu", progress=False, onnx_dir=ROOT / "var" / "onnx", threads=threads,
+                             static_dir=ROOT / "var" / "static")
     embedder.encode(warm)
     for p in warm[:5]:
         embedder.encode([p])
@@ -350,10 +353,13 @@ def measure_encoder(encoder: str, args: argparse.Namespace, prompts: list[str], 
     own = work / encoder
     own.mkdir(parents=True, exist_ok=True)
     try:
-        checkpoint = args.checkpoint or make_checkpoint(work / "checkpoints")
+        # a fresh policy trained on the vectors this encoder gives (static ones for static)
+        checkpoint = args.checkpoint or make_checkpoint(work / f"checkpoints-{vectors_of(encoder)}",
+                                                        vectors=vectors_of(encoder))
         env = {"ROUTER_CHECKPOINT": str(checkpoint), "ROUTER_TORCH_THREADS": str(args.torch_threads),
                "ROUTER_ENCODE_BATCH": args.encode_batch, "ROUTER_ENCODER": encoder,
-               "ROUTER_ONNX_DIR": str(ROOT / "var" / "onnx"), "ROUTER_SQLITE_PATH": str(own / "experience.sqlite3"),
+               "ROUTER_ONNX_DIR": str(ROOT / "var" / "onnx"), "ROUTER_STATIC_DIR": str(ROOT / "var" / "static"),
+               "ROUTER_SQLITE_PATH": str(own / "experience.sqlite3"),
                "ROUTER_OUTBOX_PATH": str(own / "outbox.sqlite3")}
         if args.redis_url:
             env.update({"ROUTER_REDIS_URL": args.redis_url, "ROUTER_REDIS_PREFIX": f"{prefix}-{encoder}"})
@@ -453,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, help="Policy to serve (default: a fresh 9-agent one).")
     parser.add_argument("--redis-url", help="Log experience to this Redis (default: SQLite in a temp dir).")
-    parser.add_argument("--encoders", default="torch,onnx-int8",
+    parser.add_argument("--encoders", default="torch,onnx-int8,static",
                         help="Comma-separated encoders (ROUTER_ENCODER: torch, onnx, onnx-int8, onnx-fp32).")
     parser.add_argument("--concurrency", default="1,16,64", help="Comma-separated client counts.")
     parser.add_argument("--requests", type=int, default=600,

@@ -27,6 +27,9 @@ class EmbeddingMeta(BaseModel):
 
     model: str = Field(min_length=1)
     dim: int = Field(ge=1)
+    #: the vectors it was trained on: ``transformer`` (the model itself: torch or an ONNX export) or
+    #: ``static`` (static embeddings distilled from it, ``env.static_embedder``); a server refuses the other
+    encoder: Literal["transformer", "static"] = "transformer"
 
 
 #: Default temperature of an outcome actor's Boltzmann policy (quality units per logit).

@@ -2,7 +2,11 @@
 
 - ``torch``: :class:`env.embedder.Embedder`, sentence-transformers on torch;
 - ``onnx-int8`` / ``onnx-fp32``: :class:`env.onnx_embedder.OnnxEmbedder`, the same model exported
-  to ONNX Runtime, with int8 weights and compute or without quantisation.
+  to ONNX Runtime, with int8 weights and compute or without quantisation;
+- ``static``: :class:`env.static_embedder.StaticEmbedder`, static embeddings distilled from the model.
+
+The first three give the transformer's vectors (up to quantisation); ``static`` gives other ones,
+so a policy records which it was trained on (:func:`vectors_of`, ``policy.json`` ``embedding.encoder``).
 """
 
 from __future__ import annotations
@@ -13,25 +17,47 @@ from pathlib import Path
 from contract.errors import UserError
 from env.embedder import DEFAULT_MODEL, Embedder
 from env.onnx_embedder import OnnxEmbedder
+from env.static_embedder import StaticEmbedder
 
 #: The encoders :func:`make_embedder` builds (``ROUTER_ENCODER`` also takes ``onnx``: the faster of
 #: the two ONNX ones, measured at start-up by :func:`router.encode_plan.choose_encoder`).
-ENCODERS = ("torch", "onnx-int8", "onnx-fp32")
+ENCODERS = ("torch", "onnx-int8", "onnx-fp32", "static")
+
+
+def vectors_of(encoder: str) -> str:
+    """The vectors ``encoder`` gives: ``static``, or ``transformer`` (torch and the ONNX exports)."""
+    return "static" if encoder == "static" else "transformer"
+
+
+def check_vectors(trained: str, encoder: str, what: str) -> None:
+    """Refuse to serve or train on ``encoder`` a policy trained on ``trained`` vectors.
+
+    Raises:
+        UserError: one line: ``what`` (the policy) needs the other encoder.
+    """
+    if vectors_of(encoder) != trained:
+        fix = "static" if trained == "static" else "torch (or onnx)"
+        raise UserError(f"{what} was trained on {trained} embeddings, not on those of the {encoder} encoder: "
+                        f"serve it with ROUTER_ENCODER={fix}, or leave ROUTER_ENCODER unset")
 
 
 def make_embedder(encoder: str, model: str = DEFAULT_MODEL, cache_dir: str | Path | None = None,
                   device: str | None = None, batch_size: int = 64, progress: bool = True,
                   onnx_dir: str | Path = Path("var/onnx"), threads: int = 1,
-                  log: logging.Logger | None = None) -> Embedder:
+                  static_dir: str | Path = Path("var/static"), log: logging.Logger | None = None) -> Embedder:
     """The :class:`~env.embedder.Embedder` of ``encoder`` (one of :data:`ENCODERS`).
 
-    ``onnx-fp32`` is the ONNX export without quantisation (torch's vectors up to float rounding).
+    ``onnx-fp32`` is the ONNX export without quantisation (torch's vectors up to float rounding);
+    ``static`` distils (once, into ``static_dir``) and uses static embeddings of ``model``.
 
     Raises:
         UserError: an unknown encoder, or an ONNX one without ONNX Runtime, onnx or onnx-ir.
     """
     if encoder == "torch":
         return Embedder(model=model, cache_dir=cache_dir, device=device, batch_size=batch_size, progress=progress)
+    if encoder == "static":
+        return StaticEmbedder(model=model, cache_dir=cache_dir, static_dir=static_dir, batch_size=batch_size,
+                              progress=progress)
     if encoder in ("onnx-int8", "onnx-fp32"):
         return OnnxEmbedder(model=model, cache_dir=cache_dir, batch_size=batch_size, progress=progress,
                             onnx_dir=onnx_dir, threads=threads, quantize=encoder == "onnx-int8", log=log)

@@ -33,15 +33,11 @@ the torch vectors up to float rounding), said in one warning.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import platform
-import shutil
-import tempfile
-import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,6 +48,7 @@ import numpy as np
 
 from contract.errors import UserError
 from env.embedder import DEFAULT_MODEL, Embedder, resolve_model_path
+from env.model_cache import ensure_built, model_files_hash, slug
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +58,6 @@ INSTALL_HINT = "pip install onnxruntime onnx onnx-ir"
 EXPORT_VERSION = 1
 _ONNX_FILE = "model.onnx"
 _META_FILE = "export.json"
-#: Seconds after which a temporary export directory counts as left by a dead process.
-_STALE_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -135,25 +130,9 @@ def require_onnxruntime() -> None:
                         f"{INSTALL_HINT}") from None
 
 
-def model_files_hash(path: Path) -> str:
-    """SHA-256 (hex) of every file under the model directory ``path``: names and contents."""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(file.relative_to(path).as_posix().encode("utf-8") + b"\0")
-        with file.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        digest.update(b"\0")
-    return digest.hexdigest()
-
-
-def _slug(model_id: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "-" for c in model_id).strip("-") or "model"
-
-
 def export_name(model_id: str, label: str, files_hash: str) -> str:
     """Directory name of an export: ``<model>-<quantisation>-<hash>``."""
-    return f"{_slug(model_id)}-{label}-{files_hash[:16]}"
+    return f"{slug(model_id)}-{label}-{files_hash[:16]}"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -184,18 +163,6 @@ def _pooling_config(model_path: Path) -> tuple[str, int]:
     if modes not in (["mean"], ["cls"]):
         raise UserError(f"{model_path}: the onnx encoder pools by mean or CLS token, not {modes}")
     return modes[0], int(config["word_embedding_dimension"])
-
-
-def _fsync_tree(path: Path) -> None:
-    for file in path.iterdir():
-        if file.is_file():
-            with file.open("rb") as f:
-                os.fsync(f.fileno())
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _quantizer() -> Any:
@@ -271,47 +238,15 @@ def export_path(model_path: Path, model_id: str, scheme: Int8Scheme | None, onnx
 
 
 def ensure_export(model_path: Path, model_id: str, scheme: Int8Scheme | None, onnx_dir: Path) -> Path:
-    """The directory of the cached export of ``model_path`` (exported now when missing).
-
-    Written atomically: into a temporary directory under ``onnx_dir``, then renamed into place; a
-    process that loses the race to another one drops its own copy and uses the winner's.
+    """The directory of the cached export of ``model_path`` (exported now when missing), written
+    atomically (:func:`env.model_cache.ensure_built`).
 
     Raises:
         UserError: ``onnx_dir`` cannot be written, or the export fails.
     """
     label = scheme.label if scheme is not None else "fp32"
-    final = export_path(model_path, model_id, scheme, onnx_dir)
-    if (final / _META_FILE).is_file():
-        return final
-    try:
-        onnx_dir.mkdir(parents=True, exist_ok=True)
-        for stale in onnx_dir.glob(f".{final.name}.*"):  # left by a process killed mid-export
-            with contextlib.suppress(OSError):
-                if time.time() - stale.stat().st_mtime > _STALE_S:
-                    shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=onnx_dir))
-    except OSError as exc:
-        raise UserError(f"cannot write the ONNX export cache {onnx_dir}: {exc}") from None
-    try:
-        try:
-            _export(model_path, tmp, scheme)
-        except UserError:
-            raise
-        except Exception as exc:  # the exporter and quantiser raise many kinds
-            raise UserError(f"cannot export {model_id} to ONNX ({label}): {type(exc).__name__}: {exc}") from None
-        _fsync_tree(tmp)
-        tmp.chmod(0o755)  # mkdtemp made it private
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / _META_FILE).is_file():  # not a lost race: something else is in the way
-                raise UserError(f"cannot move the ONNX export into {final}; remove that directory") from None
-        else:
-            _fsync_tree(onnx_dir)
-            logger.info("exported %s to ONNX (%s) in %s", model_id, label, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return ensure_built(export_path(model_path, model_id, scheme, onnx_dir), _META_FILE,
+                        lambda tmp: _export(model_path, tmp, scheme), f"the ONNX export of {model_id} ({label})")
 
 
 class OnnxSentenceEncoder:

@@ -22,7 +22,7 @@ import torch
 from contract.errors import UserError
 from contract.pricing import AgentPrice
 from env.embedder import Embedder
-from env.encoders import make_embedder
+from env.encoders import check_vectors, make_embedder
 from experience import ExperienceStore, StoreUnavailable
 from experience.agent_changes import AgentChanges, open_agent_changes
 from experience.backend import open_store
@@ -119,11 +119,14 @@ def start_policy(settings: Settings) -> RoutingService:
         return make_embedder(
             encoder, model=policy.embedding_model, cache_dir=settings.embed_cache_dir, device=settings.device,
             batch_size=8 if settings.encode_batch == "auto" else settings.encode_batch, progress=False,
-            onnx_dir=settings.onnx_dir, threads=settings.torch_threads, log=logger,
+            onnx_dir=settings.onnx_dir, threads=settings.torch_threads, static_dir=settings.static_dir, log=logger,
         )
 
-    embedder = build("onnx-int8" if settings.encoder == "onnx" else settings.encoder)
-    if settings.encoder == "onnx" and embedder.encoder == "onnx-int8":  # else no int8 kernels: fp32 already
+    trained = policy.meta.embedding.encoder
+    encoder = settings.encoder or ("static" if trained == "static" else "torch")
+    check_vectors(trained, encoder, f"policy {policy.version}")
+    embedder = build("onnx-int8" if encoder == "onnx" else encoder)
+    if encoder == "onnx" and embedder.encoder == "onnx-int8":  # else no int8 kernels: fp32 already
         int8, fp32 = embedder, build("onnx-fp32")
         embedder = choose_encoder([int8, fp32])[0]  # the faster export on this CPU
         loser = fp32 if embedder is int8 else int8

@@ -114,14 +114,21 @@ class Settings(BaseSettings):
         None, description="Directory of the on-disk embedding cache; unset: no cache."
     )
     device: str = Field("cpu", min_length=1, description="Torch device of the embedding model.")
-    encoder: Literal["torch", "onnx", "onnx-int8", "onnx-fp32"] = Field(
-        "torch",
-        description="What runs the embedding model: torch; onnx-int8 (ONNX Runtime: int8 weights in blocks "
-        "of 16 and int8 compute on this CPU's instructions, exported once from the local model files into "
-        "onnx_dir; a CPU without those instructions falls back to the export without quantisation); "
+    encoder: Literal["torch", "onnx", "onnx-int8", "onnx-fp32", "static"] | None = Field(
+        None,
+        description="What runs the embedding model; unset: the policy's own (static for a policy trained on "
+        "static embeddings, else torch). torch; static (static embeddings distilled from the model into "
+        "static_dir: env.static_embedder; only for a policy trained on them); onnx-int8 (ONNX Runtime: int8 "
+        "weights in blocks of 16 and int8 compute on this CPU's instructions, exported once from the local "
+        "model files into onnx_dir; a CPU without those instructions falls back to the export without quantisation); "
         "onnx-fp32 (the export without quantisation: torch's vectors up to float rounding); onnx (the faster "
         "of the two on this CPU, timed at start-up). The ONNX encoders run on the CPU with torch_threads "
         "threads and ignore device. See env.onnx_embedder.",
+    )
+    static_dir: Path = Field(
+        Path("var/static"),
+        description="Directory of the cached static embeddings, one per model, hash of its files and "
+        "distillation settings (written atomically).",
     )
     onnx_dir: Path = Field(
         Path("var/onnx"),

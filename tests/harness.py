@@ -54,10 +54,12 @@ def agent_specs(agents: list[str] = AGENTS) -> list[dict[str, Any]]:
 
 
 def checkpoint_content(
-    agents: list[str] = AGENTS, capacities: list[int | None] | None = None, hidden: tuple[int, ...] = (64, 64)
+    agents: list[str] = AGENTS, capacities: list[int | None] | None = None, hidden: tuple[int, ...] = (64, 64),
+    vectors: str = "transformer",
 ) -> dict[str, Any]:
     """``policy.json`` content (as :func:`policy.checkpoint.save_checkpoint` takes it) of a
-    single-router policy over ``agents`` on MiniLM embeddings.
+    single-router policy over ``agents`` on MiniLM embeddings (``vectors`` ``static``: on static
+    embeddings distilled from it).
 
     With ``capacities`` the agent specs and the meta record them (the server then feeds live load
     into the obs); without, every agent is unbounded (load stays 0).
@@ -69,7 +71,7 @@ def checkpoint_content(
         "agents": list(agents),
         "agent_specs": specs,
         "capacities": list(capacities) if capacities is not None else [None] * len(agents),
-        "embedding": {"model": EMBEDDING_MODEL, "dim": EMBED_DIM},
+        "embedding": {"model": EMBEDDING_MODEL, "dim": EMBED_DIM, "encoder": vectors},
         "obs_layout": {"embed_dim": EMBED_DIM, "num_agents": len(agents), "num_routers": 1, "load_clip": 4.0,
                        "include_agent_id": False},
         "network": {"hidden": list(hidden), "share_params": True, "centralised_critic": True},
@@ -86,11 +88,12 @@ def networks_for(content: dict[str, Any]):
 
 
 def make_checkpoint(parent: Path, capacities: list[int | None] | None = None,
-                    agents: list[str] = AGENTS) -> Path:
-    """Save a freshly initialised (almost uniform) policy under ``parent``; its version directory."""
+                    agents: list[str] = AGENTS, vectors: str = "transformer") -> Path:
+    """Save a freshly initialised (almost uniform) policy under ``parent`` (on ``vectors``
+    embeddings: ``transformer`` or ``static``); its version directory."""
     from policy.checkpoint import save_checkpoint
 
-    content = checkpoint_content(agents, capacities)
+    content = checkpoint_content(agents, capacities, vectors=vectors)
     actor, critic = networks_for(content)
     return save_checkpoint(parent, actor, critic, content)
 

@@ -32,6 +32,10 @@ class EmbedConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = "all-MiniLM-L6-v2"
+    encoder: Literal["torch", "static"] = Field(
+        default="torch", description="torch: the sentence model; static: static embeddings distilled from it "
+        "(env.static_embedder); the policy is served with the same kind (policy.json embedding.encoder)")
+    static_dir: Path = Path("var/static")
     cache_dir: Path = Path("var/embeddings")
     batch_size: int = Field(default=64, ge=1)
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from env.dataset import RoutingDataset, load_dataset, split_indices
 from env.embedder import Embedder
+from env.encoders import make_embedder
 from training.config import TrainConfig
 
 
@@ -40,6 +41,6 @@ def load_splits(cfg: TrainConfig, device: str | None = None) -> EmbeddedSplits:
     dataset = load_dataset(data.prompts, data.agents, limit=data.limit)
     idx = split_indices(dataset, data.split_fractions, data.split_seed)
     splits = {name: dataset.subset(i) for name, i in idx.items()}
-    embedder = Embedder(cfg.embed.model, cache_dir=cfg.embed.cache_dir, device=device,
-                        batch_size=cfg.embed.batch_size)
+    embedder = make_embedder(cfg.embed.encoder, model=cfg.embed.model, cache_dir=cfg.embed.cache_dir, device=device,
+                             batch_size=cfg.embed.batch_size, static_dir=cfg.embed.static_dir)
     return EmbeddedSplits(dataset, splits, embedder)

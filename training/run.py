@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from contract.errors import UserError
 from contract.pricing import expected_costs_usd
+from env.encoders import vectors_of
 from env.prompt_env import PromptEnv
 from policy.artefact import Policy
 from policy.checkpoint import save_checkpoint
@@ -51,7 +52,8 @@ def checkpoint_meta(cfg: TrainConfig, splits: EmbeddedSplits, env: PromptEnv,
         "agents": ds.agent_names,
         "agent_specs": [a.model_dump() for a in ds.agents],
         "capacities": ds.capacities,
-        "embedding": {"model": splits.embedder.model_id, "dim": env.embed_dim},
+        "embedding": {"model": splits.embedder.model_id, "dim": env.embed_dim,
+                      "encoder": vectors_of(splits.embedder.encoder)},
         "obs_layout": env.layout.model_dump(mode="json"),
         "network": cfg.network.model_dump(mode="json"),
         "training": cfg.model_dump(mode="json"),

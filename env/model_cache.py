@@ -1,0 +1,98 @@
+"""Derived model files cached on disk: the ONNX exports (:mod:`env.onnx_embedder`) and the static
+embeddings (:mod:`env.static_embedder`) of a local model, each in a directory named by the model
+and a hash of what it was made from, written atomically so that a reader sees a whole one or none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from contract.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+#: A temporary directory older than this (s) was left by a process killed mid-build: removed.
+STALE_S = 3600.0
+
+
+def model_files_hash(path: Path) -> str:
+    """SHA-256 (hex) of every file under the model directory ``path``: names and contents."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(path).as_posix().encode("utf-8") + b"\0")
+        with file.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def slug(model_id: str) -> str:
+    """``model_id`` as one path component (``/`` and the like as ``-``)."""
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in model_id).strip("-") or "model"
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync every file directly under ``path``, then ``path`` itself."""
+    for file in path.iterdir():
+        if file.is_file():
+            with file.open("rb") as f:
+                os.fsync(f.fileno())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_built(final: Path, marker: str, build: Callable[[Path], None], what: str) -> Path:
+    """``final``, built by ``build(tmp)`` when it holds no ``marker`` file yet.
+
+    ``build`` writes into a temporary directory beside ``final``, which is then fsynced and renamed
+    into place; a process that loses the race to another one drops its own copy and uses the
+    winner's. ``build`` must write ``marker`` last.
+
+    Raises:
+        UserError: the parent of ``final`` cannot be written, ``build`` fails (``what`` names it in
+            the message), or something else is in the way of ``final``.
+    """
+    if (final / marker).is_file():
+        return final
+    parent = final.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for stale in parent.glob(f".{final.name}.*"):
+            with contextlib.suppress(OSError):
+                if time.time() - stale.stat().st_mtime > STALE_S:
+                    shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=parent))
+    except OSError as exc:
+        raise UserError(f"cannot write the model cache {parent}: {exc}") from None
+    try:
+        try:
+            build(tmp)
+        except UserError:
+            raise
+        except Exception as exc:  # exporters, quantisers and distillers raise many kinds
+            raise UserError(f"cannot make {what}: {type(exc).__name__}: {exc}") from None
+        fsync_tree(tmp)
+        tmp.chmod(0o755)  # mkdtemp made it private
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / marker).is_file():  # not a lost race: something else is in the way
+                raise UserError(f"cannot move {what} into {final}; remove that directory") from None
+        else:
+            fsync_tree(parent)
+            logger.info("made %s in %s", what, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

@@ -1,0 +1,89 @@
+"""``embed.encoder: static`` / ``ROUTER_ENCODER=static``: static embeddings distilled once from the
+bundled MiniLM, a policy trained on them and served by the real server, and the one-line refusal
+of a policy served under an encoder it was not trained for."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.harness import ROOT
+
+PROMPTS = ["What is the derivative of x^3 * sin(x)?", "Write a haiku about autumn rain.",
+           "Translate 'good morning' into French."]
+
+
+@pytest.fixture(scope="module")
+def static_dir(tmp_path_factory):
+    """One distillation for the module (about 25 s on 2 quiet cores)."""
+    from env.static_embedder import StaticEmbedder
+
+    path = tmp_path_factory.mktemp("static")
+    StaticEmbedder(static_dir=path, progress=False).model  # noqa: B018 - distils into path
+    return path
+
+
+def test_static_vectors_are_unit_norm_cached_and_not_the_transformer(static_dir, tmp_path):
+    from env.embedder import Embedder
+    from env.encoders import make_embedder
+
+    static = make_embedder("static", cache_dir=tmp_path, static_dir=static_dir, progress=False)
+    assert static.encoder == "static" and static.dim == 384
+    first = static.encode(PROMPTS)
+    assert first.shape == (3, 384) and first.dtype == np.float32
+    assert np.allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
+    again = make_embedder("static", cache_dir=tmp_path, static_dir=static_dir, progress=False)
+    assert np.array_equal(again.encode(PROMPTS), first) and again.encode_calls == 0  # from the disk cache
+    torch_vecs = Embedder(cache_dir=tmp_path, progress=False).encode(PROMPTS)
+    assert static.cache_key != "sentence-transformers/all-MiniLM-L6-v2"
+    assert not np.allclose(torch_vecs, first, atol=0.05)  # other vectors, cached apart
+    # related prompts stay closer than unrelated ones
+    a, b, c = static.encode(["How do I sort a list in Python?", "Sorting a Python list", "Best pasta recipe"])
+    assert a @ b > a @ c
+
+
+def test_a_policy_refuses_an_encoder_it_was_not_trained_for():
+    from contract.errors import UserError
+    from env.encoders import check_vectors
+
+    check_vectors("transformer", "onnx-int8", "policy v")
+    check_vectors("static", "static", "policy v")
+    for trained, encoder in (("transformer", "static"), ("static", "torch"), ("static", "onnx")):
+        with pytest.raises(UserError) as err:
+            check_vectors(trained, encoder, "policy v")
+        assert "\n" not in str(err.value) and f"trained on {trained} embeddings" in str(err.value)
+
+
+def test_train_and_serve_on_static_embeddings(static_dir, tmp_path, start_server, checkpoint, embed_cache,
+                                              shipped_paths):
+    prompts, agents = shipped_paths
+    out = subprocess.run(
+        [sys.executable, "-m", "cli", "train", "--quiet", "-s", f"data.prompts={prompts}",
+         "-s", f"data.agents={agents}", "-s", "data.limit=600", "-s", f"embed.cache_dir={embed_cache}",
+         "-s", "embed.encoder=static",
+         "-s", f"embed.static_dir={static_dir}", "-s", f"out_dir={tmp_path / 'run'}",
+         "-s", f"checkpoint_dir={tmp_path / 'checkpoints'}", "-s", "device=cpu", "-s", "network.hidden=[64,64]",
+         "-s", "ppo.total_steps=480", "-s", "env.num_worlds=64", "-s", "tensorboard=false"],
+        capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert out.returncode == 0, out.stderr
+    from policy.checkpoint import load_checkpoint
+
+    policy = load_checkpoint(tmp_path / "checkpoints")
+    assert policy.meta.embedding.encoder == "static"
+    server = start_server({"ROUTER_CHECKPOINT": str(tmp_path / "checkpoints"), "ROUTER_STATIC_DIR": str(static_dir),
+                           "ROUTER_SQLITE_PATH": str(tmp_path / "exp.sqlite3")}).wait_ready()
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        for prompt in PROMPTS:
+            assert c.post("/v1/route", json={"prompt": prompt}).json()["agent"] in policy.agents
+        assert 'router_encoder_info{encoder="static"}' in c.get("/metrics").text
+    # the MiniLM policy under the static encoder: the server does not start, and says why in one line
+    refused = start_server({"ROUTER_CHECKPOINT": str(checkpoint), "ROUTER_ENCODER": "static",
+                            "ROUTER_STATIC_DIR": str(static_dir)})
+    assert refused.wait_exit() != 0
+    lines = [line for line in refused.log().splitlines() if "trained on transformer embeddings" in line]
+    assert lines and "ROUTER_ENCODER=torch" in lines[0]
+    assert "Traceback" not in refused.log()
