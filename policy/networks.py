@@ -255,7 +255,7 @@ def build_networks(network: Any, shape: NetworkShape) -> tuple[Actor | OutcomeAc
         ValueError: an outcome actor for a shape without a layout, or a layout it cannot read.
     """
     hidden = tuple(network.hidden)
-    if getattr(network, "actor", "mlp") == "outcome":
+    if network.actor == "outcome":
         if shape.layout is None:
             raise ValueError("an outcome actor is built from an observation layout")
         actor: Actor | OutcomeActor = OutcomeActor(shape.layout, hidden, network.outcome_members,
