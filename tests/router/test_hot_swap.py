@@ -40,13 +40,14 @@ def save_version(
     agents: list[str] = AGENTS,
     model: str = MODEL,
     poison: bool = False,
+    vectors: str = "transformer",
 ) -> Path:
     """Save a policy whose output does not depend on its input: logits ``FAVOURITE_LOGIT`` for
     agent ``favourite``, 0 for the others (NaN everywhere with ``poison``), so every response's
     probabilities tell which version answered."""
     from policy.checkpoint import save_checkpoint
 
-    meta = {**checkpoint_content(agents, hidden=(32, 32)), "version": version,
+    meta = {**checkpoint_content(agents, hidden=(32, 32), vectors=vectors), "version": version,
             "agent_specs": agent_specs()[: len(agents)]}
     meta["embedding"]["model"] = model
     actor, critic = networks_for(meta)
@@ -92,6 +93,7 @@ def make_versions(base: Path) -> Versions:
         "reordered-agents": save_version(root, "bad-reordered-agents", 0, agents=[*AGENTS[1:], AGENTS[0]]).name,
         "nan": save_version(root, "bad-nan", 0, poison=True).name,
         "other-model": save_version(root, "bad-other-model", 0, model="someone/other-embedder").name,
+        "static": save_version(root, "bad-static", 0, vectors="static").name,
     }
     time.sleep(0.01)
     a = save_version(root, "swap-a", favourite=0)
@@ -124,6 +126,7 @@ class StubEmbedder:
     """Deterministic unit vectors instead of SBERT (the policies here ignore their input anyway)."""
 
     model_id = MODEL
+    encoder = "torch"
     cache = None
 
     def encode(self, texts: list[str]) -> np.ndarray:
@@ -176,6 +179,7 @@ def test_registry_reload_rollback_and_refusals(versions):
             (versions.bad["reordered-agents"], PolicyRefused, "do not extend"),
             (versions.bad["nan"], PolicyRefused, "non-finite"),
             (versions.bad["other-model"], PolicyRefused, "someone/other-embedder"),
+            (versions.bad["static"], PolicyRefused, "trained on static embeddings, this server encodes with torch"),
         ]:
             with pytest.raises(error, match=words) as info:
                 await registry.reload(ref)

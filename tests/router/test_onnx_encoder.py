@@ -16,12 +16,12 @@ from tests.harness import Server, make_checkpoint
 
 
 def test_encoder_setting(monkeypatch):
-    assert Settings().encoder == "torch"
+    assert Settings().encoder is None  # the policy's own: torch, or static for a policy trained on static vectors
     monkeypatch.setenv("ROUTER_ENCODER", "onnx-int8")
     monkeypatch.setenv("ROUTER_ONNX_DIR", "/tmp/exports")
     settings = Settings()
     assert settings.encoder == "onnx-int8" and str(settings.onnx_dir) == "/tmp/exports"
-    for encoder in ("onnx", "onnx-fp32"):
+    for encoder in ("onnx", "onnx-fp32", "static"):
         monkeypatch.setenv("ROUTER_ENCODER", encoder)
         assert Settings().encoder == encoder
     monkeypatch.setenv("ROUTER_ENCODER", "tensorrt")

@@ -27,7 +27,8 @@ def test_short_training_run_beats_random(small_config):
     assert sum(m["reward"] for m in lines[-5:]) > sum(m["reward"] for m in lines[:5])
     assert (out / "reward_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert policy.meta.data.prompts == 600
-    assert policy.meta.embedding.model_dump() == {"model": "sentence-transformers/all-MiniLM-L6-v2", "dim": 384}
+    assert policy.meta.embedding.model_dump() == {"model": "sentence-transformers/all-MiniLM-L6-v2", "dim": 384,
+                                                  "encoder": "transformer"}
 
 
 def _cli(*args, **kw):
