@@ -439,21 +439,13 @@ def restart_seconds(env: dict[str, str], log_dir: Path, times: int) -> list[floa
     out = []
     for i in range(times):
         server = Server(env=env, log_path=log_dir / f"restart-{i}.log")
+        server.poll_s = 0.02
         start = time.monotonic()
-        server.start()
         try:
-            while True:
-                if server.proc is not None and server.proc.poll() is not None:
-                    raise SystemExit(f"error: the server exited on restart {i}: {server.log()[-2000:]}")
-                try:
-                    if httpx.get(f"{server.url}/readyz", timeout=1.0).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() - start > 300:
-                    raise SystemExit(f"error: the server was not ready 300 s after restart {i}")
-                time.sleep(0.02)
+            server.start().wait_ready(timeout_s=300.0, path="/readyz")
             out.append(time.monotonic() - start)
+        except AssertionError as exc:
+            raise SystemExit(f"error: restart {i}: {str(exc)[-2000:]}") from None
         finally:
             server.stop()
     return out

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,8 +27,6 @@ import numpy as np
 from contract.errors import UserError
 from env.embedder import DEFAULT_MODEL, Embedder, resolve_model_path
 from env.model_cache import ensure_built, model_files_hash, slug
-
-logger = logging.getLogger(__name__)
 
 #: What to install for the static encoder.
 INSTALL_HINT = "pip install model2vec skeletoken"

@@ -58,6 +58,18 @@ class OutcomeCritic(nn.Module):
         self.register_buffer("log_cost_mean", torch.zeros(num_actions))
         self.register_buffer("log_cost_std", torch.ones(num_actions))
 
+    @torch.no_grad()
+    def fit_cost_scale(self, cost_usd: torch.Tensor) -> torch.Tensor:
+        """Set ``log_cost_mean`` and ``log_cost_std`` ``[K]`` to those of ``log(cost_usd)`` over
+        ``cost_usd`` ``[P, K]`` (USD; costs below :data:`MIN_COST_USD` count as it, a std of 0 as 1)
+        and return the standardised log costs ``[P, K]``, the cost head's regression targets (the
+        inverse of what :meth:`forward` applies)."""
+        logc = torch.log(cost_usd.clamp(min=MIN_COST_USD))
+        std = logc.std(0, unbiased=False)
+        self.log_cost_mean.copy_(logc.mean(0))
+        self.log_cost_std.copy_(torch.where(std > 0, std, torch.ones_like(std)))
+        return (logc - self.log_cost_mean) / self.log_cost_std
+
     def raw(self, features: torch.Tensor) -> torch.Tensor:
         """``[M, ..., 2K]`` float32: each member's quality and standardised log cost."""
         return torch.stack([member(features) for member in self.members])
@@ -135,13 +147,3 @@ class OutcomeActor(nn.Module):
     def distribution(self, obs: torch.Tensor, action_mask: torch.Tensor | None = None):
         """``torch.distributions.Categorical`` over ``K`` agents, batch shape ``[..., N]``."""
         return torch.distributions.Categorical(logits=self(obs, action_mask), validate_args=False)
-
-
-def log_cost_scale(cost_usd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(mean [K], std [K])`` of ``log(cost_usd)`` over ``cost_usd`` ``[P, K]`` (USD; costs below
-    :data:`MIN_COST_USD` count as it, a std of 0 as 1): the standardisation of
-    :class:`OutcomeCritic`'s cost head."""
-    logc = torch.log(cost_usd.clamp(min=MIN_COST_USD))
-    std = logc.std(0, unbiased=False)
-    return logc.mean(0), torch.where(std > 0, std, torch.ones_like(std))
-

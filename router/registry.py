@@ -20,9 +20,9 @@ from pathlib import Path
 import anyio
 import torch
 
-from contract.errors import DomainError
+from contract.errors import DomainError, UserError
 from env.embedder import canonical_model_id
-from env.encoders import vectors_of
+from env.encoders import check_vectors
 from experience.base import utc_now_iso
 from policy.artefact import Policy
 from policy.checkpoint import META, CheckpointError, load_checkpoint, read_meta, resolve_checkpoint
@@ -184,10 +184,10 @@ class PolicyRegistry:
             if model != self.embedder.model_id:
                 raise PolicyRefused(f"{directory}: the policy embeds prompts with {model}, but this server's "
                                     f"embedder is {self.embedder.model_id}; that change needs a restart")
-            if policy.meta.embedding.encoder != vectors_of(self.embedder.encoder):
-                raise PolicyRefused(f"{directory}: the policy was trained on {policy.meta.embedding.encoder} "
-                                    f"embeddings, this server encodes with {self.embedder.encoder}; that change "
-                                    "needs a restart")
+            try:
+                check_vectors(policy.meta.embedding.encoder, self.embedder.encoder, f"{directory}: policy")
+            except UserError as exc:
+                raise PolicyRefused(f"{exc}; that change needs a restart") from None
             service = self._make_service(policy)
             if service.embed_dim != self.embed_dim:
                 raise PolicyRefused(f"{directory}: the policy expects {service.embed_dim}-dim embeddings, "

@@ -233,8 +233,8 @@ class LoopbackProcess:
                                      stderr=self._err)
         return self
 
-    def wait_ready(self, timeout_s: float = STARTUP_TIMEOUT_S) -> Self:
-        """Poll ``/healthz`` until it answers 200. A process that lost its port before binding it (something
+    def wait_ready(self, timeout_s: float = STARTUP_TIMEOUT_S, path: str = "/healthz") -> Self:
+        """Poll ``path`` (``/healthz``) until it answers 200. A process that lost its port before binding it (something
         else took it after :func:`free_port`) is restarted on another, up to 3 times.
 
         Raises:
@@ -253,7 +253,7 @@ class LoopbackProcess:
                     continue
                 raise AssertionError(f"{self.what} exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1.0).status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=1.0).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass

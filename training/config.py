@@ -163,13 +163,22 @@ def _extended(path: Path, tree: dict[str, Any], seen: tuple[Path, ...]) -> dict[
         raise UserError(f"{path}: extends {parent}: a cycle of configs")
     if not base_path.is_file():
         raise UserError(f"{path}: extends {parent}: config file not found")
+    return _merge(_extended(base_path, _read_mapping(base_path), (*seen, base_path)), tree)
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    """The YAML mapping in the file ``path`` (empty: ``{}``).
+
+    Raises:
+        UserError: invalid YAML, or not a mapping at the top level.
+    """
     try:
-        base = yaml.safe_load(base_path.read_text(encoding="utf-8")) or {}
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise UserError(f"{base_path}: invalid YAML: {exc}".splitlines()[0]) from None
-    if not isinstance(base, dict):
-        raise UserError(f"{base_path}: expected a mapping at the top level")
-    return _merge(_extended(base_path, base, (*seen, base_path)), tree)
+        raise UserError(f"{path}: invalid YAML: {exc}".splitlines()[0]) from None
+    if not isinstance(tree, dict):
+        raise UserError(f"{path}: expected a mapping at the top level")
+    return tree
 
 
 def load_config(
@@ -193,13 +202,7 @@ def load_config(
         path = Path(path)
         if not path.is_file():
             raise UserError(f"{path}: config file not found")
-        try:
-            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"{path}: invalid YAML: {exc}".splitlines()[0]) from None
-        if not isinstance(tree, dict):
-            raise UserError(f"{path}: expected a mapping at the top level")
-        tree = _extended(path, tree, seen=(path.resolve(),))
+        tree = _extended(path, _read_mapping(path), seen=(path.resolve(),))
     for item in overrides or []:
         if "=" not in item:
             raise UserError(f"override {item!r}: expected key=value, e.g. ppo.lr=1e-3")

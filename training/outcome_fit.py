@@ -21,7 +21,7 @@ from contract.observation import ObsLayout, build_obs
 from policy.artefact import Policy
 from policy.checkpoint import save_checkpoint
 from policy.networks import NetworkShape, build_networks
-from policy.outcome import MIN_COST_USD, OutcomeActor, OutcomeCritic, log_cost_scale
+from policy.outcome import OutcomeActor, OutcomeCritic
 from training.config import TrainConfig
 from training.data import EmbeddedSplits
 from training.evaluation.offline import evaluate
@@ -75,10 +75,7 @@ def fit_outcome_critic(critic: OutcomeCritic, features: torch.Tensor, quality: t
     if p < 2 or features.shape[0] != p or cost_usd.shape != quality.shape or k != critic.num_actions:
         raise ValueError(f"outcome fit: features {tuple(features.shape)}, quality {tuple(quality.shape)}, "
                          f"cost {tuple(cost_usd.shape)} for a critic of {critic.num_actions} agents")
-    mean, std = log_cost_scale(cost_usd)
-    critic.log_cost_mean.copy_(mean)
-    critic.log_cost_std.copy_(std)
-    target = torch.cat([quality, (torch.log(cost_usd.clamp(min=MIN_COST_USD)) - mean) / std], dim=1).float()
+    target = torch.cat([quality, critic.fit_cost_scale(cost_usd)], dim=1).float()
     stats: dict[str, Any] = {"epochs": [], "holdout_quality_mse": []}
     for m, member in enumerate(critic.members):
         epochs, best = _fit_member(member, features.float(), target, k, seed * 1000 + m, cfg)

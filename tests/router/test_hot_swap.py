@@ -179,7 +179,7 @@ def test_registry_reload_rollback_and_refusals(versions):
             (versions.bad["reordered-agents"], PolicyRefused, "do not extend"),
             (versions.bad["nan"], PolicyRefused, "non-finite"),
             (versions.bad["other-model"], PolicyRefused, "someone/other-embedder"),
-            (versions.bad["static"], PolicyRefused, "trained on static embeddings, this server encodes with torch"),
+            (versions.bad["static"], PolicyRefused, "trained on static embeddings, not on those of the torch encoder"),
         ]:
             with pytest.raises(error, match=words) as info:
                 await registry.reload(ref)
