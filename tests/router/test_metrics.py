@@ -83,10 +83,12 @@ def test_repeated_prompt_hits_the_cache(client):
 
 
 def test_concurrent_routes_are_embedded_in_batches(start_server, checkpoint, tmp_path):
-    """One encode thread: a prompt that arrives while it is busy waits and shares the next pass (with
-    a thread free for each arrival, a fast machine could encode every prompt of the burst alone)."""
+    """One encode thread and passes of up to 32: a prompt that arrives while it is busy waits and shares
+    the next pass (with a thread free for each arrival, a fast machine could encode every prompt of the
+    burst alone; with ``ROUTER_ENCODE_BATCH=auto`` a CPU whose cheapest size per prompt is 1 would)."""
     n = 32
     server = start_server({"ROUTER_CHECKPOINT": str(checkpoint.parent), "ROUTER_ENCODE_THREADS": "1",
+                           "ROUTER_ENCODE_BATCH": "32",
                            "ROUTER_SQLITE_PATH": str(tmp_path / "experience.sqlite3")}).wait_ready()
     client = httpx.Client(base_url=server.url, timeout=30.0)
 
