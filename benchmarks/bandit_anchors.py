@@ -43,6 +43,8 @@ class Context:
             (:func:`contract.pricing.expected_costs_usd`, from the agents file's prices).
         allowed: ``[K]`` bool, the agents in service now (an agent not yet added, or retired, is
             not: ``benchmarks/bandit_scenarios.py``); None: every agent. A learner picks among them.
+        cost_weight: the request's own reward per USD (USD^-1; the ``preference`` scenario): its
+            reward is ``quality - cost_weight * cost_usd``. None: the setting's, the same for all.
     """
 
     embedding: np.ndarray
@@ -50,6 +52,16 @@ class Context:
     tokens: int
     expected_cost_usd: np.ndarray
     allowed: np.ndarray | None = None
+    cost_weight: float | None = None
+
+
+def preference_features(ctx: Context) -> np.ndarray:
+    """``[K + 1]`` float64 features of a request's own cost preference (empty without one): each
+    agent's expected cost term ``cost_weight * expected_cost_usd`` (reward units), and
+    ``log1p(cost_weight)``."""
+    if ctx.cost_weight is None:
+        return np.zeros(0)
+    return np.append(ctx.cost_weight * np.asarray(ctx.expected_cost_usd, dtype=np.float64), np.log1p(ctx.cost_weight))
 
 
 def _allowed(ctx: Context, k: int) -> np.ndarray:
@@ -108,7 +120,10 @@ class VWLearner:
 
     The shared namespace ``s`` holds the embedding (feature ``i`` = component ``i``); namespace ``a``
     of each action line a one-hot of the agent id and its expected cost in USD per 1k calls;
-    ``-q sa`` crosses them, so each agent gets its own linear model of the embedding. For learning,
+    ``-q sa`` crosses them, so each agent gets its own linear model of the embedding. A request with
+    its own ``cost_weight`` (the ``preference`` scenario) adds it as shared feature ``cw``
+    (``log1p``) and each action's expected cost term ``penalty`` (``cost_weight * expected cost``,
+    reward units), so the model can weigh cost per request. For learning,
     the chosen action's line is prefixed with the label ``0:cost:propensity`` (the action index of
     an ADF label is unused; the line position names the action), where VW's cost is
     ``-reward`` (VW minimises cost). The action is sampled from VW's PMF with this learner's own
@@ -138,6 +153,10 @@ class VWLearner:
         if self._ctx is not ctx:
             shared = "shared |s " + " ".join(f"{i}:{v:.5g}" for i, v in enumerate(ctx.embedding.tolist()) if v != 0.0)
             actions = [f"|a agent{k} cost:{1000.0 * c:.6g}" for k, c in enumerate(ctx.expected_cost_usd.tolist())]
+            if ctx.cost_weight is not None:
+                shared += f" cw:{np.log1p(ctx.cost_weight):.6g}"
+                actions = [f"{line} penalty:{ctx.cost_weight * c:.6g}"
+                           for line, c in zip(actions, ctx.expected_cost_usd.tolist(), strict=True)]
             self._ctx, self._lines = ctx, (shared, actions)
         return self._lines
 
@@ -168,7 +187,8 @@ class LinUCB:
     α sqrt(xᵀ A_k⁻¹ x)`` with ``θ_k = A_k⁻¹ b_k``, ties broken at random. ``A_k⁻¹`` is kept and
     updated by Sherman–Morrison (``O(d²)`` per step). The choice is deterministic but for ties, so
     the propensity is ``1 / #tied`` (1 almost always). The reward is used as is (it may be outside
-    [0, 1] when a cost term is subtracted).
+    [0, 1] when a cost term is subtracted). A request with its own ``cost_weight`` appends
+    :func:`preference_features` to ``x``.
 
     Args:
         num_agents: ``K``.
@@ -196,7 +216,7 @@ class LinUCB:
 
     @staticmethod
     def _features(ctx: Context) -> np.ndarray:
-        return np.append(np.asarray(ctx.embedding, dtype=np.float64), 1.0)
+        return np.concatenate([np.asarray(ctx.embedding, dtype=np.float64), preference_features(ctx), [1.0]])
 
     def act(self, ctx: Context) -> tuple[int, float]:
         x = self._features(ctx)

@@ -96,13 +96,15 @@ class AgentRouterLoop:
             ``act`` answers and ``learn_outcome`` takes indices in it.
         serving: of those, the agents in service at the start (None: all): the cold start knows only
             these; the others join through :meth:`change_agents`, as an operator adds them.
+        cost_weight_max: serve each request's own ``Context.cost_weight`` up to this (``agent-router
+            init --cost-weight-max``); None: ``cost_weight`` for every request.
     """
 
     name = "agent-router"
 
     def __init__(self, agents_path: str, cost_weight: float, seed: int, workdir: Path, embed_dim: int = 384,
                  settings: dict[str, Any] | None = None, agent_names: list[str] | None = None,
-                 serving: list[str] | None = None) -> None:
+                 serving: list[str] | None = None, cost_weight_max: float | None = None) -> None:
         self.root = Path(workdir) / "checkpoints"
         shutil.rmtree(self.root, ignore_errors=True)  # a scratch directory: an earlier run's versions would be served
         self.specs = {a.name: a.model_dump() for a in load_agents(agents_path)}
@@ -112,7 +114,8 @@ class AgentRouterLoop:
             first.parent.mkdir(parents=True, exist_ok=True)
             first.write_text(json.dumps([self.specs[n] for n in serving]))
             agents_path = str(first)
-        init_policy(agents_path, self.root, embed_dim=embed_dim, cost_weight=cost_weight, seed=seed)
+        init_policy(agents_path, self.root, embed_dim=embed_dim, cost_weight=cost_weight, seed=seed,
+                    cost_weight_max=cost_weight_max)
         self.changes = MemoryAgentChanges()
         self.down: set[str] = set()  # retired agents, marked down until a round retires them
         self.changed = False
@@ -126,7 +129,8 @@ class AgentRouterLoop:
         self.rounds: list[dict[str, Any]] = []
 
     def act(self, ctx: Context) -> tuple[int, float]:
-        self.pending = self.service.route(ctx.prompt, explore=True, embedding=ctx.embedding, down=self.down)
+        self.pending = self.service.route(ctx.prompt, explore=True, embedding=ctx.embedding, down=self.down,
+                                          cost_weight=ctx.cost_weight)
         return self.names.index(self.pending.agent), self.pending.propensity
 
     def change_agents(self, allowed: Any) -> None:
@@ -170,8 +174,9 @@ class AgentRouterLoop:
 
 
 def make_learner(agents_path: str, dataset: Any, cost_weight: float, seed: int, workdir: Path,
-                 serving: list[str] | None = None) -> AgentRouterLoop:
+                 serving: list[str] | None = None, cost_weight_max: float | None = None) -> AgentRouterLoop:
     """The harness's factory (``dataset`` is not read but for its agents' names: the loop learns
-    only from its feedback); ``serving``: the agents in service at the start (None: all)."""
+    only from its feedback); ``serving``: the agents in service at the start (None: all);
+    ``cost_weight_max``: see :class:`AgentRouterLoop`."""
     return AgentRouterLoop(agents_path, cost_weight, seed, workdir, agent_names=list(dataset.agent_names),
-                           serving=serving)
+                           serving=serving, cost_weight_max=cost_weight_max)

@@ -14,6 +14,12 @@ the best single agent in hindsight by reward, in the world before the change.
 * ``retire``: it is taken out of service at the change (agent-router: ``DELETE /admin/agents``'
   path, marked down at once).
 
+``preference`` is not a change of the world but of the clients: every request carries its own
+``cost_weight``, drawn log-uniformly from ``--cost-weight-range`` (the protocol of BaRP, Wang et al.
+2025, arXiv 2510.07429, sec. 4: a preference drawn per query, given to the router with the prompt);
+each learner is scored on ``quality - cost_weight * cost_usd`` at that request's weight
+(``benchmarks/bandit_stream.py``).
+
 Every learner meets the same change at the same position of the same shuffle, and learns of it only
 through the rewards of the agents it chooses (online anchors adapt as they go; agent-router
 through its rounds). The figures after the change (:func:`change_figures`): the mean reward from
@@ -30,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-SCENARIOS = ("none", "break", "degrade", "price", "new-agent", "retire")
+SCENARIOS = ("none", "break", "degrade", "price", "new-agent", "retire", "preference")
 #: the scenarios that change the agent set rather than an agent's outcomes
 AGENT_SET_SCENARIOS = ("new-agent", "retire")
 #: arrivals after the change at which the changed agent's share is read, and the window it is read over
@@ -65,14 +71,14 @@ class Change:
 
 
 def make_change(scenario: str, ds: Any, cost_weight: float, change_at: float, price_factor: float) -> Change | None:
-    """The :class:`Change` of ``scenario`` on dataset ``ds`` (None for ``none``).
+    """The :class:`Change` of ``scenario`` on dataset ``ds`` (None for ``none`` and ``preference``).
 
     Raises:
         ValueError: an unknown scenario, or ``change_at`` outside (0, 1).
     """
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}: one of {', '.join(SCENARIOS)}")
-    if scenario == "none":
+    if scenario in ("none", "preference"):
         return None
     if not 0.0 < change_at < 1.0:
         raise ValueError(f"change_at must be in (0, 1), got {change_at}")

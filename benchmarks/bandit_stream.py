@@ -141,7 +141,7 @@ def load(setting: Setting, limit: int | None) -> tuple[Any, np.ndarray, list[Con
     return ds, emb, contexts
 
 
-def ceiling_choices(ds: Any, emb: np.ndarray, cost_weight: float, fold_seed: int, cache: Path,
+def ceiling_choices(ds: Any, emb: np.ndarray, cost_weight: float | np.ndarray, fold_seed: int, cache: Path,
                     allowed: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Cross-fitted full-information routers: ``{"knn-full": [P], "mlp-full": [P]}`` int64 actions
     (among the ``allowed`` agents, ``[K]`` bool; None: all).
@@ -150,9 +150,15 @@ def ceiling_choices(ds: Any, emb: np.ndarray, cost_weight: float, fold_seed: int
     fitted on the other folds' embeddings and every agent's quality and cost, by ``route_wtp`` at
     willingness to pay ``cost_weight``. The predictions are cached in ``cache`` by dataset
     fingerprint and fold seed (and, for the kNN, whose neighbour count is chosen for it, cost weight).
+    ``cost_weight`` ``[P]`` (each prompt's own): each prompt is routed at its own, the kNN's neighbour
+    count chosen at their median.
     """
     from training.evaluation.classifiers import fit_knn, fit_mlp, route_wtp
 
+    weights = np.asarray(cost_weight, dtype=np.float64)
+    per_prompt = weights.ndim > 0
+    if per_prompt:
+        cost_weight = float(np.median(weights))
     n = len(ds)
     folds = np.array_split(np.random.default_rng(fold_seed).permutation(n), FOLDS)
     out = {}
@@ -174,7 +180,7 @@ def ceiling_choices(ds: Any, emb: np.ndarray, cost_weight: float, fold_seed: int
             np.savez(path, quality=q_hat, cost_usd=c_hat)
         if allowed is not None:  # an agent out of service is never the best
             q_hat = np.where(allowed, q_hat, -1e9)
-        out[name] = route_wtp(q_hat, c_hat, cost_weight)
+        out[name] = route_wtp(q_hat, c_hat, weights[:, None] if per_prompt else cost_weight)  # type: ignore[arg-type]
     return out
 
 
@@ -197,10 +203,19 @@ class World:
     cost_usd: np.ndarray
 
     @classmethod
-    def of(cls, ds: Any, cost_weight: float) -> World:
-        """``reward = quality - cost_weight * cost_usd`` of dataset ``ds``."""
-        return cls(ds.quality.astype(np.float64) - cost_weight * ds.cost_usd.astype(np.float64), ds.quality,
-                   ds.cost_usd)
+    def of(cls, ds: Any, cost_weight: float | np.ndarray) -> World:
+        """``reward = quality - cost_weight * cost_usd`` of dataset ``ds`` (``cost_weight``: one, or
+        ``[P]`` each prompt's own)."""
+        weight = np.asarray(cost_weight, dtype=np.float64)
+        weight = weight[:, None] if weight.ndim else weight
+        return cls(ds.quality.astype(np.float64) - weight * ds.cost_usd.astype(np.float64), ds.quality, ds.cost_usd)
+
+
+def preference_weights(n: int, low: float, high: float, seed: int) -> np.ndarray:
+    """``[P]`` float64, each prompt's own ``cost_weight`` (USD^-1) for ``--scenario preference``:
+    log-uniform on ``[low, high]``, seeded (the same for every shuffle and learner)."""
+    rng = np.random.default_rng(seed)
+    return np.exp(rng.uniform(np.log(low), np.log(high), size=n))
 
 
 def run_learner(learner: StreamLearner, contexts: list[Context], order: np.ndarray, world: World,
@@ -279,12 +294,16 @@ def run_setting(setting: Setting, args: argparse.Namespace, learners: list[str],
     t0 = time.perf_counter()
     ds, emb, contexts = load(setting, args.limit)
     n, k = ds.quality.shape
-    world = World.of(ds, setting.cost_weight)
+    weights: float | np.ndarray = setting.cost_weight
+    if args.scenario == "preference":  # each request's own cost weight, told to every learner with the prompt
+        weights = preference_weights(n, *args.cost_weight_range, seed=args.fold_seed)
+        contexts = [dataclasses.replace(c, cost_weight=float(weights[i])) for i, c in enumerate(contexts)]
+    world = World.of(ds, weights)
     reward = world.reward  # [P, K]
     best = int(reward.mean(axis=0).argmax())
     fixed = {"best-single": np.full(n, best, dtype=np.int64)}
     start = time.perf_counter()
-    fixed |= ceiling_choices(ds, emb, setting.cost_weight, args.fold_seed, args.out / "ceiling")
+    fixed |= ceiling_choices(ds, emb, weights, args.fold_seed, args.out / "ceiling")
     change = make_change(args.scenario, ds, setting.cost_weight, args.change_at, args.price_factor)
     after = fixed_after = None
     if change is not None:  # the fixed rows of the changed world, read from the change on
@@ -302,6 +321,9 @@ def run_setting(setting: Setting, args: argparse.Namespace, learners: list[str],
           f"ceiling routes in {ceiling_s:.1f} s", flush=True)
     if change is not None:
         print(f"  scenario {change.scenario}: {change.name} changes at arrival {change.at}", flush=True)
+    if args.scenario == "preference":
+        low, high = args.cost_weight_range
+        print(f"  scenario preference: each request's cost_weight log-uniform on [{low:g}, {high:g}]", flush=True)
 
     seeds = [args.shuffle_offset + s for s in range(args.shuffles)]
     per: dict[str, list[dict[str, float]]] = {}
@@ -324,7 +346,8 @@ def run_setting(setting: Setting, args: argparse.Namespace, learners: list[str],
                 serving = None
                 if change is not None and change.scenario in AGENT_SET_SCENARIOS:
                     serving = [a for a, ok in zip(ds.agent_names, change.allowed_before, strict=True) if ok]
-                learner = router(setting.agents, ds, setting.cost_weight, seed, workdir, serving=serving)
+                extra = {"cost_weight_max": args.cost_weight_range[1]} if args.scenario == "preference" else {}
+                learner = router(setting.agents, ds, setting.cost_weight, seed, workdir, serving=serving, **extra)
             else:
                 learner = make_anchor(name, k, seed)
             results[name] = run_learner(learner, contexts, order, world, after, change.at if change else None,
@@ -367,6 +390,8 @@ def run_setting(setting: Setting, args: argparse.Namespace, learners: list[str],
         "ceiling_seconds": ceiling_s, "ceiling_last": ceiling, "rows": summary,
         "curves": {name: np.mean(c, axis=0) for name, c in curves.items()}, "seconds": time.perf_counter() - t0,
     }
+    if args.scenario == "preference":
+        out["preference"] = {"cost_weight_range": list(args.cost_weight_range), "seed": args.fold_seed}
     if change is not None:
         out["change"] = {"scenario": change.scenario, "agent": change.name, "at": change.at,
                          "price_factor": args.price_factor if change.scenario == "price" else None}
@@ -442,6 +467,16 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _weight_range(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--cost-weight-range wants LOW,HIGH, got {text!r}") from None
+    if not 0 < low < high:
+        raise argparse.ArgumentTypeError(f"--cost-weight-range wants 0 < LOW < HIGH, got {text!r}")
+    return low, high
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", type=parse_setting, action="append", default=None,
@@ -456,6 +491,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="the world changes mid-stream (benchmarks/bandit_scenarios.py)")
     ap.add_argument("--change-at", type=float, default=0.5, help="where the change comes, a share of the stream")
     ap.add_argument("--price-factor", type=float, default=10.0, help="the price scenario's factor")
+    ap.add_argument("--cost-weight-range", type=_weight_range, default=(1.0, 10000.0), metavar="LOW,HIGH",
+                    help="the preference scenario's range of each request's cost_weight (USD^-1), log-uniform")
     ap.add_argument("--out", type=Path, default=Path("runs/bandit_stream"))
     args = ap.parse_args(argv)
     settings = args.dataset or [parse_setting(s) for s in DEFAULT_DATASETS]

@@ -20,6 +20,10 @@ def init(
     cost_weight: Annotated[float, typer.Option(
         help="Reward per USD the learner will use: reward = quality - cost_weight * cost_usd.", min=0.0)] = 0.0,
     embedding_model: Annotated[str, typer.Option(help="Sentence embedding model of the prompts.")] = "all-MiniLM-L6-v2",
+    cost_weight_max: Annotated[float | None, typer.Option(
+        help="Serve every request's own cost_weight in [0, this] (USD^-1) from one policy, which learns each "
+             "agent's quality and cost apart; --cost-weight is then the weight of a request that names none. "
+             "Needs a price for every agent.", min=1e-9)] = None,
 ) -> None:
     """Write a serving policy from an agents file alone, with no outcome data (a cold start).
 
@@ -29,7 +33,8 @@ def init(
     """
     from training.cold_start import init_policy
 
-    path = init_policy(agents, out, embedding_model=embedding_model, cost_weight=cost_weight)
+    path = init_policy(agents, out, embedding_model=embedding_model, cost_weight=cost_weight,
+                       cost_weight_max=cost_weight_max)
     typer.echo(f"checkpoint: {path}")
     typer.echo(f"serve it: agent-router serve --checkpoint {out}; learn from feedback: agent-router retrain "
                f"--checkpoint {out} --every-records 200")

@@ -156,6 +156,9 @@ def add_agent(policy: Policy, spec: AgentSpec) -> tuple[Any, Any, Any, dict[str,
             reward_critic.bias[:k] = old_rc.bias
             reward_critic.bias[k] = spec.prior_quality
             reward_critic.covariance[:k] = old_rc.covariance
+            if hasattr(old_rc, "cost_coef"):  # a preference critic: the new agent's cost starts at its price
+                reward_critic.cost_coef[:k] = old_rc.cost_coef
+                reward_critic.cost_bias[:k] = old_rc.cost_bias
             # the widest posterior of the others (an agent never chosen has the prior's); the next
             # round's fit sets the new agent's to the prior's until it has feedback
             widest = int(torch.diagonal(old_rc.covariance, dim1=1, dim2=2).sum(-1).argmax())

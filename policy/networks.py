@@ -268,7 +268,71 @@ def build_networks(network: Any, shape: NetworkShape) -> tuple[Actor | OutcomeAc
     return actor, critic
 
 
+class PreferenceRewardCritic(RewardCritic):
+    """The reward critic of a policy that serves every cost preference (a layout with
+    ``cost_preference`` and prices): each agent's quality and cost are estimated apart and combined
+    at the request's own ``cost_weight``, read back from the observation's preference column:
+
+        ``Q_k(obs) = q̂_k(x) - cost_weight · (E_k + s · ĉ_k(x))``
+
+    where ``q̂_k = x · weight_k + bias_k`` is the quality model (:class:`RewardCritic`'s, whose
+    :meth:`width` it keeps), ``E_k`` the agent's expected cost of the prompt from its price (USD, read
+    back from the expected-cost columns), and ``ĉ_k = x · cost_coef_k + cost_bias_k`` a linear
+    correction of the realised cost over ``E_k`` in units of ``s = cost_scale_usd`` (0 before any
+    feedback: the price rule). A record logged at one preference thus teaches the critic about every
+    other preference, which a single reward model of ``quality - cost_weight · cost`` on the prompt
+    could not (it would learn the average weight). The fit is :func:`training.retrain.learner.
+    fit_reward_critic` with the records' quality and cost.
+
+    Args:
+        num_actions, columns, prior: as :class:`RewardCritic` (``prior``: each agent's quality).
+        layout: the observation layout (``cost_preference`` and ``agent_prices`` set).
+
+    Raises:
+        ValueError: ``layout`` has no ``cost_preference`` or no prices.
+    """
+
+    def __init__(self, num_actions: int, columns: list[int], layout: ObsLayout,
+                 prior: list[float] | None = None) -> None:
+        if not layout.cost_preference or layout.agent_prices is None or layout.cost_scale_usd is None:
+            raise ValueError("a preference reward critic needs a layout with cost_preference and prices")
+        super().__init__(num_actions, columns, prior)
+        self.cost_coef = nn.Parameter(torch.zeros(num_actions, len(columns)), requires_grad=False)
+        self.cost_bias = nn.Parameter(torch.zeros(num_actions), requires_grad=False)
+        self.cost_scale_usd = float(layout.cost_scale_usd)
+        self.cost_weight_max = float(layout.cost_weight_max or 0.0)
+        expected = layout.cols("expected_cost")
+        self.register_buffer("_expected_cols", torch.arange(expected.start, expected.stop), persistent=False)
+        self.preference_col = layout.preference_cols.start
+
+    def quality(self, obs: torch.Tensor) -> torch.Tensor:
+        """``[..., N, K]`` float32, each agent's estimated quality for obs ``[..., N, D]``."""
+        return super().forward(obs)
+
+    def expected_cost(self, obs: torch.Tensor) -> torch.Tensor:
+        """``[..., N, K]`` float32 USD, each agent's expected cost from its price (``E_k``)."""
+        return torch.expm1(obs.index_select(-1, self._expected_cols)) * self.cost_scale_usd
+
+    def cost(self, obs: torch.Tensor) -> torch.Tensor:
+        """``[..., N, K]`` float32 USD, each agent's estimated cost, ``E_k + s · ĉ_k(x)``."""
+        correction = self.features(obs) @ self.cost_coef.T + self.cost_bias
+        return self.expected_cost(obs) + self.cost_scale_usd * correction
+
+    def preference(self, obs: torch.Tensor) -> torch.Tensor:
+        """``[..., N, 1]`` float32, the ``cost_weight`` (USD^-1) the observation was built at
+        (:meth:`contract.observation.ObsLayout.decode_preference`)."""
+        feature = obs[..., self.preference_col:self.preference_col + 1]
+        return torch.expm1(feature.clamp(0.0, 1.0) * math.log1p(self.cost_weight_max))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """``[..., N, K]`` estimated reward of each agent at the observation's own preference."""
+        return self.quality(obs) - self.preference(obs) * self.cost(obs)
+
+
 def build_reward_critic(layout: ObsLayout, prior: list[float] | None = None) -> RewardCritic:
-    """A fresh :class:`RewardCritic` over ``layout``'s critic columns, biased at
-    ``prior`` (``[K]``; None: 0)."""
+    """A fresh reward critic over ``layout``'s critic columns, biased at ``prior`` (``[K]``; None: 0):
+    a :class:`PreferenceRewardCritic` for a layout that serves every cost preference, else a
+    :class:`RewardCritic`."""
+    if layout.cost_preference and layout.agent_prices is not None:
+        return PreferenceRewardCritic(layout.num_agents, layout.critic_columns(), layout, prior)
     return RewardCritic(layout.num_agents, layout.critic_columns(), prior)

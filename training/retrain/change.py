@@ -52,7 +52,8 @@ class ChangeTest:
 @torch.no_grad()
 def detect_changes(critic: RewardCritic, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
                  fresh: torch.Tensor, weight: torch.Tensor | None, ridge: float, prior: list[float | None],
-                 z_threshold: float, min_shift: float, min_records: int) -> list[ChangeTest]:
+                 z_threshold: float, min_shift: float, min_records: int,
+                 outcome: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[ChangeTest]:
     """Test every agent's ``fresh`` records against the critic fitted on the rest.
 
     Args:
@@ -64,6 +65,7 @@ def detect_changes(critic: RewardCritic, obs: torch.Tensor, action: torch.Tensor
         z_threshold: ``|z|`` at or above which a shift is a change.
         min_shift: ``|shift|`` (reward units) below which no shift is a change.
         min_records: an agent with fewer fresh or fewer earlier records is not tested.
+        outcome: ``([M, 1] quality, [M, 1] cost_usd)``, what a preference critic is fitted on.
 
     Returns:
         One :class:`ChangeTest` per tested agent.
@@ -71,7 +73,7 @@ def detect_changes(critic: RewardCritic, obs: torch.Tensor, action: torch.Tensor
     a = action.reshape(-1)
     w = torch.ones(len(a), dtype=torch.float64) if weight is None else weight.reshape(-1).double()
     history = (~fresh) & (w > 0)
-    fit_reward_critic(critic, obs, action, reward, ridge, prior, sample_weight=w * history.double())
+    fit_reward_critic(critic, obs, action, reward, ridge, prior, sample_weight=w * history.double(), outcome=outcome)
     residual = reward.reshape(-1).double() - critic(obs).reshape(len(a), -1).gather(1, a[:, None]).reshape(-1).double()
     tests = []
     for k in range(critic.weight.shape[0]):

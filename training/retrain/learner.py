@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from policy.networks import Actor, RewardCritic
+from policy.networks import Actor, PreferenceRewardCritic, RewardCritic
 
 #: the reward noise variance assumed before any record (reward units²: a quality in [0, 1] has at most 0.25)
 PRIOR_NOISE = 0.25
@@ -65,7 +65,8 @@ class CriticFit:
 @torch.no_grad()
 def fit_reward_critic(critic: RewardCritic, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
                       ridge: float, prior: list[float | None] | None = None,
-                      sample_weight: torch.Tensor | None = None) -> CriticFit:
+                      sample_weight: torch.Tensor | None = None,
+                      outcome: tuple[torch.Tensor, torch.Tensor] | None = None) -> CriticFit:
     """Fit ``critic`` in place: for each agent ``k``, ridge regression of ``r - prior_k`` on
     ``[features, 1]`` over the decisions that chose ``k``, ``(XᵀWX + ridge·I) θ = XᵀW(r - prior_k)``
     (float64); the intercept is penalised too, so an agent with few decisions stays near its prior.
@@ -73,29 +74,51 @@ def fit_reward_critic(critic: RewardCritic, obs: torch.Tensor, action: torch.Ten
     fit's mean squared error over every agent (at least :data:`NOISE_FLOOR`; :data:`PRIOR_NOISE`
     without records).
 
+    A :class:`~policy.networks.PreferenceRewardCritic` is fitted on the records' ``outcome`` instead
+    of their reward, with the same design matrix: the quality model on ``q - prior_k``, and the cost
+    correction on ``(cost_usd - E_k) / s`` (shrunk towards 0, the price rule; a record without a
+    cost teaches it nothing). ``mse`` and ``σ̂²`` are still those of the reward at each record's
+    own preference.
+
     Args:
         critic: the reward critic to overwrite.
         obs: ``[M, 1, D]`` float32 observations of the logged decisions.
         action: ``[M, 1]`` int64 chosen agents.
         reward: ``[M, 1]`` float32 rewards (quality - cost term).
         ridge: ``λ > 0``, the penalty (a Gaussian prior of precision ``λ`` around the prior mean).
-        prior: ``[K]`` each agent's prior reward (None entries, or None: the mean logged reward).
+        prior: ``[K]`` each agent's prior reward, or quality for a preference critic (None entries, or
+            None: the mean logged reward, or quality).
         sample_weight: ``[M]`` float weights of the decisions (None: 1 each).
+        outcome: ``([M, 1] quality, [M, 1] cost_usd)`` float32 of the decisions (a cost NaN: not
+            known); needed by a preference critic, not read otherwise.
 
     Returns:
         :class:`CriticFit`.
 
     Raises:
-        ValueError: ``ridge`` is not positive.
+        ValueError: ``ridge`` is not positive, or a preference critic without ``outcome``.
     """
     if ridge <= 0:
         raise ValueError(f"ridge must be positive, got {ridge}")
+    preference = isinstance(critic, PreferenceRewardCritic)
+    if preference and outcome is None:
+        raise ValueError("a preference reward critic is fitted on the records' quality and cost (outcome)")
     k_agents = critic.weight.shape[0]
-    x = critic.features(obs.reshape(len(obs), -1)).double()  # [M, F]
+    flat = obs.reshape(len(obs), -1)
+    x = critic.features(flat).double()  # [M, F]
     x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)  # [M, F + 1]
     a, r = action.reshape(-1), reward.reshape(-1).double()
+    y = r  # the quality model's target: the reward, or the quality for a preference critic
+    if preference:
+        assert outcome is not None and isinstance(critic, PreferenceRewardCritic)
+        y = outcome[0].reshape(-1).double()
+        expected = critic.expected_cost(flat).double().gather(1, a[:, None]).reshape(-1)
+        spent = outcome[1].reshape(-1).double()
+        cost_target = torch.where(torch.isnan(spent), 0.0, (spent - expected) / critic.cost_scale_usd)
+        cost_coef = torch.zeros(k_agents, x.shape[1] - 1, dtype=torch.float64)
+        cost_bias = torch.zeros(k_agents, dtype=torch.float64)
     w = torch.ones_like(r) if sample_weight is None else sample_weight.reshape(-1).double()
-    fallback = float((w * r).sum() / w.sum()) if len(r) and float(w.sum()) > 0 else 0.0
+    fallback = float((w * y).sum() / w.sum()) if len(y) and float(w.sum()) > 0 else 0.0
     priors = [fallback if prior is None or prior[k] is None else float(prior[k]) for k in range(k_agents)]
     eye = ridge * torch.eye(x.shape[1], dtype=x.dtype)
     weight = torch.zeros(k_agents, x.shape[1] - 1, dtype=torch.float64)
@@ -109,10 +132,17 @@ def fit_reward_critic(critic: RewardCritic, obs: torch.Tensor, action: torch.Ten
             continue
         xk, wk = x[chosen], w[chosen]
         precision_inv[k] = torch.linalg.inv(xk.T @ (xk * wk[:, None]) + eye)  # one factorisation for both
-        theta = precision_inv[k] @ (xk.T @ (wk * (r[chosen] - priors[k])))
+        theta = precision_inv[k] @ (xk.T @ (wk * (y[chosen] - priors[k])))
         weight[k], bias[k] = theta[:-1], priors[k] + theta[-1]
+        if preference:
+            theta = precision_inv[k] @ (xk.T @ (wk * cost_target[chosen]))
+            cost_coef[k], cost_bias[k] = theta[:-1], theta[-1]
     critic.weight.copy_(weight.float())
     critic.bias.copy_(bias.float())
+    if preference:
+        assert isinstance(critic, PreferenceRewardCritic)
+        critic.cost_coef.copy_(cost_coef.float())
+        critic.cost_bias.copy_(cost_bias.float())
     pred = critic(obs.reshape(len(obs), 1, -1)).reshape(len(obs), k_agents).gather(1, a[:, None]).reshape(-1)
     mse = float(((pred.double() - r) ** 2).mean()) if len(r) else 0.0
     # σ̂²: the residual variance pooled over the agents (one agent's few records would make it noisy)

@@ -42,6 +42,8 @@ class LoggedBatch:
         sessions: ``S``.
         skipped: reasons -> count of records left out (they are still acknowledged).
         created_at: ``[M]`` float64, each decision's time, POSIX seconds (None: not known).
+        quality: ``[M, 1]`` float32, the feedback's quality (None: not known).
+        cost_usd: ``[M, 1]`` float32 USD, the feedback's cost (NaN where not reported; None: not known).
     """
 
     obs: torch.Tensor
@@ -55,6 +57,13 @@ class LoggedBatch:
     sessions: int
     skipped: dict[str, int] = field(default_factory=dict)
     created_at: torch.Tensor | None = None
+    quality: torch.Tensor | None = None
+    cost_usd: torch.Tensor | None = None
+
+    @property
+    def outcome(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(quality, cost_usd)``, what a preference critic is fitted on (None: not known)."""
+        return None if self.quality is None or self.cost_usd is None else (self.quality, self.cost_usd)
 
     def __len__(self) -> int:
         return len(self.entry_ids)
@@ -197,4 +206,7 @@ def build_batch(entries: list[tuple[str, Any]], policy: Policy, cost_weight: flo
         sessions=len(sessions),
         skipped=dict(skipped),
         created_at=torch.tensor(created, dtype=torch.float64),
+        quality=torch.tensor([r.quality for _, r in ordered], dtype=torch.float32).reshape(m, 1),
+        cost_usd=torch.tensor([math.nan if r.cost_usd is None else r.cost_usd for _, r in ordered],
+                              dtype=torch.float32).reshape(m, 1),
     )
