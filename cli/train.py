@@ -58,6 +58,7 @@ def train(
     from training.distributed import launched_by_torchrun
     from training.resume import load_trainer_state, state_file
     from training.run import run_training
+    from training.serving_encoder import describe
 
     state = None
     if resume is not None:
@@ -70,6 +71,9 @@ def train(
     path = run_training(cfg, progress=not quiet, resume_state=state)
     if path is not None:
         typer.echo(f"checkpoint: {path}")
+        serving = json.loads((path / "policy.json").read_text(encoding="utf-8"))["embedding"].get("serving")
+        if serving:
+            typer.echo(describe(serving))
         if cfg.network.actor == "outcome":
             typer.echo(f"eval: {Path(cfg.out_dir) / 'eval.json'}")
             return

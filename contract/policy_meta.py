@@ -20,6 +20,22 @@ FORMAT_V1 = "agent-router/policy/v1"
 V1_LOAD_CLIP = 4.0
 
 
+class ServingEncoderMeta(BaseModel):
+    """The encoder chosen at training time to serve the policy by default
+    (``training.serving_encoder``): the fastest on the training machine of those whose vectors keep
+    at least ``min_agreement`` of the policy's greedy decisions on its ``prompts`` validation prompts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    encoder: Literal["torch", "onnx-int8", "onnx-fp32"]
+    min_agreement: float = Field(ge=0.0, le=1.0)
+    prompts: int = Field(ge=1)
+    #: each encoder tried -> the share of the decisions its vectors kept (torch: 1)
+    agreement: dict[str, float]
+    #: each encoder that kept enough -> ms to encode one prompt, one at a time, on the training machine
+    ms_per_prompt: dict[str, float]
+
+
 class EmbeddingMeta(BaseModel):
     """The sentence embedding model the policy was trained on, and its width."""
 
@@ -30,6 +46,8 @@ class EmbeddingMeta(BaseModel):
     #: the vectors it was trained on: ``transformer`` (the model itself: torch or an ONNX export) or
     #: ``static`` (static embeddings distilled from it, ``env.static_embedder``); a server refuses the other
     encoder: Literal["transformer", "static"] = "transformer"
+    #: the encoder a server uses when ``ROUTER_ENCODER`` is unset (None: torch, or static for static vectors)
+    serving: ServingEncoderMeta | None = None
 
 
 #: Default temperature of an outcome actor's Boltzmann policy (quality units per logit).

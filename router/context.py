@@ -27,10 +27,11 @@ from experience import ExperienceStore, StoreUnavailable
 from experience.agent_changes import AgentChanges, open_agent_changes
 from experience.backend import open_store
 from experience.redis_client import RedisErrors, open_redis
+from policy.artefact import Policy
 from policy.checkpoint import load_checkpoint
 from router.batcher import EmbedBatcher
 from router.cooldown import CooldownPolicy, Cooldowns, LocalCooldowns, RedisCooldowns
-from router.encode_plan import choose_encoder, choose_pass_size
+from router.encode_plan import PlanStore, planned_encoder, planned_pass_size
 from router.follower import follow_published
 from router.inflight import LoadTracker, LocalLoadTracker, RedisLoadTracker
 from router.metrics import RouterMetrics
@@ -104,6 +105,22 @@ def _quiet_model_loading() -> None:
     hf_logging.disable_progress_bar()
 
 
+def default_encoder(policy: Policy) -> tuple[str, str]:
+    """The encoder that serves ``policy`` when ``ROUTER_ENCODER`` is unset, and why: the one chosen
+    when it was trained (``policy.json`` ``embedding.serving``, :mod:`training.serving_encoder`), else
+    static for a policy trained on static embeddings, else torch."""
+    embedding = policy.meta.embedding
+    if embedding.encoder == "static":
+        return "static", "the policy was trained on static embeddings"
+    serving = embedding.serving
+    if serving is None:
+        return "torch", "the policy records no serving encoder"
+    kept = 100 * serving.agreement.get(serving.encoder, 1.0)
+    return serving.encoder, (f"the policy's choice at training: the fastest that kept at least "
+                             f"{100 * serving.min_agreement:g}% of its {serving.prompts} validation decisions "
+                             f"({kept:.1f}%); pin another with ROUTER_ENCODER")
+
+
 def start_policy(settings: Settings) -> RoutingService:
     """Load the checkpoint and the embedding model, and route one prompt (blocking).
 
@@ -122,13 +139,19 @@ def start_policy(settings: Settings) -> RoutingService:
             onnx_dir=settings.onnx_dir, threads=settings.torch_threads, static_dir=settings.static_dir, log=logger,
         )
 
+    plans = PlanStore(settings.plan_dir)
     trained = policy.meta.embedding.encoder
-    encoder = settings.encoder or ("static" if trained == "static" else "torch")
+    if settings.encoder is None:
+        encoder, why = default_encoder(policy)
+        logger.info("ROUTER_ENCODER unset: %s, %s", encoder, why)
+    else:
+        encoder = settings.encoder
+        logger.info("ROUTER_ENCODER=%s: pinned", encoder)
     check_vectors(trained, encoder, f"policy {policy.version}")
     embedder = build("onnx-int8" if encoder == "onnx" else encoder)
     if encoder == "onnx" and embedder.encoder == "onnx-int8":  # else no int8 kernels: fp32 already
         int8, fp32 = embedder, build("onnx-fp32")
-        embedder = choose_encoder([int8, fp32])[0]  # the faster export on this CPU
+        embedder = planned_encoder([int8, fp32], plans)  # the faster export on this CPU
         loser = fp32 if embedder is int8 else int8
         if loser.cache is not None:
             loser.cache.close()
@@ -137,7 +160,7 @@ def start_policy(settings: Settings) -> RoutingService:
     describe = getattr(embedder, "describe", None)
     logger.info("embedding encoder: %s", describe() if describe is not None else embedder.encoder)
     if settings.encode_batch == "auto":
-        choose_pass_size(embedder)
+        planned_pass_size(embedder, plans)
     return service
 
 

@@ -8,13 +8,24 @@ length in passes of each candidate size and keeps the size with the lowest cost 
 smallest, among sizes within a few percent of it). The
 micro-batcher (:mod:`router.batcher`) gathers concurrent prompts into passes of the chosen size,
 so gathering never makes a prompt dearer than the measurement says.
+
+A measurement takes seconds, so it is a *plan*, stored in ``ROUTER_PLAN_DIR`` (:class:`PlanStore`)
+and keyed by what it measured (the encoder as described, its model, the CPU model, the threads): a
+restart on the same machine reads it instead of timing again. Neither choice changes a decision
+(a pass's vectors are those of one prompt up to float rounding, and both ONNX exports' vectors are
+the transformer's), only how fast it is reached.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -117,3 +128,79 @@ def choose_encoder(embedders: Sequence[Any], samples: int = 16, repeats: int = 2
     logger.info("encoder %s (measured ms per prompt: %s)", chosen.encoder,
                 ", ".join(f"{name}: {cost:.2f}" for name, cost in costs.items()))
     return chosen, costs
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else :func:`platform.processor`), part of a plan's key."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class PlanStore:
+    """Measured plans on disk: one JSON file per key under ``directory``, written atomically
+    (a temporary file renamed into place); a file that cannot be read is measured again.
+
+    Args:
+        directory: ``ROUTER_PLAN_DIR`` (created on the first write); None: nothing is stored.
+    """
+
+    def __init__(self, directory: str | Path | None) -> None:
+        self.directory = Path(directory) if directory is not None else None
+
+    def _path(self, kind: str, key: dict[str, Any]) -> Path:
+        assert self.directory is not None
+        digest = hashlib.sha256(json.dumps({"kind": kind, **key}, sort_keys=True).encode()).hexdigest()[:16]
+        return self.directory / f"{kind}-{digest}.json"
+
+    def get_or_measure(self, kind: str, key: dict[str, Any], measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """The stored plan of ``(kind, key)``, else ``measure()``'s, stored; logged either way."""
+        key = {**key, "cpu": cpu_model()}
+        if self.directory is not None:
+            path = self._path(kind, key)
+            try:
+                plan = json.loads(path.read_text(encoding="utf-8"))["plan"]
+                logger.info("%s plan read from %s (measured on this CPU earlier): %s", kind, path, plan)
+                return plan
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        plan = measure()
+        if self.directory is not None:
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps({"key": key, "plan": plan}, indent=1), encoding="utf-8")
+                os.replace(tmp, path)
+            except OSError as exc:  # a read-only directory: measured again at the next start
+                logger.warning("%s plan not stored in %s: %s", kind, self.directory, exc)
+        return plan
+
+
+def planned_pass_size(embedder: Any, store: PlanStore) -> int:
+    """:func:`choose_pass_size`'s choice for ``embedder``, read from ``store`` when this CPU measured
+    it before; sets ``embedder.batch_size``."""
+    describe = getattr(embedder, "describe", None)
+    key = {"encoder": describe() if describe is not None else embedder.encoder, "model": embedder.cache_key,
+           "device": str(getattr(embedder, "device", None)), "candidates": list(CANDIDATES), "threads": _threads()}
+    plan = store.get_or_measure("pass-size", key, lambda: {"size": choose_pass_size(embedder)[0]})
+    embedder.batch_size = int(plan["size"])
+    return embedder.batch_size
+
+
+def planned_encoder(embedders: Sequence[Any], store: PlanStore) -> Any:
+    """:func:`choose_encoder`'s choice among ``embedders``, read from ``store`` when this CPU measured
+    it before."""
+    key = {"encoders": [e.describe() if hasattr(e, "describe") else e.encoder for e in embedders],
+           "model": embedders[0].model_id, "threads": _threads()}
+    plan = store.get_or_measure("encoder", key, lambda: {"encoder": choose_encoder(embedders)[0].encoder})
+    return next((e for e in embedders if e.encoder == plan["encoder"]), embedders[0])
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()

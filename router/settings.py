@@ -116,9 +116,10 @@ class Settings(BaseSettings):
     device: str = Field("cpu", min_length=1, description="Torch device of the embedding model.")
     encoder: Literal["torch", "onnx", "onnx-int8", "onnx-fp32", "static"] | None = Field(
         None,
-        description="What runs the embedding model; unset: the policy's own (static for a policy trained on "
-        "static embeddings, else torch). torch; static (static embeddings distilled from the model into "
-        "static_dir: env.static_embedder; only for a policy trained on them); onnx-int8 (ONNX Runtime: int8 "
+        description="What runs the embedding model; unset: the policy's own (policy.json embedding.serving, the "
+        "fastest encoder that kept at least 99% of its validation decisions when it was trained; static for a "
+        "policy trained on static embeddings; else torch). torch; static (static embeddings distilled from the "
+        "model into static_dir: env.static_embedder; only for a policy trained on them); onnx-int8 (ONNX Runtime: int8 "
         "weights in blocks of 16 and int8 compute on this CPU's instructions, exported once from the local "
         "model files into onnx_dir; a CPU without those instructions falls back to the export without quantisation); "
         "onnx-fp32 (the export without quantisation: torch's vectors up to float rounding); onnx (the faster "
@@ -134,6 +135,12 @@ class Settings(BaseSettings):
         Path("var/onnx"),
         description="Directory of the cached ONNX exports, one per model, quantisation and "
         "hash of the model files (written atomically).",
+    )
+    plan_dir: Path = Field(
+        Path("var/plans"),
+        description="Directory of the start-up measurements (the encode pass size of ROUTER_ENCODE_BATCH=auto, the "
+        "ONNX export of ROUTER_ENCODER=onnx), one file per encoder, model, CPU model and threads: a restart on "
+        "the same machine reads them instead of timing again (router.encode_plan). Delete a file to measure again.",
     )
     torch_threads: int = Field(
         1,

@@ -38,6 +38,11 @@ class EmbedConfig(BaseModel):
     static_dir: Path = Path("var/static")
     cache_dir: Path = Path("var/embeddings")
     batch_size: int = Field(default=64, ge=1)
+    serving_candidates: list[Literal["onnx-int8", "onnx-fp32"]] = Field(
+        default=["onnx-int8", "onnx-fp32"], description="encoders tried at the end of training as the policy's "
+        "default serving encoder beside torch (training.serving_encoder); [] keeps torch")
+    min_agreement: float = Field(default=0.99, ge=0.0, le=1.0, description="share of the policy's validation "
+                                 "decisions a serving encoder's vectors must keep")
 
 
 class NetworkConfig(BaseModel):

@@ -25,6 +25,7 @@ from policy.outcome import OutcomeActor, OutcomeCritic
 from training.config import TrainConfig
 from training.data import EmbeddedSplits
 from training.evaluation.offline import evaluate
+from training.serving_encoder import record_serving_encoder
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,7 @@ def train_outcome_policy(cfg: TrainConfig, splits: EmbeddedSplits, layout: ObsLa
     policy = Policy.draft(Path(cfg.out_dir), meta, actor, critic.eval())
     meta["eval"] = {"val": evaluate(policy, train, splits.splits["val"], splits.embeddings("val"), cfg.env.cost_weight),
                     "outcome_fit": fit}
+    record_serving_encoder(meta, cfg, splits, policy)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.json").write_text(json.dumps(meta["eval"], indent=2), encoding="utf-8")

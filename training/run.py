@@ -25,6 +25,7 @@ from training.evaluation.offline import evaluate
 from training.learning_curve import plot_reward_curve
 from training.outcome_fit import train_outcome_policy
 from training.resume import ResumeError, save_trainer_state, state_file
+from training.serving_encoder import record_serving_encoder
 from training.trainer import MAPPOTrainer, seed_everything
 from training.validation import Validator
 
@@ -200,5 +201,6 @@ def _run(cfg: TrainConfig, rank_cfg: TrainConfig, ctx: DistContext, device: str,
                                     splits.embeddings("val"), cfg.env.cost_weight)}
     if selected is not None:
         meta["eval"]["selected"] = selected
+    record_serving_encoder(meta, cfg, splits, policy)
     (out_dir / "eval.json").write_text(json.dumps(meta["eval"], indent=2), encoding="utf-8")
     return save_checkpoint(cfg.checkpoint_dir, trainer.actor, trainer.critic, meta)

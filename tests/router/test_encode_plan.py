@@ -10,7 +10,15 @@ import httpx
 import numpy as np
 import pytest
 
-from router.encode_plan import CANDIDATES, LENGTHS, choose_encoder, choose_pass_size, sample_prompts
+from router.encode_plan import (
+    CANDIDATES,
+    LENGTHS,
+    PlanStore,
+    choose_encoder,
+    choose_pass_size,
+    planned_pass_size,
+    sample_prompts,
+)
 
 
 class Clock:
@@ -92,6 +100,47 @@ def test_the_server_measures_and_exports_its_pass_size(sqlite_server):
     text = httpx.get(f"{sqlite_server.url}/metrics", timeout=30).text
     match = re.search(r"^router_encode_pass_size ([0-9.]+)$", text, re.M)
     assert match and int(float(match.group(1))) in CANDIDATES
-    assert "encode passes of" in sqlite_server.log()
+    log = sqlite_server.log()
+    assert "encode passes of" in log or "pass-size plan read from" in log  # measured, or by an earlier server
     threads = re.search(r"^router_encode_threads ([0-9.]+)$", text, re.M)
     assert threads and f"encode threads: {int(float(threads.group(1)))}" in sqlite_server.log()
+
+
+def test_a_plan_is_measured_once_per_key_and_read_back(monkeypatch, tmp_path):
+    clock = Clock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    store = PlanStore(tmp_path / "plans")
+    embedder = FakeEmbedder(TimedModel(clock, fixed=0.0016, per_prompt=0.0001))
+    embedder.encoder, embedder.cache_key = "torch", "model-a"
+    assert planned_pass_size(embedder, store) == 4
+    files = list((tmp_path / "plans").glob("pass-size-*.json"))
+    assert len(files) == 1 and not list((tmp_path / "plans").glob("*.tmp"))
+    # a restart reads it: the model is not timed again (its clock does not move)
+    embedder.batch_size, before = 64, clock.now
+    assert planned_pass_size(embedder, store) == 4 and embedder.batch_size == 4 and clock.now == before
+    # another model is another key; an unreadable plan is measured again
+    other = FakeEmbedder(TimedModel(clock, fixed=0.002, per_prompt=0.0))
+    other.encoder, other.cache_key = "torch", "model-b"
+    assert planned_pass_size(other, store) == max(CANDIDATES)
+    files[0].write_text("{not json")
+    assert planned_pass_size(embedder, store) == 4 and clock.now > before
+    # a directory that cannot be written: measured, served, not stored
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    assert planned_pass_size(embedder, PlanStore(blocked / "plans")) == 4
+
+
+def test_a_restarted_server_reads_its_plan_instead_of_timing_again(start_server, checkpoint, tmp_path):
+    env = {"ROUTER_CHECKPOINT": str(checkpoint.parent), "ROUTER_PLAN_DIR": str(tmp_path / "plans"),
+           "ROUTER_SQLITE_PATH": str(tmp_path / "experience.sqlite3")}
+    first = start_server(env).wait_ready()
+    sizes = []
+    for server in (first, None):
+        if server is None:
+            first.stop()
+            server = start_server(env).wait_ready()
+        text = httpx.get(f"{server.url}/metrics", timeout=30).text
+        sizes.append(re.search(r"^router_encode_pass_size ([0-9.]+)$", text, re.M).group(1))
+    assert "encode passes of" in first.log() and "pass-size plan read from" not in first.log()
+    assert "pass-size plan read from" in server.log() and "encode passes of" not in server.log()
+    assert sizes[0] == sizes[1]

@@ -58,7 +58,7 @@ def test_server_with_onnx_serves_the_faster_export(tmp_path):
     onnx_dir = tmp_path / "onnx"
     server = Server(env={"ROUTER_CHECKPOINT": str(make_checkpoint(tmp_path / "checkpoints")),
                          "ROUTER_SQLITE_PATH": str(tmp_path / "exp.sqlite3"), "ROUTER_ENCODER": "onnx",
-                         "ROUTER_ONNX_DIR": str(onnx_dir)},
+                         "ROUTER_ONNX_DIR": str(onnx_dir), "ROUTER_PLAN_DIR": str(tmp_path / "plans")},
                     log_path=tmp_path / "stderr.log")
     try:
         server.start().wait_ready()

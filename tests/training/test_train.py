@@ -27,8 +27,10 @@ def test_short_training_run_beats_random(small_config):
     assert sum(m["reward"] for m in lines[-5:]) > sum(m["reward"] for m in lines[:5])
     assert (out / "reward_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert policy.meta.data.prompts == 600
-    assert policy.meta.embedding.model_dump() == {"model": "sentence-transformers/all-MiniLM-L6-v2", "dim": 384,
-                                                  "encoder": "transformer"}
+    embedding = policy.meta.embedding
+    assert (embedding.model, embedding.dim, embedding.encoder) == ("sentence-transformers/all-MiniLM-L6-v2", 384,
+                                                                   "transformer")
+    assert embedding.serving is not None and embedding.serving.agreement[embedding.serving.encoder] >= 0.99
 
 
 def _cli(*args, **kw):
