@@ -118,12 +118,15 @@ def int8_instructions(flags: set[str], machine: str) -> str | None:
     return None
 
 
-def require_onnxruntime() -> None:
-    """Raise :class:`UserError` (one line, with the install command) unless ONNX Runtime and onnx import."""
+def require_onnxruntime(export: bool = False) -> None:
+    """Raise :class:`UserError` (one line, with the install command) unless ONNX Runtime imports, and
+    with ``export`` onnx and onnx-ir too (only an export needs them; they take a second to import)."""
     try:
-        import onnx  # noqa: F401
-        import onnx_ir  # noqa: F401
         import onnxruntime  # noqa: F401
+
+        if export:
+            import onnx  # noqa: F401
+            import onnx_ir  # noqa: F401
     except ImportError as exc:
         raise UserError(f"the ONNX encoders (ROUTER_ENCODER=onnx, onnx-int8, onnx-fp32) need onnxruntime, onnx and "
                         f"onnx-ir ({exc}); install them with: "
@@ -181,6 +184,7 @@ def _quantizer() -> Any:
 
 def _export(model_path: Path, out: Path, scheme: Int8Scheme | None) -> dict[str, Any]:
     """Write ``model.onnx`` (quantised with ``scheme``, or not), the tokenizer and ``export.json`` into ``out``."""
+    require_onnxruntime(export=True)
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -259,7 +263,7 @@ class OnnxSentenceEncoder:
 
     def __init__(self, directory: Path, threads: int = 1) -> None:
         import onnxruntime as ort
-        from transformers import AutoTokenizer
+        from tokenizers import Tokenizer
 
         self.directory = directory
         self.meta = _read_json(directory / _META_FILE)
@@ -270,9 +274,15 @@ class OnnxSentenceEncoder:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(directory / _ONNX_FILE), options, providers=["CPUExecutionProvider"])
-        self.tokenizer = AutoTokenizer.from_pretrained(str(directory))
         self.max_seq_length = int(self.meta["max_seq_length"])
         self._inputs = list(self.meta["inputs"])
+        # the fast tokenizer's own file, read by the tokenizers library alone: importing transformers for
+        # AutoTokenizer took seconds of every start, and tokenised the same (tests/env/test_onnx_embedder.py)
+        self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        self.tokenizer.enable_truncation(max_length=self.max_seq_length, strategy="longest_first")
+        pad = str(_read_json(directory / "tokenizer_config.json").get("pad_token") or "[PAD]")
+        pad_id = self.tokenizer.token_to_id(pad)
+        self.tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token=pad)
 
     def get_embedding_dimension(self) -> int:
         return int(self.meta["dim"])
@@ -280,8 +290,9 @@ class OnnxSentenceEncoder:
     def _forward(self, texts: list[str]) -> np.ndarray:
         if self.meta["do_lower_case"]:
             texts = [t.lower() for t in texts]
-        features = self.tokenizer(texts, padding=True, truncation="longest_first", max_length=self.max_seq_length,
-                                  return_tensors="np")
+        encodings = self.tokenizer.encode_batch(texts)
+        features = {"input_ids": [e.ids for e in encodings], "attention_mask": [e.attention_mask for e in encodings],
+                    "token_type_ids": [e.type_ids for e in encodings]}
         feed = {name: np.asarray(features[name], dtype=np.int64) for name in self._inputs}
         if "token_type_ids" not in feed:
             feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
@@ -334,8 +345,8 @@ class OnnxEmbedder(Embedder):
         export_dir: the export in use (once the model is loaded).
 
     Raises:
-        UserError: ONNX Runtime, onnx or onnx-ir cannot be imported (the message names the install
-            command).
+        UserError: ONNX Runtime cannot be imported (onnx and onnx-ir: at the first export); the
+            message names the install command.
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, cache_dir: str | Path | None = None, batch_size: int = 64,
