@@ -50,7 +50,13 @@ Usage::
 
     .venv/bin/python benchmarks/bandit_stream.py [--shuffles 5] [--shuffle-offset 100] [--limit N]
         [--learners vw-squarecb,linucb,...] [--dataset NAME=PROMPTS,AGENTS,COST_WEIGHT ...]
+        [--scenario break|degrade|price|new-agent|retire|preference] [--cost-weight-range 1,10000]
         [--out runs/bandit_stream]
+
+With ``--scenario preference`` every request carries its own ``cost_weight`` (drawn log-uniformly
+from ``--cost-weight-range``, seeded by ``--fold-seed``; the setting's COST_WEIGHT is not used): the
+anchors get it in :class:`benchmarks.bandit_anchors.Context` as features, agent-router is a cold
+start with ``--cost-weight-max`` the range's top and routes each request at its weight.
 
 Shuffle seeds are ``offset + 0 .. N-1``: the reported figures use the default offset 100; tune on
 others (``--shuffle-offset 0``). Prints one table per setting (mean ± sd over shuffles, and each
