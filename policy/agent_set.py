@@ -212,7 +212,7 @@ def apply_changes(policy: Policy, added: list[dict[str, Any]],
         if raw.get("name") in current.agents:
             continue
         try:
-            spec = AgentSpec.model_validate(raw)
+            spec = AgentSpec.model_validate({k: v for k, v in raw.items() if k != "upstream"})  # the proxy's
         except ValueError as exc:
             raise AgentSetError(f"agent {raw.get('name')!r}: {exc}") from None
         actor, critic, reward_critic, content = add_agent(current, spec)

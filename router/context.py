@@ -20,7 +20,6 @@ import redis.asyncio as aioredis
 import torch
 
 from contract.errors import UserError
-from contract.pricing import AgentPrice
 from env.embedder import Embedder
 from env.encoders import check_vectors, make_embedder
 from experience import ExperienceStore, StoreUnavailable
@@ -42,7 +41,7 @@ from router.registry import PolicyRegistry
 from router.routing import Router
 from router.service import RoutingService
 from router.settings import Settings
-from router.upstreams import load_upstreams
+from router.upstreams import load_upstreams, policy_prices
 
 logger = logging.getLogger(__name__)
 
@@ -85,15 +84,6 @@ class AppContext:
     def service(self) -> RoutingService:
         """The service of the policy served now (read once per request)."""
         return self.registry.current
-
-
-def policy_prices(service: RoutingService) -> dict[str, AgentPrice]:
-    """Each agent's price list from the served policy's agent records."""
-    prices = {}
-    for spec in service.policy.meta.agent_specs:
-        prices[spec["name"]] = AgentPrice(price_per_1m_tokens=spec.get("price_per_1m_tokens"),
-                                          cost_per_call_usd=spec.get("cost_per_call_usd"))
-    return prices
 
 
 def _quiet_model_loading() -> None:
@@ -250,7 +240,8 @@ async def open_context(settings: Settings, metrics: RouterMetrics) -> AsyncItera
         await stack.enter_async_context(follow_published(registry, settings, shared.redis, errors))
         proxy = None
         if settings.upstreams_file is not None:
-            proxy = Proxy(upstreams=load_upstreams(settings.upstreams_file, service.agents, policy_prices(service)),
+            proxy = Proxy(upstreams=load_upstreams(settings.upstreams_file, service.agents,
+                                                    policy_prices(service.policy.meta.agent_specs)),
                           client=UpstreamClient(settings.upstream_connect_timeout_s,
                                                 settings.upstream_first_token_timeout_s),
                           spend=shared.spend)

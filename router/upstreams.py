@@ -23,6 +23,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -122,18 +123,61 @@ def load_upstreams(path: Path, agents: Sequence[str], prices: Mapping[str, Agent
     if unknown:
         raise UserError(f"ROUTER_UPSTREAMS_FILE: {path} names agents the policy does not know: {', '.join(unknown)}; "
                         f"the agents are {', '.join(agents)}")
-    upstreams: dict[str, Upstream] = {}
-    for name, entry in parsed.agents.items():
-        key = None
-        if entry.api_key_env is not None:
-            value = environ.get(entry.api_key_env)
-            if not value:
-                raise UserError(f"ROUTER_UPSTREAMS_FILE: agent {name!r} reads its API key from ${entry.api_key_env}, "
-                                "which is not set")
-            key = SecretStr(value)
-        own = entry.price_per_1m_tokens is not None or entry.cost_per_call_usd is not None
-        price = (AgentPrice(price_per_1m_tokens=entry.price_per_1m_tokens, cost_per_call_usd=entry.cost_per_call_usd)
-                 if own else prices.get(name, AgentPrice()))
-        upstreams[name] = Upstream(agent=name, url=f"{entry.base_url}/chat/completions", model=entry.model,
-                                   api_key=key, price=price)
-    return upstreams
+    try:
+        return {name: make_upstream(name, entry, prices, environ) for name, entry in parsed.agents.items()}
+    except UserError as exc:
+        raise UserError(f"ROUTER_UPSTREAMS_FILE: {exc}") from None
+
+
+def make_upstream(name: str, entry: UpstreamEntry, prices: Mapping[str, AgentPrice],
+                  environ: Mapping[str, str] | None = None) -> Upstream:
+    """Agent ``name``'s :class:`Upstream` from its ``entry`` (the file's, or ``POST /admin/agents``'
+    ``upstream``), its key read from ``environ`` (None: ``os.environ``), its price the entry's own
+    else ``prices[name]``.
+
+    Raises:
+        UserError: the entry names a key variable that is not set (the message names the variable,
+            never a value).
+    """
+    environ = os.environ if environ is None else environ
+    key = None
+    if entry.api_key_env is not None:
+        value = environ.get(entry.api_key_env)
+        if not value:
+            raise UserError(f"agent {name!r} reads its API key from ${entry.api_key_env}, which is not set")
+        key = SecretStr(value)
+    own = entry.price_per_1m_tokens is not None or entry.cost_per_call_usd is not None
+    price = (AgentPrice(price_per_1m_tokens=entry.price_per_1m_tokens, cost_per_call_usd=entry.cost_per_call_usd)
+             if own else prices.get(name, AgentPrice()))
+    return Upstream(agent=name, url=f"{entry.base_url}/chat/completions", model=entry.model, api_key=key, price=price)
+
+
+def policy_prices(agent_specs: Sequence[Mapping[str, Any]]) -> dict[str, AgentPrice]:
+    """Each agent's price list from a policy's agent records (``policy.json`` ``agent_specs``)."""
+    return {str(spec["name"]): AgentPrice(price_per_1m_tokens=spec.get("price_per_1m_tokens"),
+                                          cost_per_call_usd=spec.get("cost_per_call_usd"))
+            for spec in agent_specs}
+
+
+def added_upstreams(added: Sequence[Mapping[str, Any]], agents: Sequence[str], known: Mapping[str, Upstream],
+                    prices: Mapping[str, AgentPrice], environ: Mapping[str, str] | None = None,
+                    ) -> tuple[dict[str, Upstream], dict[str, str]]:
+    """The upstreams of agents added at run time (``POST /admin/agents`` entries with an ``upstream``)
+    that the served policy routes to (``agents``) and the file does not name (``known``).
+
+    Returns:
+        ``(agent -> Upstream, agent -> why its entry cannot be used)``.
+    """
+    out: dict[str, Upstream] = {}
+    unusable: dict[str, str] = {}
+    for spec in added:
+        name, entry = str(spec.get("name")), spec.get("upstream")
+        if entry is None or name not in agents or name in known:
+            continue
+        try:
+            out[name] = make_upstream(name, UpstreamEntry.model_validate(entry), prices, environ)
+        except ValidationError as exc:
+            unusable[name] = describe_validation_errors(exc.errors())
+        except UserError as exc:
+            unusable[name] = str(exc)
+    return out, unusable

@@ -44,6 +44,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from contract.experience import Feedback
 from contract.pricing import CHARS_PER_TOKEN, call_cost_usd
+from experience.agent_changes import AgentChanges, AgentChangesUnavailable
 from experience.base import utc_now_iso
 from router.errors import openai_error_body
 from router.inflight import NoAgentAvailable
@@ -55,7 +56,7 @@ from router.proxy.relay import answer_chars, first_event, sse, until_disconnecte
 from router.routing import Router, RoutingRequest
 from router.service import Decision
 from router.settings import ClientKey
-from router.upstreams import Upstream
+from router.upstreams import Upstream, added_upstreams
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +71,41 @@ class Proxy:
         upstreams: agent name -> endpoint (:func:`router.upstreams.load_upstreams`).
         client: the pooled upstream client.
         spend: each client key's spending.
+        added: the endpoints of agents added at run time with an ``upstream`` (``POST /admin/agents``
+            on any replica), taken from the recorded changes once a served policy routes to them
+            (:meth:`refresh`).
     """
 
     upstreams: dict[str, Upstream]
     client: UpstreamClient
     spend: KeySpend
+    added: dict[str, Upstream] = field(default_factory=dict)
+    _seen_version: str | None = None
+
+    def upstream_of(self, agent: str) -> Upstream | None:
+        """``agent``'s endpoint: the file's, else the one it was added with; None: not proxied."""
+        return self.upstreams.get(agent) or self.added.get(agent)
+
+    async def refresh(self, version: str, agents: list[str], prices: dict[str, Any], changes: AgentChanges) -> None:
+        """Once per served policy version, when it routes to agents without an endpoint, read the
+        recorded agent changes for the endpoints they were added with (no restart: a hot swap to a
+        policy over the new set brings them). A store that cannot be read is tried at the next request."""
+        if version == self._seen_version:
+            return
+        missing = [a for a in agents if self.upstream_of(a) is None]
+        if missing:
+            try:
+                recorded = await anyio.to_thread.run_sync(changes.read)
+            except AgentChangesUnavailable as exc:
+                logger.warning("agents added at run time: their upstreams not read yet: %s", exc)
+                return
+            found, unusable = added_upstreams(recorded.added, missing, self.upstreams, prices)
+            for name, upstream in found.items():
+                logger.info("proxying agent %s (added at run time): %s, model %s", name, upstream.url, upstream.model)
+            for name, why in unusable.items():
+                logger.warning("agent %s was added with an upstream this replica cannot use: %s", name, why)
+            self.added |= found
+        self._seen_version = version
 
 
 @dataclass
@@ -216,7 +247,9 @@ class ProxyCall:
             decision = await self.router.decide(self.routing, excluded=self.failed)
         except NoAgentAvailable:
             return None
-        attempt = Attempt(decision=decision, upstream=self.proxy.upstreams[decision.agent])
+        upstream = self.proxy.upstream_of(decision.agent)
+        assert upstream is not None  # the candidates are agents with an upstream
+        attempt = Attempt(decision=decision, upstream=upstream)
         self.attempts.append(attempt)
         return attempt
 

@@ -7,8 +7,10 @@
                                        it is marked up
 ``POST /admin/agents/{name}/up``       mark it up again
 ``POST /admin/agents``                 add an agent (an agents-file entry: name, price, optional
-                                       ``prior_quality``, ...); 202: the next retrain round grows
-                                       the policy to it and publishes (:mod:`policy.agent_set`)
+                                       ``prior_quality``, ..., and optional ``upstream``: where the
+                                       proxy calls it); 202: the next retrain round grows the policy
+                                       to it and publishes (:mod:`policy.agent_set`), and every
+                                       replica's proxy calls it from then on
 ``DELETE /admin/agents/{name}``        retire an agent: from the next round it is never routed
                                        to; its index and its logged records stay; 202
 ``GET /admin/agents``                  the recorded changes and the served policy's agent set
@@ -32,13 +34,15 @@ import anyio
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, Field
 
+from contract.errors import UserError
 from env.dataset import AgentSpec
 from experience.agent_changes import AgentChangeConflict, AgentChangesUnavailable
 from policy.agent_set import AgentExists, AgentSetError, check_new_agent
 from router.auth import AdminDep
-from router.deps import AgentChangesDep, LoadDep, ServiceDep
+from router.deps import AgentChangesDep, ContextDep, LoadDep, ServiceDep
 from router.routes import error_responses
 from router.routes.admin_policy import AUTH
+from router.upstreams import UpstreamEntry, make_upstream
 
 api = APIRouter(
     prefix="/admin",
@@ -80,6 +84,14 @@ async def agent_up(name: str, service: ServiceDep, load: LoadDep) -> AgentState:
     return AgentState(name=name, down=False)
 
 
+class NewAgent(AgentSpec):
+    """Body of ``POST /admin/agents``: an agents-file entry, and where the proxy calls it."""
+
+    upstream: UpstreamEntry | None = Field(
+        None, description="The agent's OpenAI-compatible endpoint, as in ROUTER_UPSTREAMS_FILE (base_url, model, "
+        "api_key_env: the name of the variable holding its key on every replica); none: routed, not proxied.")
+
+
 class AgentChange(BaseModel):
     """Answer of ``POST /admin/agents`` and ``DELETE /admin/agents/{name}``."""
 
@@ -112,10 +124,17 @@ async def _changes(call: Any, *args: Any) -> Any:
 @api.post("/agents", response_model=AgentChange, status_code=status.HTTP_202_ACCEPTED, summary="Add an agent",
           responses=error_responses((409, "An agent of that name exists or was added; or this policy has no "
                                           "reward critic."), (422, "A bad agents-file entry.")))
-async def add_agent(spec: AgentSpec, service: ServiceDep, changes: AgentChangesDep) -> AgentChange:
+async def add_agent(spec: NewAgent, service: ServiceDep, changes: AgentChangesDep, context: ContextDep) -> AgentChange:
     """Record a new agent for every replica: the next retrain round appends it to the policy's action
-    order, keeps what was learned about the others, and explores it until the critic knows it."""
+    order, keeps what was learned about the others, and explores it until the critic knows it. With
+    an ``upstream``, every replica's proxy calls it from the first policy that routes to it, no
+    restart needed."""
     policy = service.policy
+    if spec.upstream is not None and context.proxy is not None:
+        try:  # its key must be readable here (the message names the variable, never a value)
+            make_upstream(spec.name, spec.upstream, {})
+        except UserError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, f"upstream: {exc} on this replica") from None
     if policy.reward_critic is None:
         raise HTTPException(status.HTTP_409_CONFLICT, f"policy {policy.version} has no reward critic: it cannot learn "
                             "a new agent from feedback (start from `agent-router init`, or train with the agent)")
@@ -125,7 +144,7 @@ async def add_agent(spec: AgentSpec, service: ServiceDep, changes: AgentChangesD
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     except AgentSetError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
-    await _changes(changes.add, spec.model_dump())
+    await _changes(changes.add, spec.model_dump(exclude={"upstream"} if spec.upstream is None else None))
     return AgentChange(name=spec.name, change="add")
 
 

@@ -77,7 +77,13 @@ def _wait_for(clients, version: str) -> None:
             time.sleep(0.1)
 
 
-def test_agents_added_and_retired_on_running_replicas(start_server, redis_url, redis_prefix, embed_cache, tmp_path):
+def _chat(client: httpx.Client, model: str) -> httpx.Response:
+    return client.post("/v1/chat/completions", json={"model": model, "messages": [
+        {"role": "user", "content": "Write a short poem about the sea."}]})
+
+
+def test_agents_added_and_retired_on_running_replicas(start_server, redis_url, redis_prefix, embed_cache, tmp_path,
+                                                      fake_upstream):
     (tmp_path / "agents.json").write_text(json.dumps({"agents": AGENTS}))
     root = tmp_path / "checkpoints"
     init = subprocess.run([sys.executable, "-m", "cli", "init", "--agents", str(tmp_path / "agents.json"), "--out",
@@ -86,10 +92,16 @@ def test_agents_added_and_retired_on_running_replicas(start_server, redis_url, r
     assert init.returncode == 0, init.stderr
     env = {"ROUTER_CHECKPOINT": str(root), "ROUTER_REDIS_URL": redis_url, "ROUTER_REDIS_PREFIX": redis_prefix,
            "ROUTER_EMBED_CACHE_DIR": str(embed_cache), "ROUTER_POLICY_POLL_S": "30", "ROUTER_ADMIN_TOKEN": TOKEN,
-           "ROUTER_COOLDOWN_S": "0"}
+           "ROUTER_COOLDOWN_S": "0", "ROUTER_PROXY_OPEN": "true",
+           "ROUTER_UPSTREAMS_FILE": str(tmp_path / "upstreams.json")}
+    (tmp_path / "upstreams.json").write_text(json.dumps({"agents": {
+        "calculator": {"base_url": f"{fake_upstream.url}/v1", "model": "m0"},
+        "writer": {"base_url": f"{fake_upstream.url}/v1", "model": "m1"}}}))
     servers = [start_server(env | {"ROUTER_OUTBOX_PATH": str(tmp_path / f"outbox-{i}.sqlite3")}) for i in range(2)]
     one, two = (httpx.Client(base_url=s.wait_ready().url, timeout=30.0) for s in servers)
-    poet = {"name": "poet", "description": "writes well", "price_per_1m_tokens": 0.3}
+    # the poet comes with its endpoint: every replica's proxy calls it once a policy routes to it
+    poet = {"name": "poet", "description": "writes well", "price_per_1m_tokens": 0.3,
+            "upstream": {"base_url": f"{fake_upstream.url}/v1", "model": "m2"}}
     try:
         assert one.post("/admin/agents", json=poet).status_code == 401  # no token: nothing changes
         assert one.post("/admin/agents", json=poet, headers={"Authorization": "Bearer wrong"}).status_code == 403
@@ -105,6 +117,11 @@ def test_agents_added_and_retired_on_running_replicas(start_server, redis_url, r
         assert r.status_code == 422 and "needs a price" in r.json()["detail"]
         r = one.post("/admin/agents", json={"name": "x", "price_per_1m_tokens": -1}, headers=ADMIN)
         assert r.status_code == 422
+        keyed = {"name": "keyed", "price_per_1m_tokens": 0.1,
+                 "upstream": {"base_url": "http://127.0.0.1:9/v1", "model": "k", "api_key_env": "NO_SUCH_KEY_VAR"}}
+        r = one.post("/admin/agents", json=keyed, headers=ADMIN)  # its key is not readable here
+        assert r.status_code == 422 and "$NO_SUCH_KEY_VAR" in r.json()["detail"]
+        assert _chat(two, "poet").status_code == 404  # not an agent of the served policy yet
         state = one.get("/admin/agents", headers=ADMIN).json()
         assert state["pending"] == ["+poet", "+spare"] and state["agents"] == ["calculator", "writer"]
 
@@ -116,6 +133,11 @@ def test_agents_added_and_retired_on_running_replicas(start_server, redis_url, r
         v2 = result["version"]
         _wait_for((one, two), v2)
         assert [a["name"] for a in two.get("/v1/agents").json()] == ["calculator", "writer", "poet", "spare"]
+        # the replica that did not take the add proxies the poet at the endpoint it was added with
+        r = _chat(two, "poet")
+        assert r.status_code == 200 and r.headers["X-Router-Agent"] == "poet", r.text
+        assert "poet" in [m["id"] for m in two.get("/v1/models").json()["data"]]
+        assert "spare" not in [m["id"] for m in one.get("/v1/models").json()["data"]]  # added without one
         grown = load_checkpoint(root / v2)
         assert grown.agents == ["calculator", "writer", "poet", "spare"] and grown.meta.data.watermark is not None
 

@@ -13,7 +13,7 @@ from contract.pricing import AgentPrice
 from experience.redis_client import RedisErrors, open_redis
 from router.proxy.keys import OPEN_KEY, KeyRefused, LocalKeySpend, RedisKeySpend, authenticate, hash_key, new_key
 from router.settings import ClientKey, Settings
-from router.upstreams import load_upstreams
+from router.upstreams import added_upstreams, load_upstreams
 
 AGENTS = ["calculator", "smollm2"]
 PRICES = {"calculator": AgentPrice(cost_per_call_usd=0.0001), "smollm2": AgentPrice(price_per_1m_tokens=0.2)}
@@ -138,3 +138,22 @@ def test_keys_new_prints_a_key_and_only_its_hash_for_the_settings():
     bad = subprocess.run([sys.executable, "-m", "cli", "keys", "new", "--name", "no spaces"],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("error: keys new: name:") and "Traceback" not in bad.stderr
+
+
+def test_agents_added_with_an_upstream_are_proxied_once_served_and_never_leak_their_key():
+    added = [{"name": "poet", "price_per_1m_tokens": 0.3,
+              "upstream": {"base_url": "http://127.0.0.1:9000/v1/", "model": "p", "api_key_env": "POET_KEY"}},
+             {"name": "plain", "price_per_1m_tokens": 0.1},
+             {"name": "pending", "upstream": {"base_url": "http://h/v1", "model": "q"}},
+             {"name": "broken", "upstream": {"base_url": "ftp://h", "model": "b"}},
+             {"name": "keyless", "upstream": {"base_url": "http://h/v1", "model": "k", "api_key_env": "NOT_SET_HERE"}}]
+    prices = {"poet": AgentPrice(price_per_1m_tokens=0.3)}
+    found, unusable = added_upstreams(added, ["poet", "plain", "broken", "keyless"], {}, prices,
+                                      environ={"POET_KEY": "sk-secret"})
+    assert list(found) == ["poet"]  # "pending" is not served yet; "plain" came without one
+    poet = found["poet"]
+    assert poet.url == "http://127.0.0.1:9000/v1/chat/completions" and poet.price == prices["poet"]
+    assert poet.api_key.get_secret_value() == "sk-secret" and "sk-secret" not in repr(poet)
+    assert "http://" in unusable["broken"] and "NOT_SET_HERE" in unusable["keyless"]
+    # an agent the file names keeps the file's endpoint
+    assert added_upstreams(added, ["poet"], {"poet": poet}, prices, environ={})[0] == {}
