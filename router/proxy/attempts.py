@@ -33,7 +33,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal, TypeVar
@@ -43,7 +43,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from contract.experience import Feedback
-from contract.pricing import CHARS_PER_TOKEN, call_cost_usd
+from contract.pricing import CHARS_PER_TOKEN, AgentPrice, call_cost_usd
 from experience.agent_changes import AgentChanges, AgentChangesUnavailable
 from experience.base import utc_now_iso
 from router.errors import openai_error_body
@@ -80,13 +80,14 @@ class Proxy:
     client: UpstreamClient
     spend: KeySpend
     added: dict[str, Upstream] = field(default_factory=dict)
-    _seen_version: str | None = None
+    _seen_version: str | None = field(default=None, init=False, repr=False)
 
     def upstream_of(self, agent: str) -> Upstream | None:
         """``agent``'s endpoint: the file's, else the one it was added with; None: not proxied."""
         return self.upstreams.get(agent) or self.added.get(agent)
 
-    async def refresh(self, version: str, agents: list[str], prices: dict[str, Any], changes: AgentChanges) -> None:
+    async def refresh(self, version: str, agents: list[str], prices: Mapping[str, AgentPrice],
+                      changes: AgentChanges) -> None:
         """Once per served policy version, when it routes to agents without an endpoint, read the
         recorded agent changes for the endpoints they were added with (no restart: a hot swap to a
         policy over the new set brings them). A store that cannot be read is tried at the next request."""
