@@ -119,7 +119,6 @@ def start_policy(settings: Settings) -> RoutingService:
     """
     torch.set_num_threads(settings.torch_threads)
     sys.setswitchinterval(settings.gil_switch_interval_ms / 1000.0)
-    _quiet_model_loading()
     policy = load_checkpoint(settings.checkpoint)
 
     def build(encoder: str) -> Embedder:
@@ -138,6 +137,8 @@ def start_policy(settings: Settings) -> RoutingService:
         encoder = settings.encoder
         logger.info("ROUTER_ENCODER=%s: pinned", encoder)
     check_vectors(trained, encoder, f"policy {policy.version}")
+    if encoder == "torch":  # only torch loads a transformers model (importing transformers takes most of a second)
+        _quiet_model_loading()
     embedder = build("onnx-int8" if encoder == "onnx" else encoder)
     if encoder == "onnx" and embedder.encoder == "onnx-int8":  # else no int8 kernels: fp32 already
         int8, fp32 = embedder, build("onnx-fp32")
