@@ -31,7 +31,7 @@ from contract.observation import ObsLayout
 from contract.policy_meta import PolicyMeta
 from env.dataset import AgentSpec
 from policy.artefact import Policy
-from policy.networks import NetworkShape, RouterLinear, build_networks, build_reward_critic
+from policy.networks import NetworkShape, PreferenceRewardCritic, RouterLinear, build_networks, build_reward_critic
 
 #: how far (in logits) below the least favoured agent's bias a new agent's starts
 NEW_AGENT_LOGIT_GAP = 1.0
@@ -156,7 +156,7 @@ def add_agent(policy: Policy, spec: AgentSpec) -> tuple[Any, Any, Any, dict[str,
             reward_critic.bias[:k] = old_rc.bias
             reward_critic.bias[k] = spec.prior_quality
             reward_critic.covariance[:k] = old_rc.covariance
-            if hasattr(old_rc, "cost_coef"):  # a preference critic: the new agent's cost starts at its price
+            if isinstance(old_rc, PreferenceRewardCritic):  # the new agent's cost starts at its price
                 reward_critic.cost_coef[:k] = old_rc.cost_coef
                 reward_critic.cost_bias[:k] = old_rc.cost_bias
             # the widest posterior of the others (an agent never chosen has the prior's); the next

@@ -299,8 +299,8 @@ class PreferenceRewardCritic(RewardCritic):
         super().__init__(num_actions, columns, prior)
         self.cost_coef = nn.Parameter(torch.zeros(num_actions, len(columns)), requires_grad=False)
         self.cost_bias = nn.Parameter(torch.zeros(num_actions), requires_grad=False)
+        self.layout = layout
         self.cost_scale_usd = float(layout.cost_scale_usd)
-        self.cost_weight_max = float(layout.cost_weight_max or 0.0)
         expected = layout.cols("expected_cost")
         self.register_buffer("_expected_cols", torch.arange(expected.start, expected.stop), persistent=False)
         self.preference_col = layout.preference_cols.start
@@ -321,8 +321,7 @@ class PreferenceRewardCritic(RewardCritic):
     def preference(self, obs: torch.Tensor) -> torch.Tensor:
         """``[..., N, 1]`` float32, the ``cost_weight`` (USD^-1) the observation was built at
         (:meth:`contract.observation.ObsLayout.decode_preference`)."""
-        feature = obs[..., self.preference_col:self.preference_col + 1]
-        return torch.expm1(feature.clamp(0.0, 1.0) * math.log1p(self.cost_weight_max))
+        return self.layout.decode_preference(obs[..., self.preference_col:self.preference_col + 1])
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """``[..., N, K]`` estimated reward of each agent at the observation's own preference."""

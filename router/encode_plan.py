@@ -146,37 +146,34 @@ class PlanStore:
     (a temporary file renamed into place); a file that cannot be read is measured again.
 
     Args:
-        directory: ``ROUTER_PLAN_DIR`` (created on the first write); None: nothing is stored.
+        directory: ``ROUTER_PLAN_DIR`` (created on the first write).
     """
 
-    def __init__(self, directory: str | Path | None) -> None:
-        self.directory = Path(directory) if directory is not None else None
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
 
     def _path(self, kind: str, key: dict[str, Any]) -> Path:
-        assert self.directory is not None
         digest = hashlib.sha256(json.dumps({"kind": kind, **key}, sort_keys=True).encode()).hexdigest()[:16]
         return self.directory / f"{kind}-{digest}.json"
 
     def get_or_measure(self, kind: str, key: dict[str, Any], measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """The stored plan of ``(kind, key)``, else ``measure()``'s, stored; logged either way."""
         key = {**key, "cpu": cpu_model()}
-        if self.directory is not None:
-            path = self._path(kind, key)
-            try:
-                plan = json.loads(path.read_text(encoding="utf-8"))["plan"]
-                logger.info("%s plan read from %s (measured on this CPU earlier): %s", kind, path, plan)
-                return plan
-            except (OSError, ValueError, KeyError, TypeError):
-                pass
+        path = self._path(kind, key)
+        try:
+            plan = json.loads(path.read_text(encoding="utf-8"))["plan"]
+            logger.info("%s plan read from %s (measured on this CPU earlier): %s", kind, path, plan)
+            return plan
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
         plan = measure()
-        if self.directory is not None:
-            try:
-                self.directory.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_text(json.dumps({"key": key, "plan": plan}, indent=1), encoding="utf-8")
-                os.replace(tmp, path)
-            except OSError as exc:  # a read-only directory: measured again at the next start
-                logger.warning("%s plan not stored in %s: %s", kind, self.directory, exc)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"key": key, "plan": plan}, indent=1), encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as exc:  # a read-only directory: measured again at the next start
+            logger.warning("%s plan not stored in %s: %s", kind, self.directory, exc)
         return plan
 
 

@@ -33,7 +33,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal, TypeVar
@@ -43,7 +43,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from contract.experience import Feedback
-from contract.pricing import CHARS_PER_TOKEN, AgentPrice, call_cost_usd
+from contract.pricing import CHARS_PER_TOKEN, call_cost_usd
 from experience.agent_changes import AgentChanges, AgentChangesUnavailable
 from experience.base import utc_now_iso
 from router.errors import openai_error_body
@@ -54,9 +54,9 @@ from router.proxy.keys import KeySpend
 from router.proxy.openai_api import ChatCompletionRequest, OpenAIError
 from router.proxy.relay import answer_chars, first_event, sse, until_disconnected
 from router.routing import Router, RoutingRequest
-from router.service import Decision
+from router.service import Decision, RoutingService
 from router.settings import ClientKey
-from router.upstreams import Upstream, added_upstreams
+from router.upstreams import Upstream, added_upstreams, policy_prices
 
 logger = logging.getLogger(__name__)
 
@@ -86,21 +86,22 @@ class Proxy:
         """``agent``'s endpoint: the file's, else the one it was added with; None: not proxied."""
         return self.upstreams.get(agent) or self.added.get(agent)
 
-    async def refresh(self, version: str, agents: list[str], prices: Mapping[str, AgentPrice],
-                      changes: AgentChanges) -> None:
+    async def refresh(self, service: RoutingService, changes: AgentChanges) -> None:
         """Once per served policy version, when it routes to agents without an endpoint, read the
         recorded agent changes for the endpoints they were added with (no restart: a hot swap to a
         policy over the new set brings them). A store that cannot be read is tried at the next request."""
+        version = service.version
         if version == self._seen_version:
             return
-        missing = [a for a in agents if self.upstream_of(a) is None]
+        missing = [a for a in service.agents if self.upstream_of(a) is None]
         if missing:
             try:
                 recorded = await anyio.to_thread.run_sync(changes.read)
             except AgentChangesUnavailable as exc:
                 logger.warning("agents added at run time: their upstreams not read yet: %s", exc)
                 return
-            found, unusable = added_upstreams(recorded.added, missing, self.upstreams, prices)
+            found, unusable = added_upstreams(recorded.added, missing, self.upstreams,
+                                              policy_prices(service.policy.meta.agent_specs))
             for name, upstream in found.items():
                 logger.info("proxying agent %s (added at run time): %s, model %s", name, upstream.url, upstream.model)
             for name, why in unusable.items():

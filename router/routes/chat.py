@@ -18,7 +18,6 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import Response
 
 from contract.errors import DomainError
-from router.context import AppContext
 from router.deps import ContextDep, RouterDep
 from router.proxy.attempts import Proxy, ProxyCall, no_agent_error
 from router.proxy.keys import KeyRefused, authenticate
@@ -32,9 +31,7 @@ from router.proxy.openai_api import (
     parse_model,
 )
 from router.routing import PromptTooLong
-from router.service import RoutingService
 from router.settings import ClientKey
-from router.upstreams import policy_prices
 
 api = APIRouter(tags=["proxy"])
 
@@ -74,12 +71,6 @@ async def client_key(request: Request, context: ContextDep,
         raise OpenAIError(exc.status_code, str(exc), kind, code=exc.code) from None
 
 
-async def _refresh(proxy: Proxy, service: RoutingService, context: AppContext) -> None:
-    """Pick up the upstreams of agents added at run time (:meth:`Proxy.refresh`)."""
-    await proxy.refresh(service.version, list(service.agents), policy_prices(service.policy.meta.agent_specs),
-                        context.agent_changes)
-
-
 ProxyDep = Annotated[Proxy, Depends(get_proxy)]
 KeyDep = Annotated[ClientKey, Depends(client_key)]
 
@@ -94,7 +85,7 @@ async def models(context: ContextDep, proxy: ProxyDep, key: KeyDep) -> ModelList
     if service.policy.layout.cost_preference:
         cards.append(ModelCard(id=f"{PREFERENCE_PREFIX}{service.policy.layout.default_cost_weight:g}",
                                created=created, owned_by="agent-router"))
-    await _refresh(proxy, service, context)
+    await proxy.refresh(service, context.agent_changes)  # agents added at run time
     cards += [ModelCard(id=a, created=created, owned_by="upstream") for a in service.agents
               if proxy.upstream_of(a) is not None]
     return ModelList(data=cards)
@@ -122,7 +113,7 @@ async def chat_completions(
     if prompt is None:
         raise OpenAIError(400, "messages: no user message with text to route on", param="messages")
     service = router.service
-    await _refresh(proxy, service, context)
+    await proxy.refresh(service, context.agent_changes)  # agents added at run time
     upstream_agents = [a for a in service.agents if proxy.upstream_of(a) is not None]
     choice = parse_model(body.model, upstream_agents)
     candidates = [choice.agent] if choice.agent is not None else upstream_agents
