@@ -12,7 +12,10 @@ so a policy records which it was trained on (:func:`vectors_of`, ``policy.json``
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from contract.errors import UserError
 from env.embedder import DEFAULT_MODEL, Embedder
@@ -62,3 +65,29 @@ def make_embedder(encoder: str, model: str = DEFAULT_MODEL, cache_dir: str | Pat
         return OnnxEmbedder(model=model, cache_dir=cache_dir, batch_size=batch_size, progress=progress,
                             onnx_dir=onnx_dir, threads=threads, quantize=encoder == "onnx-int8", log=log)
     raise UserError(f"unknown encoder {encoder!r}: one of {', '.join(ENCODERS)}")
+
+
+def ms_per_prompt_one_at_a_time(embedders: Mapping[str, Any], texts: Sequence[str],
+                                repeats: int = 2) -> dict[str, float]:
+    """Each embedder's wall-clock ms per prompt when its model encodes ``texts`` one at a time, as a
+    request is encoded (bypassing the embedding cache): the fastest of ``repeats`` rounds, the
+    embedders alternating within a round so that a disturbance does not fall on one only (after one
+    warm-up call each). Used to choose an encoder at start-up (``router.encode_plan``) and at
+    training (``training.serving_encoder``).
+
+    Returns:
+        ``{name: ms per prompt}``, the names of ``embedders``.
+    """
+    def once(model: Any, batch: Sequence[str]) -> float:
+        start = time.perf_counter()
+        model.encode(list(batch), batch_size=1, normalize_embeddings=True, convert_to_numpy=True,
+                     show_progress_bar=False)
+        return (time.perf_counter() - start) * 1000.0 / len(batch)
+
+    for embedder in embedders.values():
+        once(embedder.model, texts[:2])  # load and warm up
+    best = dict.fromkeys(embedders, float("inf"))
+    for _ in range(max(1, repeats)):
+        for name, embedder in embedders.items():
+            best[name] = min(best[name], once(embedder.model, texts))
+    return best

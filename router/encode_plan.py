@@ -28,6 +28,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from env.encoders import ms_per_prompt_one_at_a_time
+
 logger = logging.getLogger(__name__)
 
 #: Pass sizes tried.
@@ -116,15 +118,8 @@ def choose_encoder(embedders: Sequence[Any], samples: int = 16, repeats: int = 2
     Returns:
         ``(the chosen embedder, {embedder.encoder: ms per prompt})``.
     """
-    texts = sample_prompts(samples)
-    for embedder in embedders:
-        _ms_per_prompt(embedder.model, texts[:2], 1)  # warm-up
-    best = {id(e): float("inf") for e in embedders}
-    for _ in range(repeats):
-        for embedder in embedders:
-            best[id(embedder)] = min(best[id(embedder)], _ms_per_prompt(embedder.model, texts, 1))
-    chosen = min(embedders, key=lambda e: best[id(e)])
-    costs = {e.encoder: best[id(e)] for e in embedders}
+    costs = ms_per_prompt_one_at_a_time({e.encoder: e for e in embedders}, sample_prompts(samples), repeats)
+    chosen = min(embedders, key=lambda e: costs[e.encoder])
     logger.info("encoder %s (measured ms per prompt: %s)", chosen.encoder,
                 ", ".join(f"{name}: {cost:.2f}" for name, cost in costs.items()))
     return chosen, costs

@@ -17,7 +17,6 @@ is served by them, and no choice is made.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ import numpy as np
 
 from contract.errors import UserError
 from contract.observation import ObsLayout
-from env.encoders import make_embedder
+from env.encoders import make_embedder, ms_per_prompt_one_at_a_time
 from policy.artefact import Policy
 from policy.networks import Actor
 from training.config import EmbedConfig, TrainConfig
@@ -34,26 +33,8 @@ from training.evaluation.offline import greedy_choices
 
 logger = logging.getLogger(__name__)
 
-#: Prompts timed per encoder (one at a time), and timing rounds (the fastest round counts).
-TIMED_PROMPTS, TIMING_ROUNDS = 16, 2
-
-
-def _ms_per_prompt(embedders: dict[str, Any], texts: list[str]) -> dict[str, float]:
-    """Each embedder's wall-clock ms per prompt encoding ``texts`` one at a time (bypassing the
-    embedding cache): the fastest of :data:`TIMING_ROUNDS` rounds, the embedders alternating within a
-    round so that a disturbance does not fall on one only."""
-    for embedder in embedders.values():  # load and warm up
-        embedder.model.encode(texts[:2], batch_size=1, normalize_embeddings=True, convert_to_numpy=True,
-                              show_progress_bar=False)
-    best = dict.fromkeys(embedders, float("inf"))
-    for _ in range(TIMING_ROUNDS):
-        for name, embedder in embedders.items():
-            start = time.perf_counter()
-            for text in texts:
-                embedder.model.encode([text], batch_size=1, normalize_embeddings=True, convert_to_numpy=True,
-                                      show_progress_bar=False)
-            best[name] = min(best[name], (time.perf_counter() - start) * 1000.0 / len(texts))
-    return best
+#: Prompts timed per encoder (one at a time; the fastest of two rounds counts).
+TIMED_PROMPTS = 16
 
 
 def choose_serving_encoder(actor: Actor, layout: ObsLayout, prompts: list[str], tokens: np.ndarray | None,
@@ -93,7 +74,7 @@ def choose_serving_encoder(actor: Actor, layout: ObsLayout, prompts: list[str], 
         agreement[embedder.encoder] = float((greedy_choices(actor, layout, vectors, tokens) == baseline).mean())
         embedders[embedder.encoder] = embedder
     kept = {name: e for name, e in embedders.items() if agreement[name] >= cfg.min_agreement}
-    timed = _ms_per_prompt(kept, prompts[:TIMED_PROMPTS])
+    timed = ms_per_prompt_one_at_a_time(kept, prompts[:TIMED_PROMPTS])
     for embedder in embedders.values():
         if embedder is not trained_embedder and getattr(embedder, "cache", None) is not None:
             embedder.cache.close()
