@@ -174,9 +174,10 @@ class AgentRouterLoop:
 
 
 def make_learner(agents_path: str, dataset: Any, cost_weight: float, seed: int, workdir: Path,
-                 serving: list[str] | None = None, cost_weight_max: float | None = None) -> AgentRouterLoop:
+                 serving: list[str] | None = None, cost_weight_max: float | None = None,
+                 settings: dict[str, Any] | None = None) -> AgentRouterLoop:
     """The harness's factory (``dataset`` is not read but for its agents' names: the loop learns
     only from its feedback); ``serving``: the agents in service at the start (None: all);
-    ``cost_weight_max``: see :class:`AgentRouterLoop`."""
+    ``cost_weight_max``, ``settings``: see :class:`AgentRouterLoop`."""
     return AgentRouterLoop(agents_path, cost_weight, seed, workdir, agent_names=list(dataset.agent_names),
-                           serving=serving, cost_weight_max=cost_weight_max)
+                           serving=serving, cost_weight_max=cost_weight_max, settings=settings)

@@ -51,6 +51,7 @@ Usage::
     .venv/bin/python benchmarks/bandit_stream.py [--shuffles 5] [--shuffle-offset 100] [--limit N]
         [--learners vw-squarecb,linucb,...] [--dataset NAME=PROMPTS,AGENTS,COST_WEIGHT ...]
         [--scenario break|degrade|price|new-agent|retire|preference] [--cost-weight-range 1,10000]
+        [--changed-agent best|worst] [-s RETRAIN_FIELD=VALUE ...]
         [--out runs/bandit_stream]
 
 With ``--scenario preference`` every request carries its own ``cost_weight`` (drawn log-uniformly
@@ -87,6 +88,7 @@ if str(ROOT) not in sys.path:
 from benchmarks.bandit_anchors import ANCHORS, LEARNING_ANCHORS, Context, StreamLearner, make_anchor  # noqa: E402
 from benchmarks.bandit_scenarios import (  # noqa: E402
     AGENT_SET_SCENARIOS,
+    CHANGED_AGENTS,
     SCENARIOS,
     SHARE_AFTER,
     SHARE_WINDOW,
@@ -97,6 +99,7 @@ from benchmarks.bandit_scenarios import (  # noqa: E402
 )
 from benchmarks.common import load_average, machine, print_json_line, print_table  # noqa: E402
 from training.json_safe import finite_or_null  # noqa: E402
+from training.retrain.config import RetrainConfig  # noqa: E402
 
 #: Prompt counts at which the running mean reward is reported (plus the end of the stream).
 CHECKPOINTS = (250, 1000, 2000)
@@ -270,6 +273,13 @@ def run_learner(learner: StreamLearner, contexts: list[Context], order: np.ndarr
     return rewards, spent, props, actions
 
 
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
 def _router_factory(learners: list[str]) -> Any:
     """``benchmarks.bandit_loop.make_learner`` when the agent-router row is asked for and exists."""
     if AGENT_ROUTER not in learners:
@@ -310,7 +320,8 @@ def run_setting(setting: Setting, args: argparse.Namespace, learners: list[str],
     fixed = {"best-single": np.full(n, best, dtype=np.int64)}
     start = time.perf_counter()
     fixed |= ceiling_choices(ds, emb, weights, args.fold_seed, args.out / "ceiling")
-    change = make_change(args.scenario, ds, setting.cost_weight, args.change_at, args.price_factor)
+    change = make_change(args.scenario, ds, setting.cost_weight, args.change_at, args.price_factor,
+                         args.changed_agent)
     after = fixed_after = None
     if change is not None:  # the fixed rows of the changed world, read from the change on
         after = World.of(change.dataset, setting.cost_weight)
@@ -353,6 +364,8 @@ def run_setting(setting: Setting, args: argparse.Namespace, learners: list[str],
                 if change is not None and change.scenario in AGENT_SET_SCENARIOS:
                     serving = [a for a, ok in zip(ds.agent_names, change.allowed_before, strict=True) if ok]
                 extra = {"cost_weight_max": args.cost_weight_range[1]} if args.scenario == "preference" else {}
+                if args.router_settings:
+                    extra["settings"] = dict(args.router_settings)
                 learner = router(setting.agents, ds, setting.cost_weight, seed, workdir, serving=serving, **extra)
             else:
                 learner = make_anchor(name, k, seed)
@@ -399,18 +412,19 @@ def run_setting(setting: Setting, args: argparse.Namespace, learners: list[str],
     if args.scenario == "preference":
         out["preference"] = {"cost_weight_range": list(args.cost_weight_range), "seed": args.fold_seed}
     if change is not None:
-        out["change"] = {"scenario": change.scenario, "agent": change.name, "at": change.at,
+        out["change"] = {"scenario": change.scenario, "agent": change.name, "which": change.which, "at": change.at,
                          "price_factor": args.price_factor if change.scenario == "price" else None}
     if AGENT_ROUTER in summary:
         out["goals"] = goals(summary, ceiling)
         if change is not None:
-            out["goals"] |= scenario_goals(summary, change, AGENT_ROUTER, list(LEARNING_ANCHORS))
+            young = RetrainConfig.model_validate(dict(args.router_settings)).young_records
+            out["goals"] |= scenario_goals(summary, change, AGENT_ROUTER, list(LEARNING_ANCHORS), n - change.at, young)
         print_goals(out["goals"])
     return out
 
 
 #: the per-shuffle figures of :func:`benchmarks.bandit_scenarios.change_figures`, in the table's order
-CHANGE_KEYS = ("after_mean", *(f"share_after{n}" for n in SHARE_AFTER), f"share_last{SHARE_WINDOW}")
+CHANGE_KEYS = ("after_mean", *(f"share_after{n}" for n in SHARE_AFTER), f"share_last{SHARE_WINDOW}", "picks_after")
 
 
 def _rewards(world: World, after: World | None, change: Change | None, order: np.ndarray,
@@ -496,6 +510,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scenario", choices=SCENARIOS, default="none",
                     help="the world changes mid-stream (benchmarks/bandit_scenarios.py)")
     ap.add_argument("--change-at", type=float, default=0.5, help="where the change comes, a share of the stream")
+    ap.add_argument("-s", "--router-set", dest="router_settings", type=_key_value, action="append", default=[],
+                    metavar="KEY=VALUE", help="a RetrainConfig field for agent-router's rounds (an ablation)")
+    ap.add_argument("--changed-agent", choices=CHANGED_AGENTS, default="best",
+                    help="the agent that changes: the favourite (best) or the one of lowest mean reward (worst)")
     ap.add_argument("--price-factor", type=float, default=10.0, help="the price scenario's factor")
     ap.add_argument("--cost-weight-range", type=_weight_range, default=(1.0, 10000.0), metavar="LOW,HIGH",
                     help="the preference scenario's range of each request's cost_weight (USD^-1), log-uniform")
@@ -514,6 +532,7 @@ def main(argv: list[str] | None = None) -> None:
     figures: dict[str, Any] = {
         "benchmark": "bandit_stream", "shuffles": args.shuffles, "shuffle_offset": args.shuffle_offset,
         "fold_seed": args.fold_seed, "limit": args.limit, "learners": learners, "scenario": args.scenario,
+        "changed_agent": args.changed_agent, "router_settings": dict(args.router_settings),
         "change_at": args.change_at,
         "settings": {r["name"]: {k: v for k, v in r.items() if k != "curves"} for r in results},
         "png": str(png), "wall_s": time.perf_counter() - t0, "machine": machine(start_load),

@@ -117,7 +117,8 @@ def bandit_round(cfg: RetrainConfig, serving: Policy, history: list[tuple[str, A
     since = dict(serving.meta.history_since)
     weight, changes = _weights(cfg, serving, batch, fresh, since)
     fit = fit_reward_critic(candidate.reward_critic, batch.obs, batch.action, batch.reward, cfg.ridge,
-                            agent_priors(serving), sample_weight=weight, outcome=batch.outcome)
+                            agent_priors(serving), sample_weight=weight, outcome=batch.outcome,
+                            shared=cfg.shared_slope)
     train: dict[str, float] = {"critic_records": float(fit.records), "critic_mse": fit.mse,
                                "reward_mean": float(batch.reward.mean()) if len(batch) else 0.0,
                                "changes_detected": float(len(changes))}
@@ -168,7 +169,8 @@ def _weights(cfg: RetrainConfig, serving: Policy, batch: LoggedBatch, fresh: tor
         assert serving.reward_critic is not None
         tests = detect_changes(copy.deepcopy(serving.reward_critic), batch.obs, batch.action, batch.reward, fresh,
                                weight, cfg.ridge, agent_priors(serving), cfg.change_z, cfg.change_min_shift,
-                               cfg.change_min_records, outcome=batch.outcome)
+                               cfg.change_min_records, outcome=batch.outcome,
+                               shared=cfg.shared_slope)
         for test in tests:
             if test.changed:
                 name = serving.agents[test.agent]

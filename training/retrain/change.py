@@ -53,7 +53,8 @@ class ChangeTest:
 def detect_changes(critic: RewardCritic, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
                  fresh: torch.Tensor, weight: torch.Tensor | None, ridge: float, prior: list[float | None],
                  z_threshold: float, min_shift: float, min_records: int,
-                 outcome: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[ChangeTest]:
+                 outcome: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 shared: bool = False) -> list[ChangeTest]:
     """Test every agent's ``fresh`` records against the critic fitted on the rest.
 
     Args:
@@ -61,7 +62,7 @@ def detect_changes(critic: RewardCritic, obs: torch.Tensor, action: torch.Tensor
         obs: ``[M, 1, D]`` float32; action: ``[M, 1]`` int64; reward: ``[M, 1]`` float32.
         fresh: ``[M]`` bool, the round's new records (the ones tested).
         weight: ``[M]`` the records' weights (0: not part of the agent's history any more); None: 1.
-        ridge, prior: as :func:`~training.retrain.learner.fit_reward_critic`.
+        ridge, prior, shared: as :func:`~training.retrain.learner.fit_reward_critic`.
         z_threshold: ``|z|`` at or above which a shift is a change.
         min_shift: ``|shift|`` (reward units) below which no shift is a change.
         min_records: an agent with fewer fresh or fewer earlier records is not tested.
@@ -73,7 +74,8 @@ def detect_changes(critic: RewardCritic, obs: torch.Tensor, action: torch.Tensor
     a = action.reshape(-1)
     w = torch.ones(len(a), dtype=torch.float64) if weight is None else weight.reshape(-1).double()
     history = (~fresh) & (w > 0)
-    fit_reward_critic(critic, obs, action, reward, ridge, prior, sample_weight=w * history.double(), outcome=outcome)
+    fit_reward_critic(critic, obs, action, reward, ridge, prior, sample_weight=w * history.double(), outcome=outcome,
+                      shared=shared)
     residual = reward.reshape(-1).double() - critic(obs).reshape(len(a), -1).gather(1, a[:, None]).reshape(-1).double()
     tests = []
     for k in range(critic.weight.shape[0]):

@@ -62,14 +62,47 @@ class CriticFit:
     mse: float
 
 
+def shared_slope(x: torch.Tensor, action: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, k_agents: int,
+                 ridge: float) -> torch.Tensor:
+    """The slope every agent shares: ridge regression of the target on the features with a free
+    intercept per agent, ``min_s Σ_i w_i (y_i - s·x_i - b_{a_i})² + ridge·|s|²``, solved on the
+    features and targets centred within each agent (the fixed-effects estimator). It is what the
+    logged prompts say about how hard a prompt is for any agent, with who answered it taken out; each
+    agent's ridge is shrunk towards it (biased regularisation, Cella, Lazaric and Pontil 2020,
+    "Meta-learning with Stochastic Linear Bandits", arXiv 2005.08531, eq. 2), so an agent with few
+    records is predicted from its intercept and the others' profile, not as a constant.
+
+    Args:
+        x: ``[M, F]`` float64 features. action: ``[M]`` int64. y: ``[M]`` float64 targets.
+        weight: ``[M]`` float64 record weights. k_agents: K. ridge: ``λ > 0``.
+
+    Returns:
+        ``[F]`` float64 (zeros without records).
+    """
+    if not len(x) or float(weight.sum()) <= 0:
+        return torch.zeros(x.shape[1], dtype=x.dtype)
+    total = torch.zeros(k_agents, dtype=x.dtype).index_add_(0, action, weight).clamp_min(1e-12)  # [K]
+    mean_x = torch.zeros(k_agents, x.shape[1], dtype=x.dtype).index_add_(0, action, x * weight[:, None])
+    mean_x /= total[:, None]
+    mean_y = torch.zeros(k_agents, dtype=x.dtype).index_add_(0, action, y * weight) / total
+    xc, yc = x - mean_x[action], y - mean_y[action]
+    gram = xc.T @ (xc * weight[:, None]) + ridge * torch.eye(x.shape[1], dtype=x.dtype)
+    return torch.linalg.solve(gram, xc.T @ (weight * yc))
+
+
 @torch.no_grad()
 def fit_reward_critic(critic: RewardCritic, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
                       ridge: float, prior: list[float | None] | None = None,
                       sample_weight: torch.Tensor | None = None,
-                      outcome: tuple[torch.Tensor, torch.Tensor] | None = None) -> CriticFit:
-    """Fit ``critic`` in place: for each agent ``k``, ridge regression of ``r - prior_k`` on
-    ``[features, 1]`` over the decisions that chose ``k``, ``(XᵀWX + ridge·I) θ = XᵀW(r - prior_k)``
-    (float64); the intercept is penalised too, so an agent with few decisions stays near its prior.
+                      outcome: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      shared: bool = False) -> CriticFit:
+    """Fit ``critic`` in place: for each agent ``k``, ridge regression of ``r`` on ``[features, 1]``
+    over the decisions that chose ``k``, shrunk towards a prior mean ``θ₀_k``:
+    ``(XᵀWX + ridge·I)(θ - θ₀_k) = XᵀW(r - Xθ₀_k)`` (float64). ``θ₀_k = [s, prior_k - s·x̄]``: the
+    slope ``s`` every agent shares (:func:`shared_slope`; 0 without ``shared``) and an intercept
+    that makes ``prior_k`` the prior reward of the mean logged prompt ``x̄``. The intercept is
+    penalised too, so an agent with few decisions stays near its prior: ``prior_k`` on average,
+    higher or lower with the prompt as the other agents' records say.
     Its posterior covariance ``σ̂² (XᵀWX + ridge·I)⁻¹`` goes to ``critic.covariance``, ``σ̂²`` the
     fit's mean squared error over every agent (at least :data:`NOISE_FLOOR`; :data:`PRIOR_NOISE`
     without records).
@@ -91,6 +124,7 @@ def fit_reward_critic(critic: RewardCritic, obs: torch.Tensor, action: torch.Ten
         sample_weight: ``[M]`` float weights of the decisions (None: 1 each).
         outcome: ``([M, 1] quality, [M, 1] cost_usd)`` float32 of the decisions (a cost NaN: not
             known); needed by a preference critic, not read otherwise.
+        shared: shrink towards the shared slope (True) or towards the constant ``prior_k`` (False).
 
     Returns:
         :class:`CriticFit`.
@@ -120,9 +154,15 @@ def fit_reward_critic(critic: RewardCritic, obs: torch.Tensor, action: torch.Ten
     w = torch.ones_like(r) if sample_weight is None else sample_weight.reshape(-1).double()
     fallback = float((w * y).sum() / w.sum()) if len(y) and float(w.sum()) > 0 else 0.0
     priors = [fallback if prior is None or prior[k] is None else float(prior[k]) for k in range(k_agents)]
+    # each agent's prior mean: θ₀_k = [s, prior_k - s·x̄], its prior reward varying with the prompt as the
+    # slope every agent shares says (s = 0 without ``shared``: a constant prior)
+    slope = (shared_slope(x[:, :-1], a, y, w, k_agents, ridge) if shared
+             else torch.zeros(x.shape[1] - 1, dtype=x.dtype))  # [F]
+    mean_x = (x[:, :-1] * w[:, None]).sum(0) / w.sum() if len(x) and float(w.sum()) > 0 else torch.zeros_like(slope)
+    intercept = torch.tensor(priors, dtype=x.dtype) - slope @ mean_x  # [K]
+    prior_mean = torch.cat([slope.expand(k_agents, -1), intercept[:, None]], dim=1)  # [K, F + 1]
     eye = ridge * torch.eye(x.shape[1], dtype=x.dtype)
-    weight = torch.zeros(k_agents, x.shape[1] - 1, dtype=torch.float64)
-    bias = torch.tensor(priors, dtype=torch.float64)
+    weight, bias = prior_mean[:, :-1].clone(), prior_mean[:, -1].clone()
     precision_inv = (eye / ridge**2).expand(k_agents, -1, -1).clone()  # [K, F + 1, F + 1]: (ridge·I)⁻¹ without data
     counts = []
     for k in range(k_agents):
@@ -132,8 +172,8 @@ def fit_reward_critic(critic: RewardCritic, obs: torch.Tensor, action: torch.Ten
             continue
         xk, wk = x[chosen], w[chosen]
         precision_inv[k] = torch.linalg.inv(xk.T @ (xk * wk[:, None]) + eye)  # one factorisation for both
-        theta = precision_inv[k] @ (xk.T @ (wk * (y[chosen] - priors[k])))
-        weight[k], bias[k] = theta[:-1], priors[k] + theta[-1]
+        theta = prior_mean[k] + precision_inv[k] @ (xk.T @ (wk * (y[chosen] - xk @ prior_mean[k])))
+        weight[k], bias[k] = theta[:-1], theta[-1]
         if preference:
             theta = precision_inv[k] @ (xk.T @ (wk * cost_target[chosen]))
             cost_coef[k], cost_bias[k] = theta[:-1], theta[-1]
