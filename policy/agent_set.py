@@ -171,6 +171,7 @@ def add_agent(policy: Policy, spec: AgentSpec) -> tuple[Any, Any, Any, dict[str,
     exploration = content.get("exploration")
     if exploration is not None:  # explored as level with the leader until the critic has enough of its records
         exploration["young"] = [*exploration.get("young", []), spec.name]
+        exploration["added"] = [*exploration.get("added", []), spec.name]
     return actor, critic, reward_critic, content
 
 

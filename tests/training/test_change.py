@@ -14,7 +14,7 @@ from policy.checkpoint import load_checkpoint
 from policy.networks import RewardCritic
 from router.service import RoutingService
 from training.cold_start import init_policy
-from training.retrain.bandit_round import bandit_round
+from training.retrain.bandit_round import bandit_round, shared_slope
 from training.retrain.change import detect_changes
 from training.retrain.config import RetrainConfig
 from training.retrain.learner import recency_weights
@@ -122,7 +122,7 @@ def test_an_added_agent_is_young_until_the_critic_has_enough_of_its_records(tmp_
     first = bandit_round(cfg, policy, [], _records(policy, rng, 300, lambda a: 0.5, 0))
     assert first.candidate.meta.exploration.young == []
     actor, critic, reward_critic, content = add_agent(first.candidate, AgentSpec(name="newcomer"))
-    assert content["exploration"]["young"] == ["newcomer"]
+    assert content["exploration"]["young"] == content["exploration"]["added"] == ["newcomer"]
     assert content["agent_specs"][-1]["prior_quality"] == pytest.approx(float(first.candidate.reward_critic.bias.max()))
     grown = load_checkpoint(save_checkpoint(tmp_path / "grown", actor, critic, content | {"version": "g"},
                                             reward_critic))
@@ -135,3 +135,8 @@ def test_an_added_agent_is_young_until_the_critic_has_enough_of_its_records(tmp_
     n_new = sum(json.loads(r)["agent"] == "newcomer" for _, r in fresh)
     second = bandit_round(cfg, grown, [], fresh)
     assert n_new >= 30 and second.candidate.meta.exploration.young == []  # known now: the index rule takes over
+    # once an agent was added, every agent's critic is shrunk towards the shared slope, round after round
+    assert second.candidate.meta.exploration.added == ["newcomer"]
+    assert not shared_slope(cfg, policy) and shared_slope(cfg, grown) and shared_slope(cfg, second.candidate)
+    assert not shared_slope(cfg.model_copy(update={"shared_slope": "never"}), grown)
+    assert shared_slope(cfg.model_copy(update={"shared_slope": "always"}), policy)

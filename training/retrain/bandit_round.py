@@ -68,6 +68,14 @@ def agent_priors(serving: Policy) -> list[float | None]:
     return [(specs.get(name) or {}).get("prior_quality") for name in serving.agents]
 
 
+def shared_slope(cfg: RetrainConfig, serving: Policy) -> bool:
+    """Whether this round shrinks the reward critic towards the agents' shared slope
+    (``cfg.shared_slope``; ``auto``: once an agent was added at run time)."""
+    if cfg.shared_slope != "auto":
+        return cfg.shared_slope == "always"
+    return bool(serving.meta.exploration is not None and serving.meta.exploration.added)
+
+
 def logged_gate(logged: dict[str, Any] | None) -> dict[str, Any]:
     """The learner's gate: publish unless the held-out doubly robust difference, candidate -
     serving, lies below 0 at the configured confidence (``worse``). ``better``, ``inconclusive``
@@ -118,7 +126,7 @@ def bandit_round(cfg: RetrainConfig, serving: Policy, history: list[tuple[str, A
     weight, changes = _weights(cfg, serving, batch, fresh, since)
     fit = fit_reward_critic(candidate.reward_critic, batch.obs, batch.action, batch.reward, cfg.ridge,
                             agent_priors(serving), sample_weight=weight, outcome=batch.outcome,
-                            shared=cfg.shared_slope)
+                            shared=shared_slope(cfg, serving))
     train: dict[str, float] = {"critic_records": float(fit.records), "critic_mse": fit.mse,
                                "reward_mean": float(batch.reward.mean()) if len(batch) else 0.0,
                                "changes_detected": float(len(changes))}
@@ -138,7 +146,7 @@ def bandit_round(cfg: RetrainConfig, serving: Policy, history: list[tuple[str, A
              if fit.per_agent[serving.agents.index(name)] < cfg.young_records]
     exploration = ExplorationMeta(gamma=igw_gamma(fit.records, len(serving.agents), cfg.gamma_scale),
                                   gamma_scale=cfg.gamma_scale, records=fit.records, optimism=cfg.optimism,
-                                  young=young)
+                                  young=young, added=serving.meta.exploration.added if serving.meta.exploration else [])
     candidate.meta = candidate.meta.model_copy(update={"exploration": exploration, "history_since": since})
     logged = _judge(candidate, serving, held, cfg) if len(held) else None
     return BanditRound(candidate=candidate, cost_weight=cost_weight, used=len(batch), sessions=batch.sessions,
@@ -170,7 +178,7 @@ def _weights(cfg: RetrainConfig, serving: Policy, batch: LoggedBatch, fresh: tor
         tests = detect_changes(copy.deepcopy(serving.reward_critic), batch.obs, batch.action, batch.reward, fresh,
                                weight, cfg.ridge, agent_priors(serving), cfg.change_z, cfg.change_min_shift,
                                cfg.change_min_records, outcome=batch.outcome,
-                               shared=cfg.shared_slope)
+                               shared=shared_slope(cfg, serving))
         for test in tests:
             if test.changed:
                 name = serving.agents[test.agent]

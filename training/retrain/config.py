@@ -59,9 +59,11 @@ class RetrainConfig(BaseModel):
             :mod:`training.retrain.learner`) is refitted each round on the newest this many
             records at or before the watermark as well as the new ones.
         ridge: the reward critic's ridge penalty ``λ`` (:func:`~training.retrain.learner.fit_reward_critic`).
-        shared_slope: shrink every agent's reward critic towards the slope the agents share
-            (:func:`~training.retrain.learner.shared_slope`) rather than towards a constant
-            (``docs/learning.md``: it helps an added agent and costs a little elsewhere).
+        shared_slope: when every agent's reward critic is shrunk towards the slope the agents
+            share (:func:`~training.retrain.learner.shared_slope`) rather than towards a constant:
+            ``auto``, once the policy has an agent added at run time (``exploration.added``), so
+            that the newcomer and the others are judged alike; ``always``; ``never``
+            (``docs/learning.md``: it helps an added agent and costs a little on a fixed set).
         kl_temperature: ``η`` of the actor's trust region, reward units (smaller: larger steps).
         entropy_temperature: ``τ`` of the actor's entropy term, reward units: old evidence fades
             by ``η/(η+τ)`` a round and the policy tends to ``softmax(Q̂/τ)``.
@@ -106,7 +108,7 @@ class RetrainConfig(BaseModel):
     warmup_records: int = Field(default=25, ge=1)
     replay_records: int = Field(default=50_000, ge=0)
     ridge: float = Field(default=10.0, gt=0.0)
-    shared_slope: bool = False
+    shared_slope: Literal["auto", "always", "never"] = "auto"
     kl_temperature: float = Field(default=0.02, gt=0.0)
     entropy_temperature: float = Field(default=0.01, ge=0.0)
     actor_epochs: int = Field(default=8, ge=1)

@@ -7,7 +7,8 @@ round of the learner (:func:`learn_round`) on ``M`` such decisions:
 1. **Reward critic** (:func:`fit_reward_critic`): each agent's reward as a linear function of the
    prompt's features, fitted in closed form by ridge regression on the decisions that chose it,
    shrunk towards a prior (the agent's ``prior_quality`` from the agents file, else the mean logged
-   reward over every agent). This is the regression oracle of SquareCB (Foster and Rakhlin 2020,
+   reward over every agent), optionally varying with the prompt as the slope the agents share says
+   (:func:`shared_slope`). This is the regression oracle of SquareCB (Foster and Rakhlin 2020,
    arXiv 2002.04926) and the per-arm model of disjoint LinUCB (Li et al. 2010, arXiv 1003.0146).
    The regression is not importance weighted: with the propensities the gate stays unbiased, and
    an unweighted fit has far less variance on a few hundred records (the bake-off's finding that
