@@ -135,8 +135,9 @@ def test_an_added_agent_is_young_until_the_critic_has_enough_of_its_records(tmp_
     n_new = sum(json.loads(r)["agent"] == "newcomer" for _, r in fresh)
     second = bandit_round(cfg, grown, [], fresh)
     assert n_new >= 30 and second.candidate.meta.exploration.young == []  # known now: the index rule takes over
-    # once an agent was added, every agent's critic is shrunk towards the shared slope, round after round
+    # with auto, once an agent was added, every agent's critic is shrunk towards the shared slope, round after round
     assert second.candidate.meta.exploration.added == ["newcomer"]
-    assert not shared_slope(cfg, policy) and shared_slope(cfg, grown) and shared_slope(cfg, second.candidate)
-    assert not shared_slope(cfg.model_copy(update={"shared_slope": "never"}), grown)
+    auto = cfg.model_copy(update={"shared_slope": "auto"})
+    assert not shared_slope(auto, policy) and shared_slope(auto, grown) and shared_slope(auto, second.candidate)
+    assert not shared_slope(cfg, grown)  # the default: never
     assert shared_slope(cfg.model_copy(update={"shared_slope": "always"}), policy)
