@@ -141,3 +141,33 @@ def test_an_added_agent_is_young_until_the_critic_has_enough_of_its_records(tmp_
     assert not shared_slope(auto, policy) and shared_slope(auto, grown) and shared_slope(auto, second.candidate)
     assert not shared_slope(cfg, grown)  # the default: never
     assert shared_slope(cfg.model_copy(update={"shared_slope": "always"}), policy)
+
+
+def test_a_young_agent_the_critic_is_sure_trails_everywhere_ends_its_young_phase_early(tmp_path):
+    from env.dataset import AgentSpec
+    from policy.agent_set import add_agent
+    from policy.checkpoint import save_checkpoint
+
+    (tmp_path / "agents.json").write_text(json.dumps([{"name": f"agent-{k}"} for k in range(K)]))
+    policy = load_checkpoint(init_policy(tmp_path / "agents.json", tmp_path / "checkpoints", embed_dim=E))
+    cfg = RetrainConfig(checkpoint_root=tmp_path, holdout_fraction=0.0, young_records=1000, young_min_records=50)
+    rng = np.random.default_rng(3)
+
+    def noisy(mean: float) -> float:
+        return float(np.clip(mean + rng.normal(scale=0.1), 0.0, 1.0))
+
+    history = _records(policy, rng, 300, lambda a: noisy(0.6), 0)
+    first = bandit_round(cfg, policy, [], history)
+    actor, critic, reward_critic, content = add_agent(first.candidate, AgentSpec(name="newcomer"))
+    grown = load_checkpoint(save_checkpoint(tmp_path / "grown", actor, critic, content | {"version": "g"},
+                                            reward_critic))
+    young = {}
+    for label, newcomer_mean in (("bad", 0.05), ("level", 0.6)):
+        fresh = _records(grown, rng, 400, lambda a, m=newcomer_mean: noisy(m if a == K else 0.6), 300)
+        assert sum(json.loads(r)["agent"] == "newcomer" for _, r in fresh) >= 50  # tried as if level with the leader
+        young[label] = bandit_round(cfg, grown, history, fresh).candidate.meta.exploration.young
+        if label == "bad":
+            off = cfg.model_copy(update={"young_exit_z": None})
+            assert bandit_round(off, grown, history, fresh).candidate.meta.exploration.young == ["newcomer"]
+    # far behind on every prompt: known well enough, the index rule takes over; level: still tried as young
+    assert young == {"bad": [], "level": ["newcomer"]}

@@ -76,6 +76,38 @@ def shared_slope(cfg: RetrainConfig, serving: Policy) -> bool:
     return bool(serving.meta.exploration is not None and serving.meta.exploration.added)
 
 
+#: a young agent trails everywhere when its optimistic estimate reaches the leader's on at most this share of prompts
+TRAILS_SHARE = 0.05
+#: the newest logged prompts the young agents are judged on
+TRAILS_PROMPTS = 2000
+
+
+@torch.no_grad()
+def trails_everywhere(candidate: Policy, obs: torch.Tensor, agent: int, z: float) -> bool:
+    """Whether the reward critic of ``candidate`` is sure that ``agent`` trails: on at most
+    :data:`TRAILS_SHARE` of the newest :data:`TRAILS_PROMPTS` logged prompts does its upper bound
+    ``Q̂_agent + z·σ_agent`` reach the best estimate of the other agents in service.
+
+    Args:
+        obs: ``[M, 1, D]`` float32, the round's logged observations.
+        agent: the agent's index. z: the bound's width in posterior standard deviations.
+    """
+    critic = candidate.reward_critic
+    if critic is None or not len(obs):
+        return False
+    x = obs[-TRAILS_PROMPTS:]
+    q = critic(x).reshape(len(x), -1)  # [M, K]
+    upper = q[:, agent] + z * critic.width(x).reshape(len(x), -1)[:, agent]
+    others = torch.ones(q.shape[1], dtype=torch.bool)
+    others[agent] = False
+    for name in candidate.meta.retired:
+        others[candidate.agents.index(name)] = False
+    if not bool(others.any()):
+        return False
+    leader = q[:, others].max(dim=1).values
+    return float((upper >= leader).double().mean()) <= TRAILS_SHARE
+
+
 def logged_gate(logged: dict[str, Any] | None) -> dict[str, Any]:
     """The learner's gate: publish unless the held-out doubly robust difference, candidate -
     serving, lies below 0 at the configured confidence (``worse``). ``better``, ``inconclusive``
@@ -141,9 +173,16 @@ def bandit_round(cfg: RetrainConfig, serving: Policy, history: list[tuple[str, A
         target = actor_targets(old, reward, cfg.kl_temperature, cfg.entropy_temperature)
         train |= fit_actor(candidate.actor, batch.obs, target, cfg.actor_epochs, cfg.actor_lr,
                            cfg.actor_batch_size, generator, cfg.actor_max_steps)
-    # an agent added at run time (policy.agent_set) is explored as young until the critic has enough of its records
+    # an agent added at run time (policy.agent_set) is explored as young until the critic has enough of its
+    # records, or has enough to be sure it trails the leader on (nearly) every prompt
+    def still_young(k: int) -> bool:
+        if fit.per_agent[k] >= cfg.young_records:
+            return False
+        sure = cfg.young_exit_z is not None and fit.per_agent[k] >= cfg.young_min_records
+        return not (sure and trails_everywhere(candidate, batch.obs, k, cfg.young_exit_z))
+
     young = [name for name in (serving.meta.exploration.young if serving.meta.exploration else [])
-             if fit.per_agent[serving.agents.index(name)] < cfg.young_records]
+             if still_young(serving.agents.index(name))]
     exploration = ExplorationMeta(gamma=igw_gamma(fit.records, len(serving.agents), cfg.gamma_scale),
                                   gamma_scale=cfg.gamma_scale, records=fit.records, optimism=cfg.optimism,
                                   young=young, added=serving.meta.exploration.added if serving.meta.exploration else [])

@@ -75,6 +75,9 @@ class RetrainConfig(BaseModel):
             confidence bound (0: to its estimate).
         young_records: an agent added at run time is explored as if level with the leader, on every
             prompt, until the critic has this many of its records (:mod:`policy.exploration`).
+        young_min_records, young_exit_z: ... or until it has ``young_min_records`` and its upper
+            bound ``q̂ + young_exit_z · σ`` is below the leader's estimate on almost every logged
+            prompt (:func:`~training.retrain.bandit_round.trails_everywhere`); None: no early end.
         half_life_records, half_life_s: the forgetting horizon of the reward critic: a record
             counts ``0.5^(age / half_life)``, its age in newer decisions or in seconds
             (:func:`~training.retrain.learner.recency_weights`); None: not forgotten that way.
@@ -119,6 +122,8 @@ class RetrainConfig(BaseModel):
     gamma_scale: float = Field(default=10.0, ge=0.0)
     optimism: float = Field(default=0.3, ge=0.0)
     young_records: int = Field(default=200, ge=0)
+    young_min_records: int = Field(default=50, ge=1)
+    young_exit_z: float | None = Field(default=2.0, gt=0.0)
     half_life_records: int | None = Field(default=None, gt=0)
     half_life_s: float | None = Field(default=None, gt=0.0)
     change_z: float | None = Field(default=4.0, gt=0.0)
