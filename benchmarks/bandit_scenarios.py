@@ -160,8 +160,8 @@ def scenario_goals(summary: dict[str, Any], change: Change, router: str, anchors
         out["broken_share_after1000"] = {"margin": 0.02 - share, "share": share, "goal": 0.0,
                                          "met": bool(share < 0.02)}
     if change.scenario == "new-agent" and change.which == "worst":
-        picks, after = me["picks_after"]["mean"], len_after
-        budget = young_records + WORSE_AGENT_SLACK * after
+        picks = me["picks_after"]["mean"]
+        budget = young_records + WORSE_AGENT_SLACK * len_after
         out["worse_new_agent_picks_vs_budget"] = {"margin": budget - picks, "picks": picks, "budget": budget,
                                                   "goal": 0.0, "met": bool(picks <= budget)}
     elif change.scenario == "new-agent":

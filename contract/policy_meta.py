@@ -79,8 +79,8 @@ class ExplorationMeta(BaseModel):
     (:mod:`policy.exploration`), with ``gamma`` fixed by the round that made the policy and gaps
     measured to each agent's ``estimate + optimism · width`` (0: to the estimate); the ``young``
     agents (added at run time, with too few records yet to be judged) are tried as if level with
-    the leader;
-    ``added`` lists every agent added at run time (``RetrainConfig.shared_slope`` ``auto`` reads it)."""
+    the leader; ``added`` lists every agent added at run time (``RetrainConfig.shared_slope``
+    ``auto`` reads it)."""
 
     model_config = ConfigDict(extra="forbid")
 

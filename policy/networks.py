@@ -7,6 +7,7 @@ Shapes use ``B`` for any leading batch dims (``[T, B]`` during the update), ``N`
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
@@ -203,13 +204,15 @@ class RewardCritic(nn.Module):
         """``[..., N, K]`` estimated reward of each agent for obs ``[..., N, D]``."""
         return self.features(obs) @ self.weight.T + self.bias
 
-    def width(self, obs: torch.Tensor) -> torch.Tensor:
+    def width(self, obs: torch.Tensor, agents: Sequence[int] | None = None) -> torch.Tensor:
         """``[..., N, K]`` float32, each agent's posterior standard deviation of its estimated
         reward for obs ``[..., N, D]``: ``sqrt(φ̃ᵀ covariance_k φ̃)`` with ``φ̃ = [features, 1]``
-        (reward units; 0 where no covariance is known)."""
+        (reward units; 0 where no covariance is known); with ``agents``, ``[..., N, len(agents)]``
+        for those agents only (each costs ``(F + 1)²`` per observation)."""
         x = self.features(obs)
         x = torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)  # [..., N, F + 1]
-        quad = torch.einsum("...f,kfg,...g->...k", x, self.covariance, x)
+        covariance = self.covariance if agents is None else self.covariance[list(agents)]
+        quad = torch.einsum("...f,kfg,...g->...k", x, covariance, x)
         return quad.clamp_min(0.0).sqrt()
 
 

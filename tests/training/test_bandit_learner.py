@@ -129,6 +129,7 @@ def test_reward_critic_width_is_the_ridge_posterior_sd_and_shrinks_where_it_has_
     expected = np.sqrt(np.einsum("mf,fg,mg->m", pt, cov, pt))
     width = critic.width(_obs(probe))[:, 0].numpy()  # [5, K]
     assert width[:, 1] == pytest.approx(expected, rel=1e-4)
+    assert critic.width(_obs(probe), [1])[:, 0, 0].numpy() == pytest.approx(expected, rel=1e-4)  # one agent's only
     assert (width[:, 0] < width[:, 1]).all() and (width[:, 1] < width[:, 2]).all()  # more data, narrower
     assert width[:, 2] == pytest.approx(np.sqrt(fit.mse * (np.square(probe).sum(1) + 1) / 2.0), rel=1e-4)
 

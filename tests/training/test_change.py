@@ -14,7 +14,7 @@ from policy.checkpoint import load_checkpoint
 from policy.networks import RewardCritic
 from router.service import RoutingService
 from training.cold_start import init_policy
-from training.retrain.bandit_round import bandit_round, shared_slope
+from training.retrain.bandit_round import bandit_round, uses_shared_slope
 from training.retrain.change import detect_changes
 from training.retrain.config import RetrainConfig
 from training.retrain.learner import recency_weights
@@ -138,9 +138,10 @@ def test_an_added_agent_is_young_until_the_critic_has_enough_of_its_records(tmp_
     # with auto, once an agent was added, every agent's critic is shrunk towards the shared slope, round after round
     assert second.candidate.meta.exploration.added == ["newcomer"]
     auto = cfg.model_copy(update={"shared_slope": "auto"})
-    assert not shared_slope(auto, policy) and shared_slope(auto, grown) and shared_slope(auto, second.candidate)
-    assert not shared_slope(cfg, grown)  # the default: never
-    assert shared_slope(cfg.model_copy(update={"shared_slope": "always"}), policy)
+    assert not uses_shared_slope(auto, policy) and uses_shared_slope(auto, grown)
+    assert uses_shared_slope(auto, second.candidate)
+    assert not uses_shared_slope(cfg, grown)  # the default: never
+    assert uses_shared_slope(cfg.model_copy(update={"shared_slope": "always"}), policy)
 
 
 def test_a_young_agent_the_critic_is_sure_trails_everywhere_ends_its_young_phase_early(tmp_path):

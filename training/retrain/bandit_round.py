@@ -68,7 +68,7 @@ def agent_priors(serving: Policy) -> list[float | None]:
     return [(specs.get(name) or {}).get("prior_quality") for name in serving.agents]
 
 
-def shared_slope(cfg: RetrainConfig, serving: Policy) -> bool:
+def uses_shared_slope(cfg: RetrainConfig, serving: Policy) -> bool:
     """Whether this round shrinks the reward critic towards the agents' shared slope
     (``cfg.shared_slope``; ``auto``: once an agent was added at run time)."""
     if cfg.shared_slope != "auto":
@@ -97,7 +97,7 @@ def trails_everywhere(candidate: Policy, obs: torch.Tensor, agent: int, z: float
         return False
     x = obs[-TRAILS_PROMPTS:]
     q = critic(x).reshape(len(x), -1)  # [M, K]
-    upper = q[:, agent] + z * critic.width(x).reshape(len(x), -1)[:, agent]
+    upper = q[:, agent] + z * critic.width(x, [agent]).reshape(len(x))
     others = torch.ones(q.shape[1], dtype=torch.bool)
     others[agent] = False
     for name in candidate.meta.retired:
@@ -158,7 +158,7 @@ def bandit_round(cfg: RetrainConfig, serving: Policy, history: list[tuple[str, A
     weight, changes = _weights(cfg, serving, batch, fresh, since)
     fit = fit_reward_critic(candidate.reward_critic, batch.obs, batch.action, batch.reward, cfg.ridge,
                             agent_priors(serving), sample_weight=weight, outcome=batch.outcome,
-                            shared=shared_slope(cfg, serving))
+                            shared=uses_shared_slope(cfg, serving))
     train: dict[str, float] = {"critic_records": float(fit.records), "critic_mse": fit.mse,
                                "reward_mean": float(batch.reward.mean()) if len(batch) else 0.0,
                                "changes_detected": float(len(changes))}
@@ -217,7 +217,7 @@ def _weights(cfg: RetrainConfig, serving: Policy, batch: LoggedBatch, fresh: tor
         tests = detect_changes(copy.deepcopy(serving.reward_critic), batch.obs, batch.action, batch.reward, fresh,
                                weight, cfg.ridge, agent_priors(serving), cfg.change_z, cfg.change_min_shift,
                                cfg.change_min_records, outcome=batch.outcome,
-                               shared=shared_slope(cfg, serving))
+                               shared=uses_shared_slope(cfg, serving))
         for test in tests:
             if test.changed:
                 name = serving.agents[test.agent]
