@@ -281,23 +281,33 @@ async def paired_c1(url: str, prompts: list[str], embedder, warmup: list[str]) -
     }
 
 
-def server_route_p50(log_path: Path, offset: int, last: int) -> float:
-    """The server's own median time for the last ``last`` ``POST /v1/route`` requests logged after
-    byte ``offset`` of its log: the access log's ``latency_ms``, from the outermost middleware
-    receiving the request to the response sent (no HTTP client, no connection, no parsing of the
-    request line); NaN when the log holds none (another ``ROUTER_LOG_FORMAT`` or level)."""
+def server_route_p50(log_path: Path, offset: int, last: int) -> dict[str, float]:
+    """The server's own median times for the last ``last`` ``POST /v1/route`` requests logged after
+    byte ``offset`` of its log: ``server_p50_ms``, the access log's ``latency_ms`` (from the outermost
+    middleware receiving the request to the response sent: no HTTP client, no connection, no parsing
+    of the request line), and ``stage_<name>_p50_ms`` for each stage of its ``stages_ms`` (embed,
+    encode, state, policy, store, lease; docs/serving.md); NaN for the latency when the log holds
+    none (another ``ROUTER_LOG_FORMAT`` or level)."""
     with log_path.open("rb") as fh:
         fh.seek(offset)
         lines = fh.read().decode("utf-8", "replace").splitlines()
-    times = []
+    entries = []
     for line in lines:
         try:
             entry = json.loads(line)
         except ValueError:
             continue
         if isinstance(entry, dict) and entry.get("endpoint") == "/v1/route" and "latency_ms" in entry:
-            times.append(float(entry["latency_ms"]))
-    return statistics.median(times[-last:]) if times else float("nan")
+            entries.append(entry)
+    entries = entries[-last:]
+    out = {"server_p50_ms": statistics.median(float(e["latency_ms"]) for e in entries) if entries else float("nan")}
+    stages: dict[str, list[float]] = {}
+    for e in entries:
+        for stage, ms in (e.get("stages_ms") or {}).items():
+            stages.setdefault(stage, []).append(float(ms))
+    for stage, values in stages.items():
+        out[f"stage_{stage}_p50_ms"] = statistics.median(values)
+    return out
 
 
 async def proxy_overhead(router_url: str, agents_url: str, prompts: list[str], concurrency: int,
@@ -429,7 +439,7 @@ def measure_encoder(encoder: str, args: argparse.Namespace, prompts: list[str], 
             if c == 1:
                 log_from = (own / "server.log").stat().st_size
                 results[c] = asyncio.run(paired_c1(server.url, batch, embedder, warm))
-                results[c]["server_p50_ms"] = server_route_p50(own / "server.log", log_from, len(batch))
+                results[c].update(server_route_p50(own / "server.log", log_from, len(batch)))
                 raw["raw_encode_b1_ms"] = results[c]["raw_b1_ms"]
                 raw["raw_encode_b1_p99_ms"] = results[c]["raw_b1_p99_ms"]
             else:
@@ -500,6 +510,9 @@ def encoder_figures(encoder: str, m: dict[str, Any], levels: list[int]) -> dict[
         f[f"{encoder}_c1_paired_overhead_ms"] = results[1]["paired_overhead_ms"]
         f[f"{encoder}_c1_server_p50_ms"] = results[1]["server_p50_ms"]
         f[f"{encoder}_c1_outside_server_ms"] = results[1]["p50_ms"] - results[1]["server_p50_ms"]
+        for key, value in results[1].items():
+            if key.startswith("stage_"):
+                f[f"{encoder}_c1_{key}"] = value
         f[f"{encoder}_c1_goal_met"] = f[f"{encoder}_c1_overhead_ms"] <= C1_GOAL_MS
     for c in levels:
         if c > 1:
@@ -637,6 +650,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{'met' if figures[f'{e}_c1_goal_met'] else 'NOT met'}; of the p50, the server's own "
                   f"{figures[f'{e}_c1_server_p50_ms']:.2f} ms (its access log), outside it "
                   f"{figures[f'{e}_c1_outside_server_ms']:.2f} ms (client, connection, HTTP parsing)")
+            stages = {k.removeprefix(f"{e}_c1_stage_").removesuffix("_p50_ms"): v for k, v in figures.items()
+                      if k.startswith(f"{e}_c1_stage_")}
+            if stages:
+                print(f"{e}: c=1 the server's stages, p50 ms: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
         for c in levels:
             if c > 1:
                 print(f"{e}: c={c} throughput / best raw rate ({figures[f'{e}_best_raw_per_s']:.1f}/s) = "

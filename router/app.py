@@ -90,7 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app_metrics.bind(app)
     body_limit = settings.max_body_bytes if settings is not None else Settings.model_fields["max_body_bytes"].default
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=body_limit)
-    app.add_middleware(ObservabilityMiddleware, owner=app)
+    app.add_middleware(ObservabilityMiddleware, owner=app,
+                       server_timing=settings.server_timing if settings is not None else False)
     app.add_middleware(OneLineStartupErrors, failures=failures)
     install_error_handlers(app)
     app.add_exception_handler(OpenAIError, openai_error_response)

@@ -20,7 +20,9 @@ in one of ``threads`` worker threads:
   repeated prompt without encoding it; concurrent requests with the same prompt share one encode.
 
 The vectors returned are read-only ``[E]`` float32 arrays, identical (up to float rounding of the
-padded pass, < 1e-5) to ``embedder.encode([prompt])[0]``.
+padded pass, < 1e-5) to ``embedder.encode([prompt])[0]``. A caller that passes a ``timings`` dict
+learns how long the encode call of its prompt's pass took inside the worker thread (``encode``,
+seconds), apart from the wait for a worker and the thread hops.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class _Job:
     text: str
     future: asyncio.Future[np.ndarray]
     arrived: float = field(default_factory=time.perf_counter)
+    encode_s: float | None = None
 
 
 class EmbedBatcher:
@@ -122,8 +125,13 @@ class EmbedBatcher:
 
     # --- public API -----------------------------------------------------------------------
 
-    async def embed(self, embedder: SupportsEncode, text: str) -> np.ndarray:
+    async def embed(self, embedder: SupportsEncode, text: str, timings: dict[str, float] | None = None) -> np.ndarray:
         """The unit-norm embedding ``[E]`` (float32, read-only) of ``text`` by ``embedder``.
+
+        Args:
+            timings: where given, ``timings["encode"]`` is set to the seconds the encode call of the
+                pass holding ``text`` took in its worker thread (left unset when the prompt was cached
+                or shared another request's encode).
 
         Raises:
             RuntimeError: the batcher is closed.
@@ -146,9 +154,13 @@ class EmbedBatcher:
         assert self._wake is not None
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         self._by_key[key] = future
-        self._waiting.append(_Job(embedder, key, text, future))
+        job = _Job(embedder, key, text, future)
+        self._waiting.append(job)
         self._wake.set()
-        return await asyncio.shield(future)
+        vector = await asyncio.shield(future)
+        if timings is not None and job.encode_s is not None:
+            timings["encode"] = job.encode_s
+        return vector
 
     def cache_info(self) -> dict[str, int]:
         """``{"size", "capacity", "hits", "encoded", "batches", "waiting"}``."""
@@ -243,8 +255,8 @@ class EmbedBatcher:
         texts = [job.text for job in jobs]
         started = time.perf_counter()
         try:
-            vectors = await asyncio.get_running_loop().run_in_executor(self._executor, _encode, jobs[0].embedder,
-                                                                       texts)
+            vectors, encode_s = await asyncio.get_running_loop().run_in_executor(self._executor, _encode,
+                                                                                 jobs[0].embedder, texts)
         except asyncio.CancelledError:
             for job in jobs:
                 self._fail(job, RuntimeError("the embedding batcher is closed"))
@@ -262,6 +274,7 @@ class EmbedBatcher:
             except Exception:  # a metrics hook must not fail the requests
                 logger.exception("embed batch hook failed")
         for job, vector in zip(jobs, vectors, strict=True):
+            job.encode_s = encode_s
             self._remember(job.key, vector)
             self._by_key.pop(job.key, None)
             if not job.future.done():
@@ -282,9 +295,12 @@ class EmbedBatcher:
             self._lru.popitem(last=False)
 
 
-def _encode(embedder: Any, texts: list[str]) -> list[np.ndarray]:
-    """``embedder.encode(texts)`` as read-only ``[E]`` float32 rows (runs in the worker thread)."""
+def _encode(embedder: Any, texts: list[str]) -> tuple[list[np.ndarray], float]:
+    """``embedder.encode(texts)`` as read-only ``[E]`` float32 rows, and the seconds the call took
+    (runs in the worker thread)."""
+    started = time.perf_counter()
     matrix = np.ascontiguousarray(embedder.encode(texts), dtype=np.float32)
+    seconds = time.perf_counter() - started
     if matrix.shape[0] != len(texts):
         raise RuntimeError(f"the embedder returned {matrix.shape[0]} vectors for {len(texts)} texts")
     rows = []
@@ -292,4 +308,4 @@ def _encode(embedder: Any, texts: list[str]) -> list[np.ndarray]:
         row = row.copy()
         row.flags.writeable = False
         rows.append(row)
-    return rows
+    return rows, seconds

@@ -39,6 +39,7 @@ FIELDS = (
     "policy_version",
     "explore",
     "batch_size",
+    "stages_ms",
     "error",
 )
 
@@ -80,7 +81,7 @@ class KeyValueFormatter(logging.Formatter):
         parts = [f"ts={ts}", f"level={record.levelname.lower()}", f"logger={record.name}",
                  f"msg={json.dumps(record.getMessage(), ensure_ascii=False)}"]
         for name, value in _fields(record).items():
-            text = str(value)
+            text = ",".join(f"{k}:{v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
             parts.append(f"{name}={json.dumps(text, ensure_ascii=False) if (' ' in text or not text) else text}")
         line = " ".join(parts)
         if record.exc_info:

@@ -13,6 +13,7 @@ shape of RouteLLM's one controller.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
@@ -46,6 +47,12 @@ class RoutingRequest:
         explore: sample the agent rather than take the policy's choice.
         session_id: the conversation it belongs to, or None.
         embedding: the prompt's ``[E]`` embedding once computed (one encoding per request).
+        timings: seconds spent in each stage of :meth:`Router.decide`, summed over the request's
+            decisions (the proxy decides once per attempt): ``embed`` (waiting for the embedding:
+            the LRU cache, the micro-batcher's queue, the thread hops and the encode), ``encode``
+            (the encode call alone, in its worker thread; absent for a cached prompt), ``state``
+            (reading the live load and the cooldowns), ``policy`` (the policy's decision),
+            ``store`` (writing the decision context) and ``lease`` (taking the lease on the agent).
     """
 
     service: RoutingService
@@ -53,6 +60,11 @@ class RoutingRequest:
     explore: bool = False
     session_id: str | None = None
     embedding: np.ndarray | None = field(default=None, repr=False)
+    timings: dict[str, float] = field(default_factory=dict, repr=False)
+
+    def stages_ms(self) -> dict[str, float]:
+        """:attr:`timings` in ms, rounded to µs: the ``stages_ms`` of the request's log line."""
+        return {stage: round(seconds * 1000.0, 3) for stage, seconds in self.timings.items()}
 
 
 class Router:
@@ -102,20 +114,41 @@ class Router:
             NoAgentAvailable: every allowed agent is down.
             StoreUnavailable: the decision could not be logged (no lease is taken).
         """
-        service, plan = request.service, request.plan
+        service, plan, timings = request.service, request.plan, request.timings
+        clock = _Stopwatch(timings)
         if request.embedding is None:
-            request.embedding = await self.batcher.embed(service.embedder, plan.prompt)  # LRU-cached
+            encoded: dict[str, float] = {}
+            request.embedding = await self.batcher.embed(service.embedder, plan.prompt, encoded)  # LRU-cached
+            clock.lap("embed")
+            if "encode" in encoded:
+                timings["encode"] = timings.get("encode", 0.0) + encoded["encode"]
         live = await self.load.snapshot(service.agents)
         excluded = set(excluded)
         down = live.down | set(await self.cooldowns.cooling(service.agents)) | excluded
         if set(plan.candidates or service.agents) - excluded - service.retired <= down:
             down = live.down | excluded  # every allowed agent cools down: route among them rather than refuse
+        clock.lap("state")
         settings = self.settings
         decision = service.choose(plan, request.explore, live.in_flight, down, request.embedding,
                                   settings.explore_floor, settings.explore_temperature)
         context = service.decision_context(decision, plan.prompt, request.session_id,
                                            store_prompt=settings.store_prompts)
+        clock.lap("policy")
         await self.store.put_decision(context)
+        clock.lap("store")
         await self.load.take(decision.agent, decision.decision_id)
+        clock.lap("lease")
         self.metrics.observe_decision(decision.agent, context.explored_off_greedy)
         return decision
+
+
+class _Stopwatch:
+    """Adds the seconds since the last lap (or its creation) to ``timings[stage]`` at each lap."""
+
+    def __init__(self, timings: dict[str, float]) -> None:
+        self.timings, self.last = timings, time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[stage] = self.timings.get(stage, 0.0) + now - self.last
+        self.last = now

@@ -98,6 +98,13 @@ class Settings(BaseSettings):
         description="Durable local outbox (SQLite, fsynced) that keeps decisions and experience records "
         "while Redis is unreachable; drained to Redis in order when it is back.",
     )
+    server_timing: bool = Field(
+        False,
+        description="Answer POST /v1/route and the proxy's calls with a Server-Timing header (W3C) giving "
+        "the ms of each stage of the decision (embed, encode, state, policy, store, lease). Off by default: "
+        "the time to embed tells a client whether another client sent the same prompt lately (the LRU cache). "
+        "The access log carries the stages either way (stages_ms).",
+    )
     store_prompts: bool = Field(
         False,
         description="Keep the prompt text in decision and experience records. Off: only its SHA-256 and "

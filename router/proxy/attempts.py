@@ -367,7 +367,7 @@ class ProxyCall:
             attempt.content_chars = answer_chars(answer)
             answer["model"] = upstream.agent
             annotate(request, decision_id=attempt.decision.decision_id, agent=upstream.agent,
-                     policy_version=self.version)
+                     policy_version=self.version, stages_ms=self.routing.stages_ms())
             # the call record is written once the answer went out: it is not on the client's path
             return ProxyAnswer(answer, partial(self.finish, attempt, "ok"), self.headers(attempt))
         raise self.all_failed(failures)
@@ -405,7 +405,7 @@ class ProxyCall:
                 await self.finish(attempt, attempt.outcome or "cancelled")  # a no-op when the stream wrote it
 
             annotate(request, decision_id=attempt.decision.decision_id, agent=upstream.agent,
-                     policy_version=self.version)
+                     policy_version=self.version, stages_ms=self.routing.stages_ms())
             return ProxyStream(content, close, self.headers(attempt))
         raise self.all_failed(failures)
 

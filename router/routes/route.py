@@ -28,7 +28,8 @@ async def route(body: RouteRequest, request: Request, router: RouterDep) -> Rout
                           session_id=body.session_id)  # 422 before any encoding
     decision = await router.decide(routing)
     service = routing.service
-    annotate(request, decision_id=decision.decision_id, agent=decision.agent, policy_version=service.version)
+    annotate(request, decision_id=decision.decision_id, agent=decision.agent, policy_version=service.version,
+             stages_ms=routing.stages_ms())
     return RouteResponse(
         decision_id=decision.decision_id,
         agent=decision.agent,

@@ -91,6 +91,7 @@ def redis_server_launched(start_server, checkpoint, redis_url, tmp_path_factory)
             "ROUTER_DECISION_TTL_S": "600",
             "ROUTER_STREAM_MAXLEN": "1000",
             "ROUTER_OUTBOX_PATH": str(tmp_path_factory.mktemp("outbox") / "outbox.sqlite3"),
+            "ROUTER_SERVER_TIMING": "true",
         }
     )
     yield server, prefix
@@ -101,7 +102,7 @@ def redis_server_launched(start_server, checkpoint, redis_url, tmp_path_factory)
 @pytest.fixture(scope="session")
 def redis_server(redis_server_launched) -> tuple[Server, str]:
     """``(server, prefix)``: a server logging to the real Redis under a unique key prefix, no admin
-    token (its admin endpoints are closed)."""
+    token (its admin endpoints are closed), with ``Server-Timing`` headers (``ROUTER_SERVER_TIMING``)."""
     server, prefix = redis_server_launched
     return server.wait_ready(), prefix
 

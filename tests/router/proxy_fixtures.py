@@ -2,7 +2,7 @@
 with the others): a fake upstream process (:mod:`tests.router.fake_upstream`) and two proxying servers.
 
 - ``proxy_sqlite_server``: SQLite store, the proxy opened on loopback (``ROUTER_PROXY_OPEN``), cooldowns
-  off, short upstream timeouts.
+  off, short upstream timeouts, ``Server-Timing`` headers (``ROUTER_SERVER_TIMING``).
 - ``proxy_redis_server``: the real Redis, a policy of every trade-off (``preference_checkpoint``:
   ``AGENTS[0]`` at cost weight 0, ``AGENTS[1]`` from about 0.2 up), client keys (one with a tiny
   daily budget), and an upstream API key read from an environment variable.
@@ -92,6 +92,7 @@ def proxy_sqlite_server_launched(start_server, checkpoint, fake_upstream, tmp_pa
         "ROUTER_COOLDOWN_S": "0",
         "ROUTER_UPSTREAM_FIRST_TOKEN_TIMEOUT_S": "1.5",
         "ROUTER_UPSTREAM_TIMEOUT_S": "6",
+        "ROUTER_SERVER_TIMING": "true",
     })
     server.sqlite_path = work / "experience.sqlite3"
     return server

@@ -53,6 +53,25 @@ def test_route_and_feedback_land_in_the_stream(rclient, redis_server, redis_url,
 
 
 @pytest.mark.redis
+def test_server_timing_gives_the_client_each_stage_of_the_decision(rclient, redis_server):
+    """With ``ROUTER_SERVER_TIMING=true`` a route answers with a W3C ``Server-Timing`` header whose
+    stages are those of its access-log line."""
+    server, _ = redis_server
+    r = rclient.post("/v1/route", json={"prompt": f"time me {uuid.uuid4().hex}"})
+    assert r.status_code == 200, r.text
+    stages = {}
+    for part in r.headers["server-timing"].split(","):
+        name, _, duration = part.strip().partition(";dur=")
+        stages[name] = float(duration)
+    assert set(stages) == {"embed", "encode", "state", "policy", "store", "lease"}
+    assert all(ms >= 0 for ms in stages.values()) and stages["encode"] > 0
+    logged = [json.loads(line) for line in (server.log() + server.stdout()).splitlines() if line.startswith("{")]
+    (line,) = [x for x in logged if x.get("decision_id") == r.json()["decision_id"] and x["endpoint"] == "/v1/route"]
+    assert line["stages_ms"] == pytest.approx(stages, abs=1e-3)
+    assert "server-timing" not in rclient.get("/healthz").headers  # only decisions have stages
+
+
+@pytest.mark.redis
 def test_unknown_and_expired_decisions_are_404(rclient, redis_server, redis_url):
     _, prefix = redis_server
     r = rclient.post("/v1/feedback", json={"decision_id": uuid.uuid4().hex, "quality": 0.5})

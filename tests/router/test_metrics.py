@@ -130,6 +130,22 @@ def test_request_logs_carry_the_decision_id_and_never_the_prompt(client, sqlite_
     assert route_line["logger"] == "router.access" and route_line["level"] == "info"
 
 
+def test_request_logs_say_where_a_route_spent_its_time_and_no_header_tells_a_client(client, sqlite_server):
+    prompt = f"where does the time go {uuid.uuid4().hex}"
+    first, again = (client.post("/v1/route", json={"prompt": prompt}) for _ in range(2))
+    assert first.status_code == again.status_code == 200
+    assert "server-timing" not in first.headers  # ROUTER_SERVER_TIMING is off by default
+    lines = [json.loads(line) for line in (sqlite_server.log() + sqlite_server.stdout()).splitlines()
+             if line.startswith("{")]
+    by_id = {x["decision_id"]: x for x in lines if x.get("endpoint") == "/v1/route" and "decision_id" in x}
+    encoded, cached = by_id[first.json()["decision_id"]], by_id[again.json()["decision_id"]]
+    assert set(encoded["stages_ms"]) == {"embed", "encode", "state", "policy", "store", "lease"}
+    assert 0 < encoded["stages_ms"]["encode"] <= encoded["stages_ms"]["embed"]
+    assert sum(encoded["stages_ms"].values()) - encoded["stages_ms"]["encode"] <= encoded["latency_ms"]
+    assert "encode" not in cached["stages_ms"]  # the LRU cache answered: nothing was encoded
+    assert cached["stages_ms"]["embed"] < encoded["stages_ms"]["embed"]
+
+
 # --- body size limit -------------------------------------------------------------------------
 
 

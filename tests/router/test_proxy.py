@@ -80,6 +80,9 @@ def test_a_routed_answer_is_the_upstreams_and_its_call_record_is_written_without
     assert agent in PROXIED and answer.model == agent
     assert answer.choices[0].message.content == f"echo: {PROMPT}"
     assert raw.headers["x-router-attempts"] == "1" and raw.headers["x-router-policy-version"]
+    stages = [part.strip().partition(";dur=")[0] for part in raw.headers["server-timing"].split(",")]
+    # ROUTER_SERVER_TIMING=true; no encode stage when an earlier test sent the same prompt (the LRU cache)
+    assert [s for s in stages if s != "encode"] == ["embed", "state", "policy", "store", "lease"]
     decision_id = raw.headers["x-router-decision-id"]
     (record,) = records_of(proxy_sqlite_server, [decision_id])
     assert record["source"] == "proxy" and record["outcome"] == "ok" and record["upstream_status"] == 200
