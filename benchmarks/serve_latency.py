@@ -15,8 +15,10 @@ For each encoder of ``--encoders`` (``ROUTER_ENCODER``; default ``torch,onnx-int
 3. ``POST /v1/route`` over HTTP with httpx async clients at concurrency 1, 16 and 64: p50, p99 (ms)
    and requests/s, every request with a prompt not sent before (the LRU cache does not help), and
    the mean micro-batch size (from the server's /metrics); at concurrency 1 also the server's own
-   p50 (``latency_ms`` of its access log: outermost middleware to response sent) and the rest of the
-   client's p50 outside it (the client, the connection, uvicorn's HTTP parsing);
+   p50 (``latency_ms`` of its access log: outermost middleware to response sent), the rest of the
+   client's p50 outside it (the client, the connection, uvicorn's HTTP parsing), and the p50 of each
+   stage of the decision in the access log's ``stages_ms`` (embed, encode, state, policy, store,
+   lease: docs/serving.md, "Where a request spends its time");
 4. one prompt repeated (LRU cache hits: the server's own overhead), at concurrency 1 and 64;
 5. with ``--proxy`` (the default), the OpenAI-compatible proxy: the local calculator agent
    (``agent-router agents serve --model calculator``, answering at once) called directly, the same
