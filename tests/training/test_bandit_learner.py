@@ -47,12 +47,15 @@ def test_reward_critic_recovers_each_agents_linear_reward_and_keeps_the_prior_wi
     assert critic.bias[2].item() == pytest.approx(0.9) and critic.weight[2].abs().max() == 0
     assert fit.mse == pytest.approx(0.05**2, rel=0.1)
     # shrunk towards the shared slope: the agents with data are where their own records say; the one
-    # without has the slope of the others' average and its prior at the mean logged prompt
+    # without has the others' average slope, scaled by how far it carries, and its prior at the mean
+    # logged prompt
     shared = RewardCritic(K, list(range(E)))
-    fit_reward_critic(shared, _obs(x), torch.as_tensor(action)[:, None], torch.as_tensor(reward)[:, None], shared=True,
-                      ridge=1.0, prior=[None, None, 0.9])
+    shared_fit = fit_reward_critic(shared, _obs(x), torch.as_tensor(action)[:, None], torch.as_tensor(reward)[:, None],
+                                   shared=True, ridge=1.0, prior=[None, None, 0.9])
     assert torch.allclose(shared.weight[:2], critic.weight[:2], atol=0.002)
-    assert torch.allclose(shared.weight[2], torch.as_tensor(true_w[:2].mean(0), dtype=torch.float32), atol=0.01)
+    assert 0.0 <= shared_fit.transfer <= 1.0
+    others = torch.as_tensor(true_w[:2].mean(0), dtype=torch.float32)
+    assert torch.allclose(shared.weight[2], shared_fit.transfer * others, atol=0.01)
     mean_obs = _obs(x.mean(0, keepdims=True))
     assert shared(mean_obs)[0, 0, 2].item() == pytest.approx(0.9, abs=1e-5)
     with pytest.raises(ValueError, match="ridge"):
@@ -73,9 +76,10 @@ def test_shared_slope_carries_what_makes_a_prompt_hard_to_an_agent_with_few_reco
     action[:12] = 2  # a new agent with 12 records
     reward = x @ d + offset[action] + rng.normal(scale=0.1, size=4000)
     args = (_obs(x), torch.as_tensor(action)[:, None], torch.as_tensor(reward)[:, None])
-    slope = shared_slope(torch.as_tensor(x), torch.as_tensor(action), torch.as_tensor(reward),
-                         torch.ones(4000, dtype=torch.float64), K, ridge=1.0)
+    slope, transfer = shared_slope(torch.as_tensor(x), torch.as_tensor(action), torch.as_tensor(reward),
+                                   torch.ones(4000, dtype=torch.float64), K, ridge=1.0)
     assert slope.numpy() == pytest.approx(d, abs=0.01)
+    assert transfer > 0.95  # each agent's own slope is what the other's says
     pooled = np.linalg.lstsq(np.hstack([x, np.ones((4000, 1))]), reward, rcond=None)[0][:E]
     assert np.abs(pooled - d).max() > 0.05  # ignoring who answered mistakes the router's choice for difficulty
     probe = rng.normal(size=(500, E))
@@ -89,6 +93,27 @@ def test_shared_slope_carries_what_makes_a_prompt_hard_to_an_agent_with_few_reco
         if shared:
             assert np.corrcoef(predicted, truth)[0, 1] > 0.99
     assert error[True] < 0.04 and error[False] > 3 * error[True]  # 0.026 against 0.119 here
+
+
+def test_the_slope_of_specialists_with_opposite_strengths_does_not_carry_to_a_newcomer():
+    """A calculator good where a writer is bad (``r = ±d·x + b_k``): their shared slope says nothing
+    about a third agent, the leave-one-out transfer is 0, and the critic is the constant prior's."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(3000, E))
+    d = rng.normal(size=E) * 0.1
+    action = rng.integers(0, 2, size=3000)
+    action[:12] = 2
+    sign = np.where(action == 0, 1.0, -1.0)
+    reward = sign * (x @ d) + np.array([0.5, 0.5, 0.4])[action] + rng.normal(scale=0.1, size=3000)
+    _, transfer = shared_slope(torch.as_tensor(x), torch.as_tensor(action), torch.as_tensor(reward),
+                               torch.ones(3000, dtype=torch.float64), K, ridge=1.0)
+    assert transfer == 0.0
+    args = (_obs(x), torch.as_tensor(action)[:, None], torch.as_tensor(reward)[:, None])
+    critics = [RewardCritic(K, list(range(E))) for _ in range(2)]
+    fits = [fit_reward_critic(critic, *args, ridge=10.0, shared=shared)
+            for critic, shared in zip(critics, (True, False), strict=True)]
+    assert fits[0].transfer == 0.0
+    assert torch.equal(critics[0].weight, critics[1].weight) and torch.equal(critics[0].bias, critics[1].bias)
 
 
 def test_actor_target_moves_towards_the_advantage_within_the_trust_region():

@@ -140,7 +140,8 @@ def test_an_added_agent_is_young_until_the_critic_has_enough_of_its_records(tmp_
     auto = cfg.model_copy(update={"shared_slope": "auto"})
     assert not uses_shared_slope(auto, policy) and uses_shared_slope(auto, grown)
     assert uses_shared_slope(auto, second.candidate)
-    assert not uses_shared_slope(cfg, grown)  # the default: never
+    assert cfg.shared_slope == "auto"  # the default
+    assert not uses_shared_slope(cfg.model_copy(update={"shared_slope": "never"}), grown)
     assert uses_shared_slope(cfg.model_copy(update={"shared_slope": "always"}), policy)
 
 

@@ -47,6 +47,21 @@ def test_verdicts_and_the_rule():
     assert gate_verdict({"passed": True}, None)["passed"] and not gate_verdict(static_no, None)["passed"]
 
 
+def test_a_loss_inside_the_margin_is_not_worse():
+    """Two policies whose held-out estimates differ by a tight -0.0005 (what two near-identical refits
+    give): ``worse`` without a margin, ``inconclusive`` inside the 0.005 non-inferiority margin; a loss
+    beyond the margin is still ``worse``."""
+    n = 400
+    serving = _terms([1] * n, [1.0] * n, [1.0, 0.9] * (n // 2), [0.0] * n)
+    close = _terms([1] * n, [1.0] * n, [0.9995, 0.8995] * (n // 2), [0.0] * n)
+    far = _terms([1] * n, [1.0] * n, [0.99, 0.89] * (n // 2), [0.0] * n)
+    assert logged_verdict(close, serving, 30, 0.95)["verdict"] == "worse"
+    within = logged_verdict(close, serving, 30, 0.95, margin=0.005)
+    assert within["verdict"] == "inconclusive" and within["margin"] == 0.005
+    assert within["difference"]["ci"][1] < 0  # the interval is below 0, but not below -margin
+    assert logged_verdict(far, serving, 30, 0.95, margin=0.005)["verdict"] == "worse"
+
+
 def test_held_out_sessions_are_a_stable_share():
     keys = [f"decision:{i:032x}" for i in range(4000)]
     share = sum(held_out(k, 0.2) for k in keys) / len(keys)

@@ -110,7 +110,7 @@ def trails_everywhere(candidate: Policy, obs: torch.Tensor, agent: int, z: float
 
 def logged_gate(logged: dict[str, Any] | None) -> dict[str, Any]:
     """The learner's gate: publish unless the held-out doubly robust difference, candidate -
-    serving, lies below 0 at the configured confidence (``worse``). ``better``, ``inconclusive``
+    serving, lies below ``-margin`` at the configured confidence (``worse``). ``better``, ``inconclusive``
     and ``too_few`` pass: the candidate is the same learner on more data, and only clear evidence
     against it holds it back. No dataset split is consulted.
 
@@ -156,10 +156,14 @@ def bandit_round(cfg: RetrainConfig, serving: Policy, history: list[tuple[str, A
     fresh = torch.tensor([eid in fresh_ids for eid in batch.entry_ids], dtype=torch.bool)
     since = dict(serving.meta.history_since)
     weight, changes = _weights(cfg, serving, batch, fresh, since)
+    shared = uses_shared_slope(cfg, serving)
     fit = fit_reward_critic(candidate.reward_critic, batch.obs, batch.action, batch.reward, cfg.ridge,
-                            agent_priors(serving), sample_weight=weight, outcome=batch.outcome,
-                            shared=uses_shared_slope(cfg, serving))
+                            agent_priors(serving), sample_weight=weight, outcome=batch.outcome, shared=shared)
+    if shared:
+        logger.info("reward critic: shrunk towards the shared slope x %.2f (how far it carries between agents)",
+                    fit.transfer)
     train: dict[str, float] = {"critic_records": float(fit.records), "critic_mse": fit.mse,
+                               "critic_slope_transfer": fit.transfer,
                                "reward_mean": float(batch.reward.mean()) if len(batch) else 0.0,
                                "changes_detected": float(len(changes))}
     if weight is not None:
@@ -233,7 +237,7 @@ def _weights(cfg: RetrainConfig, serving: Policy, batch: LoggedBatch, fresh: tor
 
 def _judge(candidate: Policy, serving: Policy, held: LoggedBatch, cfg: RetrainConfig) -> dict[str, Any]:
     return logged_verdict(off_policy_terms(candidate, None, held), off_policy_terms(serving, None, held),
-                          cfg.min_ess, cfg.confidence)
+                          cfg.min_ess, cfg.confidence, cfg.margin)
 
 
 def _copy(policy: Policy) -> Policy:

@@ -47,8 +47,11 @@ class RetrainConfig(BaseModel):
         min_ess: fewer effective held-out samples than this, for either policy: the gate refuses.
         confidence: of the interval of the logged difference, candidate - serving.
         eval_split: the dataset split of the static second opinion.
-        margin: the static opinion passes the candidate unless its mean reward is lower than the
-            serving policy's by more than this.
+        margin: the gate's non-inferiority margin, reward units: a candidate is held back only when
+            shown worse than the serving policy by more than this. The static opinion passes it unless
+            its mean reward is lower by more; the logged verdict is ``worse`` only when the whole
+            interval of candidate - serving lies below ``-margin``
+            (:func:`~training.retrain.offpolicy.logged_verdict`).
         publish: publish a candidate that passes the gate (Redis key + pub/sub message).
         seed: seeds minibatch order and the simulated rollouts.
         warmup_records: a policy with a reward critic that has learned from fewer than
@@ -112,7 +115,7 @@ class RetrainConfig(BaseModel):
     warmup_records: int = Field(default=25, ge=1)
     replay_records: int = Field(default=50_000, ge=0)
     ridge: float = Field(default=10.0, gt=0.0)
-    shared_slope: Literal["auto", "always", "never"] = "never"
+    shared_slope: Literal["auto", "always", "never"] = "auto"
     kl_temperature: float = Field(default=0.02, gt=0.0)
     entropy_temperature: float = Field(default=0.01, ge=0.0)
     actor_epochs: int = Field(default=8, ge=1)

@@ -7,9 +7,10 @@ round of the learner (:func:`learn_round`) on ``M`` such decisions:
 1. **Reward critic** (:func:`fit_reward_critic`): each agent's reward as a linear function of the
    prompt's features, fitted in closed form by ridge regression on the decisions that chose it,
    shrunk towards a prior (the agent's ``prior_quality`` from the agents file, else the mean logged
-   reward over every agent), optionally varying with the prompt as the slope the agents share says
-   (:func:`shared_slope`). This is the regression oracle of SquareCB (Foster and Rakhlin 2020,
-   arXiv 2002.04926) and the per-arm model of disjoint LinUCB (Li et al. 2010, arXiv 1003.0146).
+   reward over every agent), optionally varying with the prompt as the slope the agents share says,
+   as far as it carries from one agent to another (:func:`shared_slope`). This is the regression
+   oracle of SquareCB (Foster and Rakhlin 2020, arXiv 2002.04926) and the per-arm model of
+   disjoint LinUCB (Li et al. 2010, arXiv 1003.0146).
    The regression is not importance weighted: with the propensities the gate stays unbiased, and
    an unweighted fit has far less variance on a few hundred records (the bake-off's finding that
    plain regression with an exploration rule leads, Bietti, Agarwal and Langford 2021, JMLR
@@ -55,40 +56,71 @@ class CriticFit:
         per_agent: ``[K]`` decisions of each agent.
         prior: ``[K]`` the reward each agent's model was shrunk towards.
         mse: mean squared error of the fitted critic on the logged actions (reward units²).
+        transfer: the scale of the shared slope in the prior, in [0, 1] (:func:`shared_slope`; 0 for a
+            constant prior).
     """
 
     records: int
     per_agent: list[int]
     prior: list[float]
     mse: float
+    transfer: float = 0.0
 
 
 def shared_slope(x: torch.Tensor, action: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, k_agents: int,
-                 ridge: float) -> torch.Tensor:
-    """The slope every agent shares: ridge regression of the target on the features with a free
-    intercept per agent, ``min_s Σ_i w_i (y_i - s·x_i - b_{a_i})² + ridge·|s|²``, solved on the
-    features and targets centred within each agent (the fixed-effects estimator). It is what the
-    logged prompts say about how hard a prompt is for any agent, with who answered it taken out; each
-    agent's ridge is shrunk towards it (biased regularisation, Cella, Lazaric and Pontil 2020,
-    "Meta-learning with Stochastic Linear Bandits", arXiv 2005.08531, eq. 2), so an agent with few
-    records is predicted from its intercept and the others' profile, not as a constant.
+                 ridge: float) -> tuple[torch.Tensor, float]:
+    """The slope every agent shares, and how far it carries to an agent it was not fitted on.
+
+    The slope: ridge regression of the target on the features with a free intercept per agent,
+    ``min_s Σ_i w_i (y_i - s·x_i - b_{a_i})² + ridge·|s|²``, solved on the features and targets centred
+    within each agent (the fixed-effects estimator). It is what the logged prompts say about how hard a
+    prompt is for any agent, with who answered it taken out; each agent's ridge is shrunk towards it
+    (biased regularisation, Cella, Lazaric and Pontil 2020, "Meta-learning with Stochastic Linear
+    Bandits", arXiv 2005.08531, eq. 2), so an agent with few records is predicted from its intercept and
+    the others' profile, not as a constant.
+
+    How far it carries (the *transfer*, in [0, 1]): a leave-one-agent-out estimate of the best scale
+    ``c`` of the prior slope ``c·s`` for an agent the slope was not fitted on. For each agent ``k``,
+    ``s_{-k}`` is the shared slope of the others' records, and ``c`` is the weighted least-squares
+    coefficient of ``k``'s own centred targets on ``s_{-k}``'s predictions of them, pooled over the
+    agents: ``c = Σ_k Σ_{i∈k} w_i z_i ỹ_i / Σ_k Σ_{i∈k} w_i z_i²``, ``z_i = x̃_i·s_{-k}`` (an
+    empirical-Bayes estimate of the prior mean's scale, which ``k``'s own noise cannot inflate, since
+    ``s_{-k}`` never saw it). Agents alike (LLMs that find the same prompts hard) give about 1;
+    specialists with opposite strengths (a calculator and a writer) give 0, a constant prior. Fewer than
+    two agents with records: 0.
 
     Args:
         x: ``[M, F]`` float64 features. action: ``[M]`` int64. y: ``[M]`` float64 targets.
         weight: ``[M]`` float64 record weights. k_agents: K. ridge: ``λ > 0``.
 
     Returns:
-        ``[F]`` float64 (zeros without records).
+        ``(slope [F] float64, transfer)``; zeros and 0 without records.
     """
+    f = x.shape[1]
     if not len(x) or float(weight.sum()) <= 0:
-        return torch.zeros(x.shape[1], dtype=x.dtype)
+        return torch.zeros(f, dtype=x.dtype), 0.0
     total = torch.zeros(k_agents, dtype=x.dtype).index_add_(0, action, weight).clamp_min(1e-12)  # [K]
-    mean_x = torch.zeros(k_agents, x.shape[1], dtype=x.dtype).index_add_(0, action, x * weight[:, None])
+    mean_x = torch.zeros(k_agents, f, dtype=x.dtype).index_add_(0, action, x * weight[:, None])
     mean_x /= total[:, None]
     mean_y = torch.zeros(k_agents, dtype=x.dtype).index_add_(0, action, y * weight) / total
     xc, yc = x - mean_x[action], y - mean_y[action]
-    gram = xc.T @ (xc * weight[:, None]) + ridge * torch.eye(x.shape[1], dtype=x.dtype)
-    return torch.linalg.solve(gram, xc.T @ (weight * yc))
+    eye = ridge * torch.eye(f, dtype=x.dtype)
+    gram = xc.T @ (xc * weight[:, None])
+    moment = xc.T @ (weight * yc)
+    slope = torch.linalg.solve(gram + eye, moment)
+    agree, scale = 0.0, 0.0
+    present = [k for k in range(k_agents) if bool((action == k).any())]
+    if len(present) < 2:
+        return slope, 0.0
+    for k in present:
+        mine = action == k
+        xk, wk = xc[mine], weight[mine]
+        gram_k, moment_k = xk.T @ (xk * wk[:, None]), xk.T @ (wk * yc[mine])
+        others = torch.linalg.solve(gram - gram_k + eye, moment - moment_k)  # s_{-k}
+        z = xk @ others
+        agree += float((wk * z * yc[mine]).sum())
+        scale += float((wk * z * z).sum())
+    return slope, min(max(agree / scale, 0.0), 1.0) if scale > 0 else 0.0
 
 
 @torch.no_grad()
@@ -99,8 +131,9 @@ def fit_reward_critic(critic: RewardCritic, obs: torch.Tensor, action: torch.Ten
                       shared: bool = False) -> CriticFit:
     """Fit ``critic`` in place: for each agent ``k``, ridge regression of ``r`` on ``[features, 1]``
     over the decisions that chose ``k``, shrunk towards a prior mean ``θ₀_k``:
-    ``(XᵀWX + ridge·I)(θ - θ₀_k) = XᵀW(r - Xθ₀_k)`` (float64). ``θ₀_k = [s, prior_k - s·x̄]``: the
-    slope ``s`` every agent shares (:func:`shared_slope`; 0 without ``shared``) and an intercept
+    ``(XᵀWX + ridge·I)(θ - θ₀_k) = XᵀW(r - Xθ₀_k)`` (float64). ``θ₀_k = [c·s, prior_k - c·s·x̄]``: the
+    slope ``s`` every agent shares, scaled by how far it carries to an agent it was not fitted on
+    (:func:`shared_slope`; ``c·s`` = 0 without ``shared``), and an intercept
     that makes ``prior_k`` the prior reward of the mean logged prompt ``x̄``. The intercept is
     penalised too, so an agent with few decisions stays near its prior: ``prior_k`` on average,
     higher or lower with the prompt as the other agents' records say.
@@ -125,7 +158,8 @@ def fit_reward_critic(critic: RewardCritic, obs: torch.Tensor, action: torch.Ten
         sample_weight: ``[M]`` float weights of the decisions (None: 1 each).
         outcome: ``([M, 1] quality, [M, 1] cost_usd)`` float32 of the decisions (a cost NaN: not
             known); needed by a preference critic, not read otherwise.
-        shared: shrink towards the shared slope (True) or towards the constant ``prior_k`` (False).
+        shared: shrink towards the shared slope as far as it carries (True) or towards the constant
+            ``prior_k`` (False).
 
     Returns:
         :class:`CriticFit`.
@@ -157,8 +191,9 @@ def fit_reward_critic(critic: RewardCritic, obs: torch.Tensor, action: torch.Ten
     priors = [fallback if prior is None or prior[k] is None else float(prior[k]) for k in range(k_agents)]
     # each agent's prior mean: θ₀_k = [s, prior_k - s·x̄], its prior reward varying with the prompt as the
     # slope every agent shares says (s = 0 without ``shared``: a constant prior)
-    slope = (shared_slope(x[:, :-1], a, y, w, k_agents, ridge) if shared
-             else torch.zeros(x.shape[1] - 1, dtype=x.dtype))  # [F]
+    slope, transfer = (shared_slope(x[:, :-1], a, y, w, k_agents, ridge) if shared
+                       else (torch.zeros(x.shape[1] - 1, dtype=x.dtype), 0.0))
+    slope = transfer * slope  # [F]
     mean_x = (x[:, :-1] * w[:, None]).sum(0) / w.sum() if len(x) and float(w.sum()) > 0 else torch.zeros_like(slope)
     intercept = torch.tensor(priors, dtype=x.dtype) - slope @ mean_x  # [K]
     prior_mean = torch.cat([slope.expand(k_agents, -1), intercept[:, None]], dim=1)  # [K, F + 1]
@@ -189,7 +224,7 @@ def fit_reward_critic(critic: RewardCritic, obs: torch.Tensor, action: torch.Ten
     # σ̂²: the residual variance pooled over the agents (one agent's few records would make it noisy)
     noise = max(mse, NOISE_FLOOR) if len(r) else PRIOR_NOISE
     critic.covariance.copy_((noise * precision_inv).float())
-    return CriticFit(records=len(r), per_agent=counts, prior=priors, mse=mse)
+    return CriticFit(records=len(r), per_agent=counts, prior=priors, mse=mse, transfer=transfer)
 
 
 def recency_weights(created_at: torch.Tensor, half_life_records: int | None = None,

@@ -79,18 +79,23 @@ def off_policy_terms(policy: Policy, value_norm: ValueNorm | None, batch: Logged
 
 
 def logged_verdict(candidate: OffPolicyTerms, serving: OffPolicyTerms, min_ess: float,
-                   confidence: float) -> dict[str, Any]:
+                   confidence: float, margin: float = 0.0) -> dict[str, Any]:
     """The logged-data half of the gate.
+
+    Args:
+        margin: the non-inferiority margin (reward units): ``worse`` needs the whole interval below
+            ``-margin``, so two policies that decide alike but for a difference nobody would notice
+            (a tight interval around -0.0005) are not told apart.
 
     Returns:
         ``{"decisions", "candidate": summary, "serving": summary, "difference": {"dr", "ci"},
-        "confidence", "min_ess", "verdict"}``; ``verdict`` is ``too_few`` (either effective
-        sample size below ``min_ess``), ``better`` (the interval of candidate - serving lies
-        above 0), ``worse`` (below 0) or ``inconclusive``.
+        "confidence", "min_ess", "margin", "verdict"}``; ``verdict`` is ``too_few`` (either
+        effective sample size below ``min_ess``), ``better`` (the interval of candidate - serving
+        lies above 0), ``worse`` (below ``-margin``) or ``inconclusive``.
     """
     n = len(candidate.dr)
     out: dict[str, Any] = {"decisions": n, "candidate": candidate.summary(), "serving": serving.summary(),
-                           "confidence": confidence, "min_ess": min_ess}
+                           "confidence": confidence, "min_ess": min_ess, "margin": margin}
     diff = candidate.dr - serving.dr
     mean = float(diff.mean()) if n else math.nan
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
@@ -100,7 +105,7 @@ def logged_verdict(candidate: OffPolicyTerms, serving: OffPolicyTerms, min_ess: 
         out["verdict"] = "too_few"
     elif mean - half > 0:
         out["verdict"] = "better"
-    elif mean + half < 0:
+    elif mean + half < -margin:
         out["verdict"] = "worse"
     else:
         out["verdict"] = "inconclusive"
