@@ -64,10 +64,11 @@ class RetrainConfig(BaseModel):
         ridge: the reward critic's ridge penalty ``λ`` (:func:`~training.retrain.learner.fit_reward_critic`).
         shared_slope: when every agent's reward critic is shrunk towards the slope the agents
             share (:func:`~training.retrain.learner.shared_slope`) rather than towards a constant:
-            ``auto``, once the policy has an agent added at run time (``exploration.added``), so
-            that the newcomer and the others are judged alike; ``always``; ``never`` (the default:
-            ``docs/learning.md`` says what it gains for a newcomer like the others and what it costs
-            a newcomer whose strengths are the opposite of theirs).
+            ``auto`` (the default), once the policy has an agent added at run time
+            (``exploration.added``), so that the newcomer and the others are judged alike; ``always``;
+            ``never``. The slope is scaled by how far it carries from one agent to another (0 for
+            specialists with opposite strengths; ``docs/learning.md``, "A new agent and the shared
+            slope").
         kl_temperature: ``η`` of the actor's trust region, reward units (smaller: larger steps).
         entropy_temperature: ``τ`` of the actor's entropy term, reward units: old evidence fades
             by ``η/(η+τ)`` a round and the policy tends to ``softmax(Q̂/τ)``.
