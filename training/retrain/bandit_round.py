@@ -110,7 +110,7 @@ def trails_everywhere(candidate: Policy, obs: torch.Tensor, agent: int, z: float
 
 def logged_gate(logged: dict[str, Any] | None) -> dict[str, Any]:
     """The learner's gate: publish unless the held-out doubly robust difference, candidate -
-    serving, lies below ``-margin`` at the configured confidence (``worse``). ``better``, ``inconclusive``
+    serving, lies below ``-logged_margin`` at the configured confidence (``worse``). ``better``, ``inconclusive``
     and ``too_few`` pass: the candidate is the same learner on more data, and only clear evidence
     against it holds it back. No dataset split is consulted.
 
@@ -237,7 +237,7 @@ def _weights(cfg: RetrainConfig, serving: Policy, batch: LoggedBatch, fresh: tor
 
 def _judge(candidate: Policy, serving: Policy, held: LoggedBatch, cfg: RetrainConfig) -> dict[str, Any]:
     return logged_verdict(off_policy_terms(candidate, None, held), off_policy_terms(serving, None, held),
-                          cfg.min_ess, cfg.confidence, cfg.margin)
+                          cfg.min_ess, cfg.confidence, cfg.logged_margin)
 
 
 def _copy(policy: Policy) -> Policy:

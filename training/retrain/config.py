@@ -47,11 +47,12 @@ class RetrainConfig(BaseModel):
         min_ess: fewer effective held-out samples than this, for either policy: the gate refuses.
         confidence: of the interval of the logged difference, candidate - serving.
         eval_split: the dataset split of the static second opinion.
-        margin: the gate's non-inferiority margin, reward units: a candidate is held back only when
-            shown worse than the serving policy by more than this. The static opinion passes it unless
-            its mean reward is lower by more; the logged verdict is ``worse`` only when the whole
-            interval of candidate - serving lies below ``-margin``
-            (:func:`~training.retrain.offpolicy.logged_verdict`).
+        margin: the static opinion passes the candidate unless its mean reward is lower than the
+            serving policy's by more than this.
+        logged_margin: the logged verdict's non-inferiority margin, reward units: it is ``worse``
+            only when the whole interval of candidate - serving lies below ``-logged_margin``
+            (:func:`~training.retrain.offpolicy.logged_verdict`), so two near-identical refits are not
+            told apart by a tight -0.0005.
         publish: publish a candidate that passes the gate (Redis key + pub/sub message).
         seed: seeds minibatch order and the simulated rollouts.
         warmup_records: a policy with a reward critic that has learned from fewer than
@@ -111,6 +112,7 @@ class RetrainConfig(BaseModel):
     confidence: float = Field(default=0.95, gt=0.0, lt=1.0)
     eval_split: Literal["train", "val", "test"] = "val"
     margin: float = Field(default=0.005, ge=0)
+    logged_margin: float = Field(default=0.005, ge=0)
     publish: bool = True
     seed: int = 0
     warmup_records: int = Field(default=25, ge=1)

@@ -365,7 +365,7 @@ def _ppo_round(cfg: RetrainConfig, serving: Policy, entries: list, result: Retra
     if cfg.holdout_fraction:
         logged = logged_verdict(off_policy_terms(candidate, value_norm, held),
                                 off_policy_terms(serving, serving_value_norm, held), cfg.min_ess, cfg.confidence,
-                                cfg.margin)
+                                cfg.logged_margin)
     result.gate = gate_verdict(static, logged)
     return candidate, value_norm, cost_weight, gamma
 
