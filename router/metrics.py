@@ -29,6 +29,9 @@ metric                                            type        labels / source
 ``router_embed_batch_size``                       histogram   prompts per encode call
 ``router_embed_batch_duration_seconds``           histogram   seconds per encode call
 ``router_embed_cache_lookups_total``              counter     ``result``: ``hit`` / ``miss``
+``router_decision_stage_duration_seconds``        histogram   ``stage``: seconds of each stage of a
+                                                              decision (embed, encode, state,
+                                                              policy, store, lease)
 ``router_embed_cache_entries``                    gauge       prompts in the LRU cache
 ``router_agent_cooldowns_total``                  counter     ``agent``: cooldowns this replica
                                                               started (router.cooldown)
@@ -84,6 +87,8 @@ QUIET_ENDPOINTS = frozenset({"/metrics", "/healthz", "/readyz"})
 QUALITY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+#: a decision's stages take from tens of µs (the lease) to the encoder's tens of ms
+STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 OUTBOX_TIMEOUT_S = 1.0
 
 
@@ -96,6 +101,7 @@ class RouterMetrics:
         decisions: routing decisions by chosen agent.
         embed_batch_size, embed_batch_seconds: per encode call of the micro-batcher.
         embed_cache: LRU lookups by result (``hit`` / ``miss``).
+        decision_stage_seconds: seconds of each stage of each decision (``router.routing.Router.decide``).
         proxy_calls, proxy_cost, proxy_tokens: the proxy's upstream calls, USD and tokens per client key.
         proxy_upstream_seconds, proxy_first_token_seconds: duration and time to first token per agent.
     """
@@ -132,6 +138,10 @@ class RouterMetrics:
         self.embed_cache = Counter(
             "router_embed_cache_lookups", "Prompt embedding LRU lookups, by result (hit, miss).",
             ["result"], registry=self.registry,
+        )
+        self.decision_stage_seconds = Histogram(
+            "router_decision_stage_duration_seconds", "Seconds of each stage of a routing decision (embed, encode, "
+            "state, policy, store, lease).", ["stage"], buckets=STAGE_BUCKETS, registry=self.registry,
         )
         self.cooldowns = Counter(
             "router_agent_cooldowns", "Cooldowns started by this replica, by agent (router.cooldown).",
@@ -175,6 +185,11 @@ class RouterMetrics:
     def observe_batch(self, size: int, seconds: float) -> None:
         self.embed_batch_size.observe(size)
         self.embed_batch_seconds.observe(seconds)
+
+    def observe_stages(self, seconds: dict[str, float]) -> None:
+        """One decision's stages, ``{stage: seconds}``."""
+        for stage, value in seconds.items():
+            self.decision_stage_seconds.labels(stage=stage).observe(value)
 
     def observe_decision(self, agent: str, explored: bool) -> None:
         """Count a decision; ``explored``: sampled to another agent than the most probable one."""

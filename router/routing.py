@@ -29,6 +29,9 @@ from router.registry import PolicyRegistry
 from router.service import Decision, RoutePlan, RoutingService
 from router.settings import Settings
 
+#: The stages of :meth:`Router.decide`, in order (:attr:`RoutingRequest.timings`).
+STAGES = ("embed", "encode", "state", "policy", "store", "lease")
+
 
 class PromptTooLong(DomainError):
     """A prompt over ``ROUTER_MAX_PROMPT_CHARS`` (422)."""
@@ -114,14 +117,11 @@ class Router:
             NoAgentAvailable: every allowed agent is down.
             StoreUnavailable: the decision could not be logged (no lease is taken).
         """
-        service, plan, timings = request.service, request.plan, request.timings
-        clock = _Stopwatch(timings)
+        service, plan = request.service, request.plan
+        clock = _Stopwatch()
         if request.embedding is None:
-            encoded: dict[str, float] = {}
-            request.embedding = await self.batcher.embed(service.embedder, plan.prompt, encoded)  # LRU-cached
+            request.embedding = await self.batcher.embed(service.embedder, plan.prompt, clock.laps)  # LRU-cached
             clock.lap("embed")
-            if "encode" in encoded:
-                timings["encode"] = timings.get("encode", 0.0) + encoded["encode"]
         live = await self.load.snapshot(service.agents)
         excluded = set(excluded)
         down = live.down | set(await self.cooldowns.cooling(service.agents)) | excluded
@@ -138,17 +138,23 @@ class Router:
         clock.lap("store")
         await self.load.take(decision.agent, decision.decision_id)
         clock.lap("lease")
+        laps = {stage: clock.laps[stage] for stage in STAGES if stage in clock.laps}
+        for stage, seconds in laps.items():
+            request.timings[stage] = request.timings.get(stage, 0.0) + seconds
+        self.metrics.observe_stages(laps)
         self.metrics.observe_decision(decision.agent, context.explored_off_greedy)
         return decision
 
 
 class _Stopwatch:
-    """Adds the seconds since the last lap (or its creation) to ``timings[stage]`` at each lap."""
+    """``laps[stage]``: the seconds from the previous lap (or the stopwatch's start) to ``lap(stage)``;
+    the batcher writes ``laps["encode"]`` itself."""
 
-    def __init__(self, timings: dict[str, float]) -> None:
-        self.timings, self.last = timings, time.perf_counter()
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self.last = time.perf_counter()
 
     def lap(self, stage: str) -> None:
         now = time.perf_counter()
-        self.timings[stage] = self.timings.get(stage, 0.0) + now - self.last
+        self.laps[stage] = now - self.last
         self.last = now
