@@ -110,9 +110,9 @@ def trails_everywhere(candidate: Policy, obs: torch.Tensor, agent: int, z: float
 
 def logged_gate(logged: dict[str, Any] | None) -> dict[str, Any]:
     """The learner's gate: publish unless the held-out doubly robust difference, candidate -
-    serving, lies below ``-logged_margin`` at the configured confidence (``worse``). ``better``, ``inconclusive``
-    and ``too_few`` pass: the candidate is the same learner on more data, and only clear evidence
-    against it holds it back. No dataset split is consulted.
+    serving, lies below ``-logged_margin`` at the configured confidence (``worse``). ``better``,
+    ``inconclusive`` and ``too_few`` pass: the candidate is the same learner on more data, and only
+    clear evidence against it holds it back. No dataset split is consulted.
 
     Returns:
         ``{"rule", "static", "logged", "passed", "reason"}`` (``static`` None), as the job's gate.
@@ -155,8 +155,8 @@ def bandit_round(cfg: RetrainConfig, serving: Policy, history: list[tuple[str, A
     fresh_ids = {entry_id for entry_id, _ in fresh_train}
     fresh = torch.tensor([eid in fresh_ids for eid in batch.entry_ids], dtype=torch.bool)
     since = dict(serving.meta.history_since)
-    weight, changes = _weights(cfg, serving, batch, fresh, since)
     shared = uses_shared_slope(cfg, serving)
+    weight, changes = _weights(cfg, serving, batch, fresh, since, shared)
     fit = fit_reward_critic(candidate.reward_critic, batch.obs, batch.action, batch.reward, cfg.ridge,
                             agent_priors(serving), sample_weight=weight, outcome=batch.outcome, shared=shared)
     if shared:
@@ -197,11 +197,12 @@ def bandit_round(cfg: RetrainConfig, serving: Policy, history: list[tuple[str, A
 
 
 def _weights(cfg: RetrainConfig, serving: Policy, batch: LoggedBatch, fresh: torch.Tensor,
-             since: dict[str, str]) -> tuple[torch.Tensor | None, list[str]]:
+             since: dict[str, str], shared: bool) -> tuple[torch.Tensor | None, list[str]]:
     """The critic's ``[M]`` sample weights (None: 1 each): the forgetting horizon's
     (:func:`recency_weights`), 0 for an agent's records from before its ``since`` time, and the
-    change test (:func:`detect_changes`) run on the rest; an agent it finds changed gets the time
-    of its first new record in ``since`` (updated in place), and the names of those agents."""
+    change test (:func:`detect_changes`, its critic shrunk as the round's: ``shared``) run on the
+    rest; an agent it finds changed gets the time of its first new record in ``since`` (updated in
+    place), and the names of those agents."""
     created = batch.created_at
     if created is None or not len(batch):
         return None, []
@@ -221,7 +222,7 @@ def _weights(cfg: RetrainConfig, serving: Policy, batch: LoggedBatch, fresh: tor
         tests = detect_changes(copy.deepcopy(serving.reward_critic), batch.obs, batch.action, batch.reward, fresh,
                                weight, cfg.ridge, agent_priors(serving), cfg.change_z, cfg.change_min_shift,
                                cfg.change_min_records, outcome=batch.outcome,
-                               shared=uses_shared_slope(cfg, serving))
+                               shared=shared)
         for test in tests:
             if test.changed:
                 name = serving.agents[test.agent]

@@ -109,7 +109,7 @@ def shared_slope(x: torch.Tensor, action: torch.Tensor, y: torch.Tensor, weight:
     moment = xc.T @ (weight * yc)
     slope = torch.linalg.solve(gram + eye, moment)
     agree, scale = 0.0, 0.0
-    present = [k for k in range(k_agents) if bool((action == k).any())]
+    present = torch.bincount(action, minlength=k_agents).nonzero().flatten().tolist()
     if len(present) < 2:
         return slope, 0.0
     for k in present:
@@ -189,8 +189,8 @@ def fit_reward_critic(critic: RewardCritic, obs: torch.Tensor, action: torch.Ten
     w = torch.ones_like(r) if sample_weight is None else sample_weight.reshape(-1).double()
     fallback = float((w * y).sum() / w.sum()) if len(y) and float(w.sum()) > 0 else 0.0
     priors = [fallback if prior is None or prior[k] is None else float(prior[k]) for k in range(k_agents)]
-    # each agent's prior mean: θ₀_k = [s, prior_k - s·x̄], its prior reward varying with the prompt as the
-    # slope every agent shares says (s = 0 without ``shared``: a constant prior)
+    # each agent's prior mean: θ₀_k = [c·s, prior_k - c·s·x̄], its prior reward varying with the prompt as the
+    # slope every agent shares says, as far as it carries (c·s = 0 without ``shared``: a constant prior)
     slope, transfer = (shared_slope(x[:, :-1], a, y, w, k_agents, ridge) if shared
                        else (torch.zeros(x.shape[1] - 1, dtype=x.dtype), 0.0))
     slope = transfer * slope  # [F]
