@@ -175,15 +175,22 @@ class ObsLayout(BaseModel):
             raise ValueError("this policy does not know the agents' prices")
         return expected_costs_usd(self.agent_prices, tokens)
 
-    def write_prompt(self, obs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def write_prompt(self, obs: torch.Tensor, tokens: torch.Tensor,
+                     expected_cost: torch.Tensor | None = None) -> torch.Tensor:
         """Write the length and expected-cost features of prompts of ``tokens`` tokens (``[B]``,
         one prompt per world, or ``[B, N]``) into ``obs`` ``[B, N, D]`` in place; returns the
-        expected costs ``[B, N, K]`` float32 USD, for :meth:`write_cost_penalty`."""
+        expected costs ``[B, N, K]`` float32 USD, for :meth:`write_cost_penalty`.
+
+        ``expected_cost``: ``[B, K]`` float32 USD, :meth:`expected_costs` of ``tokens`` already
+        computed (a graph traced from this code takes them as an input); None: computed here."""
         assert self.agent_prices is not None and self.cost_scale_usd is not None
         b, n = obs.shape[:2]
         tokens = (tokens.reshape(b, 1) if tokens.numel() == b else tokens.reshape(b, n)).expand(b, n)
-        cost = torch.as_tensor(self.expected_costs(tokens.reshape(-1).cpu().numpy()), dtype=obs.dtype,
-                               device=obs.device).view(*obs.shape[:2], self.num_agents)
+        if expected_cost is not None:
+            cost = expected_cost.to(obs.dtype).reshape(b, 1, self.num_agents).expand(b, n, self.num_agents)
+        else:
+            cost = torch.as_tensor(self.expected_costs(tokens.reshape(-1).cpu().numpy()), dtype=obs.dtype,
+                                   device=obs.device).view(*obs.shape[:2], self.num_agents)
         length = torch.log1p(tokens.to(obs.dtype).clamp(min=0)) / math.log1p(TOKEN_SCALE)
         obs[..., self.cols("prompt_tokens")] = length.clamp(max=1.0).unsqueeze(-1)
         obs[..., self.cols("expected_cost")] = torch.log1p(cost / self.cost_scale_usd)
@@ -256,16 +263,17 @@ class ObsLayout(BaseModel):
         """
         if not self.include_agent_id:
             return
-        ids = obs[..., self.router_id_cols]
-        ids.zero_()
+        # assigned through obs[...] rather than written into a view of it: a graph traced from this
+        # code (policy.onnx_head) keeps an assignment, and loses a write into a view
+        eye = torch.eye(self.num_routers, dtype=obs.dtype, device=obs.device)
         if router is None:
             if obs.shape[1] != self.num_routers:
                 raise ValueError(f"{obs.shape[1]} router positions for a policy of {self.num_routers} routers")
-            ids.copy_(torch.eye(self.num_routers, dtype=obs.dtype, device=obs.device).expand_as(ids))
+            obs[..., self.router_id_cols] = eye
         else:
             if not 0 <= router < self.num_routers:
                 raise ValueError(f"router {router} outside [0, {self.num_routers})")
-            ids[..., router] = 1.0
+            obs[..., self.router_id_cols] = eye[router]
 
     def load_of(self, obs: torch.Tensor) -> torch.Tensor:
         """The load columns of ``obs`` ``[..., D]``: a view ``[..., K]``."""
@@ -279,6 +287,7 @@ def build_obs(
     router: int | None = None,
     cost_weight: torch.Tensor | float | None = None,
     tokens: torch.Tensor | None = None,
+    expected_cost: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The observation of each router from its parts.
 
@@ -291,6 +300,8 @@ def build_obs(
         cost_weight: USD^-1, a float or ``[B]``; as :meth:`ObsLayout.write_preference`.
         tokens: ``[B]`` int, each prompt's :func:`contract.pricing.prompt_tokens` (needed by a
             layout with ``agent_prices``, ignored by others).
+        expected_cost: ``[B, K]`` float32 USD, the layout's :meth:`ObsLayout.expected_costs` of
+            ``tokens`` when already computed; None: computed from ``tokens``.
 
     Returns:
         ``[B, N, D]`` (``N = 1`` for a ``[B, E]`` embedding) float32, on ``embedding``'s device.
@@ -315,7 +326,7 @@ def build_obs(
     if layout.agent_prices is not None:
         if tokens is None or tokens.shape[0] != b:
             raise ValueError(f"this policy observes each prompt's length: pass tokens [{b}]")
-        cost = layout.write_prompt(obs, tokens)
+        cost = layout.write_prompt(obs, tokens, expected_cost)
         layout.write_cost_penalty(obs, cost, cost_weight)
     layout.write_router_ids(obs, router)
     return obs

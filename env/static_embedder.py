@@ -55,6 +55,33 @@ def _distill(model_path: Path, out: Path) -> None:
                                            "version": DISTILL_VERSION}), encoding="utf-8")
 
 
+def load_static(path: Path) -> Any:
+    """The ``model2vec.StaticModel`` of the directory :func:`_distill` wrote, read as model2vec's own
+    loader reads a local model (``model.safetensors``: ``embeddings`` and, after vocabulary
+    quantisation, ``weights`` and ``mapping``; ``tokenizer.json``; ``config.json``) but without its
+    persistence module: that imports huggingface_hub's model-card machinery (0.4 s of a 3.4 s
+    restart here), and falls back to downloading from the hub when the path is missing.
+
+    Raises:
+        OSError, ValueError: a file is missing or unreadable; ImportError: no model2vec.
+    """
+    from model2vec import StaticModel
+    from model2vec.model import DEFAULT_MAX_LENGTH
+    from safetensors import safe_open
+    from tokenizers import Tokenizer
+
+    with safe_open(str(path / "model.safetensors"), framework="numpy") as tensors:
+        names = set(tensors.keys())
+        vectors, weights, mapping = (tensors.get_tensor(name) if name in names else None
+                                     for name in ("embeddings", "weights", "mapping"))
+    if vectors is None:
+        raise ValueError(f"{path / 'model.safetensors'} holds no embeddings")
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    return StaticModel(vectors=vectors, tokenizer=Tokenizer.from_file(str(path / "tokenizer.json")), config=config,
+                       normalize=bool(config.get("normalize", False)), weights=weights, token_mapping=mapping,
+                       max_length=config.get("max_length", DEFAULT_MAX_LENGTH))
+
+
 class StaticEmbedder(Embedder):
     """:class:`~env.embedder.Embedder` whose vectors come from a static model of ``model``.
 
@@ -87,7 +114,7 @@ class StaticEmbedder(Embedder):
             with self._load_lock:
                 if self._model is None:
                     try:
-                        from model2vec import StaticModel
+                        import model2vec  # noqa: F401
                     except ImportError:
                         raise UserError(f"the static encoder needs model2vec ({INSTALL_HINT})") from None
                     model_path = Path(resolve_model_path(self.model_name))
@@ -95,7 +122,7 @@ class StaticEmbedder(Embedder):
                                         lambda tmp: _distill(model_path, tmp),
                                         f"the static embeddings of {self.model_id}")
                     try:
-                        self._model = StaticModel.from_pretrained(path, force_download=False)
+                        self._model = load_static(path)
                     except (OSError, ValueError) as exc:
                         raise UserError(f"cannot load the static model {path}: {exc}") from None
         return self._model

@@ -66,7 +66,7 @@ class Policy:
 
     def build_obs(self, embedding: torch.Tensor, load: torch.Tensor | None, router: int = 0,
                   cost_weight: torch.Tensor | float | None = None,
-                  tokens: torch.Tensor | None = None) -> torch.Tensor:
+                  tokens: torch.Tensor | None = None, expected_cost: torch.Tensor | None = None) -> torch.Tensor:
         """Obs of router ``router`` as in training (:func:`contract.observation.build_obs`).
 
         Args:
@@ -75,11 +75,13 @@ class Policy:
             cost_weight: the cost preference (USD^-1; float or ``[B]``) of a policy trained for
                 every trade-off; None: its default. Refused (ValueError) by other policies.
             tokens: ``[B]`` int, each prompt's token count (needed when ``layout.agent_prices``).
+            expected_cost: ``[B, K]`` float32 USD, ``layout.expected_costs(tokens)`` if already
+                computed; None: computed from ``tokens``.
 
         Returns:
             ``[B, 1, D]`` float32.
         """
-        return build_obs(self.layout, embedding, load, router, cost_weight, tokens)
+        return build_obs(self.layout, embedding, load, router, cost_weight, tokens, expected_cost)
 
     def probabilities(self, obs: torch.Tensor, action_mask: torch.Tensor | None = None) -> torch.Tensor:
         """:func:`router_probabilities` of this policy's actor."""

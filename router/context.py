@@ -28,6 +28,7 @@ from experience.backend import open_store
 from experience.redis_client import RedisErrors, open_redis
 from policy.artefact import Policy
 from policy.checkpoint import load_checkpoint
+from policy.onnx_head import decision_head
 from router.batcher import EmbedBatcher
 from router.cooldown import CooldownPolicy, Cooldowns, LocalCooldowns, RedisCooldowns
 from router.encode_plan import PlanStore, planned_encoder, planned_pass_size
@@ -111,6 +112,16 @@ def default_encoder(policy: Policy) -> tuple[str, str]:
                              f"({kept:.1f}%); pin another with ROUTER_ENCODER")
 
 
+def make_service(policy: Policy, embedder: Embedder, settings: Settings) -> RoutingService:
+    """The service of ``policy`` (blocking): its decision in ONNX Runtime when
+    ``ROUTER_POLICY_RUNTIME=auto`` and the export matches torch, else in torch; the log says which."""
+    head, how = None, "torch (ROUTER_POLICY_RUNTIME=torch)"
+    if settings.policy_runtime == "auto":
+        head, how = decision_head(policy, settings.onnx_dir / "heads")
+    logger.info("policy %s decides in %s", policy.version, how)
+    return RoutingService(policy, embedder, head=head)
+
+
 def start_policy(settings: Settings) -> RoutingService:
     """Load the checkpoint and the embedding model, and route one prompt (blocking).
 
@@ -146,7 +157,7 @@ def start_policy(settings: Settings) -> RoutingService:
         loser = fp32 if embedder is int8 else int8
         if loser.cache is not None:
             loser.cache.close()
-    service = RoutingService(policy, embedder)
+    service = make_service(policy, embedder, settings)
     service.warm_up()
     describe = getattr(embedder, "describe", None)
     logger.info("embedding encoder: %s", describe() if describe is not None else embedder.encoder)
@@ -237,7 +248,8 @@ async def open_context(settings: Settings, metrics: RouterMetrics) -> AsyncItera
                                lru_size=settings.lru_size, threads=threads, on_batch=metrics.observe_batch,
                                on_lookup=metrics.observe_lookup)
         stack.push_async_callback(batcher.aclose)
-        registry = PolicyRegistry(service, settings.checkpoint)
+        registry = PolicyRegistry(service, settings.checkpoint,
+                                  make_service=lambda policy: make_service(policy, service.embedder, settings))
         await stack.enter_async_context(follow_published(registry, settings, shared.redis, errors))
         proxy = None
         if settings.upstreams_file is not None:

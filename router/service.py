@@ -28,6 +28,7 @@ from experience.base import utc_now_iso
 from policy.artefact import Policy
 from policy.checkpoint import CheckpointError
 from policy.exploration import inverse_gap_weighting
+from policy.onnx_head import DecisionHead
 from router.inflight import NoAgentAvailable
 
 
@@ -171,12 +172,17 @@ class RoutingService:
             (``policy.embedding_model``).
         seed: seed of the sampler used when ``explore`` is true and of the decision ids; None: from
             the OS (uuid4 ids).
+        head: the policy's decision exported to ONNX Runtime and checked against torch
+            (:func:`policy.onnx_head.decision_head`); None: decide in torch.
 
     Thread-safe: :meth:`choose` may run in several threads at once.
     """
 
-    def __init__(self, policy: Policy, embedder: Embedder, seed: int | None = None) -> None:
+    def __init__(self, policy: Policy, embedder: Embedder, seed: int | None = None,
+                 head: DecisionHead | None = None) -> None:
         self.policy = policy
+        #: the policy's decision in ONNX Runtime (:mod:`policy.onnx_head`), or None: in torch
+        self.head = head
         self.embedder = embedder
         self.agents: list[str] = policy.agents
         #: agents taken out of service (``policy.json`` ``retired``): masked in every decision
@@ -360,14 +366,22 @@ class RoutingService:
         else:
             embedding = np.array(embedding, dtype=np.float32, ndmin=2)  # a writable [1, E] copy
         load = self.load_vector(in_flight)[None, :]
-        obs = self.policy.build_obs(torch.from_numpy(embedding), torch.from_numpy(load), cost_weight=plan.cost_weight,
-                                    tokens=torch.tensor([plan.tokens]))
-        mask_t = None if mask.all() else torch.from_numpy(mask).view(1, 1, -1)
-        probs = self.policy.probabilities(obs, mask_t)[0, 0].cpu().numpy().astype(np.float32)
+        if self.head is not None:  # the same decision in one ONNX Runtime call (policy.onnx_head)
+            out = self.head(embedding, load, mask, plan.cost_weight, plan.tokens)
+            probs = out.probabilities.astype(np.float32)  # a writable copy
+        else:
+            obs = self.policy.build_obs(torch.from_numpy(embedding), torch.from_numpy(load),
+                                        cost_weight=plan.cost_weight, tokens=torch.tensor([plan.tokens]))
+            mask_t = None if mask.all() else torch.from_numpy(mask).view(1, 1, -1)
+            probs = self.policy.probabilities(obs, mask_t)[0, 0].cpu().numpy().astype(np.float32)
         probs[~mask] = 0.0
         propensity = 1.0
         if explore:
-            mu = self.sampling_distribution(obs, probs, mask, explore_floor, explore_temperature)
+            if self.head is not None:
+                mu = self.distribution_from_estimates(out.reward, out.width, probs, mask, explore_floor,
+                                                      explore_temperature)
+            else:
+                mu = self.sampling_distribution(obs, probs, mask, explore_floor, explore_temperature)
             with self._rng_lock:
                 action = int(self._rng.choice(len(mu), p=mu))
             propensity = min(1.0, float(mu[action]))
@@ -404,13 +418,24 @@ class RoutingService:
         (:func:`policy.exploration.inverse_gap_weighting`), which already gives every allowed
         agent a share that shrinks with its estimated gap, so ``floor`` and ``temperature`` are not
         used. Other policies: :func:`exploration_distribution`."""
+        reward = width = None
         meta = self.policy.meta.exploration
-        if meta is None or self.policy.reward_critic is None:
+        if meta is not None and self.policy.reward_critic is not None:
+            reward = self.policy.estimated_rewards(obs)[0, 0].cpu().numpy()
+            width = self.policy.reward_critic.width(obs)[0, 0].cpu().numpy() if meta.optimism > 0 else None
+        return self.distribution_from_estimates(reward, width, probs, mask, floor, temperature)
+
+    def distribution_from_estimates(self, reward: np.ndarray | None, width: np.ndarray | None, probs: np.ndarray,
+                                    mask: np.ndarray, floor: float, temperature: float) -> np.ndarray:
+        """:meth:`sampling_distribution` from the reward critic's ``[K]`` estimates and widths already
+        computed (by the policy's ONNX head, :mod:`policy.onnx_head`); ``reward`` None: the policy
+        does not explore by inverse gap weighting; ``width`` None: no optimism."""
+        meta = self.policy.meta.exploration
+        if meta is None or reward is None:
             return exploration_distribution(probs, mask, floor, temperature)
-        reward = self.policy.estimated_rewards(obs)[0, 0].cpu().numpy().astype(np.float64)
-        width = self.policy.reward_critic.width(obs)[0, 0].cpu().numpy() if meta.optimism > 0 else None
         young = np.isin(self.agents, meta.young) if meta.young else None
-        return inverse_gap_weighting(reward, mask, int(np.argmax(probs)), meta.gamma, width, meta.optimism, young)
+        return inverse_gap_weighting(np.asarray(reward, dtype=np.float64), mask, int(np.argmax(probs)), meta.gamma,
+                                     width, meta.optimism, young)
 
     def decision_context(
         self, decision: Decision, prompt: str, session_id: str | None, store_prompt: bool = False

@@ -143,6 +143,13 @@ class Settings(BaseSettings):
         description="Directory of the cached ONNX exports, one per model, quantisation and "
         "hash of the model files (written atomically).",
     )
+    policy_runtime: Literal["auto", "torch"] = Field(
+        "auto",
+        description="What runs the policy's decision. auto: ONNX Runtime, one call per decision, when the policy's "
+        "ONNX export (cached under onnx_dir/heads) matches torch on random probes, else torch (the log says which "
+        "and why); about 0.5 ms less per decision on a 2-core CPU (docs/serving.md). torch: always torch. See "
+        "policy.onnx_head.",
+    )
     plan_dir: Path = Field(
         Path("var/plans"),
         description="Directory of the start-up measurements (the encode pass size of ROUTER_ENCODE_BATCH=auto, the "

@@ -46,6 +46,22 @@ def test_static_vectors_are_unit_norm_cached_and_not_the_transformer(static_dir,
     assert a @ b > a @ c
 
 
+def test_the_cached_model_loads_as_model2vec_loads_it_without_its_hub_machinery(static_dir):
+    from model2vec import StaticModel
+
+    (path,) = [p for p in static_dir.iterdir() if not p.name.startswith(".")]
+    code = ("import sys; from pathlib import Path; from env.static_embedder import load_static; "
+            f"m = load_static(Path({str(path)!r})); print(m.dim, m.normalize, "
+            "any(k.startswith(('model2vec.persistence', 'model2vec.modelcards')) for k in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["384", "True", "False"]
+    from env.static_embedder import load_static
+
+    ours, theirs = load_static(path), StaticModel.from_pretrained(path, force_download=False)
+    texts = [*PROMPTS, "x" * 5000, ""]
+    assert np.array_equal(ours.encode(texts), theirs.encode(texts)) and ours.config == theirs.config
+
+
 def test_a_policy_refuses_an_encoder_it_was_not_trained_for():
     from contract.errors import UserError
     from env.encoders import check_vectors
