@@ -18,9 +18,10 @@ For each encoder of ``--encoders`` (``ROUTER_ENCODER``; default ``torch,onnx-int
    p50 (``latency_ms`` of its access log: outermost middleware to response sent), the rest of the
    client's p50 outside it (the client, the connection, uvicorn's HTTP parsing), and the p50 of each
    stage of the decision in the access log's ``stages_ms`` (embed, encode, state, policy, store,
-   lease: docs/serving.md, "Where a request spends its time"); and, once per run, the same client's
-   p50 against a uvicorn server that answers at once (``benchmarks/null_server.py``): the floor of
-   every concurrency-1 p50 set by the client, the connection and uvicorn, reported beside the goal;
+   lease: docs/serving.md, "Where a request spends its time"); each prompt also goes, right beside
+   it, to a uvicorn server that answers at once (``benchmarks/null_server.py``), whose p50 is the
+   floor that the client, the connection and uvicorn set under the same conditions (reported beside
+   the goal), and with ``--ab-env`` to a second router with other settings (an A/B in one run);
 4. one prompt repeated (LRU cache hits: the server's own overhead), at concurrency 1 and 64;
 5. with ``--proxy`` (the default), the OpenAI-compatible proxy: the local calculator agent
    (``agent-router agents serve --model calculator``, answering at once) called directly, the same
@@ -55,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gzip
 import itertools
 import json
@@ -68,7 +70,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -254,42 +256,58 @@ async def load_level(url: str, prompts: list[str], concurrency: int, warmup: lis
     }
 
 
-async def paired_c1(url: str, prompts: list[str], embedder, warmup: list[str]) -> dict[str, float]:
+async def paired_c1(url: str, prompts: list[str], embedder, warmup: list[str],
+                    beside: dict[str, str] | None = None) -> dict[str, float]:
     """Concurrency 1, each request paired with a raw in-process encode of the same prompt just before it.
 
     On a shared machine the load drifts; pairing makes the raw batch-1 figure and the server's
-    figure see the same conditions (the server is idle while the raw encode runs).
+    figure see the same conditions (the server is idle while the raw encode runs). ``beside``
+    (name -> base URL): other servers that get the same prompt right after, in an order that
+    rotates with each prompt (the null server of :func:`null_server`, an A/B server); their p50s
+    are ``<name>_p50_ms``.
     """
-    async with httpx.AsyncClient(base_url=url, timeout=120.0) as client:
-        for prompt in warmup:
-            (await client.post("/v1/route", json={"prompt": prompt})).raise_for_status()
-        raw, served = [], []
-        start_all = time.perf_counter()
-        for prompt in prompts:
+    beside = beside or {}
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {"": await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=120.0))}
+        for name, other in beside.items():
+            clients[name] = await stack.enter_async_context(httpx.AsyncClient(base_url=other, timeout=120.0))
+        for client in clients.values():
+            for prompt in warmup:
+                (await client.post("/v1/route", json={"prompt": prompt})).raise_for_status()
+        raw: list[float] = []
+        served: dict[str, list[float]] = {name: [] for name in clients}
+        wall = 0.0
+        for i, prompt in enumerate(prompts):
             start = time.perf_counter()
             embedder.encode([prompt])
             raw.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            r = await client.post("/v1/route", json={"prompt": prompt})
-            served.append(time.perf_counter() - start)
-            if r.status_code != 200:
-                raise RuntimeError(f"POST /v1/route answered {r.status_code}: {r.text[:200]}")
-        wall = time.perf_counter() - start_all - sum(raw)
-    return {
+            names = list(clients)
+            for name in names[i % len(names):] + names[:i % len(names)]:
+                start = time.perf_counter()
+                r = await clients[name].post("/v1/route", json={"prompt": prompt})
+                served[name].append(time.perf_counter() - start)
+                if r.status_code != 200:
+                    raise RuntimeError(f"POST /v1/route answered {r.status_code}: {r.text[:200]}")
+            wall += served[""][-1]
+    out = {
         "raw_b1_ms": statistics.median(raw) * 1000,
         "raw_b1_p99_ms": percentile(raw, 99) * 1000,
-        "p50_ms": statistics.median(served) * 1000,
-        "p99_ms": percentile(served, 99) * 1000,
-        "rps": len(served) / wall,
-        "requests": len(served),
-        "paired_overhead_ms": statistics.median([s - r for s, r in zip(served, raw, strict=True)]) * 1000,
+        "p50_ms": statistics.median(served[""]) * 1000,
+        "p99_ms": percentile(served[""], 99) * 1000,
+        "rps": len(served[""]) / wall,
+        "requests": len(served[""]),
+        "paired_overhead_ms": statistics.median([s - r for s, r in zip(served[""], raw, strict=True)]) * 1000,
     }
+    for name in beside:
+        out[f"{name}_p50_ms"] = statistics.median(served[name]) * 1000
+    return out
 
 
-def client_floor(prompts: list[str], warmup: list[str]) -> float:
-    """p50 ms of :func:`paired_c1`'s client posting ``prompts`` one at a time to a uvicorn server that
-    answers at once (``benchmarks/null_server.py``): the client's, the connection's and uvicorn's
-    share of every concurrency-1 p50, which no server's request path can go below."""
+@contextlib.contextmanager
+def null_server() -> Iterator[str]:
+    """A uvicorn server of ``benchmarks/null_server.py``, which answers at once: its base URL. The
+    client's p50 against it is the floor of every concurrency-1 p50 that the client, the loopback
+    connection and uvicorn set, which no server's request path can go below."""
     from tests.harness import free_port, stop_process
 
     port = free_port()
@@ -297,25 +315,13 @@ def client_floor(prompts: list[str], warmup: list[str]) -> float:
                              "--port", str(port), "--no-access-log", "--log-level", "warning"], cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
+        for _ in range(600):
             try:
                 httpx.get(url, timeout=1.0)
                 break
             except httpx.TransportError:
                 time.sleep(0.05)
-
-        async def run() -> float:
-            async with httpx.AsyncClient(base_url=url, timeout=120.0) as client:
-                for prompt in warmup:
-                    (await client.post("/v1/route", json={"prompt": prompt})).raise_for_status()
-                served = []
-                for prompt in prompts:
-                    start = time.perf_counter()
-                    (await client.post("/v1/route", json={"prompt": prompt})).raise_for_status()
-                    served.append(time.perf_counter() - start)
-            return statistics.median(served) * 1000
-
-        return asyncio.run(run())
+        yield url
     finally:
         stop_process(proc)
 
@@ -414,8 +420,9 @@ def scrape_batches(url: str) -> tuple[float, float]:
 
 
 def measure_encoder(encoder: str, args: argparse.Namespace, prompts: list[str], levels: list[int],
-                    work: Path, prefix: str) -> dict[str, Any]:
-    """Everything the module docstring lists, for one encoder, on ``prompts`` in the same order."""
+                    work: Path, prefix: str, floor_url: str) -> dict[str, Any]:
+    """Everything the module docstring lists, for one encoder, on ``prompts`` in the same order
+    (``floor_url``: the :func:`null_server`)."""
     per_level = {c: (max(args.requests // 3, 50) if c == 1 else args.requests) for c in levels}
     warm_per_level = {c: max(2 * c, 10) for c in levels}
     cursor = 0
@@ -477,8 +484,24 @@ def measure_encoder(encoder: str, args: argparse.Namespace, prompts: list[str], 
             sum0, count0 = scrape_batches(server.url)
             if c == 1:
                 log_from = (own / "server.log").stat().st_size
-                results[c] = asyncio.run(paired_c1(server.url, batch, embedder, warm))
+                beside, ab = {"floor": floor_url}, None
+                if args.ab_env:  # the same server with other settings, beside it on the same prompts
+                    ab_env = env | {"ROUTER_SQLITE_PATH": str(own / "ab.sqlite3"),
+                                    "ROUTER_OUTBOX_PATH": str(own / "ab-outbox.sqlite3")}
+                    if args.redis_url:
+                        ab_env["ROUTER_REDIS_PREFIX"] = f"{prefix}-{encoder}-ab"
+                    ab_env |= dict(item.partition("=")[::2] for item in args.ab_env)
+                    ab = Server(env=ab_env, log_path=own / "ab.log").start()
+                    beside["ab"] = ab.wait_ready(timeout_s=300.0).url
+                try:
+                    results[c] = asyncio.run(paired_c1(server.url, batch, embedder, warm, beside))
+                finally:
+                    if ab is not None:
+                        ab.stop()
                 results[c].update(server_route_p50(own / "server.log", log_from, len(batch)))
+                if ab is not None:
+                    ab_p50 = server_route_p50(own / "ab.log", 0, len(batch))
+                    results[c].update({f"ab_{k}": v for k, v in ab_p50.items()})
                 raw["raw_encode_b1_ms"] = results[c]["raw_b1_ms"]
                 raw["raw_encode_b1_p99_ms"] = results[c]["raw_b1_p99_ms"]
             else:
@@ -553,6 +576,15 @@ def encoder_figures(encoder: str, m: dict[str, Any], levels: list[int]) -> dict[
             if key.startswith("stage_"):
                 f[f"{encoder}_c1_{key}"] = value
         f[f"{encoder}_c1_goal_met"] = f[f"{encoder}_c1_overhead_ms"] <= C1_GOAL_MS
+        f[f"{encoder}_c1_floor_p50_ms"] = results[1]["floor_p50_ms"]
+        f[f"{encoder}_c1_overhead_net_ms"] = f[f"{encoder}_c1_overhead_ms"] - results[1]["floor_p50_ms"]
+        f[f"{encoder}_c1_net_goal_met"] = f[f"{encoder}_c1_overhead_net_ms"] <= C1_GOAL_MS
+        if "ab_p50_ms" in results[1]:
+            f[f"{encoder}_ab_c1_p50_ms"] = results[1]["ab_p50_ms"]
+            f[f"{encoder}_ab_c1_overhead_ms"] = results[1]["ab_p50_ms"] - raw["raw_encode_b1_ms"]
+            for key, value in results[1].items():
+                if key.startswith("ab_") and key != "ab_p50_ms":
+                    f[f"{encoder}_ab_c1_{key.removeprefix('ab_')}"] = value
     for c in levels:
         if c > 1:
             f[f"{encoder}_c{c}_over_best_raw"] = results[c]["rps"] / best_raw
@@ -596,6 +628,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="Requests per proxy concurrency level (a third each direct, proxied, route).")
     parser.add_argument("--restarts", type=int, default=5,
                         help="Restarts timed to /readyz per encoder, caches warm (0: none).")
+    parser.add_argument("--ab-env", action="append", default=[], metavar="ROUTER_X=V",
+                        help="At concurrency 1, a second server with these settings too (repeatable) gets each "
+                        "prompt beside the first, in alternating order: an A/B of a setting in the same conditions.")
     parser.add_argument("--server-env", action="append", default=[], metavar="ROUTER_X=V",
                         help="Extra server settings (repeatable), e.g. ROUTER_BATCH_WINDOW_MS=1.")
     args = parser.parse_args(argv)
@@ -609,9 +644,9 @@ def main(argv: list[str] | None = None) -> int:
     prefix = f"bench-{uuid.uuid4().hex[:12]}"
     measured: dict[str, dict[str, Any]] = {}
     try:
-        floor = client_floor(prompts[-200:], prompts[-220:-200]) if 1 in levels else None
-        for encoder in encoders:  # the same prompts, in the same order, for each encoder
-            measured[encoder] = measure_encoder(encoder, args, prompts, levels, work, prefix)
+        with null_server() as floor_url:
+            for encoder in encoders:  # the same prompts, in the same order, for each encoder
+                measured[encoder] = measure_encoder(encoder, args, prompts, levels, work, prefix, floor_url)
     finally:
         if args.redis_url:
             import redis
@@ -629,10 +664,6 @@ def main(argv: list[str] | None = None) -> int:
                                "encoders": encoders}
     for encoder, m in measured.items():
         figures |= encoder_figures(encoder, m, levels)
-        if floor is not None:
-            figures["client_floor_c1_p50_ms"] = floor
-            figures[f"{encoder}_c1_overhead_net_ms"] = figures[f"{encoder}_c1_overhead_ms"] - floor
-            figures[f"{encoder}_c1_net_goal_met"] = figures[f"{encoder}_c1_overhead_net_ms"] <= C1_GOAL_MS
     top = max(levels)
     fastest_onnx = max((e for e in measured if e.startswith("onnx")), key=lambda e: figures[f"{e}_c{top}_rps"],
                        default=None)
@@ -694,15 +725,21 @@ def main(argv: list[str] | None = None) -> int:
                   f"{'met' if figures[f'{e}_c1_goal_met'] else 'NOT met'}; of the p50, the server's own "
                   f"{figures[f'{e}_c1_server_p50_ms']:.2f} ms (its access log), outside it "
                   f"{figures[f'{e}_c1_outside_server_ms']:.2f} ms (client, connection, HTTP parsing)")
-            if f"{e}_c1_overhead_net_ms" in figures:
-                print(f"{e}: c=1 p50 - raw b1 - the client's floor ({figures['client_floor_c1_p50_ms']:.2f} ms against "
-                      f"a server that answers at once) = {figures[f'{e}_c1_overhead_net_ms']:+.2f} ms (goal <= "
-                      f"{C1_GOAL_MS:.0f} ms on the server's path): "
-                      f"{'met' if figures[f'{e}_c1_net_goal_met'] else 'NOT met'}")
+            print(f"{e}: c=1 p50 - raw b1 - the client's floor ({figures[f'{e}_c1_floor_p50_ms']:.2f} ms, the same "
+                  f"prompts against a server that answers at once) = {figures[f'{e}_c1_overhead_net_ms']:+.2f} ms "
+                  f"(goal <= {C1_GOAL_MS:.0f} ms on the server's path): "
+                  f"{'met' if figures[f'{e}_c1_net_goal_met'] else 'NOT met'}")
             stages = {k.removeprefix(f"{e}_c1_stage_").removesuffix("_p50_ms"): v for k, v in figures.items()
                       if k.startswith(f"{e}_c1_stage_")}
             if stages:
                 print(f"{e}: c=1 the server's stages, p50 ms: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
+            if f"{e}_ab_c1_p50_ms" in figures:
+                ab_stages = {k.removeprefix(f"{e}_ab_c1_stage_").removesuffix("_p50_ms"): v for k, v in figures.items()
+                             if k.startswith(f"{e}_ab_c1_stage_")}
+                print(f"{e}: c=1 beside it, with {' '.join(args.ab_env)}: p50 {figures[f'{e}_ab_c1_p50_ms']:.2f} ms "
+                      f"against {figures[f'{e}_c1_p50_ms']:.2f}; p50 - raw b1 {figures[f'{e}_ab_c1_overhead_ms']:+.2f} "
+                      f"ms; the server's own {figures.get(f'{e}_ab_c1_server_p50_ms', float('nan')):.2f} ms; stages "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in ab_stages.items()))
         for c in levels:
             if c > 1:
                 print(f"{e}: c={c} throughput / best raw rate ({figures[f'{e}_best_raw_per_s']:.1f}/s) = "
