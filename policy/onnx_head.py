@@ -268,9 +268,9 @@ def decision_head(policy: Policy, cache_dir: Path) -> tuple[DecisionHead | None,
                              lambda tmp: export_head(policy, tmp / GRAPH), "the policy's ONNX export")
         head = DecisionHead(policy, final / GRAPH)
         _keep_recent(final)
-    except Exception as exc:  # tracing, exporting and loading raise many kinds
+        why = mismatch(policy, head)
+    except Exception as exc:  # tracing, exporting, loading and running raise many kinds
         return None, f"torch (the policy's ONNX export failed: {type(exc).__name__}: {exc})"
-    why = mismatch(policy, head)
     if why is not None:
         return None, f"torch (the policy's ONNX export is not used: {why})"
     return head, f"onnxruntime (its export matched torch on {PROBES} probes)"

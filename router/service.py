@@ -342,7 +342,8 @@ class RoutingService:
         """Choose an agent for a validated request (:meth:`plan`).
 
         The observation is :func:`contract.observation.build_obs` of the embedding ``[1, E]`` and
-        the live load of :meth:`load_vector` ``[1, K]``, as in training. The allowed agents are the
+        the live load of :meth:`load_vector` ``[1, K]``, as in training; with a :attr:`head`, that
+        same code traced into one ONNX Runtime call (:mod:`policy.onnx_head`). The allowed agents are the
         plan's minus those ``down`` and those retired; the choice is the most probable allowed agent under the
         masked policy (so when the unmasked favourite is masked, the next most probable allowed one).
 
