@@ -146,7 +146,10 @@ def test_agents_added_and_retired_on_running_replicas(start_server, redis_url, r
         # what the poet does is learned, inside the actor's trust region: a step a round
         chosen = _serve(two, _prompts(rng, 200))
         assert chosen.count("poet") >= 30 and chosen.count("spare") >= 30, {a: chosen.count(a) for a in set(chosen)}
-        for _ in range(3):  # a round the gate holds back (held-out evidence of worse) leaves the last one serving
+        # a round the gate holds back (held-out evidence of worse) leaves the last one serving; the
+        # exploration draws are the OS's, and in 1 of 10 fresh-clone runs 3 rounds left the poet at
+        # 11 of 20 writing prompts: a fourth round
+        for _ in range(4):
             result = _retrain(root, redis_url, redis_prefix, tmp_path)
             assert result["status"] in ("published", "rejected"), result
             if result["status"] == "published":
