@@ -75,24 +75,21 @@ class HeadOutput:
 
 class _Traced(nn.Module):
     """The torch code that the graph is a trace of: :meth:`Policy.build_obs`, then
-    :func:`router_probabilities` (and the reward critic's estimate and width)."""
+    :func:`router_probabilities` (and the reward critic's estimate and width). ``forward`` takes
+    the graph's inputs in the order of ``names`` (the keys of :func:`_example`)."""
 
-    def __init__(self, policy: Policy, reward: bool, width: bool) -> None:
+    def __init__(self, policy: Policy, names: list[str]) -> None:
         super().__init__()
-        self.policy = policy
+        self.policy, self.names = policy, names
         self.actor, self.reward_critic = policy.actor, policy.reward_critic
-        self.reward, self.width = reward, width
-        layout = policy.layout
-        self.cost_preference, self.agent_prices = layout.cost_preference, layout.agent_prices is not None
+        self.reward, self.width = head_outputs(policy)
 
-    def forward(self, embedding: torch.Tensor, load: torch.Tensor, mask: torch.Tensor,
-                *extra: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        rest = list(extra)
-        cost_weight = rest.pop(0) if self.cost_preference else None
-        tokens, expected_cost = (rest.pop(0), rest.pop(0)) if self.agent_prices else (None, None)
-        obs = self.policy.build_obs(embedding, load, cost_weight=cost_weight, tokens=tokens,
-                                    expected_cost=expected_cost)
-        outputs = [router_probabilities(self.actor, self.policy.layout, obs, mask.view(1, 1, -1))[0, 0]]
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        named = dict(zip(self.names, inputs, strict=True))
+        obs = self.policy.build_obs(named["embedding"], named["load"], cost_weight=named.get("cost_weight"),
+                                    tokens=named.get("tokens"), expected_cost=named.get("expected_cost"))
+        mask = named["mask"].view(1, 1, -1)
+        outputs = [router_probabilities(self.actor, self.policy.layout, obs, mask)[0, 0]]
         if self.reward:
             outputs.append(self.reward_critic(obs)[0, 0])
             if self.width:
@@ -172,31 +169,24 @@ def head_key(policy: Policy) -> str:
     return digest.hexdigest()[:16]
 
 
-def _example(policy: Policy, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
-    """One random input of the graph (a unit embedding, a load, a mask with at least one agent,
-    a preference in the trained range, a prompt length)."""
+def _example(policy: Policy, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """One random input of the graph, by input name in the graph's order (a unit embedding, a load,
+    a mask with at least one agent, a preference in the trained range, a prompt length and its
+    expected costs)."""
     layout, k = policy.layout, len(policy.agents)
     embedding = rng.normal(size=(1, layout.embed_dim)).astype(np.float32)
     embedding /= np.linalg.norm(embedding)
     load = (rng.random((1, k)) * layout.load_clip * (rng.random((1, k)) < 0.3)).astype(np.float32)
     mask = rng.random(k) < 0.8
     mask[rng.integers(k)] = True
-    inputs = [torch.from_numpy(embedding), torch.from_numpy(load), torch.from_numpy(mask)]
+    inputs = {"embedding": torch.from_numpy(embedding), "load": torch.from_numpy(load), "mask": torch.from_numpy(mask)}
     if layout.cost_preference:
-        inputs.append(torch.tensor([float(rng.uniform(0.0, layout.cost_weight_max))], dtype=torch.float32))
+        inputs["cost_weight"] = torch.tensor([float(rng.uniform(0.0, layout.cost_weight_max))], dtype=torch.float32)
     if layout.agent_prices is not None:
         tokens = int(rng.integers(1, 8000))
-        inputs.append(torch.tensor([tokens], dtype=torch.int64))
-        inputs.append(torch.from_numpy(layout.expected_costs([tokens]).astype(np.float32)))
-    return tuple(inputs)
-
-
-def _names(policy: Policy) -> tuple[list[str], list[str]]:
-    reward, width = head_outputs(policy)
-    inputs = ["embedding", "load", "mask"]
-    inputs += ["cost_weight"] if policy.layout.cost_preference else []
-    inputs += ["tokens", "expected_cost"] if policy.layout.agent_prices is not None else []
-    return inputs, ["probabilities", *(["reward"] if reward else []), *(["width"] if width else [])]
+        inputs["tokens"] = torch.tensor([tokens], dtype=torch.int64)
+        inputs["expected_cost"] = torch.from_numpy(layout.expected_costs([tokens]).astype(np.float32))
+    return inputs
 
 
 def export_head(policy: Policy, path: Path) -> None:
@@ -205,9 +195,9 @@ def export_head(policy: Policy, path: Path) -> None:
     Raises:
         torch.onnx's errors: a network that cannot be traced.
     """
-    reward, width = head_outputs(policy)
-    traced = _Traced(policy, reward, width).eval()
-    inputs, outputs = _names(policy)
+    example = _example(policy, np.random.default_rng(0))
+    traced = _Traced(policy, list(example)).eval()
+    outputs = ["probabilities", "reward", "width"][:1 + traced.reward + traced.width]
     # the exporter has no expm1 (a preference critic decodes its cost feature with it): exp(x) - 1,
     # whose absolute error (what the probes bound) is float32 rounding
     torch.onnx.register_custom_op_symbolic(
@@ -215,25 +205,22 @@ def export_head(policy: Policy, path: Path) -> None:
         OPSET)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the tracer's notes on the shape checks it keeps as constants
-        torch.onnx.export(traced, _example(policy, np.random.default_rng(0)), str(path), dynamo=False,
-                          opset_version=OPSET, input_names=inputs, output_names=outputs)
+        torch.onnx.export(traced, tuple(example.values()), str(path), dynamo=False,
+                          opset_version=OPSET, input_names=list(example), output_names=outputs)
 
 
 def mismatch(policy: Policy, head: DecisionHead, probes: int = PROBES, seed: int = 0) -> str | None:
     """Why ``head`` is not ``policy``'s decision, or None when it is: on ``probes`` random inputs,
     the largest difference of a probability must be within :data:`TOLERANCE`, and the chosen agent
     (the argmax) torch's."""
-    reward, width = head_outputs(policy)
-    traced = _Traced(policy, reward, width).eval()
     rng = np.random.default_rng(seed)
     worst = 0.0
     for _ in range(probes):
         example = _example(policy, rng)
         with torch.no_grad():
-            want = [t.numpy() for t in traced(*example)]
-        extra = {name: t.item() for name, t in zip(_names(policy)[0][3:], example[3:], strict=False)
-                 if name in ("cost_weight", "tokens")}
-        got = head(example[0].numpy(), example[1].numpy(), example[2].numpy(), **extra)
+            want = [t.numpy() for t in _Traced(policy, list(example))(*example.values())]
+        extra = {name: example[name].item() for name in ("cost_weight", "tokens") if name in example}
+        got = head(example["embedding"].numpy(), example["load"].numpy(), example["mask"].numpy(), **extra)
         for name, expected, actual in zip(("probabilities", "reward", "width"), want,
                                           (got.probabilities, got.reward, got.width), strict=False):
             if actual is None or actual.shape != expected.shape:

@@ -378,11 +378,8 @@ class RoutingService:
         probs[~mask] = 0.0
         propensity = 1.0
         if explore:
-            if self.head is not None:
-                mu = self.distribution_from_estimates(out.reward, out.width, probs, mask, explore_floor,
-                                                      explore_temperature)
-            else:
-                mu = self.sampling_distribution(obs, probs, mask, explore_floor, explore_temperature)
+            reward, width = (out.reward, out.width) if self.head is not None else self._estimates(obs)
+            mu = self.distribution_from_estimates(reward, width, probs, mask, explore_floor, explore_temperature)
             with self._rng_lock:
                 action = int(self._rng.choice(len(mu), p=mu))
             propensity = min(1.0, float(mu[action]))
@@ -419,12 +416,17 @@ class RoutingService:
         (:func:`policy.exploration.inverse_gap_weighting`), which already gives every allowed
         agent a share that shrinks with its estimated gap, so ``floor`` and ``temperature`` are not
         used. Other policies: :func:`exploration_distribution`."""
-        reward = width = None
+        return self.distribution_from_estimates(*self._estimates(obs), probs, mask, floor, temperature)
+
+    def _estimates(self, obs: torch.Tensor) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The reward critic's ``[K]`` estimates and widths for obs ``[1, 1, D]`` that inverse gap
+        weighting reads: ``(None, None)`` for a policy that does not explore by it, width None
+        without optimism."""
         meta = self.policy.meta.exploration
-        if meta is not None and self.policy.reward_critic is not None:
-            reward = self.policy.estimated_rewards(obs)[0, 0].cpu().numpy()
-            width = self.policy.reward_critic.width(obs)[0, 0].cpu().numpy() if meta.optimism > 0 else None
-        return self.distribution_from_estimates(reward, width, probs, mask, floor, temperature)
+        if meta is None or self.policy.reward_critic is None:
+            return None, None
+        reward = self.policy.estimated_rewards(obs)[0, 0].cpu().numpy()
+        return reward, self.policy.reward_critic.width(obs)[0, 0].cpu().numpy() if meta.optimism > 0 else None
 
     def distribution_from_estimates(self, reward: np.ndarray | None, width: np.ndarray | None, probs: np.ndarray,
                                     mask: np.ndarray, floor: float, temperature: float) -> np.ndarray:

@@ -29,6 +29,12 @@ def test_encoder_setting(monkeypatch):
         Settings()
 
 
+def _encoder_exports(onnx_dir):
+    """The encoder's exports under ``onnx_dir``: not the temporary directories, not the policies'
+    own exports (``heads/``, policy.onnx_head)."""
+    return [p for p in onnx_dir.iterdir() if not p.name.startswith(".") and p.name != "heads"]
+
+
 def test_server_routes_with_onnx_int8(tmp_path):
     checkpoint = make_checkpoint(tmp_path / "checkpoints")
     onnx_dir = tmp_path / "onnx"
@@ -46,7 +52,7 @@ def test_server_routes_with_onnx_int8(tmp_path):
         lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
         encoder_lines = [line["msg"] for line in lines if line["msg"].startswith("embedding encoder:")]
         assert len(encoder_lines) == 1 and "onnx-int8" in encoder_lines[0], server.log()
-        exports = [p for p in onnx_dir.iterdir() if not p.name.startswith(".") and p.name != "heads"]  # policies' own
+        exports = _encoder_exports(onnx_dir)
         assert len(exports) == 1 and exports[0].name in encoder_lines[0]
     finally:
         server.stop()
@@ -73,7 +79,7 @@ def test_server_with_onnx_serves_the_faster_export(tmp_path):
         assert "onnx-int8: " in timed[0] and "onnx-fp32: " in timed[0]
         serving = [line for line in lines if line.startswith("embedding encoder:")]
         assert len(serving) == 1 and serving[0].startswith(f"embedding encoder: {chosen.group(1)} "), lines
-        assert len([p for p in onnx_dir.iterdir() if not p.name.startswith(".") and p.name != "heads"]) == 2
+        assert len(_encoder_exports(onnx_dir)) == 2
     finally:
         server.stop()
 
