@@ -12,16 +12,18 @@ For each encoder of ``--encoders`` (``ROUTER_ENCODER``; default ``torch,onnx-int
    server's encode threads), and latency of one prompt (batch 1, median ms), paired with the
    concurrency-1 run: each request is preceded by a raw encode of the same prompt, so both see the
    same load on a shared machine;
-3. ``POST /v1/route`` over HTTP with httpx async clients at concurrency 1, 16 and 64: p50, p99 (ms)
-   and requests/s, every request with a prompt not sent before (the LRU cache does not help), and
-   the mean micro-batch size (from the server's /metrics); at concurrency 1 also the server's own
-   p50 (``latency_ms`` of its access log: outermost middleware to response sent), the rest of the
-   client's p50 outside it (the client, the connection, uvicorn's HTTP parsing), and the p50 of each
-   stage of the decision in the access log's ``stages_ms`` (embed, encode, state, policy, store,
-   lease: docs/serving.md, "Where a request spends its time"); each prompt also goes, right beside
-   it, to a uvicorn server that answers at once (``benchmarks/null_server.py``), whose p50 is the
-   floor that the client, the connection and uvicorn set under the same conditions (reported beside
-   the goal), and with ``--ab-env`` to a second router with other settings (an A/B in one run);
+3. ``POST /v1/route`` over HTTP with httpx async clients at concurrency 1, 16 and 64 (one client of
+   one kept-alive connection per concurrent user: one pool of 64 connections cost httpcore a core by
+   itself): p50, p99 (ms) and requests/s, every request with a prompt not sent before (the LRU cache
+   does not help), and the mean micro-batch size (from the server's /metrics); at concurrency 1 also
+   the server's own p50 (``latency_ms`` of its access log: outermost middleware to response sent),
+   the rest of the client's p50 outside it (the client, the connection, uvicorn's HTTP parsing), and
+   the p50 of each stage of the decision in the access log's ``stages_ms`` (embed, encode, state,
+   policy, store, lease: docs/serving.md, "Where a request spends its time"); each prompt also goes,
+   right beside it, to a uvicorn server that answers at once (``benchmarks/null_server.py``), whose
+   p50 is the floor that the client, the connection and uvicorn set under the same conditions
+   (reported beside the goal), and with ``--ab-env`` to a second router with other settings (an A/B
+   in one run);
 4. one prompt repeated (LRU cache hits: the server's own overhead), at concurrency 1 and 64;
 5. with ``--proxy`` (the default), the OpenAI-compatible proxy: the local calculator agent
    (``agent-router agents serve --model calculator``, answering at once) called directly, the same
@@ -218,11 +220,15 @@ async def load_level(url: str, prompts: list[str], concurrency: int, warmup: lis
     latency, throughput, and ``retried``: requests sent again after a transport error (a kept-alive
     connection the server closed as it was reused: uvicorn closes one idle for 5 s; the latency
     counts both tries). A second transport error ends the run."""
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     retried = 0
-    async with httpx.AsyncClient(base_url=url, timeout=120.0, limits=limits) as client:
+    # one client of one connection per worker, as separate users would be: one pool of `concurrency`
+    # connections costs httpcore O(concurrency) per request, which at 64 saturated a core by itself
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(httpx.AsyncClient(
+            base_url=url, timeout=120.0, limits=httpx.Limits(max_connections=1, max_keepalive_connections=1)))
+            for _ in range(concurrency)]
 
-        async def worker(queue: list[str], out: list[float] | None) -> None:
+        async def worker(client: httpx.AsyncClient, queue: list[str], out: list[float] | None) -> None:
             nonlocal retried
             while queue:
                 prompt = queue.pop()
@@ -239,11 +245,11 @@ async def load_level(url: str, prompts: list[str], concurrency: int, warmup: lis
                     out.append(took)
 
         warm = list(warmup)
-        await asyncio.gather(*(worker(warm, None) for _ in range(concurrency)))  # opens the connections
+        await asyncio.gather(*(worker(client, warm, None) for client in clients))  # opens the connections
         queue = list(reversed(prompts))
         latencies: list[float] = []
         start, cpu = time.perf_counter(), time.process_time()
-        await asyncio.gather(*(worker(queue, latencies) for _ in range(concurrency)))
+        await asyncio.gather(*(worker(client, queue, latencies) for client in clients))
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     return {
         "p50_ms": statistics.median(latencies) * 1000,

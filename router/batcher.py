@@ -18,6 +18,17 @@ in one of ``threads`` worker threads:
   themselves.
 * An LRU cache (``lru_size`` entries, keyed by the model and the SHA-256 of the text) answers a
   repeated prompt without encoding it; concurrent requests with the same prompt share one encode.
+* An encoder cheaper than a thread hop (static embeddings: a lookup and a mean per token) is called
+  in the event loop itself, with no queue and no worker thread, once the batcher has measured it:
+  when the typical encode of one prompt (an exponential moving average of the CPU time of the last
+  few one-prompt encodes, in whichever thread ran them) takes at most ``inline_ms``. CPU time, not
+  wall time: under load a worker's wall time is mostly waiting for the GIL, and so is an inline
+  encode's when a worker takes the GIL from the loop in the middle of it. (An encoder that waited
+  rather than computed would be misjudged; the shipped ones all compute in the calling thread.)
+  The loop is then blocked for about that long per prompt, as it is by the policy's own decision;
+  a dearer encoder keeps the threads. The first encodes of an embedder always go to a worker thread
+  (nothing is measured yet), and an inline encode that turns out slow moves the average back over
+  the line.
 
 The vectors returned are read-only ``[E]`` float32 arrays, identical (up to float rounding of the
 padded pass, < 1e-5) to ``embedder.encode([prompt])[0]``. A caller that passes a ``timings`` dict
@@ -33,6 +44,7 @@ import hashlib
 import heapq
 import logging
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +64,9 @@ class SupportsEncode(Protocol):
 
     def encode(self, texts: list[str]) -> np.ndarray: ...
 
+
+#: Weight of the newest one-prompt encode in an embedder's moving average (about the last 4 count).
+_AVERAGE_WEIGHT = 0.25
 
 #: ``on_batch(size, seconds)``: called (in the event loop) after each encode call.
 BatchHook = Callable[[int, float], None]
@@ -82,14 +97,18 @@ class EmbedBatcher:
             allow concurrent ``encode`` calls when more than 1).
         on_batch: metrics hook, ``on_batch(pass_size, encode_seconds)``.
         on_lookup: metrics hook, ``on_lookup(hit)``.
+        inline_ms: an embedder whose one-prompt encode averages at most this many ms is called in the
+            event loop (see the module docstring). 0: never.
 
     Attributes:
         batches: encode calls made.
         encoded: prompts encoded (cache misses, after merging duplicates).
         hits: prompts answered from the LRU cache (or from an identical prompt in flight).
+        inlined: prompts encoded in the event loop (counted in ``encoded`` and ``batches`` too).
 
     Raises:
-        ValueError: ``max_batch`` or ``threads`` below 1, or a negative ``window_ms`` or ``lru_size``.
+        ValueError: ``max_batch`` or ``threads`` below 1, or a negative ``window_ms``, ``lru_size`` or
+            ``inline_ms``.
     """
 
     def __init__(
@@ -100,17 +119,21 @@ class EmbedBatcher:
         threads: int = 1,
         on_batch: BatchHook | None = None,
         on_lookup: LookupHook | None = None,
+        inline_ms: float = 0.0,
     ) -> None:
         if max_batch < 1 or threads < 1:
             raise ValueError("max_batch and threads must be at least 1")
-        if window_ms < 0 or lru_size < 0:
-            raise ValueError("window_ms and lru_size must not be negative")
+        if window_ms < 0 or lru_size < 0 or inline_ms < 0:
+            raise ValueError("window_ms, lru_size and inline_ms must not be negative")
         self.window_s = window_ms / 1000.0
         self.max_batch = max_batch
         self.lru_size = lru_size
         self.threads = threads
         self.on_batch = on_batch
         self.on_lookup = on_lookup
+        self.inline_s = inline_ms / 1000.0
+        #: per embedder: the moving average of its one-prompt encode, seconds
+        self._single_s: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
         self._lru: OrderedDict[tuple[str, bytes], np.ndarray] = OrderedDict()
         self._waiting: list[_Job] = []
         self._by_key: dict[tuple[str, bytes], asyncio.Future[np.ndarray]] = {}
@@ -122,6 +145,7 @@ class EmbedBatcher:
         self.batches = 0
         self.encoded = 0
         self.hits = 0
+        self.inlined = 0
 
     # --- public API -----------------------------------------------------------------------
 
@@ -150,6 +174,8 @@ class EmbedBatcher:
             self._count_lookup(True)
             return await asyncio.shield(shared)
         self._count_lookup(False)
+        if self._inline(embedder):
+            return self._encode_inline(embedder, key, text, timings)
         self._ensure_driver()
         assert self._wake is not None
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
@@ -163,9 +189,9 @@ class EmbedBatcher:
         return vector
 
     def cache_info(self) -> dict[str, int]:
-        """``{"size", "capacity", "hits", "encoded", "batches", "waiting"}``."""
-        return {"size": len(self._lru), "capacity": self.lru_size, "hits": self.hits,
-                "encoded": self.encoded, "batches": self.batches, "waiting": len(self._waiting)}
+        """``{"size", "capacity", "hits", "encoded", "batches", "inlined", "waiting"}``."""
+        return {"size": len(self._lru), "capacity": self.lru_size, "hits": self.hits, "encoded": self.encoded,
+                "batches": self.batches, "inlined": self.inlined, "waiting": len(self._waiting)}
 
     def clear_cache(self) -> None:
         """Forget every cached embedding."""
@@ -204,6 +230,42 @@ class EmbedBatcher:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="embed-batch")
             self._driver = asyncio.get_running_loop().create_task(self._drive(), name="embed-batcher")
+
+    def _inline(self, embedder: SupportsEncode) -> bool:
+        typical = self._single_s.get(embedder)
+        return typical is not None and typical <= self.inline_s
+
+    def _note_single(self, embedder: SupportsEncode, seconds: float) -> None:
+        """Fold a one-prompt encode's CPU time, ``seconds``, into ``embedder``'s moving average."""
+        before = self._single_s.get(embedder)
+        after = seconds if before is None else before + _AVERAGE_WEIGHT * (seconds - before)
+        self._single_s[embedder] = after
+        was, now = before is not None and before <= self.inline_s, after <= self.inline_s
+        if was != now:
+            logger.info("%s encodes %s: one prompt takes %.2f ms on average (inline up to %.2f ms)",
+                        getattr(embedder, "encoder", embedder.model_id),
+                        "in the event loop" if now else "in worker threads", after * 1000.0, self.inline_s * 1000.0)
+
+    def _encode_inline(self, embedder: SupportsEncode, key: tuple[str, bytes], text: str,
+                       timings: dict[str, float] | None) -> np.ndarray:
+        """Encode ``text`` here, in the event loop (the embedder is measured cheap)."""
+        vectors, encode_s, cpu_s = _encode(embedder, [text])
+        self._note_single(embedder, cpu_s)
+        self.batches += 1
+        self.encoded += 1
+        self.inlined += 1
+        self._observe_batch(1, encode_s)
+        self._remember(key, vectors[0])
+        if timings is not None:
+            timings["encode"] = encode_s
+        return vectors[0]
+
+    def _observe_batch(self, size: int, seconds: float) -> None:
+        if self.on_batch is not None:
+            try:
+                self.on_batch(size, seconds)
+            except Exception:  # a metrics hook must not fail the requests
+                logger.exception("embed batch hook failed")
 
     def _pass_size(self, embedder: SupportsEncode) -> int:
         size = getattr(embedder, "batch_size", None)
@@ -255,7 +317,7 @@ class EmbedBatcher:
         texts = [job.text for job in jobs]
         started = time.perf_counter()
         try:
-            vectors, encode_s = await asyncio.get_running_loop().run_in_executor(self._executor, _encode,
+            vectors, encode_s, cpu_s = await asyncio.get_running_loop().run_in_executor(self._executor, _encode,
                                                                                  jobs[0].embedder, texts)
         except asyncio.CancelledError:
             for job in jobs:
@@ -268,11 +330,9 @@ class EmbedBatcher:
         seconds = time.perf_counter() - started
         self.batches += 1
         self.encoded += len(jobs)
-        if self.on_batch is not None:
-            try:
-                self.on_batch(len(jobs), seconds)
-            except Exception:  # a metrics hook must not fail the requests
-                logger.exception("embed batch hook failed")
+        if len(jobs) == 1 and self.inline_s > 0:
+            self._note_single(jobs[0].embedder, cpu_s)
+        self._observe_batch(len(jobs), seconds)
         for job, vector in zip(jobs, vectors, strict=True):
             job.encode_s = encode_s
             self._remember(job.key, vector)
@@ -295,12 +355,13 @@ class EmbedBatcher:
             self._lru.popitem(last=False)
 
 
-def _encode(embedder: Any, texts: list[str]) -> tuple[list[np.ndarray], float]:
-    """``embedder.encode(texts)`` as read-only ``[E]`` float32 rows, and the seconds the call took
-    (runs in the worker thread)."""
-    started = time.perf_counter()
+def _encode(embedder: Any, texts: list[str]) -> tuple[list[np.ndarray], float, float]:
+    """``embedder.encode(texts)`` as read-only ``[E]`` float32 rows, the seconds the call took, and the
+    CPU seconds of the calling thread in it (without waits for the GIL: what the call would block
+    the event loop for). Runs in a worker thread, or in the loop for an inline encode."""
+    started, cpu = time.perf_counter(), time.thread_time()
     matrix = np.ascontiguousarray(embedder.encode(texts), dtype=np.float32)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.thread_time() - cpu
     if matrix.shape[0] != len(texts):
         raise RuntimeError(f"the embedder returned {matrix.shape[0]} vectors for {len(texts)} texts")
     rows = []
@@ -308,4 +369,4 @@ def _encode(embedder: Any, texts: list[str]) -> tuple[list[np.ndarray], float]:
         row = row.copy()
         row.flags.writeable = False
         rows.append(row)
-    return rows, seconds
+    return rows, seconds, cpu

@@ -246,7 +246,7 @@ async def open_context(settings: Settings, metrics: RouterMetrics) -> AsyncItera
         logger.info("encode threads: %d", threads)
         batcher = EmbedBatcher(window_ms=settings.batch_window_ms, max_batch=settings.max_batch,
                                lru_size=settings.lru_size, threads=threads, on_batch=metrics.observe_batch,
-                               on_lookup=metrics.observe_lookup)
+                               on_lookup=metrics.observe_lookup, inline_ms=settings.inline_encode_ms)
         stack.push_async_callback(batcher.aclose)
         registry = PolicyRegistry(service, settings.checkpoint,
                                   make_service=lambda policy: make_service(policy, service.embedder, settings))

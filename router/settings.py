@@ -180,6 +180,14 @@ class Settings(BaseSettings):
         "its oldest prompt has waited this long. A prompt that arrives while a thread is free is encoded at "
         "once, so a lone request waits for nothing.",
     )
+    inline_encode_ms: float = Field(
+        1.0,
+        ge=0.0,
+        le=100.0,
+        description="An encoder whose one-prompt encode averages at most this many ms (measured while "
+        "serving) is called in the event loop, with no queue and no thread hop: static embeddings, not the "
+        "transformer. The loop is blocked that long per new prompt. 0: always a worker thread.",
+    )
     max_batch: int = Field(64, ge=1, le=4096, description="Most prompts embedded in one encode call (caps "
                            "encode_batch).")
     encode_batch: int | Literal["auto"] = Field(

@@ -25,21 +25,28 @@ def embedder() -> Embedder:
 
 
 class FakeEmbedder:
-    """Deterministic 4-dim vectors; records every batch; optionally slow or failing."""
+    """Deterministic 4-dim vectors; records every batch and the thread that encoded it; optionally
+    slow (sleeping ``delay_s``, or computing for ``busy_s`` of CPU time) or failing."""
 
     model_id = "fake"
 
-    def __init__(self, delay_s: float = 0.0, fail: bool = False) -> None:
+    def __init__(self, delay_s: float = 0.0, fail: bool = False, busy_s: float = 0.0) -> None:
         self.delay_s = delay_s
+        self.busy_s = busy_s
         self.fail = fail
         self.batches: list[list[str]] = []
+        self.threads: list[str] = []
         self.lock = threading.Lock()
 
     def encode(self, texts: list[str]) -> np.ndarray:
         with self.lock:
             self.batches.append(list(texts))
+            self.threads.append(threading.current_thread().name)
         if self.delay_s:
             time.sleep(self.delay_s)
+        until = time.thread_time() + self.busy_s
+        while time.thread_time() < until:
+            pass
         if self.fail:
             raise RuntimeError("encoder broke")
         return np.array([[len(t), t.count("a"), t.count("e"), 1.0] for t in texts], dtype=np.float32)
@@ -266,3 +273,117 @@ def test_bad_batcher_arguments_are_refused():
         EmbedBatcher(threads=0)
     with pytest.raises(ValueError, match="negative"):
         EmbedBatcher(window_ms=-1)
+
+
+def embed_one_by_one(batcher: EmbedBatcher, embedder, prompts: list[str]) -> list[np.ndarray]:
+    async def scenario() -> list[np.ndarray]:
+        try:
+            return [await batcher.embed(embedder, p) for p in prompts]
+        finally:
+            await batcher.aclose()
+
+    return asyncio.run(scenario())
+
+
+def test_a_cheap_encoder_is_called_in_the_event_loop_once_measured():
+    """The first prompt goes to a worker thread (nothing measured); then a one-prompt encode far under
+    inline_ms runs in the loop's own thread, with the same vectors and the same accounting."""
+    fake = FakeEmbedder()
+    sizes: list[int] = []
+    batcher = EmbedBatcher(inline_ms=50.0, on_batch=lambda n, s: sizes.append(n))
+    prompts = [f"prompt {i}" for i in range(6)]
+    timings: list[dict[str, float]] = []
+
+    async def scenario() -> list[np.ndarray]:
+        out = []
+        try:
+            for p in prompts:
+                timings.append({})
+                out.append(await batcher.embed(fake, p, timings[-1]))
+        finally:
+            await batcher.aclose()
+        return out
+
+    vectors = asyncio.run(scenario())
+    loop_thread = threading.current_thread().name  # asyncio.run runs the loop in this thread
+    assert fake.threads[0].startswith("embed-batch")
+    assert fake.threads[1:] == [loop_thread] * 5
+    assert [float(v[0]) for v in vectors] == [float(len(p)) for p in prompts]
+    assert all(not v.flags.writeable for v in vectors)
+    assert all("encode" in t for t in timings)
+    assert batcher.cache_info() == {"size": 6, "capacity": 10000, "hits": 0, "encoded": 6, "batches": 6,
+                                    "inlined": 5, "waiting": 0}
+    assert sizes == [1] * 6
+
+
+def test_an_encoder_dearer_than_inline_ms_keeps_the_threads():
+    fake = FakeEmbedder(busy_s=0.01)
+    batcher = EmbedBatcher(inline_ms=2.0)
+    embed_one_by_one(batcher, fake, [f"slow {i}" for i in range(4)])
+    assert all(name.startswith("embed-batch") for name in fake.threads), fake.threads
+    assert batcher.inlined == 0
+
+
+def test_inline_ms_zero_never_calls_the_encoder_in_the_loop():
+    fake = FakeEmbedder()
+    batcher = EmbedBatcher(inline_ms=0.0)
+    embed_one_by_one(batcher, fake, [f"p {i}" for i in range(4)])
+    assert all(name.startswith("embed-batch") for name in fake.threads), fake.threads
+
+
+def test_an_inline_encode_that_turns_slow_hands_the_encoder_back_to_the_threads():
+    fake = FakeEmbedder()
+    batcher = EmbedBatcher(inline_ms=5.0)
+
+    async def scenario() -> None:
+        try:
+            for i in range(3):
+                await batcher.embed(fake, f"fast {i}")
+            fake.busy_s = 0.05  # the encoder slows down: one inline encode of 50 ms
+            await batcher.embed(fake, "slow 0")
+            await batcher.embed(fake, "slow 1")
+        finally:
+            await batcher.aclose()
+
+    asyncio.run(scenario())
+    loop_thread = threading.current_thread().name
+    assert fake.threads[1:4] == [loop_thread] * 3  # "fast 1", "fast 2", then "slow 0" still inline
+    assert fake.threads[4].startswith("embed-batch")  # the average is now over 5 ms
+
+
+def test_an_encode_is_measured_by_its_cpu_time_not_its_wall_time():
+    """Under load a worker's wall time is mostly waiting for the GIL; the CPU time it spends is what an
+    inline encode would block the loop for. An encoder that sleeps 20 ms but computes little counts
+    as cheap."""
+    fake = FakeEmbedder(delay_s=0.02)
+    batcher = EmbedBatcher(inline_ms=2.0)
+    embed_one_by_one(batcher, fake, ["first", "second", "third"])
+    assert fake.threads[1:] == [threading.current_thread().name] * 2
+
+
+def test_an_inline_encoder_failure_reaches_the_caller_and_the_next_prompt_is_served():
+    fake = FakeEmbedder()
+    batcher = EmbedBatcher(inline_ms=50.0)
+
+    async def scenario() -> tuple[BaseException | None, np.ndarray]:
+        try:
+            await batcher.embed(fake, "measured first")
+            fake.fail = True
+            try:
+                await batcher.embed(fake, "breaks")
+                error = None
+            except RuntimeError as exc:
+                error = exc
+            fake.fail = False
+            return error, await batcher.embed(fake, "after")
+        finally:
+            await batcher.aclose()
+
+    error, vector = asyncio.run(scenario())
+    assert str(error) == "encoder broke"
+    assert float(vector[0]) == len("after")
+
+
+def test_negative_inline_ms_is_refused():
+    with pytest.raises(ValueError, match="inline_ms"):
+        EmbedBatcher(inline_ms=-1.0)

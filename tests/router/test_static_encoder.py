@@ -93,9 +93,11 @@ def test_train_and_serve_on_static_embeddings(static_dir, tmp_path, start_server
     server = start_server({"ROUTER_CHECKPOINT": str(tmp_path / "checkpoints"), "ROUTER_STATIC_DIR": str(static_dir),
                            "ROUTER_SQLITE_PATH": str(tmp_path / "exp.sqlite3")}).wait_ready()
     with httpx.Client(base_url=server.url, timeout=30) as c:
-        for prompt in PROMPTS:
+        for prompt in [*PROMPTS, *(f"{p} (again, {i})" for i in range(5) for p in PROMPTS[:1])]:
             assert c.post("/v1/route", json={"prompt": prompt}).json()["agent"] in policy.agents
         assert 'router_encoder_info{encoder="static"}' in c.get("/metrics").text
+    # measured far under ROUTER_INLINE_ENCODE_MS (1 ms) a prompt, the static model encodes in the loop
+    assert "static encodes in the event loop" in server.log()
     # the MiniLM policy under the static encoder: the server does not start, and says why in one line
     refused = start_server({"ROUTER_CHECKPOINT": str(checkpoint), "ROUTER_ENCODER": "static",
                             "ROUTER_STATIC_DIR": str(static_dir)})
