@@ -21,14 +21,14 @@ in one of ``threads`` worker threads:
 * An encoder cheaper than a thread hop (static embeddings: a lookup and a mean per token) is called
   in the event loop itself, with no queue and no worker thread, once the batcher has measured it:
   when the typical encode of one prompt (an exponential moving average of the CPU time of the last
-  few one-prompt encodes, in whichever thread ran them) takes at most ``inline_ms``. CPU time, not
-  wall time: under load a worker's wall time is mostly waiting for the GIL, and so is an inline
-  encode's when a worker takes the GIL from the loop in the middle of it. (An encoder that waited
-  rather than computed would be misjudged; the shipped ones all compute in the calling thread.)
-  The loop is then blocked for about that long per prompt, as it is by the policy's own decision;
-  a dearer encoder keeps the threads. The first encodes of an embedder always go to a worker thread
-  (nothing is measured yet), and an inline encode that turns out slow moves the average back over
-  the line.
+  few one-prompt encodes, in whichever thread ran them) takes at most ``inline_ms``; it goes back to
+  the threads once that average is over twice ``inline_ms``. CPU time, not wall time: under load a
+  worker's wall time is mostly waiting for the GIL, and so is an inline encode's when a worker takes
+  the GIL from the loop in the middle of it. (An encoder that waited rather than computed would be
+  misjudged; the shipped ones all compute in the calling thread.) The loop is then blocked for about
+  that long per prompt, as it is by the policy's own decision; a dearer encoder keeps the threads.
+  The first encodes of an embedder always go to a worker thread (nothing is measured yet), and
+  inline encodes that turn out slow move the average back over the line.
 
 The vectors returned are read-only ``[E]`` float32 arrays, identical (up to float rounding of the
 padded pass, < 1e-5) to ``embedder.encode([prompt])[0]``. A caller that passes a ``timings`` dict
@@ -67,6 +67,15 @@ class SupportsEncode(Protocol):
 
 #: Weight of the newest one-prompt encode in an embedder's moving average (about the last 4 count).
 _AVERAGE_WEIGHT = 0.25
+#: An embedder in the loop goes back to the threads once its average is over this many times
+#: ``inline_ms`` (hysteresis: an average near the line does not move it back and forth).
+_LEAVE_FACTOR = 2.0
+
+
+@dataclass
+class _Measured:
+    average_s: float
+    inline: bool = False
 
 #: ``on_batch(size, seconds)``: called (in the event loop) after each encode call.
 BatchHook = Callable[[int, float], None]
@@ -132,8 +141,8 @@ class EmbedBatcher:
         self.on_batch = on_batch
         self.on_lookup = on_lookup
         self.inline_s = inline_ms / 1000.0
-        #: per embedder: the moving average of its one-prompt encode, seconds
-        self._single_s: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+        #: per embedder: the moving average of its one-prompt encode, and whether it encodes in the loop
+        self._measured: weakref.WeakKeyDictionary[Any, _Measured] = weakref.WeakKeyDictionary()
         self._lru: OrderedDict[tuple[str, bytes], np.ndarray] = OrderedDict()
         self._waiting: list[_Job] = []
         self._by_key: dict[tuple[str, bytes], asyncio.Future[np.ndarray]] = {}
@@ -232,19 +241,25 @@ class EmbedBatcher:
             self._driver = asyncio.get_running_loop().create_task(self._drive(), name="embed-batcher")
 
     def _inline(self, embedder: SupportsEncode) -> bool:
-        typical = self._single_s.get(embedder)
-        return typical is not None and typical <= self.inline_s
+        measured = self._measured.get(embedder)
+        return measured is not None and measured.inline
 
     def _note_single(self, embedder: SupportsEncode, seconds: float) -> None:
-        """Fold a one-prompt encode's CPU time, ``seconds``, into ``embedder``'s moving average."""
-        before = self._single_s.get(embedder)
-        after = seconds if before is None else before + _AVERAGE_WEIGHT * (seconds - before)
-        self._single_s[embedder] = after
-        was, now = before is not None and before <= self.inline_s, after <= self.inline_s
-        if was != now:
-            logger.info("%s encodes %s: one prompt takes %.2f ms on average (inline up to %.2f ms)",
-                        getattr(embedder, "encoder", embedder.model_id),
-                        "in the event loop" if now else "in worker threads", after * 1000.0, self.inline_s * 1000.0)
+        """Fold a one-prompt encode's CPU time, ``seconds``, into ``embedder``'s moving average; move it
+        into the loop at most ``inline_ms``, back to the threads over :data:`_LEAVE_FACTOR` times it."""
+        measured = self._measured.get(embedder)
+        if measured is None:
+            measured = self._measured[embedder] = _Measured(seconds)
+        else:
+            measured.average_s += _AVERAGE_WEIGHT * (seconds - measured.average_s)
+        inline = (measured.average_s <= self.inline_s * _LEAVE_FACTOR if measured.inline
+                  else measured.average_s <= self.inline_s)
+        if inline != measured.inline:
+            measured.inline = inline
+            logger.info("%s encodes %s: one prompt takes %.2f ms of CPU on average (in the loop from %.2f ms, "
+                        "back to the threads over %.2f ms)", getattr(embedder, "encoder", embedder.model_id),
+                        "in the event loop" if inline else "in worker threads", measured.average_s * 1000.0,
+                        self.inline_s * 1000.0, self.inline_s * _LEAVE_FACTOR * 1000.0)
 
     def _encode_inline(self, embedder: SupportsEncode, key: tuple[str, bytes], text: str,
                        timings: dict[str, float] | None) -> np.ndarray:

@@ -185,8 +185,9 @@ class Settings(BaseSettings):
         ge=0.0,
         le=100.0,
         description="An encoder whose one-prompt encode averages at most this many ms (measured while "
-        "serving) is called in the event loop, with no queue and no thread hop: static embeddings, not the "
-        "transformer. The loop is blocked that long per new prompt. 0: always a worker thread.",
+        "serving) is called in the event loop, with no queue and no thread hop, until that average is over "
+        "twice this: static embeddings, not the transformer. The loop is blocked that long per new prompt. "
+        "0: always a worker thread.",
     )
     max_batch: int = Field(64, ge=1, le=4096, description="Most prompts embedded in one encode call (caps "
                            "encode_batch).")

@@ -361,6 +361,26 @@ def test_an_encode_is_measured_by_its_cpu_time_not_its_wall_time():
     assert fake.threads[1:] == [threading.current_thread().name] * 2
 
 
+def test_an_average_between_inline_ms_and_twice_it_stays_where_it_is():
+    """Hysteresis: in the loop an embedder stays there until its average is over twice inline_ms, so
+    an average near the line does not move it back and forth (and fill the log)."""
+    fake = FakeEmbedder()
+    batcher = EmbedBatcher(inline_ms=5.0)
+
+    async def scenario() -> None:
+        try:
+            for i in range(3):
+                await batcher.embed(fake, f"fast {i}")
+            fake.busy_s = 0.012  # the average climbs to about 3, 5.3, 6.9 ms: over 5, under 10
+            for i in range(3):
+                await batcher.embed(fake, f"dearer {i}")
+        finally:
+            await batcher.aclose()
+
+    asyncio.run(scenario())
+    assert fake.threads[1:] == [threading.current_thread().name] * 5
+
+
 def test_an_inline_encoder_failure_reaches_the_caller_and_the_next_prompt_is_served():
     fake = FakeEmbedder()
     batcher = EmbedBatcher(inline_ms=50.0)
