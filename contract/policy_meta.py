@@ -46,8 +46,18 @@ class EmbeddingMeta(BaseModel):
     #: the vectors it was trained on: ``transformer`` (the model itself: torch or an ONNX export) or
     #: ``static`` (static embeddings distilled from it, ``env.static_embedder``); a server refuses the other
     encoder: Literal["transformer", "static"] = "transformer"
+    #: static vectors only: the distillation they came from (``env.static_embedder.DISTILLATIONS``),
+    #: which a server distils to serve it; None on static vectors: 1, the first (a policy saved before
+    #: the version was recorded)
+    static_version: int | None = Field(default=None, ge=1)
     #: the encoder a server uses when ``ROUTER_ENCODER`` is unset (None: torch, or static for static vectors)
     serving: ServingEncoderMeta | None = None
+
+    @property
+    def distillation(self) -> int | None:
+        """The static distillation of a policy on static vectors (1 where none is recorded); None on
+        the transformer's."""
+        return (self.static_version or 1) if self.encoder == "static" else None
 
 
 #: Default temperature of an outcome actor's Boltzmann policy (quality units per logit).

@@ -20,7 +20,7 @@ from typing import Any
 from contract.errors import UserError
 from env.embedder import DEFAULT_MODEL, Embedder
 from env.onnx_embedder import OnnxEmbedder
-from env.static_embedder import StaticEmbedder
+from env.static_embedder import DISTILL_VERSION, StaticEmbedder
 
 #: The encoders :func:`make_embedder` builds (``ROUTER_ENCODER`` also takes ``onnx``: the faster of
 #: the two ONNX ones, measured at start-up by :func:`router.encode_plan.choose_encoder`).
@@ -47,20 +47,23 @@ def check_vectors(trained: str, encoder: str, what: str) -> None:
 def make_embedder(encoder: str, model: str = DEFAULT_MODEL, cache_dir: str | Path | None = None,
                   device: str | None = None, batch_size: int = 64, progress: bool = True,
                   onnx_dir: str | Path = Path("var/onnx"), threads: int = 1,
-                  static_dir: str | Path = Path("var/static"), log: logging.Logger | None = None) -> Embedder:
+                  static_dir: str | Path = Path("var/static"), log: logging.Logger | None = None,
+                  static_version: int | None = None) -> Embedder:
     """The :class:`~env.embedder.Embedder` of ``encoder`` (one of :data:`ENCODERS`).
 
     ``onnx-fp32`` is the ONNX export without quantisation (torch's vectors up to float rounding);
-    ``static`` distils (once, into ``static_dir``) and uses static embeddings of ``model``.
+    ``static`` distils (once, into ``static_dir``) and uses static embeddings of ``model``, of the
+    distillation ``static_version`` (None: the newest, what training uses).
 
     Raises:
-        UserError: an unknown encoder, or an ONNX one without ONNX Runtime, onnx or onnx-ir.
+        UserError: an unknown encoder or static distillation, or an ONNX one without ONNX Runtime,
+            onnx or onnx-ir.
     """
     if encoder == "torch":
         return Embedder(model=model, cache_dir=cache_dir, device=device, batch_size=batch_size, progress=progress)
     if encoder == "static":
         return StaticEmbedder(model=model, cache_dir=cache_dir, static_dir=static_dir, batch_size=batch_size,
-                              progress=progress)
+                              progress=progress, version=DISTILL_VERSION if static_version is None else static_version)
     if encoder in ("onnx-int8", "onnx-fp32"):
         return OnnxEmbedder(model=model, cache_dir=cache_dir, batch_size=batch_size, progress=progress,
                             onnx_dir=onnx_dir, threads=threads, quantize=encoder == "onnx-int8", log=log)

@@ -2,15 +2,17 @@
 
 A static model is one vector per token of the model's vocabulary, distilled from the transformer
 with ``model2vec`` (Tulkens and van Dongen 2024, "Model2Vec: fast state-of-the-art static
-embeddings"): each token's output embedding, reweighted by its estimated frequency (SIF). A prompt's
-embedding is the mean of its tokens' vectors, L2-normalised: one lookup and a mean per token, about
-0.1 ms a prompt on one CPU core instead of a 6-layer transformer pass.
+embeddings"): each token's output embedding. A prompt's embedding is the mean of its tokens'
+vectors, L2-normalised: one lookup and a mean per token, about 0.1 ms a prompt on one CPU core
+instead of a 6-layer transformer pass.
 
 It is distilled on first use from the local model files (no download), in about 25 s on 2 cores,
 and cached under ``static_dir`` in a directory named by the model, a hash of its files and the
-distillation settings (written atomically, :func:`env.model_cache.ensure_built`). Its vectors are
-not the transformer's: a policy is trained on the encoder it is served with
-(``policy.json`` ``embedding.encoder``).
+distillation (written atomically, :func:`env.model_cache.ensure_built`). Its vectors are not the
+transformer's: a policy is trained on the encoder it is served with (``policy.json``
+``embedding.encoder``), and on the same distillation (``embedding.static_version``, one of
+:data:`DISTILLATIONS`): a server distils the one its policy was trained on, so a policy trained
+before a new distillation keeps its vectors.
 """
 
 from __future__ import annotations
@@ -30,29 +32,49 @@ from env.model_cache import ensure_built, model_files_hash, slug
 
 #: What to install for the static encoder.
 INSTALL_HINT = "pip install model2vec skeletoken"
-#: Bumped when the distillation changes, so that older static models are not reused.
-DISTILL_VERSION = 1
-#: model2vec's ``distill`` settings: keep the model's width (no PCA), its default SIF weighting.
-DISTILL_SETTINGS: dict[str, Any] = {"pca_dims": None, "sif_coefficient": 1e-4}
+#: model2vec's ``distill`` settings of each distillation, by version. Both keep the model's width (no
+#: PCA). 1 weighted each token down by its estimated frequency (SIF, model2vec's default); 2 does
+#: not, and kNN and MLP routers on its vectors gained about 0.01 on llmrouter-dc
+#: (docs/evaluation.md#static-embeddings).
+DISTILLATIONS: dict[int, dict[str, Any]] = {
+    1: {"pca_dims": None, "sif_coefficient": 1e-4},
+    2: {"pca_dims": None, "sif_coefficient": None},
+}
+#: The distillation new static policies are trained on.
+DISTILL_VERSION = max(DISTILLATIONS)
 _MARKER = "static.json"
 
 
-def static_path(model_path: Path, model_id: str, static_dir: Path) -> Path:
+def distillation(version: int) -> dict[str, Any]:
+    """The settings of distillation ``version``.
+
+    Raises:
+        UserError: a version this release does not know (a policy from a newer agent-router).
+    """
+    if version not in DISTILLATIONS:
+        raise UserError(f"static distillation {version} is not known to this agent-router (it knows "
+                        f"{', '.join(map(str, DISTILLATIONS))}): upgrade it, or retrain the policy")
+    return DISTILLATIONS[version]
+
+
+def static_path(model_path: Path, model_id: str, static_dir: Path, version: int = DISTILL_VERSION) -> Path:
     """Where the static model of ``model_path`` is cached: ``<static_dir>/<model>-static-<hash>``."""
-    key = hashlib.sha256(f"{model_files_hash(model_path)}:{DISTILL_VERSION}:{json.dumps(DISTILL_SETTINGS)}".encode())
+    settings = json.dumps(distillation(version))
+    key = hashlib.sha256(f"{model_files_hash(model_path)}:{version}:{settings}".encode())
     return static_dir / f"{slug(model_id)}-static-{key.hexdigest()[:16]}"
 
 
-def _distill(model_path: Path, out: Path) -> None:
+def _distill(model_path: Path, out: Path, version: int) -> None:
     try:
         from model2vec.distill import distill
     except ImportError as exc:
         raise UserError(f"the static encoder needs model2vec's distillation ({INSTALL_HINT}): {exc}") from None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    model = distill(model_name=str(model_path), **DISTILL_SETTINGS)
+    settings = distillation(version)
+    model = distill(model_name=str(model_path), **settings)
     model.save_pretrained(str(out))
-    (out / _MARKER).write_text(json.dumps({"source": str(model_path), "settings": DISTILL_SETTINGS,
-                                           "version": DISTILL_VERSION}), encoding="utf-8")
+    (out / _MARKER).write_text(json.dumps({"source": str(model_path), "settings": settings, "version": version}),
+                               encoding="utf-8")
 
 
 def load_static(path: Path) -> Any:
@@ -87,20 +109,29 @@ class StaticEmbedder(Embedder):
 
     Args:
         model: the sentence model distilled (``all-MiniLM-L6-v2``, bundled, by default).
-        cache_dir: the embedding cache's directory (vectors keyed ``<model>#static``); None: none.
+        cache_dir: the embedding cache's directory (vectors keyed ``<model>#static-<version>``); None:
+            none.
         static_dir: where the distilled model is cached.
         batch_size: prompts per encode call.
         progress: show a progress bar on long encodes.
+        version: the distillation (:data:`DISTILLATIONS`; default the newest, :data:`DISTILL_VERSION`).
 
     Attributes:
         encoder: ``static``.
+        version: the distillation.
+
+    Raises:
+        UserError: an unknown ``version``.
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, cache_dir: str | Path | None = None,
-                 static_dir: str | Path = Path("var/static"), batch_size: int = 64, progress: bool = True) -> None:
+                 static_dir: str | Path = Path("var/static"), batch_size: int = 64, progress: bool = True,
+                 version: int = DISTILL_VERSION) -> None:
+        distillation(version)
         super().__init__(model=model, cache_dir=cache_dir, device="cpu", batch_size=batch_size, progress=progress)
         self.encoder = "static"
-        self.cache_key = f"{self.model_id}#static-{DISTILL_VERSION}"
+        self.version = version
+        self.cache_key = f"{self.model_id}#static-{version}"
         self.static_dir = Path(static_dir)
 
     @property
@@ -118,8 +149,8 @@ class StaticEmbedder(Embedder):
                     except ImportError:
                         raise UserError(f"the static encoder needs model2vec ({INSTALL_HINT})") from None
                     model_path = Path(resolve_model_path(self.model_name))
-                    path = ensure_built(static_path(model_path, self.model_id, self.static_dir), _MARKER,
-                                        lambda tmp: _distill(model_path, tmp),
+                    path = ensure_built(static_path(model_path, self.model_id, self.static_dir, self.version),
+                                        _MARKER, lambda tmp: _distill(model_path, tmp, self.version),
                                         f"the static embeddings of {self.model_id}")
                     try:
                         self._model = load_static(path)

@@ -137,6 +137,7 @@ def start_policy(settings: Settings) -> RoutingService:
             encoder, model=policy.embedding_model, cache_dir=settings.embed_cache_dir, device=settings.device,
             batch_size=8 if settings.encode_batch == "auto" else settings.encode_batch, progress=False,
             onnx_dir=settings.onnx_dir, threads=settings.torch_threads, static_dir=settings.static_dir, log=logger,
+            static_version=policy.meta.embedding.distillation,
         )
 
     plans = PlanStore(settings.plan_dir)

@@ -188,6 +188,11 @@ class PolicyRegistry:
                 check_vectors(policy.meta.embedding.encoder, self.embedder.encoder, f"{directory}: policy")
             except UserError as exc:
                 raise PolicyRefused(f"{exc}; that change needs a restart") from None
+            serving_version = getattr(self.embedder, "version", None)
+            if policy.meta.embedding.distillation != serving_version:
+                raise PolicyRefused(f"{directory}: the policy was trained on static distillation "
+                                    f"{policy.meta.embedding.distillation}, this server serves {serving_version}; "
+                                    "that change needs a restart")
             service = self._make_service(policy)
             if service.embed_dim != self.embed_dim:
                 raise PolicyRefused(f"{directory}: the policy expects {service.embed_dim}-dim embeddings, "

@@ -59,11 +59,13 @@ def checkpoint_content(
 ) -> dict[str, Any]:
     """``policy.json`` content (as :func:`policy.checkpoint.save_checkpoint` takes it) of a
     single-router policy over ``agents`` on MiniLM embeddings (``vectors`` ``static``: on static
-    embeddings distilled from it).
+    embeddings distilled from it, the newest distillation, as a policy trained now).
 
     With ``capacities`` the agent specs and the meta record them (the server then feeds live load
     into the obs); without, every agent is unbounded (load stays 0).
     """
+    from env.static_embedder import DISTILL_VERSION
+
     specs = agent_specs(agents)
     if capacities is not None:
         specs = [{**spec, "capacity": c} for spec, c in zip(specs, capacities, strict=True)]
@@ -71,7 +73,8 @@ def checkpoint_content(
         "agents": list(agents),
         "agent_specs": specs,
         "capacities": list(capacities) if capacities is not None else [None] * len(agents),
-        "embedding": {"model": EMBEDDING_MODEL, "dim": EMBED_DIM, "encoder": vectors},
+        "embedding": {"model": EMBEDDING_MODEL, "dim": EMBED_DIM, "encoder": vectors,
+                      "static_version": DISTILL_VERSION if vectors == "static" else None},
         "obs_layout": {"embed_dim": EMBED_DIM, "num_agents": len(agents), "num_routers": 1, "load_clip": 4.0,
                        "include_agent_id": False},
         "network": {"hidden": list(hidden), "share_params": True, "centralised_critic": True},

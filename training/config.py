@@ -36,6 +36,10 @@ class EmbedConfig(BaseModel):
         default="torch", description="torch: the sentence model; static: static embeddings distilled from it "
         "(env.static_embedder); the policy is served with the same kind (policy.json embedding.encoder)")
     static_dir: Path = Path("var/static")
+    static_version: int | None = Field(
+        default=None, ge=1, description="static only: the distillation (env.static_embedder.DISTILLATIONS); None: "
+        "the newest. A checkpoint's own config gets the one its policy was trained on (policy.json "
+        "embedding.static_version)")
     cache_dir: Path = Path("var/embeddings")
     batch_size: int = Field(default=64, ge=1)
     serving_candidates: list[Literal["onnx-int8", "onnx-fp32"]] = Field(
@@ -240,6 +244,8 @@ def checkpoint_config(
             ``hint``).
     """
     cfg = load_config(path, overrides or [], base=None if path else meta.training)
+    if meta.embedding.distillation is not None:  # the static vectors the policy was trained on
+        cfg.embed = cfg.embed.model_copy(update={"static_version": meta.embedding.distillation})
     if not Path(cfg.data.prompts).is_file():
         raise UserError(f"{cfg.data.prompts}: dataset of this checkpoint not found; {hint}")
     return cfg

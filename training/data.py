@@ -42,5 +42,6 @@ def load_splits(cfg: TrainConfig, device: str | None = None) -> EmbeddedSplits:
     idx = split_indices(dataset, data.split_fractions, data.split_seed)
     splits = {name: dataset.subset(i) for name, i in idx.items()}
     embedder = make_embedder(cfg.embed.encoder, model=cfg.embed.model, cache_dir=cfg.embed.cache_dir, device=device,
-                             batch_size=cfg.embed.batch_size, static_dir=cfg.embed.static_dir)
+                             batch_size=cfg.embed.batch_size, static_dir=cfg.embed.static_dir,
+                             static_version=cfg.embed.static_version)
     return EmbeddedSplits(dataset, splits, embedder)

@@ -190,6 +190,35 @@ def test_registry_reload_rollback_and_refusals(versions):
     asyncio.run(scenario())
 
 
+def test_a_policy_of_another_static_distillation_is_refused(tmp_path):
+    """A server distils the static model its policy was trained on at start; a swap to a policy on
+    another distillation (1: recorded by none, as before versions were) needs a restart."""
+    from env.static_embedder import DISTILL_VERSION
+    from policy.checkpoint import load_checkpoint
+    from router.registry import PolicyRefused, PolicyRegistry
+    from router.service import RoutingService
+
+    old = save_version(tmp_path, "static-first", 0, vectors="static")
+    meta = json.loads((old / "policy.json").read_text())
+    del meta["embedding"]["static_version"]  # saved before the version was recorded: distillation 1
+    (old / "policy.json").write_text(json.dumps(meta))
+    time.sleep(0.01)
+    new = save_version(tmp_path, "static-newest", 1, vectors="static")
+    assert load_checkpoint(old).meta.embedding.distillation == 1
+    assert load_checkpoint(new).meta.embedding.distillation == DISTILL_VERSION > 1
+
+    class StaticStub(StubEmbedder):
+        encoder, version = "static", DISTILL_VERSION
+
+    async def scenario() -> None:
+        registry = PolicyRegistry(RoutingService(load_checkpoint(new), StaticStub()), tmp_path)
+        with pytest.raises(PolicyRefused, match=f"static distillation 1, this server serves {DISTILL_VERSION}"):
+            await registry.reload(old.name)
+        assert registry.current.version == new.name
+
+    asyncio.run(scenario())
+
+
 def test_registry_ref_for_names_versions_in_the_root(versions, tmp_path):
     registry = make_registry(versions)
     assert registry.ref_for(versions.root / versions.a) == versions.a

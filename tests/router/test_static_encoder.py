@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -62,6 +63,41 @@ def test_the_cached_model_loads_as_model2vec_loads_it_without_its_hub_machinery(
     assert np.array_equal(ours.encode(texts), theirs.encode(texts)) and ours.config == theirs.config
 
 
+def test_each_distillation_has_its_own_model_and_vectors_and_a_policy_keeps_its_own(tmp_path):
+    """A new distillation must not serve a policy trained on an older one: each version distils into
+    its own directory and caches its vectors under its own key; a policy records its version (none
+    recorded: 1), and its config, read back for eval or retraining, asks for it."""
+    from contract.errors import UserError
+    from contract.policy_meta import EmbeddingMeta
+    from env.embedder import resolve_model_path
+    from env.encoders import make_embedder
+    from env.static_embedder import DISTILL_VERSION, DISTILLATIONS, static_path
+    from training.config import checkpoint_config
+
+    assert DISTILL_VERSION == max(DISTILLATIONS) == 2 and DISTILLATIONS[1]["sif_coefficient"] == 1e-4
+    newest, first = make_embedder("static", cache_dir=tmp_path), make_embedder("static", static_version=1)
+    assert (newest.version, first.version) == (DISTILL_VERSION, 1)
+    assert newest.cache_key.endswith(f"#static-{DISTILL_VERSION}") and first.cache_key.endswith("#static-1")
+    model_path = Path(resolve_model_path(newest.model_name))
+    paths = {static_path(model_path, newest.model_id, tmp_path, v) for v in DISTILLATIONS}
+    assert len(paths) == len(DISTILLATIONS)
+    with pytest.raises(UserError, match="static distillation 7 is not known") as err:
+        make_embedder("static", static_version=7)
+    assert "\n" not in str(err.value)
+    assert EmbeddingMeta(model="m", dim=4, encoder="static").distillation == 1
+    assert EmbeddingMeta(model="m", dim=4, encoder="static", static_version=2).distillation == 2
+    assert EmbeddingMeta(model="m", dim=4).distillation is None
+    from policy.checkpoint import load_checkpoint
+    from tests.harness import make_checkpoint
+
+    policy = load_checkpoint(make_checkpoint(tmp_path / "ck", vectors="static"))
+    policy.meta.embedding = policy.meta.embedding.model_copy(update={"static_version": None})  # an older policy
+    policy.meta.training = {"data": {"prompts": str(ROOT / "data/llmrouter-dc/prompts.jsonl.gz"),
+                                     "agents": str(ROOT / "data/llmrouter-dc/agents.json")},
+                            "embed": {"encoder": "static"}}
+    assert checkpoint_config(policy.meta).embed.static_version == 1
+
+
 def test_a_policy_refuses_an_encoder_it_was_not_trained_for():
     from contract.errors import UserError
     from env.encoders import check_vectors
@@ -86,10 +122,11 @@ def test_train_and_serve_on_static_embeddings(static_dir, tmp_path, start_server
          "-s", "ppo.total_steps=480", "-s", "env.num_worlds=64", "-s", "tensorboard=false"],
         capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert out.returncode == 0, out.stderr
+    from env.static_embedder import DISTILL_VERSION
     from policy.checkpoint import load_checkpoint
 
     policy = load_checkpoint(tmp_path / "checkpoints")
-    assert policy.meta.embedding.encoder == "static"
+    assert policy.meta.embedding.encoder == "static" and policy.meta.embedding.static_version == DISTILL_VERSION
     server = start_server({"ROUTER_CHECKPOINT": str(tmp_path / "checkpoints"), "ROUTER_STATIC_DIR": str(static_dir),
                            "ROUTER_SQLITE_PATH": str(tmp_path / "exp.sqlite3")}).wait_ready()
     with httpx.Client(base_url=server.url, timeout=30) as c:
