@@ -13,7 +13,7 @@ For each encoder of ``--encoders`` (``ROUTER_ENCODER``; default ``torch,onnx-int
    concurrency-1 run: each request is preceded by a raw encode of the same prompt, so both see the
    same load on a shared machine;
 3. ``POST /v1/route`` over HTTP with httpx async clients at concurrency 1, 16 and 64 (one client of
-   one kept-alive connection per concurrent user: one pool of 64 connections cost httpcore a core by
+   one kept-alive connection per concurrent user: one pool of 64 connections cost the client a core by
    itself): p50, p99 (ms) and requests/s, every request with a prompt not sent before (the LRU cache
    does not help), and the mean micro-batch size (from the server's /metrics); at concurrency 1 also
    the server's own p50 (``latency_ms`` of its access log: outermost middleware to response sent),
@@ -221,8 +221,8 @@ async def load_level(url: str, prompts: list[str], concurrency: int, warmup: lis
     connection the server closed as it was reused: uvicorn closes one idle for 5 s; the latency
     counts both tries). A second transport error ends the run."""
     retried = 0
-    # one client of one connection per worker, as separate users would be: one pool of `concurrency`
-    # connections costs httpcore O(concurrency) per request, which at 64 saturated a core by itself
+    # one client of one connection per worker, as separate users would be: with one pool of 64
+    # connections the client spent about 5 times the CPU per request it spent with 16, a whole core
     async with contextlib.AsyncExitStack() as stack:
         clients = [await stack.enter_async_context(httpx.AsyncClient(
             base_url=url, timeout=120.0, limits=httpx.Limits(max_connections=1, max_keepalive_connections=1)))
