@@ -20,7 +20,7 @@ from typing import Any
 from contract.errors import UserError
 from env.embedder import DEFAULT_MODEL, Embedder
 from env.onnx_embedder import OnnxEmbedder
-from env.static_embedder import DISTILL_VERSION, StaticEmbedder
+from env.static_embedder import StaticEmbedder
 
 #: The encoders :func:`make_embedder` builds (``ROUTER_ENCODER`` also takes ``onnx``: the faster of
 #: the two ONNX ones, measured at start-up by :func:`router.encode_plan.choose_encoder`).
@@ -63,7 +63,7 @@ def make_embedder(encoder: str, model: str = DEFAULT_MODEL, cache_dir: str | Pat
         return Embedder(model=model, cache_dir=cache_dir, device=device, batch_size=batch_size, progress=progress)
     if encoder == "static":
         return StaticEmbedder(model=model, cache_dir=cache_dir, static_dir=static_dir, batch_size=batch_size,
-                              progress=progress, version=DISTILL_VERSION if static_version is None else static_version)
+                              progress=progress, version=static_version)
     if encoder in ("onnx-int8", "onnx-fp32"):
         return OnnxEmbedder(model=model, cache_dir=cache_dir, batch_size=batch_size, progress=progress,
                             onnx_dir=onnx_dir, threads=threads, quantize=encoder == "onnx-int8", log=log)

@@ -114,7 +114,7 @@ class StaticEmbedder(Embedder):
         static_dir: where the distilled model is cached.
         batch_size: prompts per encode call.
         progress: show a progress bar on long encodes.
-        version: the distillation (:data:`DISTILLATIONS`; default the newest, :data:`DISTILL_VERSION`).
+        version: the distillation (:data:`DISTILLATIONS`; None: the newest, :data:`DISTILL_VERSION`).
 
     Attributes:
         encoder: ``static``.
@@ -126,7 +126,8 @@ class StaticEmbedder(Embedder):
 
     def __init__(self, model: str = DEFAULT_MODEL, cache_dir: str | Path | None = None,
                  static_dir: str | Path = Path("var/static"), batch_size: int = 64, progress: bool = True,
-                 version: int = DISTILL_VERSION) -> None:
+                 version: int | None = None) -> None:
+        version = DISTILL_VERSION if version is None else version
         distillation(version)
         super().__init__(model=model, cache_dir=cache_dir, device="cpu", batch_size=batch_size, progress=progress)
         self.encoder = "static"

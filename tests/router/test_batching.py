@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -275,10 +276,16 @@ def test_bad_batcher_arguments_are_refused():
         EmbedBatcher(window_ms=-1)
 
 
-def embed_one_by_one(batcher: EmbedBatcher, embedder, prompts: list[str]) -> list[np.ndarray]:
+def embed_one_by_one(batcher: EmbedBatcher, embedder, prompts: list[str], busy_s: float | None = None,
+                     then: Sequence[str] = ()) -> list[np.ndarray]:
+    """Embed ``prompts`` one after the other; with ``busy_s``, the fake encoder then computes that long
+    for each of the prompts ``then``; close the batcher."""
     async def scenario() -> list[np.ndarray]:
         try:
-            return [await batcher.embed(embedder, p) for p in prompts]
+            vectors = [await batcher.embed(embedder, p) for p in prompts]
+            if busy_s is not None:
+                embedder.busy_s = busy_s
+            return vectors + [await batcher.embed(embedder, p) for p in then]
         finally:
             await batcher.aclose()
 
@@ -333,19 +340,9 @@ def test_inline_ms_zero_never_calls_the_encoder_in_the_loop():
 
 def test_an_inline_encode_that_turns_slow_hands_the_encoder_back_to_the_threads():
     fake = FakeEmbedder()
-    batcher = EmbedBatcher(inline_ms=5.0)
-
-    async def scenario() -> None:
-        try:
-            for i in range(3):
-                await batcher.embed(fake, f"fast {i}")
-            fake.busy_s = 0.05  # the encoder slows down: one inline encode of 50 ms
-            await batcher.embed(fake, "slow 0")
-            await batcher.embed(fake, "slow 1")
-        finally:
-            await batcher.aclose()
-
-    asyncio.run(scenario())
+    # the encoder slows down: one inline encode of 50 ms
+    embed_one_by_one(EmbedBatcher(inline_ms=5.0), fake, [f"fast {i}" for i in range(3)], busy_s=0.05,
+                     then=["slow 0", "slow 1"])
     loop_thread = threading.current_thread().name
     assert fake.threads[1:4] == [loop_thread] * 3  # "fast 1", "fast 2", then "slow 0" still inline
     assert fake.threads[4].startswith("embed-batch")  # the average is now over 5 ms
@@ -365,19 +362,9 @@ def test_an_average_between_inline_ms_and_twice_it_stays_where_it_is():
     """Hysteresis: in the loop an embedder stays there until its average is over twice inline_ms, so
     an average near the line does not move it back and forth (and fill the log)."""
     fake = FakeEmbedder()
-    batcher = EmbedBatcher(inline_ms=5.0)
-
-    async def scenario() -> None:
-        try:
-            for i in range(3):
-                await batcher.embed(fake, f"fast {i}")
-            fake.busy_s = 0.012  # the average climbs to about 3, 5.3, 6.9 ms: over 5, under 10
-            for i in range(3):
-                await batcher.embed(fake, f"dearer {i}")
-        finally:
-            await batcher.aclose()
-
-    asyncio.run(scenario())
+    # the average climbs to about 3, 5.3, 6.9 ms: over 5, under 10
+    embed_one_by_one(EmbedBatcher(inline_ms=5.0), fake, [f"fast {i}" for i in range(3)], busy_s=0.012,
+                     then=[f"dearer {i}" for i in range(3)])
     assert fake.threads[1:] == [threading.current_thread().name] * 5
 
 
