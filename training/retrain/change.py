@@ -1,9 +1,17 @@
 """Change detection: has an agent's reward moved away from what its history says?
 
 A round tests each agent's new feedback against the reward critic fitted on that agent's earlier
-records. The new records' mean residual ``r - Q̂_history(x)`` is compared with the earlier records'
-own (a two-sample test, so the critic's shrinkage towards its prior, which biases both alike, is
-not taken for a change). If the difference is far from 0 in standard errors
+records. Each new record's residual ``r - Q̂_history(x)`` is compared with the residuals of the
+earlier records nearest to it in the critic's features (matching on the prompt, as the matching
+estimators of Abadie and Imbens 2006, "Large Sample Properties of Matching Estimators for Average
+Treatment Effects", Econometrica 74(1), with the critic's fit as their regression adjustment). The
+critic is biased where it is shrunk (towards its prior, by the ridge) and where it is not linear,
+and the bias differs between prompts: an agent that exploration once sent everywhere and the policy
+now sends only where it is strong has new residuals above its old ones on average, with nothing
+changed. Matched, the bias is the same on both sides of each comparison and cancels. (An earlier
+version compared the new records' mean residual with all the earlier records' mean: in a
+stationary world it fired every round or two on agents the policy had come to favour, and their
+forgotten history left the critic guessing.) If the difference is far from 0 in standard errors
 (``|z| >= z_threshold``) and in reward units (``|shift| >= min_shift``), the agent's world changed:
 its history before the new records stops counting for the critic (:attr:`PolicyMeta.history_since
 <contract.policy_meta.PolicyMeta>`), so the critic, and the actor after it, learn the changed agent
@@ -15,7 +23,7 @@ This is the detect-and-restart scheme of change-detection bandits: a two-sample 
 rewards against the earlier ones, and the arm's statistics reset when it fires (Liu, Lee and Shroff
 2018, "A Change-Detection based Framework for Piecewise-stationary Multi-Armed Bandit Problem",
 AAAI, arXiv 1711.03539; Cao, Wen, Kveton and Xie 2019, "Nearly Optimal Adaptive Procedure with
-Change Detection for Piecewise-Stationary Bandit", AISTATS, arXiv 1802.03692), with the residuals
+Change Detection for Piecewise-Stationary Bandit", AISTATS, arXiv 1802.03692), with the matched residuals
 of the contextual critic in place of raw rewards, so a change of the prompts an agent is sent is not
 taken for a change of the agent.
 """
@@ -29,6 +37,11 @@ import torch
 
 from policy.networks import RewardCritic
 from training.retrain.learner import fit_reward_critic
+
+#: earlier records each new record is matched with
+MATCHES = 8
+#: new records whose distances to the earlier ones are computed at once (a ``[CHUNK, m]`` float32 matrix)
+_CHUNK = 512
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,7 @@ def detect_changes(critic: RewardCritic, obs: torch.Tensor, action: torch.Tensor
     fit_reward_critic(critic, obs, action, reward, ridge, prior, sample_weight=w * history.double(), outcome=outcome,
                       shared=shared)
     residual = reward.reshape(-1).double() - critic(obs).reshape(len(a), -1).gather(1, a[:, None]).reshape(-1).double()
+    x = critic.features(obs.reshape(len(a), -1)).float()  # [M, F]
     tests = []
     for k in range(critic.weight.shape[0]):
         new, old = fresh & (a == k), history & (a == k)
@@ -84,8 +98,35 @@ def detect_changes(critic: RewardCritic, obs: torch.Tensor, action: torch.Tensor
         if n < min_records or m < min_records:
             continue
         e_new, e_old = residual[new], residual[old]
-        shift = float(e_new.mean() - e_old.mean())
-        se = math.sqrt(float(e_new.var()) / n + float(e_old.var()) / m)
+        coef = match_coefficients(x[new], x[old], w[old], MATCHES)
+        shift = float(e_new.mean() - coef @ e_old)
+        # the residuals independent, of the variance of their side: Var(mean e_new - coefᵀ e_old)
+        se = math.sqrt(float(e_new.var()) / n + float(e_old.var()) * float(coef.square().sum()))
         z = shift / se if se > 0 else (math.inf if shift else 0.0)
         tests.append(ChangeTest(k, n, shift, z, abs(z) >= z_threshold and abs(shift) >= min_shift))
     return tests
+
+
+def match_coefficients(new_x: torch.Tensor, old_x: torch.Tensor, old_weight: torch.Tensor,
+                       matches: int) -> torch.Tensor:
+    """The weights that average the earlier records matched with the new ones: each new record's
+    ``matches`` nearest earlier records (Euclidean, in the critic's features), averaged by their
+    ``old_weight``, and those averages averaged over the new records.
+
+    Args:
+        new_x: ``[n, F]`` float32 features of the new records (n >= 1).
+        old_x: ``[m, F]`` float32 features of the earlier records (m >= 1).
+        old_weight: ``[m]`` float64, their weights (all > 0).
+        matches: neighbours per new record (at most m are used).
+
+    Returns:
+        ``[m]`` float64 ``coef`` summing to 1: ``coef @ e_old`` is the matched mean of any ``[m]``
+        values of the earlier records.
+    """
+    matches = min(matches, len(old_x))
+    coef = torch.zeros(len(old_x), dtype=torch.float64)
+    for start in range(0, len(new_x), _CHUNK):
+        nearest = torch.cdist(new_x[start:start + _CHUNK], old_x).topk(matches, dim=1, largest=False).indices
+        share = old_weight[nearest]  # [c, matches]
+        coef.index_add_(0, nearest.reshape(-1), (share / share.sum(1, keepdim=True)).reshape(-1))
+    return coef / len(new_x)
