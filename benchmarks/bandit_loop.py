@@ -6,7 +6,9 @@ propensity), each decision written as the server writes it (:meth:`RoutingServic
 joined with the chosen agent's feedback into a :class:`contract.experience.ExperienceRecord`, JSON
 as stored), and rounds of :func:`training.retrain.job.run_retrain` (the retrain job: the learner
 and the gate, with its watermark and replay) on an in-memory log at the cadence of
-``agent-router retrain --every-records N``; a saved candidate is loaded from its checkpoint
+``agent-router retrain --every-records N`` (its polls, every :data:`POLL_RECORDS` new records here,
+also ask for alarms: an agent whose pending records already do worse than the critic expects runs a
+round early); a saved candidate is loaded from its checkpoint
 directory and served from the next prompt on, as a hot swap does. What it skips: HTTP, the
 embedding model (the harness gives the cached embedding) and Redis or SQLite (the log is a list
 behind the same :class:`experience.readers.ExperienceSource` interface).
@@ -30,6 +32,9 @@ from router.service import Decision, RoutingService
 from training.cold_start import init_policy
 from training.retrain.config import RetrainConfig
 from training.retrain.job import round_size, run_retrain
+
+#: new records between two polls of the retrain job (``--every 1s`` at 10 requests a second)
+POLL_RECORDS = 10
 
 
 class MemorySource(ExperienceSource):
@@ -159,7 +164,9 @@ class AgentRouterLoop:
                             feedback_at=datetime.now(UTC).isoformat())
         self.source.records.append(json.dumps(ExperienceRecord.join(context, feedback).to_json_dict()))
         self.new += 1
-        if self.new < round_size(self.cfg, self.learned) and not self.changed:  # what --every-records polls for
+        # what --every-records polls for; each poll also asks for alarms
+        polled = not self.new % POLL_RECORDS and self.new >= self.cfg.change_min_records
+        if self.new < round_size(self.cfg, self.learned) and not self.changed and not polled:
             return
         result = run_retrain(self.cfg, source=self.source, agent_changes=self.changes)
         if result.status == "too_few":

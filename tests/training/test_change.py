@@ -1,8 +1,10 @@
-"""A changing world in the learner: the forgetting horizon's weights, the change test, and a round
-that forgets a broken agent's history and keeps forgetting it in the rounds after."""
+"""A changing world in the learner: the forgetting horizon's weights, the change test, a round
+that forgets a broken agent's history and keeps forgetting it in the rounds after, and the alarm
+that runs a round early when a few pending records already show a break."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import numpy as np
@@ -10,13 +12,16 @@ import pytest
 import torch
 
 from contract.experience import ExperienceRecord, Feedback
+from experience.sqlite_store import SqliteExperienceStore
 from policy.checkpoint import load_checkpoint
 from policy.networks import RewardCritic
 from router.service import RoutingService
+from tests.harness import sample_feedback
 from training.cold_start import init_policy
-from training.retrain.bandit_round import bandit_round, uses_shared_slope
+from training.retrain.bandit_round import bandit_round, round_alarms, uses_shared_slope
 from training.retrain.change import detect_changes
 from training.retrain.config import RetrainConfig
+from training.retrain.job import run_retrain
 from training.retrain.learner import recency_weights
 
 E, K = 6, 3
@@ -200,3 +205,48 @@ def test_a_young_agent_the_critic_is_sure_trails_everywhere_ends_its_young_phase
             assert bandit_round(off, grown, history, fresh).candidate.meta.exploration.young == ["newcomer"]
     # far behind on every prompt: known well enough, the index rule takes over; level: still tried as young
     assert young == {"bad": [], "level": ["newcomer"]}
+
+
+def test_a_few_pending_records_of_a_broken_favourite_run_a_round_early(tmp_path):
+    """The retrain job waits for a round's record count, except when an agent's pending records
+    already do worse than the serving critic expects: then a round runs on them now, and its
+    change test forgets the broken agent's history. Records of a world that did not change, or
+    too few of them, wait."""
+    (tmp_path / "agents.json").write_text(json.dumps([{"name": f"agent-{k}"} for k in range(K)]))
+    policy = load_checkpoint(init_policy(tmp_path / "agents.json", tmp_path / "checkpoints", embed_dim=E))
+    rng = np.random.default_rng(0)
+    good = {0: 0.9, 1: 0.5, 2: 0.4}
+    cfg = RetrainConfig(checkpoint_root=tmp_path / "checkpoints", holdout_fraction=0.2)
+    serving = bandit_round(cfg, policy, [], _records(policy, rng, 600, lambda a: good[a], 0)).candidate
+    assert round_alarms(cfg, serving, _records(serving, rng, 60, lambda a: good[a], 600)) == []
+    broken = _records(serving, rng, 60, lambda a: 0.0 if a == 0 else good[a], 700)
+    assert round_alarms(cfg, serving, broken) == ["agent-0"]
+    assert round_alarms(cfg, serving, broken[:15]) == []  # fewer than change_min_records of it
+    assert round_alarms(cfg.model_copy(update={"change_z": None}), serving, broken) == []  # the test is off
+
+    # the job, on records logged through the SQLite store by the policy it last saved
+    root, db = tmp_path / "checkpoints", tmp_path / "experience.sqlite3"
+
+    async def log(n: int, quality_of) -> None:
+        store = SqliteExperienceStore(db)
+        service = RoutingService(load_checkpoint(root), embedder=None,  # type: ignore[arg-type]
+                                 seed=int(rng.integers(1 << 30)))
+        try:
+            for _ in range(n):
+                x = rng.normal(size=E).astype(np.float32)
+                decision = service.route("prompt", explore=True, embedding=x / np.linalg.norm(x))
+                await store.put_decision(service.decision_context(decision, "prompt", None))
+                await store.record_feedback(decision.decision_id, sample_feedback(quality_of(decision.action)))
+        finally:
+            await store.close()
+
+    job = RetrainConfig(checkpoint_root=root, sqlite_path=db, min_records=200)
+    asyncio.run(log(600, lambda a: good[a]))
+    assert run_retrain(job).status == "saved"
+    asyncio.run(log(60, lambda a: good[a]))
+    waited = run_retrain(job)
+    assert waited.status == "too_few" and waited.alarms == [], waited
+    asyncio.run(log(60, lambda a: 0.0 if a == 0 else good[a]))
+    early = run_retrain(job)
+    assert early.status == "saved" and early.records == 120 and early.alarms == ["agent-0"], early
+    assert list(load_checkpoint(early.checkpoint).meta.history_since) == ["agent-0"]

@@ -22,7 +22,7 @@ import torch
 from contract.policy_meta import ExplorationMeta
 from policy.artefact import Policy
 from policy.exploration import igw_gamma
-from training.retrain.change import detect_changes
+from training.retrain.change import detect_changes, pending_alarms
 from training.retrain.config import RetrainConfig
 from training.retrain.learner import actor_targets, fit_actor, fit_reward_critic, recency_weights
 from training.retrain.offpolicy import logged_verdict, off_policy_terms
@@ -194,6 +194,29 @@ def bandit_round(cfg: RetrainConfig, serving: Policy, history: list[tuple[str, A
     logged = _judge(candidate, serving, held, cfg) if len(held) else None
     return BanditRound(candidate=candidate, cost_weight=cost_weight, used=len(batch), sessions=batch.sessions,
                        skipped=merged_skipped(batch, held), train=train, gate=logged_gate(logged))
+
+
+def round_alarms(cfg: RetrainConfig, serving: Policy, entries: list[tuple[str, Any]]) -> list[str]:
+    """The agents whose pending ``entries`` already do worse than the serving critic expects
+    (:func:`~training.retrain.change.pending_alarms` at ``change_z``, ``change_min_shift``,
+    ``change_min_records``): a round runs now instead of waiting for its record count. Only the
+    records the round would train on count (not its held-out share), so the round's own change
+    test has as many of the agent's new records as the alarm had. Empty when ``change_z`` is None,
+    or the policy has no reward critic. Each alarm is logged."""
+    if cfg.change_z is None or serving.reward_critic is None or not entries:
+        return []
+    train = split_held_out(entries, cfg.holdout_fraction)[0] if cfg.holdout_fraction else entries
+    batch = build_batch(train, serving, cost_weight_of(serving, cfg))
+    if not len(batch):
+        return []
+    names = []
+    for test in pending_alarms(serving.reward_critic, batch.obs, batch.action, batch.reward, cfg.change_z,
+                               cfg.change_min_shift, cfg.change_min_records):
+        names.append(serving.agents[test.agent])
+        logger.warning("agent %s: its %d pending records do worse than the policy's critic expects (mean residual "
+                       "%+.3f, z %+.1f): a round now, without waiting for the round's record count", names[-1],
+                       test.records, test.shift, test.z)
+    return names
 
 
 def _weights(cfg: RetrainConfig, serving: Policy, batch: LoggedBatch, fresh: torch.Tensor,

@@ -130,3 +130,41 @@ def match_coefficients(new_x: torch.Tensor, old_x: torch.Tensor, old_weight: tor
         share = old_weight[nearest]  # [c, matches]
         coef.index_add_(0, nearest.reshape(-1), (share / share.sum(1, keepdim=True)).reshape(-1))
     return coef / len(new_x)
+
+
+@torch.no_grad()
+def pending_alarms(critic: RewardCritic, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
+                   z_threshold: float, min_shift: float, min_records: int) -> list[ChangeTest]:
+    """The agents whose pending records, too few yet for a round, already do worse than the
+    serving policy's critic expects: a round should not wait for the rest.
+
+    Each agent's mean residual ``r - Q̂(x)`` over its pending records is tested against 0 (a one-
+    sided t-statistic, ``z = mean / (sd / sqrt(n))``): an alarm at ``z <= -z_threshold`` and
+    ``shift <= -min_shift``. Only the worse side: a break or a degradation costs reward with every
+    request until a round reacts, an improvement can wait for the next round's record count. The
+    critic's bias is not matched away here as in :func:`detect_changes` (it has no history to match
+    with): where the policy sends an agent, its shrunk critic tends to underrate it, which hides no
+    break; a false alarm only runs a round early, and the round's own test decides what to forget.
+
+    Args:
+        critic: the serving policy's reward critic.
+        obs: ``[M, 1, D]`` float32; action: ``[M, 1]`` int64; reward: ``[M, 1]`` float32 (the pending records).
+        z_threshold, min_shift, min_records: as :func:`detect_changes` (``min_records`` pending records
+            of the agent at least).
+
+    Returns:
+        One :class:`ChangeTest` per agent with an alarm (``changed`` True).
+    """
+    a = action.reshape(-1)
+    residual = reward.reshape(-1).double() - critic(obs).reshape(len(a), -1).gather(1, a[:, None]).reshape(-1).double()
+    alarms = []
+    for k in range(critic.weight.shape[0]):
+        e = residual[a == k]
+        n = len(e)
+        if n < min_records:
+            continue
+        shift, sd = float(e.mean()), float(e.std())
+        z = shift / (sd / math.sqrt(n)) if sd > 0 else (-math.inf if shift < 0 else 0.0)
+        if z <= -z_threshold and shift <= -min_shift:
+            alarms.append(ChangeTest(k, n, shift, z, True))
+    return alarms

@@ -47,7 +47,7 @@ from policy.checkpoint import META, CheckpointError, load_checkpoint, read_meta,
 from policy.versions import VersionKeys
 from training.config import TrainConfig, checkpoint_config
 from training.retrain.agent_set import bring_to_agent_set
-from training.retrain.bandit_round import bandit_round
+from training.retrain.bandit_round import bandit_round, round_alarms
 from training.retrain.config import RetrainConfig
 from training.retrain.offline_ppo import logged_update
 from training.retrain.offpolicy import logged_verdict, off_policy_terms
@@ -81,6 +81,9 @@ class RetrainResult:
         train: metrics of the update.
         agent_changes: the recorded agent changes applied before the round (``"+name"``,
             ``"-name"``; :mod:`.agent_set`): a round runs on them even without new records.
+        alarms: agents whose new records, fewer than a round waits for, already did worse than the
+            serving critic expects (:func:`~training.retrain.bandit_round.round_alarms`): the round
+            ran on them early.
     """
 
     status: str
@@ -97,6 +100,7 @@ class RetrainResult:
     gate: dict[str, Any] = field(default_factory=dict)
     train: dict[str, float] = field(default_factory=dict)
     agent_changes: list[str] = field(default_factory=list)
+    alarms: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -290,7 +294,9 @@ def _run(cfg: RetrainConfig, root: Path, source: ExperienceSource, publisher: Pu
     result.records = len(entries)
     learned = serving.meta.exploration.records if serving.meta.exploration is not None else None
     if len(entries) < round_size(cfg, learned) and not applied:
-        return result
+        result.alarms = round_alarms(cfg, serving, entries)  # a break does not wait for the round's count
+        if not result.alarms:
+            return result
 
     if serving.reward_critic is not None:
         history = source.history(watermark, cfg.replay_records) if watermark is not None and cfg.replay_records else []
@@ -310,7 +316,8 @@ def _run(cfg: RetrainConfig, root: Path, source: ExperienceSource, publisher: Pu
         meta["exploration"] = candidate.meta.exploration.model_dump()
     meta["history_since"] = dict(candidate.meta.history_since)
     meta["eval"] = {"retrain_gate": result.gate}
-    meta["retrain"] = {"parent_version": serving.version, "agent_changes": applied, "records": result.records,
+    meta["retrain"] = {"parent_version": serving.version, "agent_changes": applied, "alarms": result.alarms,
+                       "records": result.records,
                        "used": result.used,
                        "sessions": result.sessions, "skipped": result.skipped, "cost_weight": cost_weight,
                        "gamma": gamma, "config": cfg.model_dump(mode="json", exclude={"redis_url"}),
