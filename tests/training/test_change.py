@@ -19,7 +19,7 @@ from router.service import RoutingService
 from tests.harness import sample_feedback
 from training.cold_start import init_policy
 from training.retrain.bandit_round import bandit_round, round_alarms, uses_shared_slope
-from training.retrain.change import detect_changes
+from training.retrain.change import change_start, detect_changes
 from training.retrain.config import RetrainConfig
 from training.retrain.job import run_retrain
 from training.retrain.learner import recency_weights
@@ -205,6 +205,29 @@ def test_a_young_agent_the_critic_is_sure_trails_everywhere_ends_its_young_phase
             assert bandit_round(off, grown, history, fresh).candidate.meta.exploration.young == ["newcomer"]
     # far behind on every prompt: known well enough, the index rule takes over; level: still tried as young
     assert young == {"bad": [], "level": ["newcomer"]}
+
+
+def test_the_change_is_located_inside_a_round_that_straddles_it(tmp_path):
+    """A round's new records often begin before the change. Those belong to the old world: kept
+    as the agent's new history (forgetting from the round's first record), they pulled its estimate
+    back up. The change point is estimated (CUSUM) and forgetting starts there."""
+    rng = np.random.default_rng(0)
+    before, after = rng.normal(0.0, 0.1, 60), rng.normal(-0.5, 0.1, 40)
+    assert change_start(torch.tensor(np.concatenate([before, after])), 10) in range(58, 63)
+    assert change_start(torch.tensor(after), 10) <= 2  # the whole round after it
+    assert change_start(torch.tensor(after[:12]), 10) <= 2  # no fewer than min_after after it
+
+    (tmp_path / "agents.json").write_text(json.dumps([{"name": f"agent-{k}"} for k in range(K)]))
+    policy = load_checkpoint(init_policy(tmp_path / "agents.json", tmp_path / "checkpoints", embed_dim=E))
+    cfg = RetrainConfig(checkpoint_root=tmp_path, holdout_fraction=0.0)
+    good = {0: 0.9, 1: 0.5, 2: 0.4}
+    history = _records(policy, rng, 600, lambda a: good[a], 0)
+    serving = bandit_round(cfg, policy, [], history).candidate
+    still = _records(serving, rng, 150, lambda a: good[a], 600)
+    broken = _records(serving, rng, 150, lambda a: 0.0 if a == 0 else good[a], 750)  # agent-0 breaks
+    since = bandit_round(cfg, serving, history, still + broken).candidate.meta.history_since["agent-0"]
+    times = [json.loads(raw)["created_at"] for _, raw in broken if json.loads(raw)["action"] == 0]
+    assert json.loads(still[0][1])["created_at"] < times[0] <= since <= times[3]
 
 
 def test_a_few_pending_records_of_a_broken_favourite_run_a_round_early(tmp_path):

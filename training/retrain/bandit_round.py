@@ -224,8 +224,8 @@ def _weights(cfg: RetrainConfig, serving: Policy, batch: LoggedBatch, fresh: tor
     """The critic's ``[M]`` sample weights (None: 1 each): the forgetting horizon's
     (:func:`recency_weights`), 0 for an agent's records from before its ``since`` time, and the
     change test (:func:`detect_changes`, its critic shrunk as the round's: ``shared``) run on the
-    rest; an agent it finds changed gets the time of its first new record in ``since`` (updated in
-    place), and the names of those agents."""
+    rest; an agent it finds changed gets the time of its first record after the estimated change
+    in ``since`` (updated in place), and the names of those agents."""
     created = batch.created_at
     if created is None or not len(batch):
         return None, []
@@ -245,16 +245,16 @@ def _weights(cfg: RetrainConfig, serving: Policy, batch: LoggedBatch, fresh: tor
         tests = detect_changes(copy.deepcopy(serving.reward_critic), batch.obs, batch.action, batch.reward, fresh,
                                weight, cfg.ridge, agent_priors(serving), cfg.change_z, cfg.change_min_shift,
                                cfg.change_min_records, outcome=batch.outcome,
-                               shared=shared)
+                               shared=shared, created=created)
         for test in tests:
             if test.changed:
                 name = serving.agents[test.agent]
-                first = float(created[fresh & (action == test.agent)].min())
-                since[name] = datetime.fromtimestamp(first, UTC).isoformat()
+                assert test.since is not None
+                since[name] = datetime.fromtimestamp(test.since, UTC).isoformat()
                 changed.append(name)
                 logger.warning("agent %s: its new feedback departs from its history (mean residual %+.3f, "
-                               "z %+.1f over %d records): its earlier records are forgotten", name, test.shift,
-                               test.z, test.records)
+                               "z %+.1f over %d records, the last %d of them after the change): its records "
+                               "before the change are forgotten", name, test.shift, test.z, test.records, test.after)
         forget_before()
     return weight, changed
 

@@ -49,10 +49,13 @@ class ChangeTest:
     """One agent's test.
 
     Attributes:
-        agent: its index. records: its new records tested. shift: their mean residual minus its
-        earlier records' (reward units; negative: worse than its history says). z: ``shift`` in
-        standard errors (Welch's).
+        agent: its index. records: its new records tested. shift: their mean residual minus that
+        of the earlier records matched with them (reward units; negative: worse than its history
+        says). z: ``shift`` in standard errors.
         changed: the test fired.
+        after: of the new records, how many came after the estimated change (:func:`change_start`);
+            ``records`` when no times were given.
+        since: POSIX time of the first of them; None when no times were given.
     """
 
     agent: int
@@ -60,6 +63,8 @@ class ChangeTest:
     shift: float
     z: float
     changed: bool
+    after: int = 0
+    since: float | None = None
 
 
 @torch.no_grad()
@@ -67,8 +72,10 @@ def detect_changes(critic: RewardCritic, obs: torch.Tensor, action: torch.Tensor
                  fresh: torch.Tensor, weight: torch.Tensor | None, ridge: float, prior: list[float | None],
                  z_threshold: float, min_shift: float, min_records: int,
                  outcome: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 shared: bool = False) -> list[ChangeTest]:
-    """Test every agent's ``fresh`` records against the critic fitted on the rest.
+                 shared: bool = False, created: torch.Tensor | None = None) -> list[ChangeTest]:
+    """Test every agent's ``fresh`` records against the critic fitted on the rest, and estimate
+    where among them the change came (:func:`change_start`): a round's new records often straddle
+    it, and those before it belong to the agent's history.
 
     Args:
         critic: a reward critic of the policy's shape (a scratch copy: it is refitted in place).
@@ -80,6 +87,8 @@ def detect_changes(critic: RewardCritic, obs: torch.Tensor, action: torch.Tensor
         min_shift: ``|shift|`` (reward units) below which no shift is a change.
         min_records: an agent with fewer fresh or fewer earlier records is not tested.
         outcome: ``([M, 1] quality, [M, 1] cost_usd)``, what a preference critic is fitted on.
+        created: ``[M]`` float64 POSIX times of the records (None: the change is not located, every
+            new record counts as after it).
 
     Returns:
         One :class:`ChangeTest` per tested agent.
@@ -98,38 +107,69 @@ def detect_changes(critic: RewardCritic, obs: torch.Tensor, action: torch.Tensor
         if n < min_records or m < min_records:
             continue
         e_new, e_old = residual[new], residual[old]
-        coef = match_coefficients(x[new], x[old], w[old], MATCHES)
-        shift = float(e_new.mean() - coef @ e_old)
+        matched, coef = matched_means(x[new], x[old], w[old], e_old, MATCHES)
+        difference = e_new - matched  # [n]: each new residual minus its matches'
+        shift = float(difference.mean())
         # the residuals independent, of the variance of their side: Var(mean e_new - coefᵀ e_old)
         se = math.sqrt(float(e_new.var()) / n + float(e_old.var()) * float(coef.square().sum()))
         z = shift / se if se > 0 else (math.inf if shift else 0.0)
-        tests.append(ChangeTest(k, n, shift, z, abs(z) >= z_threshold and abs(shift) >= min_shift))
+        after, since = n, None
+        if created is not None:
+            order = created[new].argsort()
+            start = change_start(difference[order], min(n, max(2, min_records // 2)))
+            after, since = n - start, float(created[new][order][start])
+        tests.append(ChangeTest(k, n, shift, z, abs(z) >= z_threshold and abs(shift) >= min_shift, after, since))
     return tests
 
 
-def match_coefficients(new_x: torch.Tensor, old_x: torch.Tensor, old_weight: torch.Tensor,
-                       matches: int) -> torch.Tensor:
-    """The weights that average the earlier records matched with the new ones: each new record's
-    ``matches`` nearest earlier records (Euclidean, in the critic's features), averaged by their
-    ``old_weight``, and those averages averaged over the new records.
+def change_start(difference: torch.Tensor, min_after: int) -> int:
+    """Where in a time-ordered sequence of matched residual differences a shift of their mean
+    began: the ``τ`` that maximises ``|Σ_{i>=τ} d_i| / sqrt(n - τ)``, the likelihood-ratio statistic
+    of a shift from the known mean 0 (before it, the records are like their matches) to an
+    unknown mean from ``τ`` on, at a common variance (the CUSUM change-point estimate; Page 1954,
+    "Continuous Inspection Schemes", Biometrika 41; Hinkley 1970, "Inference About the
+    Change-Point in a Sequence of Random Variables", Biometrika 57).
+
+    Args:
+        difference: ``[n]`` float64, oldest first.
+        min_after: at least this many records after ``τ`` (1 <= min_after <= n).
+
+    Returns:
+        ``τ`` in ``[0, n - min_after]``: the index of the first record after the change.
+    """
+    n = len(difference)
+    suffix = difference.flip(0).cumsum(0).flip(0)  # [n]: Σ_{i>=τ} d_i
+    score = suffix.abs() / torch.arange(n, 0, -1, dtype=difference.dtype).sqrt()
+    return int(score[:n - min_after + 1].argmax())
+
+
+def matched_means(new_x: torch.Tensor, old_x: torch.Tensor, old_weight: torch.Tensor, values: torch.Tensor,
+                  matches: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each new record's matches among the earlier ones, its ``matches`` nearest earlier records
+    (Euclidean, in the critic's features) weighted by ``old_weight``, and the mean of ``values``
+    over them.
 
     Args:
         new_x: ``[n, F]`` float32 features of the new records (n >= 1).
         old_x: ``[m, F]`` float32 features of the earlier records (m >= 1).
         old_weight: ``[m]`` float64, their weights (all > 0).
+        values: ``[m]`` float64, what is averaged (the earlier records' residuals).
         matches: neighbours per new record (at most m are used).
 
     Returns:
-        ``[m]`` float64 ``coef`` summing to 1: ``coef @ e_old`` is the matched mean of any ``[m]``
-        values of the earlier records.
+        ``([n] means, [m] coef)`` float64: ``means[i]`` the weighted mean of ``values`` over new record
+        ``i``'s matches, and ``coef`` (summing to 1) with ``coef @ values == means.mean()``.
     """
     matches = min(matches, len(old_x))
+    means = torch.empty(len(new_x), dtype=torch.float64)
     coef = torch.zeros(len(old_x), dtype=torch.float64)
     for start in range(0, len(new_x), _CHUNK):
         nearest = torch.cdist(new_x[start:start + _CHUNK], old_x).topk(matches, dim=1, largest=False).indices
-        share = old_weight[nearest]  # [c, matches]
-        coef.index_add_(0, nearest.reshape(-1), (share / share.sum(1, keepdim=True)).reshape(-1))
-    return coef / len(new_x)
+        weight = old_weight[nearest]  # [c, matches]
+        share = weight / weight.sum(1, keepdim=True)
+        means[start:start + _CHUNK] = (share * values[nearest]).sum(1)
+        coef.index_add_(0, nearest.reshape(-1), share.reshape(-1))
+    return means, coef / len(new_x)
 
 
 @torch.no_grad()
