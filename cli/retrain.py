@@ -37,7 +37,8 @@ def retrain(
         help="Run round after round, one every this long (90s, 10m, 1h); Ctrl-C stops.")] = None,
     every_records: Annotated[int | None, typer.Option(
         help="Run round after round, each once this many new records are logged (checked every --every, "
-             "default 5s).", min=1)] = None,
+             "default 5s), or earlier when an agent's new records already do worse than the policy expects.",
+        min=1)] = None,
     rounds: Annotated[int, typer.Option(help="With --every: stop after this many rounds (0: never).", min=0)] = 0,
     metrics_file: Annotated[Path | None, typer.Option(
         help="With --every: append each round's figures here (default: <checkpoint>/retrain_rounds.jsonl).")] = None,
