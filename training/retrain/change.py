@@ -13,7 +13,8 @@ version compared the new records' mean residual with all the earlier records' me
 stationary world it fired every round or two on agents the policy had come to favour, and their
 forgotten history left the critic guessing.) If the difference is far from 0 in standard errors
 (``|z| >= z_threshold``) and in reward units (``|shift| >= min_shift``), the agent's world changed:
-its history before the new records stops counting for the critic (:attr:`PolicyMeta.history_since
+its history before the change (located among the new records, :func:`change_start`) stops counting
+for the critic (:attr:`PolicyMeta.history_since
 <contract.policy_meta.PolicyMeta>`), so the critic, and the actor after it, learn the changed agent
 from what it does now, and its widened posterior brings exploration back to it. An agent whose
 feedback does not move keeps all of its history: a stationary world loses no data, unlike a fixed
@@ -206,5 +207,5 @@ def pending_alarms(critic: RewardCritic, obs: torch.Tensor, action: torch.Tensor
         shift, sd = float(e.mean()), float(e.std())
         z = shift / (sd / math.sqrt(n)) if sd > 0 else (-math.inf if shift < 0 else 0.0)
         if z <= -z_threshold and shift <= -min_shift:
-            alarms.append(ChangeTest(k, n, shift, z, True))
+            alarms.append(ChangeTest(k, n, shift, z, True, after=n))
     return alarms
