@@ -99,7 +99,7 @@ def detect_changes(critic: RewardCritic, obs: torch.Tensor, action: torch.Tensor
     history = (~fresh) & (w > 0)
     fit_reward_critic(critic, obs, action, reward, ridge, prior, sample_weight=w * history.double(), outcome=outcome,
                       shared=shared)
-    residual = reward.reshape(-1).double() - critic(obs).reshape(len(a), -1).gather(1, a[:, None]).reshape(-1).double()
+    residual = _residuals(critic, obs, a, reward)
     x = critic.features(obs.reshape(len(a), -1)).float()  # [M, F]
     tests = []
     for k in range(critic.weight.shape[0]):
@@ -197,7 +197,7 @@ def pending_alarms(critic: RewardCritic, obs: torch.Tensor, action: torch.Tensor
         One :class:`ChangeTest` per agent with an alarm (``changed`` True).
     """
     a = action.reshape(-1)
-    residual = reward.reshape(-1).double() - critic(obs).reshape(len(a), -1).gather(1, a[:, None]).reshape(-1).double()
+    residual = _residuals(critic, obs, a, reward)
     alarms = []
     for k in range(critic.weight.shape[0]):
         e = residual[a == k]
@@ -209,3 +209,9 @@ def pending_alarms(critic: RewardCritic, obs: torch.Tensor, action: torch.Tensor
         if z <= -z_threshold and shift <= -min_shift:
             alarms.append(ChangeTest(k, n, shift, z, True, after=n))
     return alarms
+
+
+def _residuals(critic: RewardCritic, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor) -> torch.Tensor:
+    """``[M]`` float64 ``r - Q̂(x)`` of each record's chosen agent (``action`` ``[M]`` int64)."""
+    predicted = critic(obs).reshape(len(action), -1).gather(1, action[:, None]).reshape(-1)
+    return reward.reshape(-1).double() - predicted.double()
