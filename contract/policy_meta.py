@@ -81,6 +81,8 @@ class NetworkMeta(BaseModel):
     actor: Literal["mlp", "outcome"] = "mlp"
     #: the outcome actor's ensemble size and Boltzmann temperature (quality units)
     outcome_members: int = Field(default=3, ge=1)
+    #: the outcome actor's critic also has a kNN member (:class:`policy.outcome.OutcomeCritic`)
+    outcome_neighbors: bool = False
     temperature: float = Field(default=OUTCOME_TEMPERATURE, gt=0.0)
 
 

@@ -212,6 +212,8 @@ def load_checkpoint(
         raise CheckpointError(f"{weights_path}: tensors {stray[:3]} do not fit the recorded architecture")
     for prefix, module in modules:
         state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if (size_from_state := getattr(module, "size_from_state", None)) is not None:
+            size_from_state(state)  # tensors of fitted data (an outcome actor's kNN member) have its size
         expected = module.state_dict()
         for name in OPTIONAL_TENSORS.get(prefix, ()):  # saved before the tensor existed: its default
             state.setdefault(name, expected[name])

@@ -249,7 +249,7 @@ class NetworkShape:
 def build_networks(network: Any, shape: NetworkShape) -> tuple[Actor | OutcomeActor, Critic]:
     """Fresh actor and critic (built in that order, so a seed gives the same weights) of the
     architecture ``network`` (``hidden``, ``share_params``, ``centralised_critic``, ``actor``,
-    ``outcome_members``, ``temperature``: a :class:`~contract.policy_meta.NetworkMeta` or
+    ``outcome_members``, ``outcome_neighbors``, ``temperature``: a :class:`~contract.policy_meta.NetworkMeta` or
     ``training.config.NetworkConfig``) for ``shape``: the one builder of the trainer, the cold start
     and the checkpoint loader. ``actor`` ``outcome`` builds a :class:`~policy.outcome.OutcomeActor`
     (it needs ``shape.layout``).
@@ -262,7 +262,7 @@ def build_networks(network: Any, shape: NetworkShape) -> tuple[Actor | OutcomeAc
         if shape.layout is None:
             raise ValueError("an outcome actor is built from an observation layout")
         actor: Actor | OutcomeActor = OutcomeActor(shape.layout, hidden, network.outcome_members,
-                                                   network.temperature)
+                                                   network.temperature, network.outcome_neighbors)
     else:
         actor = Actor(shape.obs_dim, shape.num_routers, shape.num_actions, network.share_params, hidden,
                       shape.actor_columns, shape.penalty_cols)

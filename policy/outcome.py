@@ -22,6 +22,7 @@ calibration, the proxy's ``router-cw-<w>``) works unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from itertools import pairwise
 
 import torch
@@ -42,21 +43,91 @@ class OutcomeCritic(nn.Module):
     members fitted on different holdouts lowers the variance of the argmax; Lakshminarayanan et al.
     2017, arXiv 1612.01474).
 
+    With ``neighbor_features`` set, the ensemble has one more member, a k-nearest-neighbour
+    regression: the mean target of the ``k`` train prompts nearest in the first
+    ``neighbor_features`` columns (the embedding; Euclidean, so cosine on unit-norm SBERT vectors).
+    It keeps the train set (``neighbor_x [P, E]``, ``neighbor_y [P, 2K]``) and ``k``
+    (``neighbor_k``); :func:`training.outcome_fit.fit_neighbor_member` fills them. A kNN and an MLP
+    err on different prompts, so their mean routes better than either (RouterBench's two
+    predictive routers, Hu et al. 2024, arXiv 2403.12031, sec. 4).
+
     Args:
         in_features: ``F``.
         num_actions: ``K``.
         hidden: widths of each member's hidden layers.
-        members: ``M >= 1``.
+        members: ``M >= 1`` MLPs.
+        neighbor_features: ``E <= F``, the columns the kNN member measures distance on; None: no
+            kNN member.
+
+    Raises:
+        ValueError: ``members < 1`` or ``neighbor_features`` outside ``[1, F]``.
     """
 
-    def __init__(self, in_features: int, num_actions: int, hidden: tuple[int, ...], members: int) -> None:
+    def __init__(self, in_features: int, num_actions: int, hidden: tuple[int, ...], members: int,
+                 neighbor_features: int | None = None) -> None:
         super().__init__()
         if members < 1:
             raise ValueError(f"an outcome critic needs at least one member, got {members}")
-        self.num_actions = num_actions
+        if neighbor_features is not None and not 1 <= neighbor_features <= in_features:
+            raise ValueError(f"neighbor_features must be in [1, {in_features}], got {neighbor_features}")
+        self.num_actions, self.neighbor_features = num_actions, neighbor_features
         self.members = nn.ModuleList(_mlp(in_features, 2 * num_actions, hidden) for _ in range(members))
         self.register_buffer("log_cost_mean", torch.zeros(num_actions))
         self.register_buffer("log_cost_std", torch.ones(num_actions))
+        if neighbor_features is not None:  # empty until fitted; a checkpoint's sizes them on load
+            self.register_buffer("neighbor_x", torch.zeros(0, neighbor_features))
+            self.register_buffer("neighbor_sq_norm", torch.zeros(0))
+            self.register_buffer("neighbor_y", torch.zeros(0, 2 * num_actions))
+            self.register_buffer("neighbor_k", torch.zeros(1, dtype=torch.long))
+
+    @torch.no_grad()
+    def set_neighbors(self, x: torch.Tensor, y: torch.Tensor, k: int) -> None:
+        """Keep the kNN member's train set: ``x`` ``[P, E]`` (the distance columns), ``y``
+        ``[P, 2K]`` (quality and standardised log cost, the members' targets), and its ``k``.
+
+        Raises:
+            ValueError: a critic without a kNN member, shapes that do not match, or ``k`` outside
+                ``[1, P]``.
+        """
+        if self.neighbor_features is None:
+            raise ValueError("this outcome critic has no kNN member (neighbor_features None)")
+        if x.ndim != 2 or x.shape[1] != self.neighbor_features or y.shape != (len(x), 2 * self.num_actions):
+            raise ValueError(f"kNN member: x {tuple(x.shape)}, y {tuple(y.shape)} for {self.neighbor_features} "
+                             f"distance columns and {self.num_actions} agents")
+        if not 1 <= k <= len(x):
+            raise ValueError(f"k must be in [1, {len(x)}], got {k}")
+        self.neighbor_x = x.float().contiguous()
+        self.neighbor_sq_norm = self.neighbor_x.pow(2).sum(1)
+        self.neighbor_y = y.float().contiguous()
+        self.neighbor_k = torch.tensor([k], dtype=torch.long)
+
+    def size_from_state(self, state: Mapping[str, torch.Tensor], prefix: str = "") -> None:
+        """Size the kNN member's train set (``neighbor_x``, ``neighbor_sq_norm``, ``neighbor_y``)
+        as in ``state`` (a state dict whose keys start with ``prefix``), which holds as many train
+        prompts as the split it was fitted on; a checkpoint loader calls it before checking shapes."""
+        for name in ("neighbor_x", "neighbor_sq_norm", "neighbor_y"):
+            if name in self._buffers and prefix + name in state:
+                self._buffers[name] = torch.empty_like(state[prefix + name])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        self.size_from_state(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def neighbor_member(self, features: torch.Tensor) -> torch.Tensor:
+        """``[..., 2K]`` float32: the kNN member's output for features ``[..., F]``: the mean
+        ``neighbor_y`` of the ``k`` rows of ``neighbor_x`` nearest (Euclidean) to each prompt's
+        first ``E`` columns.
+
+        Raises:
+            RuntimeError: a kNN member that was not fitted.
+        """
+        if len(self.neighbor_x) == 0:
+            raise RuntimeError("the outcome critic's kNN member was not fitted (set_neighbors)")
+        x = features[..., : self.neighbor_features].reshape(-1, self.neighbor_features)
+        # ||x - m||^2 less ||x||^2, which does not change the ranking of one prompt's neighbours
+        distance = self.neighbor_sq_norm - 2.0 * x @ self.neighbor_x.T
+        idx = distance.topk(int(self.neighbor_k[0]), dim=1, largest=False).indices
+        return self.neighbor_y[idx].mean(1).reshape(*features.shape[:-1], -1)
 
     @torch.no_grad()
     def fit_cost_scale(self, cost_usd: torch.Tensor) -> torch.Tensor:
@@ -71,8 +142,12 @@ class OutcomeCritic(nn.Module):
         return (logc - self.log_cost_mean) / self.log_cost_std
 
     def raw(self, features: torch.Tensor) -> torch.Tensor:
-        """``[M, ..., 2K]`` float32: each member's quality and standardised log cost."""
-        return torch.stack([member(features) for member in self.members])
+        """``[M, ..., 2K]`` float32: each member's quality and standardised log cost (the kNN
+        member, when there is one, last: ``M + 1`` rows)."""
+        out = [member(features) for member in self.members]
+        if self.neighbor_features is not None:
+            out.append(self.neighbor_member(features))
+        return torch.stack(out)
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(quality [..., K] in [0, 1], cost_usd [..., K] > 0)`` estimated for features ``[..., F]``."""
@@ -104,9 +179,10 @@ class OutcomeActor(nn.Module):
     Args:
         layout: the observation layout (its critic columns, preference column and cost weights).
         hidden: widths of each critic member's hidden layers.
-        members: the critic's ensemble size.
+        members: the critic's ensemble size (its MLPs).
         temperature: quality units per logit (> 0; agents ``temperature`` apart in ``q̂ - λ ĉ`` get
             probabilities ``e`` times apart).
+        neighbors: the critic also has a kNN member over the embedding columns.
 
     Raises:
         ValueError: a layout without ``agent_prices`` (the features hold the prompt's length), or a
@@ -116,7 +192,7 @@ class OutcomeActor(nn.Module):
     share_params = True
 
     def __init__(self, layout: ObsLayout, hidden: tuple[int, ...], members: int,
-                 temperature: float) -> None:
+                 temperature: float, neighbors: bool = False) -> None:
         super().__init__()
         if layout.agent_prices is None:
             raise ValueError("an outcome actor needs the agents' prices (env.prompt_features)")
@@ -124,8 +200,15 @@ class OutcomeActor(nn.Module):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.layout, self.temperature = layout, float(temperature)
         columns = layout.critic_columns()
-        self.critic = OutcomeCritic(len(columns), layout.num_agents, hidden, members)
+        # the embedding's columns come first in the critic's (ObsLayout.critic_columns)
+        embedding = len(range(layout.dim)[layout.embedding_cols]) if neighbors else None
+        self.critic = OutcomeCritic(len(columns), layout.num_agents, hidden, members, embedding)
         self.register_buffer("_columns", torch.tensor(columns, dtype=torch.long), persistent=False)
+
+    def size_from_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Size the tensors that hold fitted data as in ``state``, this actor's state dict
+        (:meth:`OutcomeCritic.size_from_state`)."""
+        self.critic.size_from_state(state, "critic.")
 
     def outcome(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(quality, cost_usd)``, each ``[..., N, K]``, estimated for obs ``[..., N, D]``."""

@@ -58,7 +58,10 @@ class NetworkConfig(BaseModel):
     actor: Literal["mlp", "outcome"] = Field(
         default="mlp", description="mlp: the router network trained by MAPPO; outcome: every agent's quality and cost "
         "predicted apart on full-information data, routed at each request's cost_weight (policy.outcome)")
-    outcome_members: int = Field(default=3, ge=1, description="ensemble size of the outcome actor's critic")
+    outcome_members: int = Field(default=3, ge=1, description="ensemble size of the outcome actor's critic (MLPs)")
+    outcome_neighbors: bool = Field(
+        default=True, description="the outcome actor's critic also has a k-nearest-neighbour member over the "
+        "embedding, k chosen by leave-one-out on train (policy.outcome.OutcomeCritic)")
     temperature: float = Field(default=OUTCOME_TEMPERATURE, gt=0,
                                description="the outcome actor's Boltzmann temperature (quality units)")
 

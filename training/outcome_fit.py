@@ -1,10 +1,11 @@
 """Fitting an outcome actor (:mod:`policy.outcome`) on full-information data: every agent's quality
 and cost on every train prompt.
 
-Each member of the critic's ensemble is a regression of ``[quality_k, standardised log cost_k]``
-on the prompt's features (mean squared error, AdamW), stopped early on its own random 10% of the
-train split (the validation split stays for choosing configurations and reporting). Nothing is
-fitted at a cost weight: the request's ``cost_weight`` is applied at decision time.
+Each MLP member of the critic's ensemble is a regression of ``[quality_k, standardised log
+cost_k]`` on the prompt's features (mean squared error, AdamW), stopped early on its own random 10%
+of the train split (the validation split stays for choosing configurations and reporting). The kNN
+member, when the critic has one, keeps the train split and chooses its ``k`` by leave-one-out.
+Nothing is fitted at a cost weight: the request's ``cost_weight`` is applied at decision time.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from policy.networks import NetworkShape, build_networks
 from policy.outcome import OutcomeActor, OutcomeCritic
 from training.config import TrainConfig
 from training.data import EmbeddedSplits
+from training.evaluation.classifiers import KNN_GRID
 from training.evaluation.offline import evaluate
 from training.serving_encoder import record_serving_encoder
 
@@ -67,7 +69,9 @@ def fit_outcome_critic(critic: OutcomeCritic, features: torch.Tensor, quality: t
         seed: member ``m`` draws its holdout and batches from ``seed * 1000 + m``.
 
     Returns:
-        ``{"epochs": [M] epochs each member ran, "holdout_quality_mse": [M] its best holdout error}``.
+        ``{"epochs": [M] epochs each MLP member ran, "holdout_quality_mse": [M] its best holdout
+        error}``, and for a critic with a kNN member ``"neighbors"`` (its ``k``) and
+        ``"neighbors_loo_quality_mse"`` (``{k: leave-one-out error}``).
 
     Raises:
         ValueError: fewer than 2 prompts, or shapes that do not match.
@@ -82,7 +86,56 @@ def fit_outcome_critic(critic: OutcomeCritic, features: torch.Tensor, quality: t
         epochs, best = _fit_member(member, features.float(), target, k, seed * 1000 + m, cfg)
         stats["epochs"].append(epochs)
         stats["holdout_quality_mse"].append(best)
+    if critic.neighbor_features is not None:
+        k, errors = fit_neighbor_member(critic, features.float(), target)
+        stats["neighbors"], stats["neighbors_loo_quality_mse"] = k, errors
     return stats
+
+
+def fit_neighbor_member(critic: OutcomeCritic, features: torch.Tensor, target: torch.Tensor,
+                        grid: tuple[int, ...] = KNN_GRID, chunk: int = 1024) -> tuple[int, dict[int, float]]:
+    """Give ``critic``'s kNN member the train set and the ``k`` of ``grid`` whose leave-one-out
+    quality error is the smallest (ties: the smaller ``k``).
+
+    Each train prompt is predicted by the mean target of its ``k`` nearest *other* train prompts
+    (Euclidean on the first ``critic.neighbor_features`` columns), and the error is the mean
+    squared error of the quality half, the criterion the MLP members stop on. The error does not
+    depend on a cost weight, so one ``k`` serves every request's.
+
+    Args:
+        features: ``[P, F]`` float32.
+        target: ``[P, 2K]`` float32, quality and standardised log cost (the members' targets).
+        grid: the candidate ``k`` (those ``>= P`` are dropped; ``P - 1`` when none is left).
+        chunk: prompts whose distances are held at once (``chunk x P`` float32).
+
+    Returns:
+        ``(k, {k: leave-one-out quality error for every candidate})``.
+
+    Raises:
+        ValueError: fewer than 2 prompts, or a critic without a kNN member.
+    """
+    if critic.neighbor_features is None:
+        raise ValueError("this outcome critic has no kNN member")
+    p, k_agents = len(features), critic.num_actions
+    if p < 2:
+        raise ValueError(f"a kNN member needs at least 2 train prompts, got {p}")
+    candidates = [g for g in grid if g < p] or [p - 1]
+    x = features[:, : critic.neighbor_features].float()
+    sq = x.pow(2).sum(1)
+    quality = target[:, :k_agents].float()
+    sums = torch.zeros(len(candidates), dtype=torch.float64)
+    for start in range(0, p, chunk):
+        rows = torch.arange(start, min(start + chunk, p))
+        distance = sq - 2.0 * x[rows] @ x.T
+        distance[torch.arange(len(rows)), rows] = float("inf")  # leave the prompt itself out
+        idx = distance.topk(max(candidates), dim=1, largest=False).indices  # [chunk, kmax], nearest first
+        running = quality[idx].cumsum(1)  # [chunk, kmax, K]
+        for i, k in enumerate(candidates):
+            sums[i] += (running[:, k - 1] / k - quality[rows]).pow(2).mean(1).sum().double()
+    errors = {k: float(sums[i] / p) for i, k in enumerate(candidates)}
+    best = min(candidates, key=lambda k: (errors[k], k))
+    critic.set_neighbors(x, target, best)
+    return best, errors
 
 
 def _fit_member(member: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, k: int, seed: int,

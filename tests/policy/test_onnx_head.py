@@ -45,17 +45,20 @@ def _cold_start(parent, cost_weight_max=None):
     return policy
 
 
-def _outcome(parent):
+def _outcome(parent, neighbors: bool = False):
     from contract.policy_meta import NetworkMeta
     from policy.networks import NetworkShape, build_networks
-    from tests.policy.test_outcome import PRICES, _actor, _layout
+    from tests.policy.test_outcome import PRICES, _actor, _fit_neighbors, _layout
 
     layout = _layout(embed_dim=E, cost_weight_max=1000.0)
     content = checkpoint_content([f"a{i}" for i in range(len(PRICES))])
     content |= {"obs_layout": layout.model_dump(mode="json"),
-                "network": {"hidden": [16], "actor": "outcome", "outcome_members": 3}}
+                "network": {"hidden": [16], "actor": "outcome", "outcome_members": 3, "outcome_neighbors": neighbors}}
     _, critic = build_networks(NetworkMeta(**content["network"]), NetworkShape.of_layout(layout))
-    return load_checkpoint(save_checkpoint(parent, _actor(layout, members=3), critic, content))
+    actor = _actor(layout, members=3, neighbors=neighbors)
+    if neighbors:
+        _fit_neighbors(actor, train=200)
+    return load_checkpoint(save_checkpoint(parent, actor, critic, content))
 
 
 POLICIES = {
@@ -67,6 +70,7 @@ POLICIES = {
     "cold start, exploring": _cold_start,
     "cold start, every trade-off": lambda parent: _cold_start(parent, cost_weight_max=100.0),
     "outcome actor": _outcome,
+    "outcome actor with a knn member": lambda parent: _outcome(parent, neighbors=True),
 }
 
 

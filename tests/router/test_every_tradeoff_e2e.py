@@ -47,8 +47,12 @@ def test_one_checkpoint_serves_every_cost_weight(outcome_checkpoint, embed_cache
 
     policy = load_checkpoint(outcome_checkpoint / "checkpoints")
     assert isinstance(policy.actor, OutcomeActor) and policy.layout.cost_preference
-    evaluation = json.loads((outcome_checkpoint / "run" / "eval.json").read_text())["val"]
-    assert evaluation["policy"]["quality"] > evaluation["random"]["quality"] + 0.05
+    evaluation = json.loads((outcome_checkpoint / "run" / "eval.json").read_text())
+    assert evaluation["val"]["policy"]["quality"] > evaluation["val"]["random"]["quality"] + 0.05
+    # the critic's kNN member (network.outcome_neighbors, on by default) keeps the train split
+    train_prompts = policy.actor.critic.neighbor_x.shape[0]
+    assert policy.meta.network.outcome_neighbors and 0.6 * 600 < train_prompts < 0.8 * 600
+    assert policy.actor.critic.neighbor_k.item() == evaluation["outcome_fit"]["neighbors"]
     splits = load_splits(checkpoint_config(policy.meta))
     val, emb = splits.splits["val"], splits.embeddings("val")
 
