@@ -135,15 +135,15 @@ def load_prompts(count: int, seed: int, max_chars: int) -> tuple[list[str], str]
 
 def raw_embedder(encoder: str, threads: int, warm: list[str]):
     """The in-process embedder of ``encoder`` (``torch``, ``onnx-int8``, ``onnx-fp32`` or ``static``;
-    all-MiniLM-L6-v2 on CPU, ``threads`` threads, ONNX exports in ``var/onnx`` and static models in
-    ``var/static`` as the server's), warmed up."""
+    all-MiniLM-L6-v2 on CPU, ``threads`` threads, ONNX exports in ``var/onnx``, static models in
+    ``var/static`` and torch's TorchScript trace in ``var/torchscript``, as the server's), warmed up."""
     import torch
 
     from env.encoders import make_embedder
 
     torch.set_num_threads(threads)
     embedder = make_embedder(encoder, device="cpu", progress=False, onnx_dir=ROOT / "var" / "onnx", threads=threads,
-                             static_dir=ROOT / "var" / "static")
+                             static_dir=ROOT / "var" / "static", trace_dir=ROOT / "var" / "torchscript")
     embedder.encode(warm)
     for p in warm[:5]:
         embedder.encode([p])

@@ -1,6 +1,8 @@
 """Every encoder of prompt text, built by one factory: :func:`make_embedder` (``ROUTER_ENCODER``).
 
-- ``torch``: :class:`env.embedder.Embedder`, sentence-transformers on torch;
+- ``torch``: :class:`env.embedder.Embedder`, sentence-transformers on torch; given a ``trace_dir``
+  on the CPU (the server), :class:`env.traced_embedder.TracedEmbedder`, the same model traced once
+  into TorchScript (the same vectors up to float rounding, without importing transformers);
 - ``onnx-int8`` / ``onnx-fp32``: :class:`env.onnx_embedder.OnnxEmbedder`, the same model exported
   to ONNX Runtime, with int8 weights and compute or without quantisation;
 - ``static``: :class:`env.static_embedder.StaticEmbedder`, static embeddings distilled from the model.
@@ -21,6 +23,7 @@ from contract.errors import UserError
 from env.embedder import DEFAULT_MODEL, Embedder
 from env.onnx_embedder import OnnxEmbedder
 from env.static_embedder import StaticEmbedder
+from env.traced_embedder import TracedEmbedder
 
 #: The encoders :func:`make_embedder` builds (``ROUTER_ENCODER`` also takes ``onnx``: the faster of
 #: the two ONNX ones, measured at start-up by :func:`router.encode_plan.choose_encoder`).
@@ -48,18 +51,22 @@ def make_embedder(encoder: str, model: str = DEFAULT_MODEL, cache_dir: str | Pat
                   device: str | None = None, batch_size: int = 64, progress: bool = True,
                   onnx_dir: str | Path = Path("var/onnx"), threads: int = 1,
                   static_dir: str | Path = Path("var/static"), log: logging.Logger | None = None,
-                  static_version: int | None = None) -> Embedder:
+                  static_version: int | None = None, trace_dir: str | Path | None = None) -> Embedder:
     """The :class:`~env.embedder.Embedder` of ``encoder`` (one of :data:`ENCODERS`).
 
     ``onnx-fp32`` is the ONNX export without quantisation (torch's vectors up to float rounding);
     ``static`` distils (once, into ``static_dir``) and uses static embeddings of ``model``, of the
-    distillation ``static_version`` (None: the newest, what training uses).
+    distillation ``static_version`` (None: the newest, what training uses); ``torch`` on the CPU with a
+    ``trace_dir`` runs a TorchScript trace of the model cached there (what the server does).
 
     Raises:
         UserError: an unknown encoder or static distillation, or an ONNX one without ONNX Runtime,
             onnx or onnx-ir.
     """
     if encoder == "torch":
+        if trace_dir is not None and device in (None, "cpu"):
+            return TracedEmbedder(model=model, cache_dir=cache_dir, batch_size=batch_size, progress=progress,
+                                  trace_dir=trace_dir, log=log)
         return Embedder(model=model, cache_dir=cache_dir, device=device, batch_size=batch_size, progress=progress)
     if encoder == "static":
         return StaticEmbedder(model=model, cache_dir=cache_dir, static_dir=static_dir, batch_size=batch_size,

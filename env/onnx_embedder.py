@@ -39,7 +39,6 @@ import logging
 import os
 import platform
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,14 @@ import numpy as np
 
 from contract.errors import UserError
 from env.embedder import DEFAULT_MODEL, Embedder, resolve_model_path
-from env.model_cache import ensure_built, model_files_hash, slug
+from env.exported_encoder import (
+    INPUT_NAMES,
+    META_FILE,
+    ExportedSentenceEncoder,
+    export_name,
+    transformer_for_export,
+)
+from env.model_cache import ensure_built, model_files_hash
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +63,6 @@ INSTALL_HINT = "pip install onnxruntime onnx onnx-ir"
 #: Bumped when the export changes, so that older exports are not reused.
 EXPORT_VERSION = 1
 _ONNX_FILE = "model.onnx"
-_META_FILE = "export.json"
 
 
 @dataclass(frozen=True)
@@ -133,41 +138,6 @@ def require_onnxruntime(export: bool = False) -> None:
                         f"{INSTALL_HINT}") from None
 
 
-def export_name(model_id: str, label: str, files_hash: str) -> str:
-    """Directory name of an export: ``<model>-<quantisation>-<hash>``."""
-    return f"{slug(model_id)}-{label}-{files_hash[:16]}"
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _pooling_config(model_path: Path) -> tuple[str, int]:
-    """``(mode, dim)`` of the model's Pooling module (``mean`` or ``cls``).
-
-    Raises:
-        UserError: the model is not a Transformer followed by a mean or CLS Pooling.
-    """
-    try:
-        modules = _read_json(model_path / "modules.json")
-        kinds = [m["type"].rsplit(".", 1)[-1] for m in modules]
-        pooling = next(m for m in modules if m["type"].endswith("Pooling"))
-        config = _read_json(model_path / pooling["path"] / "config.json")
-    except (OSError, ValueError, KeyError, StopIteration) as exc:
-        raise UserError(f"{model_path}: not a sentence-transformers model the onnx encoder can run ({exc})") from None
-    if kinds[:2] != ["Transformer", "Pooling"] or any(k not in ("Transformer", "Pooling", "Normalize") for k in kinds):
-        raise UserError(f"{model_path}: the onnx encoder runs Transformer, Pooling (and Normalize) models, "
-                        f"not {' -> '.join(kinds)}")
-    if isinstance(config.get("pooling_mode"), str):  # newer configs name the mode
-        modes = [config["pooling_mode"].lower().removesuffix("_token").removesuffix("_tokens")]
-    else:
-        modes = [key.removeprefix("pooling_mode_").removesuffix("_token").removesuffix("_tokens")
-                 for key, on in config.items() if key.startswith("pooling_mode_") and on is True]
-    if modes not in (["mean"], ["cls"]):
-        raise UserError(f"{model_path}: the onnx encoder pools by mean or CLS token, not {modes}")
-    return modes[0], int(config["word_embedding_dimension"])
-
-
 def _quantizer() -> Any:
     """ONNX Runtime's ``MatMulNBitsQuantizer`` class, imported without the root-logger set-up its
     module does on import (``logging.basicConfig`` at INFO would print every library's log)."""
@@ -186,31 +156,13 @@ def _export(model_path: Path, out: Path, scheme: Int8Scheme | None) -> dict[str,
     """Write ``model.onnx`` (quantised with ``scheme``, or not), the tokenizer and ``export.json`` into ``out``."""
     require_onnxruntime(export=True)
     import torch
-    from sentence_transformers import SentenceTransformer
 
-    mode, dim = _pooling_config(model_path)
-    st = SentenceTransformer(str(model_path), device="cpu")
-    transformer = st[0]
-    network = transformer.auto_model.eval()
-
-    class _LastHiddenState(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.network = network
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    token_type_ids: torch.Tensor) -> torch.Tensor:
-            return self.network(input_ids=input_ids, attention_mask=attention_mask,
-                                token_type_ids=token_type_ids).last_hidden_state
-
-    sample = st.tokenizer(["an example prompt", "a second, longer example prompt to embed"], padding=True,
-                          return_tensors="pt")
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    inputs = tuple(sample[n] if n in sample else torch.zeros_like(sample["input_ids"]) for n in names)
+    network, st, inputs, meta = transformer_for_export(model_path)
+    names = list(INPUT_NAMES)
     fp32 = out / ("model_fp32.onnx" if scheme is not None else _ONNX_FILE)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on shape-dependent Python code
-        torch.onnx.export(_LastHiddenState(), inputs, str(fp32), dynamo=False, opset_version=17,
+        torch.onnx.export(network, inputs, str(fp32), dynamo=False, opset_version=17,
                           input_names=names, output_names=["last_hidden_state"],
                           dynamic_axes={n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]})
     if scheme is not None:
@@ -220,16 +172,8 @@ def _export(model_path: Path, out: Path, scheme: Int8Scheme | None) -> dict[str,
         quantizer.model.save_model_to_file(str(out / _ONNX_FILE))
         fp32.unlink()
     st.tokenizer.save_pretrained(str(out))
-    meta = {
-        "export_version": EXPORT_VERSION,
-        "quantization": scheme.label if scheme is not None else "fp32",
-        "pooling": mode,
-        "dim": dim,
-        "max_seq_length": int(st.max_seq_length),
-        "do_lower_case": bool(getattr(transformer, "do_lower_case", False)),
-        "inputs": [n for n in names if n in sample],
-    }
-    (out / _META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    meta = {"export_version": EXPORT_VERSION, "quantization": scheme.label if scheme is not None else "fp32", **meta}
+    (out / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return meta
 
 
@@ -249,12 +193,13 @@ def ensure_export(model_path: Path, model_id: str, scheme: Int8Scheme | None, on
         UserError: ``onnx_dir`` cannot be written, or the export fails.
     """
     label = scheme.label if scheme is not None else "fp32"
-    return ensure_built(export_path(model_path, model_id, scheme, onnx_dir), _META_FILE,
+    return ensure_built(export_path(model_path, model_id, scheme, onnx_dir), META_FILE,
                         lambda tmp: _export(model_path, tmp, scheme), f"the ONNX export of {model_id} ({label})")
 
 
-class OnnxSentenceEncoder:
-    """An ONNX Runtime session with a sentence-transformers-like :meth:`encode`.
+class OnnxSentenceEncoder(ExportedSentenceEncoder):
+    """An ONNX Runtime session with a sentence-transformers-like :meth:`encode`
+    (:class:`~env.exported_encoder.ExportedSentenceEncoder`).
 
     Args:
         directory: an export written by :func:`ensure_export`.
@@ -263,10 +208,8 @@ class OnnxSentenceEncoder:
 
     def __init__(self, directory: Path, threads: int = 1) -> None:
         import onnxruntime as ort
-        from tokenizers import Tokenizer
 
-        self.directory = directory
-        self.meta = _read_json(directory / _META_FILE)
+        super().__init__(directory)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -274,52 +217,9 @@ class OnnxSentenceEncoder:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(directory / _ONNX_FILE), options, providers=["CPUExecutionProvider"])
-        self.max_seq_length = int(self.meta["max_seq_length"])
-        self._inputs = list(self.meta["inputs"])
-        # the fast tokenizer's own file, read by the tokenizers library alone: importing transformers for
-        # AutoTokenizer took seconds of every start, and tokenised the same (tests/env/test_onnx_embedder.py)
-        self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
-        self.tokenizer.enable_truncation(max_length=self.max_seq_length, strategy="longest_first")
-        pad = str(_read_json(directory / "tokenizer_config.json").get("pad_token") or "[PAD]")
-        pad_id = self.tokenizer.token_to_id(pad)
-        self.tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token=pad)
 
-    def get_embedding_dimension(self) -> int:
-        return int(self.meta["dim"])
-
-    def _forward(self, texts: list[str]) -> np.ndarray:
-        if self.meta["do_lower_case"]:
-            texts = [t.lower() for t in texts]
-        encodings = self.tokenizer.encode_batch(texts)
-        features = {"input_ids": [e.ids for e in encodings], "attention_mask": [e.attention_mask for e in encodings],
-                    "token_type_ids": [e.type_ids for e in encodings]}
-        feed = {name: np.asarray(features[name], dtype=np.int64) for name in self._inputs}
-        if "token_type_ids" not in feed:
-            feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
-        hidden = self.session.run(None, feed)[0]
-        if self.meta["pooling"] == "cls":
-            return hidden[:, 0]
-        mask = feed["attention_mask"][..., None].astype(np.float32)
-        return (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
-
-    def encode(self, sentences: Sequence[str], batch_size: int = 32, normalize_embeddings: bool = False,
-               convert_to_numpy: bool = True, show_progress_bar: bool = False, **_: Any) -> np.ndarray:
-        """``[N, D]`` float32 embeddings, rows in the order given; longest texts first in passes of
-        ``batch_size`` (as sentence-transformers does).
-
-        The int8 kernels quantise each token's activations on their own, so a text's vector does
-        not depend on the others in its pass (up to float rounding, as with torch).
-        """
-        texts = [str(s) for s in sentences]
-        out = np.zeros((len(texts), self.get_embedding_dimension()), dtype=np.float32)
-        order = np.argsort([-len(t) for t in texts], kind="stable")
-        for start in range(0, len(texts), batch_size):
-            rows = order[start:start + batch_size]
-            vectors = self._forward([texts[i] for i in rows]).astype(np.float32, copy=False)
-            if normalize_embeddings:
-                vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-            out[rows] = vectors
-        return out
+    def _hidden(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(None, feed)[0]
 
 
 class OnnxEmbedder(Embedder):

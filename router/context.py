@@ -137,7 +137,7 @@ def start_policy(settings: Settings) -> RoutingService:
             encoder, model=policy.embedding_model, cache_dir=settings.embed_cache_dir, device=settings.device,
             batch_size=8 if settings.encode_batch == "auto" else settings.encode_batch, progress=False,
             onnx_dir=settings.onnx_dir, threads=settings.torch_threads, static_dir=settings.static_dir, log=logger,
-            static_version=policy.meta.embedding.distillation,
+            static_version=policy.meta.embedding.distillation, trace_dir=settings.trace_dir,
         )
 
     plans = PlanStore(settings.plan_dir)
@@ -149,7 +149,7 @@ def start_policy(settings: Settings) -> RoutingService:
         encoder = settings.encoder
         logger.info("ROUTER_ENCODER=%s: pinned", encoder)
     check_vectors(trained, encoder, f"policy {policy.version}")
-    if encoder == "torch":  # only torch loads a transformers model (importing transformers takes most of a second)
+    if encoder == "torch" and settings.device != "cpu":  # on the CPU torch runs a trace, without transformers
         _quiet_model_loading()
     embedder = build("onnx-int8" if encoder == "onnx" else encoder)
     if encoder == "onnx" and embedder.encoder == "onnx-int8":  # else no int8 kernels: fp32 already

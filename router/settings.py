@@ -125,7 +125,8 @@ class Settings(BaseSettings):
         None,
         description="What runs the embedding model; unset: the policy's own (policy.json embedding.serving, the "
         "fastest encoder that kept at least 99% of its validation decisions when it was trained; static for a "
-        "policy trained on static embeddings; else torch). torch; static (static embeddings distilled from the "
+        "policy trained on static embeddings; else torch). torch (the model on torch; on the CPU a TorchScript "
+        "trace of it, cached in trace_dir: env.traced_embedder); static (static embeddings distilled from the "
         "model into static_dir: env.static_embedder; only for a policy trained on them); onnx-int8 (ONNX Runtime: int8 "
         "weights in blocks of 16 and int8 compute on this CPU's instructions, exported once from the local "
         "model files into onnx_dir; a CPU without those instructions falls back to the export without quantisation); "
@@ -142,6 +143,12 @@ class Settings(BaseSettings):
         Path("var/onnx"),
         description="Directory of the cached ONNX exports, one per model, quantisation and "
         "hash of the model files (written atomically).",
+    )
+    trace_dir: Path = Field(
+        Path("var/torchscript"),
+        description="Directory of the cached TorchScript traces of the embedding model that ROUTER_ENCODER=torch "
+        "runs on the CPU (one per model, hash of its files and torch version, written atomically; "
+        "env.traced_embedder).",
     )
     policy_runtime: Literal["auto", "torch"] = Field(
         "auto",
