@@ -6,9 +6,11 @@ CPUs, but its vectors differ a little, and so may some decisions. At the end of 
 :func:`choose_serving_encoder` encodes the validation split's prompts with each candidate, takes the
 policy's greedy decisions on them (zero load, the default cost weight) and keeps the candidates that
 agree with the decisions on the trained vectors on at least ``min_agreement`` of the prompts (99%).
-Of those and torch itself, the one that encodes a prompt in the least time on this machine, one at a
-time as a request does, is recorded in ``policy.json`` (``embedding.serving``). A server started
-without ``ROUTER_ENCODER`` uses it and logs why (``router.context``); a user can still pin one.
+Of those and torch itself (timed as the server runs it on the CPU: its TorchScript trace,
+``env.traced_embedder``, whose vectors are the trained ones up to float rounding), the one that
+encodes a prompt in the least time on this machine, one at a time as a request does, is recorded in
+``policy.json`` (``embedding.serving``). A server started without ``ROUTER_ENCODER`` uses it and
+logs why (``router.context``); a user can still pin one.
 
 Static embeddings are other vectors, not a faster way to the same ones: a policy trained on them
 is served by them, and no choice is made.
@@ -39,7 +41,8 @@ TIMED_PROMPTS = 16
 
 def choose_serving_encoder(actor: Actor, layout: ObsLayout, prompts: list[str], tokens: np.ndarray | None,
                            trained: np.ndarray, cfg: EmbedConfig, trained_embedder: Any,
-                           onnx_dir: str | Path = Path("var/onnx")) -> dict[str, Any] | None:
+                           onnx_dir: str | Path = Path("var/onnx"),
+                           trace_dir: str | Path | None = Path("var/torchscript")) -> dict[str, Any] | None:
     """Choose the encoder that serves this policy by default (see the module docstring).
 
     Args:
@@ -48,8 +51,10 @@ def choose_serving_encoder(actor: Actor, layout: ObsLayout, prompts: list[str], 
             (None: the layout does not read them).
         trained: ``[P, E]`` float32, their embeddings by the encoder the policy was trained on.
         cfg: the run's ``embed`` settings (``serving_candidates``, ``min_agreement``, ``cache_dir``).
-        trained_embedder: the training run's embedder (timed as ``torch``).
+        trained_embedder: the training run's embedder (timed as ``torch`` when ``trace_dir`` is None).
         onnx_dir: where the ONNX exports are cached (exported once from the local model files).
+        trace_dir: where torch's TorchScript trace is cached, as the server's (``ROUTER_TRACE_DIR``);
+            torch is timed by it. None: by ``trained_embedder``.
 
     Returns:
         ``policy.json``'s ``embedding.serving``: ``{"encoder", "min_agreement", "prompts",
@@ -61,6 +66,14 @@ def choose_serving_encoder(actor: Actor, layout: ObsLayout, prompts: list[str], 
     baseline = greedy_choices(actor, layout, trained, tokens)
     agreement: dict[str, float] = {"torch": 1.0}
     embedders: dict[str, Any] = {"torch": trained_embedder}
+    if trace_dir is not None:  # what the server runs for torch: the same vectors, faster
+        traced = make_embedder("torch", model=cfg.model, cache_dir=cfg.cache_dir, progress=False, trace_dir=trace_dir,
+                               log=logger)
+        try:
+            traced.model  # noqa: B018 - traced (once) and loaded here, where a failure is caught
+            embedders["torch"] = traced
+        except UserError as exc:
+            logger.warning("torch timed with sentence-transformers: %s", exc)
     for name in cfg.serving_candidates:
         try:
             embedder = make_embedder(name, model=cfg.model, cache_dir=cfg.cache_dir, batch_size=cfg.batch_size,
