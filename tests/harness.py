@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -270,6 +271,20 @@ class LoopbackProcess:
     def stdout(self) -> str:
         """What the process wrote to stdout so far."""
         return self.log_path.with_suffix(".stdout").read_text(encoding="utf-8", errors="replace")
+
+    def json_lines(self, until: Callable[[list[dict[str, Any]]], bool] = lambda _: True,
+                   timeout_s: float = 10.0) -> list[dict[str, Any]]:
+        """The JSON lines the process logged (stderr, then stdout), read again every 50 ms until
+        ``until(lines)`` holds or ``timeout_s`` has passed: an access-log line is written after
+        its response has gone out, so a client may hold the response before the line exists."""
+        import json
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            lines = [json.loads(x) for x in (self.log() + self.stdout()).splitlines() if x.startswith("{")]
+            if until(lines) or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.05)
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 10 s."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 import httpx
@@ -66,15 +65,12 @@ def test_server_timing_gives_the_client_each_stage_of_the_decision(rclient, redi
         stages[name] = float(duration)
     assert set(stages) == {"embed", "encode", "state", "policy", "store", "lease"}
     assert all(ms >= 0 for ms in stages.values()) and stages["encode"] > 0
-    # the access-log line is written as the response goes out, and may reach the log file after
-    # the client has the response (seen in CI on a slow 2-core machine): wait for it
-    deadline = time.monotonic() + 10
-    while True:
-        logged = [json.loads(line) for line in (server.log() + server.stdout()).splitlines() if line.startswith("{")]
-        found = [x for x in logged if x.get("decision_id") == r.json()["decision_id"] and x["endpoint"] == "/v1/route"]
-        if found or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    decision = r.json()["decision_id"]
+
+    def this_route(lines: list[dict]) -> list[dict]:
+        return [x for x in lines if x.get("decision_id") == decision and x["endpoint"] == "/v1/route"]
+
+    found = this_route(server.json_lines(until=this_route))  # its line is written after the response
     (line,) = found
     assert line["stages_ms"] == pytest.approx(stages, abs=1e-3)
     assert "server-timing" not in rclient.get("/healthz").headers  # only decisions have stages

@@ -114,13 +114,19 @@ def test_concurrent_routes_are_embedded_in_batches(start_server, checkpoint, tmp
 
 def test_request_logs_carry_the_decision_id_and_never_the_prompt(client, sqlite_server):
     secret = f"my confidential prompt {uuid.uuid4().hex}"
+
+    def refused(lines: list[dict]) -> int:
+        return sum(x.get("status") == 422 for x in lines)
+
+    refused_before = refused(sqlite_server.json_lines())
     body = client.post("/v1/route", json={"prompt": secret}).json()
     assert client.post("/v1/feedback", json={"decision_id": body["decision_id"], "quality": 0.5}).status_code == 202
     assert client.post("/v1/route", json={"prompt": secret, "candidates": ["nobody"]}).status_code == 422
     assert client.post("/v1/route", json={"prompt": secret * 10}).status_code == 422  # over the 100-char limit
+    # each line is written after its response: wait for the last two (the refusals)
+    lines = sqlite_server.json_lines(until=lambda lines: refused(lines) >= refused_before + 2)
     logs = sqlite_server.log() + sqlite_server.stdout()
     assert secret not in logs and secret[-32:] not in logs
-    lines = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
     route_lines = [x for x in lines if x.get("decision_id") == body["decision_id"]]
     assert {x["endpoint"] for x in route_lines} == {"/v1/route", "/v1/feedback"}
     route_line = next(x for x in route_lines if x["endpoint"] == "/v1/route")
@@ -135,9 +141,12 @@ def test_request_logs_say_where_a_route_spent_its_time_and_no_header_tells_a_cli
     first, again = (client.post("/v1/route", json={"prompt": prompt}) for _ in range(2))
     assert first.status_code == again.status_code == 200
     assert "server-timing" not in first.headers  # ROUTER_SERVER_TIMING is off by default
-    lines = [json.loads(line) for line in (sqlite_server.log() + sqlite_server.stdout()).splitlines()
-             if line.startswith("{")]
-    by_id = {x["decision_id"]: x for x in lines if x.get("endpoint") == "/v1/route" and "decision_id" in x}
+    ids = {first.json()["decision_id"], again.json()["decision_id"]}
+
+    def routes(lines: list[dict]) -> dict[str, dict]:
+        return {x["decision_id"]: x for x in lines if x.get("endpoint") == "/v1/route" and x.get("decision_id") in ids}
+
+    by_id = routes(sqlite_server.json_lines(until=lambda lines: len(routes(lines)) == 2))  # written after each response
     encoded, cached = by_id[first.json()["decision_id"]], by_id[again.json()["decision_id"]]
     assert set(encoded["stages_ms"]) == {"embed", "encode", "state", "policy", "store", "lease"}
     assert 0 < encoded["stages_ms"]["encode"] <= encoded["stages_ms"]["embed"]
