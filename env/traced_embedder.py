@@ -34,7 +34,14 @@ import numpy as np
 
 from contract.errors import UserError
 from env.embedder import DEFAULT_MODEL, Embedder, resolve_model_path
-from env.exported_encoder import META_FILE, ExportedSentenceEncoder, export_name, pooling_config, transformer_for_export
+from env.exported_encoder import (
+    INPUT_NAMES,
+    META_FILE,
+    ExportedSentenceEncoder,
+    export_name,
+    pooling_config,
+    transformer_for_export,
+)
 from env.model_cache import ensure_built, model_files_hash
 
 logger = logging.getLogger(__name__)
@@ -98,8 +105,7 @@ class TracedSentenceEncoder(ExportedSentenceEncoder):
         import torch
 
         with torch.inference_mode():
-            return self.network(*(torch.from_numpy(feed[n]) for n in ("input_ids", "attention_mask",
-                                                                       "token_type_ids"))).numpy()
+            return self.network(*(torch.from_numpy(feed[n]) for n in INPUT_NAMES)).numpy()
 
 
 class TracedEmbedder(Embedder):

@@ -109,10 +109,6 @@ class OutcomeCritic(nn.Module):
             if name in self._buffers and prefix + name in state:
                 self._buffers[name] = torch.empty_like(state[prefix + name])
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        self.size_from_state(state_dict, prefix)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     def neighbor_member(self, features: torch.Tensor) -> torch.Tensor:
         """``[..., 2K]`` float32: the kNN member's output for features ``[..., F]``: the mean
         ``neighbor_y`` of the ``k`` rows of ``neighbor_x`` nearest (Euclidean) to each prompt's
