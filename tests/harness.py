@@ -8,6 +8,7 @@ Importable as ``tests.harness`` from the repository root (the benchmarks put the
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -277,8 +278,6 @@ class LoopbackProcess:
         """The JSON lines the process logged (stderr, then stdout), read again every 50 ms until
         ``until(lines)`` holds or ``timeout_s`` has passed: an access-log line is written after
         its response has gone out, so a client may hold the response before the line exists."""
-        import json
-
         deadline = time.monotonic() + timeout_s
         while True:
             lines = [json.loads(x) for x in (self.log() + self.stdout()).splitlines() if x.startswith("{")]

@@ -70,8 +70,7 @@ def test_server_timing_gives_the_client_each_stage_of_the_decision(rclient, redi
     def this_route(lines: list[dict]) -> list[dict]:
         return [x for x in lines if x.get("decision_id") == decision and x["endpoint"] == "/v1/route"]
 
-    found = this_route(server.json_lines(until=this_route))  # its line is written after the response
-    (line,) = found
+    (line,) = this_route(server.json_lines(until=this_route))  # its line is written after the response
     assert line["stages_ms"] == pytest.approx(stages, abs=1e-3)
     assert "server-timing" not in rclient.get("/healthz").headers  # only decisions have stages
 

@@ -3,7 +3,6 @@ says which encoder runs; without ONNX Runtime it refuses to start with one line 
 
 from __future__ import annotations
 
-import json
 import re
 
 import httpx
@@ -49,8 +48,7 @@ def test_server_routes_with_onnx_int8(tmp_path):
             assert r.status_code == 200, r.text
             body = r.json()
             assert body["agent"] and body["decision_id"]
-        lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
-        encoder_lines = [line["msg"] for line in lines if line["msg"].startswith("embedding encoder:")]
+        encoder_lines = [x["msg"] for x in server.json_lines() if x["msg"].startswith("embedding encoder:")]
         assert len(encoder_lines) == 1 and "onnx-int8" in encoder_lines[0], server.log()
         exports = _encoder_exports(onnx_dir)
         assert len(exports) == 1 and exports[0].name in encoder_lines[0]
@@ -73,7 +71,7 @@ def test_server_with_onnx_serves_the_faster_export(tmp_path):
             metrics = client.get("/metrics").text
         chosen = re.search(r'^router_encoder_info\{encoder="(onnx-int8|onnx-fp32)"\} 1\.0$', metrics, re.M)
         assert chosen, metrics
-        lines = [json.loads(line)["msg"] for line in server.log().splitlines() if line.startswith("{")]
+        lines = [x["msg"] for x in server.json_lines()]
         timed = [line for line in lines if line.startswith("encoder ")]
         assert len(timed) == 1 and timed[0].startswith(f"encoder {chosen.group(1)} (measured ms per prompt: "), lines
         assert "onnx-int8: " in timed[0] and "onnx-fp32: " in timed[0]
