@@ -1,6 +1,7 @@
-"""Derived model files cached on disk: the ONNX exports (:mod:`env.onnx_embedder`) and the static
-embeddings (:mod:`env.static_embedder`) of a local model, each in a directory named by the model
-and a hash of what it was made from, written atomically so that a reader sees a whole one or none.
+"""Derived model files cached on disk: the ONNX exports (:mod:`env.onnx_embedder`), the TorchScript
+traces (:mod:`env.traced_embedder`) and the static embeddings (:mod:`env.static_embedder`) of a
+local model, each in a directory named by the model and a hash of what it was made from, written
+atomically so that a reader sees a whole one or none.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from contract.errors import UserError
@@ -33,6 +35,22 @@ def model_files_hash(path: Path) -> str:
                 digest.update(chunk)
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+def package_versions(*names: str) -> str:
+    """``"name=version;..."`` of the installed distributions ``names`` (``absent`` for one that is
+    not installed), read from their metadata without importing them (about 5 ms for three).
+
+    An export or trace replays the graph the installed libraries build from the model files, so a
+    cache key holds their versions: after an upgrade that changes the graph, the cache is rebuilt
+    instead of serving vectors the current libraries (and so training) no longer compute."""
+    parts = []
+    for name in names:
+        try:
+            parts.append(f"{name}={version(name)}")
+        except PackageNotFoundError:
+            parts.append(f"{name}=absent")
+    return ";".join(parts)
 
 
 def slug(model_id: str) -> str:

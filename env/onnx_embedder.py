@@ -20,7 +20,8 @@ cosine >= 0.985 to the torch vectors, and a trained policy then decides 2.2% of 
 against cosine >= 0.9996 and 0.3% with blocks of 16 (docs/serving.md has the figures).
 
 The export lives in ``<onnx_dir>/<model>-<quantisation>-<hash>/`` (the hash: of the model files, the
-scheme and :data:`EXPORT_VERSION`), written into a
+scheme, :data:`EXPORT_VERSION` and the versions of torch, transformers, sentence-transformers and
+ONNX Runtime), written into a
 temporary directory beside it and renamed into place, so that processes starting at once each
 either write a complete copy or use the one that won. Tokenisation (the model's own tokenizer,
 its ``max_seq_length``), pooling and L2 normalisation follow sentence-transformers, so
@@ -54,7 +55,7 @@ from env.exported_encoder import (
     export_name,
     transformer_for_export,
 )
-from env.model_cache import ensure_built, model_files_hash
+from env.model_cache import ensure_built, model_files_hash, package_versions
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,9 @@ logger = logging.getLogger(__name__)
 INSTALL_HINT = "pip install onnxruntime onnx onnx-ir"
 #: Bumped when the export changes, so that older exports are not reused.
 EXPORT_VERSION = 1
+#: The libraries whose versions key the export: torch exports the graph that transformers and
+#: sentence-transformers build, ONNX Runtime quantises it.
+EXPORT_PACKAGES = ("torch", "transformers", "sentence-transformers", "onnxruntime")
 _ONNX_FILE = "model.onnx"
 
 
@@ -179,9 +183,11 @@ def _export(model_path: Path, out: Path, scheme: Int8Scheme | None) -> dict[str,
 
 def export_path(model_path: Path, model_id: str, scheme: Int8Scheme | None, onnx_dir: Path) -> Path:
     """Where the export of ``model_path`` with ``scheme`` is cached: ``<onnx_dir>/<model>-<quantisation>-<hash>``,
-    the hash of the model files, the scheme and :data:`EXPORT_VERSION`."""
+    the hash of the model files, the scheme, :data:`EXPORT_VERSION` and the versions of the
+    libraries that build and quantise the graph (:data:`EXPORT_PACKAGES`)."""
     label = scheme.label if scheme is not None else "fp32"
-    key = hashlib.sha256(f"{model_files_hash(model_path)}:{EXPORT_VERSION}:{scheme}".encode()).hexdigest()
+    versions = package_versions(*EXPORT_PACKAGES)
+    key = hashlib.sha256(f"{model_files_hash(model_path)}:{EXPORT_VERSION}:{scheme}:{versions}".encode()).hexdigest()
     return onnx_dir / export_name(model_id, label, key)
 
 

@@ -8,10 +8,10 @@ import in about 1.5 s. The trace records the same torch operations as the model,
 are sentence-transformers' up to float rounding (measured: at most 1.3e-7 apart on the bundled
 all-MiniLM-L6-v2, tested in ``tests/env/test_traced_embedder.py``).
 
-The trace lives in ``<trace_dir>/<model>-torchscript-<hash>/`` (the hash: of the model files, the
-torch version and :data:`TRACE_VERSION`), written atomically as the ONNX exports are
-(:func:`env.model_cache.ensure_built`); the pipeline around it (tokenizer, pooling, L2
-normalisation) is :class:`env.exported_encoder.ExportedSentenceEncoder`. A model that is not a
+The trace lives in ``<trace_dir>/<model>-torchscript-<hash>/`` (the hash: of the model files,
+:data:`TRACE_VERSION` and the versions of torch, transformers and sentence-transformers), written
+atomically as the ONNX exports are (:func:`env.model_cache.ensure_built`); the pipeline around it
+(tokenizer, pooling, L2 normalisation) is :class:`env.exported_encoder.ExportedSentenceEncoder`. A model that is not a
 Transformer then a mean or CLS Pooling is run by sentence-transformers instead (one log line).
 Training keeps sentence-transformers (:class:`env.embedder.Embedder`), on any device.
 
@@ -42,12 +42,15 @@ from env.exported_encoder import (
     pooling_config,
     transformer_for_export,
 )
-from env.model_cache import ensure_built, model_files_hash
+from env.model_cache import ensure_built, model_files_hash, package_versions
 
 logger = logging.getLogger(__name__)
 
 #: Bumped when the trace changes, so that older traces are not reused.
 TRACE_VERSION = 1
+#: The libraries whose versions key the trace: torch traces the graph that transformers and
+#: sentence-transformers build.
+TRACE_PACKAGES = ("torch", "transformers", "sentence-transformers")
 _TRACE_FILE = "model.pt"
 
 
@@ -68,10 +71,10 @@ def _trace(model_path: Path, out: Path) -> dict[str, Any]:
 
 def trace_path(model_path: Path, model_id: str, trace_dir: Path) -> Path:
     """Where the trace of ``model_path`` is cached: ``<trace_dir>/<model>-torchscript-<hash>``, the
-    hash of the model files, the torch version and :data:`TRACE_VERSION`."""
-    import torch
-
-    key = hashlib.sha256(f"{model_files_hash(model_path)}:{TRACE_VERSION}:{torch.__version__}".encode()).hexdigest()
+    hash of the model files, :data:`TRACE_VERSION` and the versions of the libraries that build the
+    traced graph (torch, transformers, sentence-transformers: :data:`TRACE_PACKAGES`)."""
+    versions = package_versions(*TRACE_PACKAGES)
+    key = hashlib.sha256(f"{model_files_hash(model_path)}:{TRACE_VERSION}:{versions}".encode()).hexdigest()
     return trace_dir / export_name(model_id, "torchscript", key)
 
 
