@@ -11,8 +11,9 @@ all-MiniLM-L6-v2, tested in ``tests/env/test_traced_embedder.py``).
 The trace lives in ``<trace_dir>/<model>-torchscript-<hash>/`` (the hash: of the model files,
 :data:`TRACE_VERSION` and the versions of torch, transformers and sentence-transformers), written
 atomically as the ONNX exports are (:func:`env.model_cache.ensure_built`); the pipeline around it
-(tokenizer, pooling, L2 normalisation) is :class:`env.exported_encoder.ExportedSentenceEncoder`. A model that is not a
-Transformer then a mean or CLS Pooling is run by sentence-transformers instead (one log line).
+(tokenizer, pooling, L2 normalisation) is :class:`env.exported_encoder.ExportedSentenceEncoder`. A
+model that is not a Transformer then a mean or CLS Pooling is run by sentence-transformers instead
+(one log line).
 Training keeps sentence-transformers (:class:`env.embedder.Embedder`), on any device.
 
 Why TorchScript, which torch deprecates in favour of ``torch.export``: loading an exported program
