@@ -9,7 +9,9 @@ there), then scores it on ``--split`` (``test`` for the final figures; ``val`` w
   and reward, and AIQ (RouterBench, arXiv 2403.12031) of each router's curve;
 * at every ``λ`` of the baselines' sweep (``training.evaluation.report``'s grid, from the kNN's
   predictions): each router's reward ``quality - λ * cost_usd`` (the policy at ``cost_weight = λ``
-  when it is a policy of every trade-off, else at its own cost weight);
+  when it is a policy of every trade-off, else at its own cost weight), and of the MLP baseline
+  refitted with another seed (``seed + 10``), whose margin against max(kNN, MLP) is how far apart
+  two fits of one baseline land by chance: the floor the every-λ goal's margins are read against;
 * two agents: APGR and CPT(50%) of the policy (RouteLLM, arXiv 2406.18665): of its λ sweep, or
   for a policy of one cost weight of RouteLLM's threshold on ``π(strong)``;
 * agents with a capacity: reward in PromptEnv against the load-aware greedy rule.
@@ -47,6 +49,7 @@ if str(ROOT) not in sys.path:
 from benchmarks.common import load_average, machine, print_json_line, print_table  # noqa: E402
 
 DEFAULT_CONFIGS = ("configs/default.yaml", "configs/routellm.yaml", "configs/capacity.yaml")
+REFIT_SEED_OFFSET = 10  # the refitted MLP baseline's seed is the run's + this
 
 
 def _checkpoint(config: Path, seed: int, work: Path, checkpoint_root: Path | None) -> tuple[Path, float | None]:
@@ -95,7 +98,7 @@ def score(config: Path, seed: int, checkpoint: Path, split_name: str) -> dict[st
     from policy.checkpoint import load_checkpoint
     from training.config import checkpoint_config
     from training.data import load_splits
-    from training.evaluation.classifiers import fit_predictors
+    from training.evaluation.classifiers import fit_mlp, fit_predictors
     from training.evaluation.report import lambda_grid, run_eval
 
     policy = load_checkpoint(checkpoint)
@@ -108,7 +111,8 @@ def score(config: Path, seed: int, checkpoint: Path, split_name: str) -> dict[st
     report = run_eval(policy, train, split, emb_train, emb, weight, env_config=cfg.env,
                       capacities=split.capacities, seed=seed, split_name=split_name, predictors=predictors)
     grid = lambda_grid(predictors, emb, 32)
-    lam = _lambda_rewards(policy, split, emb, predictors, grid)
+    refit = fit_mlp(emb_train, train, seed=seed + REFIT_SEED_OFFSET)
+    lam = _lambda_rewards(policy, split, emb, {**predictors, "mlp_refit": refit}, grid)
     r = report["routers"]
     figures: dict[str, Any] = {
         "config": str(config), "seed": seed, "version": policy.version, "split": split_name, "prompts": len(split),
@@ -121,6 +125,9 @@ def score(config: Path, seed: int, checkpoint: Path, split_name: str) -> dict[st
     figures["lambda_wins"] = sum(x >= 0 for x in margins)
     figures["lambda_within_0.003"] = sum(x >= -0.003 for x in margins)  # issue 22: every λ from one checkpoint
     figures["lambda_worst_margin"] = min(margins)
+    refit_margins = [p - max(k, m) for p, k, m in zip(lam["mlp_refit"], lam["knn"], lam["mlp"], strict=True)]
+    figures["lambda_refit_within_0.003"] = sum(x >= -0.003 for x in refit_margins)
+    figures["lambda_refit_worst_margin"] = min(refit_margins)
     figures["quality_margin"] = r["policy"]["quality"] - max(r["knn"]["quality"], r["mlp"]["quality"])
     aiq_base = max(r[n]["aiq"] for n in ("knn", "mlp", "zero_router", "best_single", "cheapest") if n in r)
     figures["aiq_margin"] = r["policy"]["aiq"] - aiq_base
@@ -151,7 +158,7 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
         rs = [r for r in results if r["config"] == config]
         summary: dict[str, Any] = {"seeds": [r["seed"] for r in rs]}
         for key in ("quality_margin", "aiq_margin", "lambda_worst_margin", "lambda_wins", "lambda_within_0.003",
-                    "apgr", "cpt50",
+                    "lambda_refit_worst_margin", "lambda_refit_within_0.003", "apgr", "cpt50",
                     "capacity_ratio"):
             if all(key in r for r in rs):
                 summary[key] = dict(zip(("mean", "sd"), _mean_sd([r[key] for r in rs]), strict=True))
