@@ -128,7 +128,7 @@ class RetrainConfig(BaseModel):
     gamma_scale: float = Field(default=10.0, ge=0.0)
     optimism: float = Field(default=0.3, ge=0.0)
     young_records: int = Field(default=200, ge=0)
-    young_min_records: int = Field(default=50, ge=1)
+    young_min_records: int = Field(default=25, ge=1)
     young_exit_z: float | None = Field(default=1.0, gt=0.0)
     half_life_records: int | None = Field(default=None, gt=0)
     half_life_s: float | None = Field(default=None, gt=0.0)
