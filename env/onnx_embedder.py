@@ -34,7 +34,6 @@ the torch vectors up to float rounding), said in one warning.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -55,7 +54,7 @@ from env.exported_encoder import (
     export_name,
     transformer_for_export,
 )
-from env.model_cache import ensure_built, model_files_hash, package_versions
+from env.model_cache import cache_key, ensure_built, package_versions
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +186,7 @@ def export_path(model_path: Path, model_id: str, scheme: Int8Scheme | None, onnx
     libraries that build and quantise the graph (:data:`EXPORT_PACKAGES`)."""
     label = scheme.label if scheme is not None else "fp32"
     versions = package_versions(*EXPORT_PACKAGES)
-    key = hashlib.sha256(f"{model_files_hash(model_path)}:{EXPORT_VERSION}:{scheme}:{versions}".encode()).hexdigest()
+    key = cache_key(model_path, EXPORT_VERSION, scheme, versions)
     return onnx_dir / export_name(model_id, label, key)
 
 

@@ -17,7 +17,6 @@ before a new distillation keeps its vectors.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -28,7 +27,7 @@ import numpy as np
 
 from contract.errors import UserError
 from env.embedder import DEFAULT_MODEL, Embedder, resolve_model_path
-from env.model_cache import ensure_built, model_files_hash, slug
+from env.model_cache import cache_key, ensure_built, slug
 
 #: What to install for the static encoder.
 INSTALL_HINT = "pip install model2vec skeletoken"
@@ -60,8 +59,7 @@ def distillation(version: int) -> dict[str, Any]:
 def static_path(model_path: Path, model_id: str, static_dir: Path, version: int = DISTILL_VERSION) -> Path:
     """Where the static model of ``model_path`` is cached: ``<static_dir>/<model>-static-<hash>``."""
     settings = json.dumps(distillation(version))
-    key = hashlib.sha256(f"{model_files_hash(model_path)}:{version}:{settings}".encode())
-    return static_dir / f"{slug(model_id)}-static-{key.hexdigest()[:16]}"
+    return static_dir / f"{slug(model_id)}-static-{cache_key(model_path, version, settings)[:16]}"
 
 
 def _distill(model_path: Path, out: Path, version: int) -> None:

@@ -23,7 +23,6 @@ the import it saves; ``torch.jit.load`` takes 0.15 s. The pinned torch (2.13) ha
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -43,7 +42,7 @@ from env.exported_encoder import (
     pooling_config,
     transformer_for_export,
 )
-from env.model_cache import ensure_built, model_files_hash, package_versions
+from env.model_cache import cache_key, ensure_built, package_versions
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +74,7 @@ def trace_path(model_path: Path, model_id: str, trace_dir: Path) -> Path:
     hash of the model files, :data:`TRACE_VERSION` and the versions of the libraries that build the
     traced graph (torch, transformers, sentence-transformers: :data:`TRACE_PACKAGES`)."""
     versions = package_versions(*TRACE_PACKAGES)
-    key = hashlib.sha256(f"{model_files_hash(model_path)}:{TRACE_VERSION}:{versions}".encode()).hexdigest()
+    key = cache_key(model_path, TRACE_VERSION, versions)
     return trace_dir / export_name(model_id, "torchscript", key)
 
 

@@ -39,3 +39,16 @@ def test_an_upgrade_of_a_library_that_builds_the_graph_moves_the_trace_and_the_e
     new_trace, new_export = paths()
     assert (new_trace != trace) == trace_moves  # ONNX Runtime quantises the export; the trace does not use it
     assert new_export != export
+
+
+def test_the_model_files_hash_is_kept_for_the_process_but_follows_a_rewritten_or_added_file(model):
+    first = model_cache.model_files_hash(model)
+    assert model_cache.model_files_hash(model) == first
+    key = model_cache.cache_key(model, 1, "a")
+    assert key == model_cache.cache_key(model, 1, "a") != model_cache.cache_key(model, 1, "b")
+
+    (model / "weights.bin").write_bytes(b"other weights")  # rewritten in place: another size and mtime
+    rewritten = model_cache.model_files_hash(model)
+    assert rewritten != first
+    (model / "tokenizer.json").write_text("{}")
+    assert model_cache.model_files_hash(model) not in (first, rewritten)
