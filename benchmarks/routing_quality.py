@@ -121,11 +121,11 @@ def score(config: Path, seed: int, checkpoint: Path, split_name: str) -> dict[st
                     for name in ("policy", "knn", "mlp", "best_single", "oracle", "zero_router") if name in r},
         "lambda": [float(x) for x in grid], "lambda_reward": lam,
     }
-    margins = [p - max(k, m) for p, k, m in zip(lam["policy"], lam["knn"], lam["mlp"], strict=True)]
+    margins = _margins(lam, "policy")
     figures["lambda_wins"] = sum(x >= 0 for x in margins)
     figures["lambda_within_0.003"] = sum(x >= -0.003 for x in margins)  # issue 22: every λ from one checkpoint
     figures["lambda_worst_margin"] = min(margins)
-    refit_margins = [p - max(k, m) for p, k, m in zip(lam["mlp_refit"], lam["knn"], lam["mlp"], strict=True)]
+    refit_margins = _margins(lam, "mlp_refit")
     figures["lambda_refit_within_0.003"] = sum(x >= -0.003 for x in refit_margins)
     figures["lambda_refit_worst_margin"] = min(refit_margins)
     figures["quality_margin"] = r["policy"]["quality"] - max(r["knn"]["quality"], r["mlp"]["quality"])
@@ -142,6 +142,11 @@ def score(config: Path, seed: int, checkpoint: Path, split_name: str) -> dict[st
         figures["capacity_ratio"] = cap["policy"]["reward"] / cap["load_greedy"]["reward"]
         figures["capacity"] = {n: cap[n]["reward"] for n in ("policy", "load_greedy", "knn", "oracle") if n in cap}
     return figures
+
+
+def _margins(lam: dict[str, list[float]], name: str) -> list[float]:
+    """Router ``name``'s reward minus max(kNN, MLP) at each λ of the sweep (issue 22's every-λ goal)."""
+    return [r - max(k, m) for r, k, m in zip(lam[name], lam["knn"], lam["mlp"], strict=True)]
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
