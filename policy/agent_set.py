@@ -14,10 +14,11 @@ it knew, with the new agent's columns and outputs set apart:
   lowest of the others: before any feedback the greedy choice stays (nearly) where it was, and
   exploration, not the actor, tries the new agent;
 * the reward critic gains a model for it at its ``prior_quality``, else at the best of the other
-  agents' intercepts (clipped to [0, 1]), which becomes its ``prior_quality`` in ``agent_specs``:
-  optimistic initialisation (Sutton and Barto 2018, sec. 2.6), so inverse gap weighting tries it as
-  if it could lead and the learner's ridge shrinks its estimate towards that until its own feedback
-  outweighs it, with the prior's covariance: its posterior is wide until that feedback arrives.
+  agents' intercepts (clipped to [0, 1]) until the round that follows the change refits it, with
+  the prior's covariance: its posterior is wide until its feedback arrives. Without a
+  ``prior_quality`` that round and every later one shrink it towards the best mean logged reward of
+  the others (:func:`training.retrain.bandit_round.critic_priors`): optimistic initialisation
+  (Sutton and Barto 2018, sec. 2.6), as good as the leader until its own feedback outweighs that.
 """
 
 from __future__ import annotations
@@ -148,13 +149,13 @@ def add_agent(policy: Policy, spec: AgentSpec) -> tuple[Any, Any, Any, dict[str,
     reward_critic = None
     if policy.reward_critic is not None:
         old_rc = policy.reward_critic
-        if spec.prior_quality is None:  # optimistic: as good as the best of the others, until it shows otherwise
-            spec = spec.model_copy(update={"prior_quality": min(1.0, max(0.0, float(old_rc.bias.max())))})
         reward_critic = build_reward_critic(new)
         with torch.no_grad():
             reward_critic.weight[:k] = old_rc.weight
             reward_critic.bias[:k] = old_rc.bias
-            reward_critic.bias[k] = spec.prior_quality
+            # until the next fit; the round's own prior for it is the leader's logged level (critic_priors)
+            start = spec.prior_quality if spec.prior_quality is not None else float(old_rc.bias.max())
+            reward_critic.bias[k] = min(1.0, max(0.0, start))
             reward_critic.covariance[:k] = old_rc.covariance
             if isinstance(old_rc, PreferenceRewardCritic):  # the new agent's cost starts at its price
                 reward_critic.cost_coef[:k] = old_rc.cost_coef

@@ -18,7 +18,13 @@ from policy.networks import RewardCritic
 from router.service import RoutingService
 from tests.harness import sample_feedback
 from training.cold_start import init_policy
-from training.retrain.bandit_round import bandit_round, round_alarms, uses_shared_slope
+from training.retrain.bandit_round import (
+    LEADER_MIN_RECORDS,
+    bandit_round,
+    critic_priors,
+    round_alarms,
+    uses_shared_slope,
+)
 from training.retrain.change import change_start, detect_changes
 from training.retrain.config import RetrainConfig
 from training.retrain.job import run_retrain
@@ -102,11 +108,13 @@ def test_an_agent_the_policy_now_sends_only_where_it_is_strong_has_not_changed(s
     assert degraded[0].changed and degraded[0].shift < -0.3
 
 
-def _records(policy, rng, n: int, quality_of, start: int) -> list[tuple[str, str]]:
+def _records(policy, rng, n: int, quality_of, start: int, shift: float = 0.0) -> list[tuple[str, str]]:
+    """``n`` logged decisions of ``policy`` on unit-norm prompts (their mean ``shift`` along the first
+    axis before the norm: real embeddings' mean is not 0), with ``quality_of(action)`` feedback."""
     service = RoutingService(policy, embedder=None, seed=int(rng.integers(1 << 30)))  # type: ignore[arg-type]
     out = []
     for i in range(n):
-        x = rng.normal(size=E).astype(np.float32)
+        x = (rng.normal(size=E) + shift * np.eye(E)[0]).astype(np.float32)
         decision = service.route("prompt", explore=True, embedding=x / np.linalg.norm(x))
         record = ExperienceRecord.join(service.decision_context(decision, "prompt", None),
                                        Feedback(quality=quality_of(decision.action),
@@ -155,7 +163,7 @@ def test_an_added_agent_is_young_until_the_critic_has_enough_of_its_records(tmp_
     assert first.candidate.meta.exploration.young == []
     actor, critic, reward_critic, content = add_agent(first.candidate, AgentSpec(name="newcomer"))
     assert content["exploration"]["young"] == content["exploration"]["added"] == ["newcomer"]
-    assert content["agent_specs"][-1]["prior_quality"] == pytest.approx(float(first.candidate.reward_critic.bias.max()))
+    assert content["agent_specs"][-1]["prior_quality"] is None  # the operator gave none: the rounds' own prior
     grown = load_checkpoint(save_checkpoint(tmp_path / "grown", actor, critic, content | {"version": "g"},
                                             reward_critic))
     service = RoutingService(grown, embedder=None, seed=0)  # type: ignore[arg-type]
@@ -273,3 +281,38 @@ def test_a_few_pending_records_of_a_broken_favourite_run_a_round_early(tmp_path)
     early = run_retrain(job)
     assert early.status == "saved" and early.records == 120 and early.alarms == ["agent-0"], early
     assert list(load_checkpoint(early.checkpoint).meta.history_since) == ["agent-0"]
+
+
+@pytest.mark.parametrize("operator_prior", [None, 0.2])
+def test_a_newcomer_without_a_prior_starts_as_good_as_the_leaders_logged_level(tmp_path, operator_prior):
+    from env.dataset import AgentSpec
+    from policy.agent_set import add_agent
+    from policy.checkpoint import save_checkpoint
+    from training.retrain.trajectories import build_batch
+
+    (tmp_path / "agents.json").write_text(json.dumps([{"name": f"agent-{k}"} for k in range(K)]))
+    policy = load_checkpoint(init_policy(tmp_path / "agents.json", tmp_path / "checkpoints", embed_dim=E))
+    cfg = RetrainConfig(checkpoint_root=tmp_path, holdout_fraction=0.0)
+    rng = np.random.default_rng(1)
+    quality = {0: 0.3, 1: 0.8, 2: 0.5}
+    logged = _records(policy, rng, 600, lambda a: quality[a], 0, shift=3.0)
+    first = bandit_round(cfg, policy, [], logged)
+    assert float(first.candidate.reward_critic.bias.max()) < 0.75  # with such prompts no intercept is a level
+    actor, critic, reward_critic, content = add_agent(first.candidate, AgentSpec(name="newcomer",
+                                                                                 prior_quality=operator_prior))
+    grown = load_checkpoint(save_checkpoint(tmp_path / "grown", actor, critic, content | {"version": "g"},
+                                            reward_critic))
+    batch = build_batch(logged, grown, 0.0)
+    counts = torch.bincount(batch.action.reshape(-1), minlength=K)
+    assert (counts[:K] >= LEADER_MIN_RECORDS).all()
+    priors = critic_priors(grown, batch, None)
+    assert priors[:K] == [None] * K  # the agents the cold start knew: the mean logged reward, as before
+    assert priors[K] == pytest.approx(0.8 if operator_prior is None else operator_prior)
+    # the round after the change, with no records of the newcomer: its estimate is that prior on every prompt
+    second = bandit_round(cfg, grown, logged, [])
+    x = torch.nn.functional.normalize(torch.randn(50, E) + 3.0 * torch.eye(E)[0], dim=-1)
+    estimate = second.candidate.estimated_rewards(second.candidate.build_obs(x, None))[:, 0]  # [50, K + 1]
+    expected = 0.8 if operator_prior is None else operator_prior
+    assert estimate[:, K].mean() == pytest.approx(expected, abs=0.05)
+    # an agent's level needs LEADER_MIN_RECORDS of its records to count: none does in a short log
+    assert critic_priors(grown, build_batch(logged[:LEADER_MIN_RECORDS], grown, 0.0), None)[K] == operator_prior

@@ -22,6 +22,7 @@ import torch
 from contract.policy_meta import ExplorationMeta
 from policy.artefact import Policy
 from policy.exploration import igw_gamma
+from policy.networks import PreferenceRewardCritic
 from training.retrain.change import detect_changes, pending_alarms
 from training.retrain.config import RetrainConfig
 from training.retrain.learner import actor_targets, fit_actor, fit_reward_critic, recency_weights
@@ -66,6 +67,43 @@ def agent_priors(serving: Policy) -> list[float | None]:
     """``[K]`` each agent's ``prior_quality`` from the agents file the policy was made with (None: no prior)."""
     specs = {spec.get("name"): spec for spec in serving.meta.agent_specs}
     return [(specs.get(name) or {}).get("prior_quality") for name in serving.agents]
+
+
+#: records an agent needs for its mean logged reward to count as a leader's level (:func:`critic_priors`)
+LEADER_MIN_RECORDS = 50
+
+
+def critic_priors(serving: Policy, batch: LoggedBatch, weight: torch.Tensor | None) -> list[float | None]:
+    """``[K]`` the prior each agent's reward critic is shrunk towards this round: the operator's
+    ``prior_quality`` (:func:`agent_priors`), and for an agent added at run time without one, the
+    best mean logged target (reward; quality for a preference critic) of the other agents in
+    service with at least :data:`LEADER_MIN_RECORDS` records (weighted by ``weight`` ``[M]``, None:
+    1 each): optimistic initialisation (Sutton and Barto 2018, sec. 2.6), as good as the leader
+    until its own records say otherwise. None: the mean logged target
+    (:func:`~training.retrain.learner.fit_reward_critic`), also for a newcomer before any agent has
+    that many records.
+
+    The level is read from the logged records rather than from the critic's intercepts: with
+    embeddings whose mean is not 0, an intercept is not an agent's reward at any logged prompt."""
+    priors = agent_priors(serving)
+    added = serving.meta.exploration.added if serving.meta.exploration is not None else []
+    if not added or not len(batch):
+        return priors
+    preference = isinstance(serving.reward_critic, PreferenceRewardCritic)
+    y = batch.outcome[0] if preference and batch.outcome is not None else batch.reward
+    y, action = y.reshape(-1).double(), batch.action.reshape(-1)
+    w = torch.ones_like(y) if weight is None else weight.double()
+    levels = {}
+    for k, name in enumerate(serving.agents):
+        mine = action == k
+        if name not in serving.meta.retired and float(w[mine].sum()) >= LEADER_MIN_RECORDS:
+            levels[k] = float((w[mine] * y[mine]).sum() / w[mine].sum())
+    out = list(priors)
+    for k, name in enumerate(serving.agents):
+        others = [level for j, level in levels.items() if j != k]
+        if name in added and priors[k] is None and others:
+            out[k] = max(others)
+    return out
 
 
 def uses_shared_slope(cfg: RetrainConfig, serving: Policy) -> bool:
@@ -156,9 +194,10 @@ def bandit_round(cfg: RetrainConfig, serving: Policy, history: list[tuple[str, A
     fresh = torch.tensor([eid in fresh_ids for eid in batch.entry_ids], dtype=torch.bool)
     since = dict(serving.meta.history_since)
     shared = uses_shared_slope(cfg, serving)
-    weight, changes = _weights(cfg, serving, batch, fresh, since, shared)
+    weight, changes = _weights(cfg, serving, batch, fresh, since, shared, critic_priors(serving, batch, None))
+    priors = critic_priors(serving, batch, weight)  # a leader's records from before its change do not count
     fit = fit_reward_critic(candidate.reward_critic, batch.obs, batch.action, batch.reward, cfg.ridge,
-                            agent_priors(serving), sample_weight=weight, outcome=batch.outcome, shared=shared)
+                            priors, sample_weight=weight, outcome=batch.outcome, shared=shared)
     if shared:
         logger.info("reward critic: shrunk towards the shared slope x %.2f (how far it carries between agents)",
                     fit.transfer)
@@ -220,10 +259,10 @@ def round_alarms(cfg: RetrainConfig, serving: Policy, entries: list[tuple[str, A
 
 
 def _weights(cfg: RetrainConfig, serving: Policy, batch: LoggedBatch, fresh: torch.Tensor,
-             since: dict[str, str], shared: bool) -> tuple[torch.Tensor | None, list[str]]:
+             since: dict[str, str], shared: bool, priors: list[float | None]) -> tuple[torch.Tensor | None, list[str]]:
     """The critic's ``[M]`` sample weights (None: 1 each): the forgetting horizon's
     (:func:`recency_weights`), 0 for an agent's records from before its ``since`` time, and the
-    change test (:func:`detect_changes`, its critic shrunk as the round's: ``shared``) run on the
+    change test (:func:`detect_changes`, its critic shrunk as the round's: ``shared``, ``priors``) run on the
     rest; an agent it finds changed gets the time of its first record after the estimated change
     in ``since`` (updated in place), and the names of those agents."""
     created = batch.created_at
@@ -243,7 +282,7 @@ def _weights(cfg: RetrainConfig, serving: Policy, batch: LoggedBatch, fresh: tor
     if cfg.change_z is not None:
         assert serving.reward_critic is not None
         tests = detect_changes(copy.deepcopy(serving.reward_critic), batch.obs, batch.action, batch.reward, fresh,
-                               weight, cfg.ridge, agent_priors(serving), cfg.change_z, cfg.change_min_shift,
+                               weight, cfg.ridge, priors, cfg.change_z, cfg.change_min_shift,
                                cfg.change_min_records, outcome=batch.outcome,
                                shared=shared, created=created)
         for test in tests:
