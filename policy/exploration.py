@@ -21,9 +21,12 @@ An agent added at run time is *young* until the critic has ``young_records`` of 
 (:class:`~contract.policy_meta.ExplorationMeta` ``young``): it is tried as if it were level with the
 leader, on every prompt: without that, its few explored records would
 come from the prompts where the leader is weakest (where its gap is smallest) and teach the critic
-that it is weak everywhere. This is the forced exploration of a new arm (each arm tried a minimum
-number of times before the index rule takes over, as in UCB's initialisation, Auer, Cesa-Bianchi
-and Fischer 2002, Machine Learning 47, sec. 2).
+that it is weak everywhere. Nor is a young agent the leader while another agent is allowed
+(:meth:`router.service.RoutingService.distribution_from_estimates`): the actor would choose it
+where the others' estimates are lowest, the hard prompts, with the same effect. This is the
+forced exploration of a new arm (each arm tried a minimum number of times before the index rule
+takes over, as in UCB's initialisation, Auer, Cesa-Bianchi and Fischer 2002, Machine Learning 47,
+sec. 2).
 """
 
 from __future__ import annotations

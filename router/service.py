@@ -432,12 +432,20 @@ class RoutingService:
                                     mask: np.ndarray, floor: float, temperature: float) -> np.ndarray:
         """:meth:`sampling_distribution` from the reward critic's ``[K]`` estimates and widths already
         computed (by the policy's ONNX head, :mod:`policy.onnx_head`); ``reward`` None: the policy
-        does not explore by inverse gap weighting; ``width`` None: no optimism."""
+        does not explore by inverse gap weighting; ``width`` None: no optimism.
+
+        A young agent is not the leader while another allowed agent is: exploration alone tries it,
+        at ``1/K`` on every prompt, so its records are a fair sample of the prompts. Were the actor
+        to choose it, it would be where the others' estimates are lowest (the hard prompts), and
+        the level its critic learns from them would be theirs (``docs/learning.md``, "A changing
+        world")."""
         meta = self.policy.meta.exploration
         if meta is None or reward is None:
             return exploration_distribution(probs, mask, floor, temperature)
         young = np.isin(self.agents, meta.young) if meta.young else None
-        return inverse_gap_weighting(np.asarray(reward, dtype=np.float64), mask, int(np.argmax(probs)), meta.gamma,
+        leading = probs if young is None or not (mask & ~young).any() else np.where(young, 0.0, probs)
+        leader = int(np.argmax(np.where(mask, leading, -1.0)))
+        return inverse_gap_weighting(np.asarray(reward, dtype=np.float64), mask, leader, meta.gamma,
                                      width, meta.optimism, young)
 
     def decision_context(

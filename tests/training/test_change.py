@@ -171,6 +171,13 @@ def test_an_added_agent_is_young_until_the_critic_has_enough_of_its_records(tmp_
     p_new = [service.sampling_distribution(grown.build_obs(x[i:i + 1], None), grown.probabilities(
         grown.build_obs(x[i:i + 1], None))[0, 0].numpy(), np.ones(K + 1, bool), 0.0, 1.0)[K] for i in range(50)]
     assert min(p_new) == pytest.approx(1 / (K + 1))  # level with the leader on every prompt
+    # and never the leader while another agent is allowed, even where the actor prefers it: its records
+    # stay a fair sample of the prompts instead of the ones where the others' estimates are lowest
+    estimates, favours_newcomer = np.array([0.5, 0.6, 0.4, 0.9]), np.array([0.1, 0.1, 0.1, 0.7])
+    mu = service.distribution_from_estimates(estimates, None, favours_newcomer, np.ones(K + 1, bool), 0.0, 1.0)
+    assert mu[K] == pytest.approx(1 / (K + 1)) and int(np.argmax(mu)) == 0
+    alone = np.array([False] * K + [True])
+    assert service.distribution_from_estimates(estimates, None, favours_newcomer, alone, 0.0, 1.0)[K] == 1.0
     fresh = _records(grown, rng, 200, lambda a: 0.5, 300)
     n_new = sum(json.loads(r)["agent"] == "newcomer" for _, r in fresh)
     second = bandit_round(cfg, grown, [], fresh)

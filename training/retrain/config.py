@@ -127,7 +127,7 @@ class RetrainConfig(BaseModel):
     actor_max_steps: int = Field(default=200, ge=1)
     gamma_scale: float = Field(default=10.0, ge=0.0)
     optimism: float = Field(default=0.3, ge=0.0)
-    young_records: int = Field(default=200, ge=0)
+    young_records: int = Field(default=100, ge=0)
     young_min_records: int = Field(default=25, ge=1)
     young_exit_z: float | None = Field(default=1.0, gt=0.0)
     half_life_records: int | None = Field(default=None, gt=0)
