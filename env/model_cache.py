@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 #: A temporary directory older than this (s) was left by a process killed mid-build: removed.
 STALE_S = 3600.0
 
+#: :func:`model_files_hash`'s memo: (resolved path, ((file, size, mtime_ns), ...)) -> hex digest.
+_FILES_HASHES: dict[tuple, str] = {}
+
 
 def model_files_hash(path: Path) -> str:
     """SHA-256 (hex) of every file under the model directory ``path``: names and contents.
@@ -47,9 +50,6 @@ def model_files_hash(path: Path) -> str:
         digest.update(b"\0")
     _FILES_HASHES[signature] = digest.hexdigest()
     return _FILES_HASHES[signature]
-
-
-_FILES_HASHES: dict[tuple, str] = {}
 
 
 def cache_key(model_path: Path, *parts: object) -> str:
