@@ -114,42 +114,36 @@ def uses_shared_slope(cfg: RetrainConfig, serving: Policy) -> bool:
     return bool(serving.meta.exploration is not None and serving.meta.exploration.added)
 
 
-#: the critic is sure where an agent ranks when its bound crosses the others' best on at most this share of prompts
-SURE_SHARE = 0.05
+#: a young agent trails everywhere when its optimistic estimate reaches the leader's on at most this share of prompts
+TRAILS_SHARE = 0.05
 #: the newest logged prompts the young agents are judged on
-SURE_PROMPTS = 2000
+TRAILS_PROMPTS = 2000
 
 
 @torch.no_grad()
-def sure_of_rank(candidate: Policy, obs: torch.Tensor, agent: int, z: float) -> bool:
-    """Whether the reward critic of ``candidate`` is sure where ``agent`` ranks on (nearly) every
-    prompt: it trails, its upper bound ``Q̂_agent + z·σ_agent`` reaching the best estimate of the
-    other agents in service on at most :data:`SURE_SHARE` of the newest :data:`SURE_PROMPTS` logged
-    prompts; or it leads, its lower bound ``Q̂_agent - z·σ_agent`` falling to that best estimate on
-    at most that share. A young agent's fair sample (:mod:`policy.exploration`) is then no longer
-    needed: an agent that trails everywhere costs every prompt it is sent, and one that leads
-    everywhere costs every prompt it is not (with two agents, half the traffic).
+def trails_everywhere(candidate: Policy, obs: torch.Tensor, agent: int, z: float) -> bool:
+    """Whether the reward critic of ``candidate`` is sure that ``agent`` trails: on at most
+    :data:`TRAILS_SHARE` of the newest :data:`TRAILS_PROMPTS` logged prompts does its upper bound
+    ``Q̂_agent + z·σ_agent`` reach the best estimate of the other agents in service.
 
     Args:
         obs: ``[M, 1, D]`` float32, the round's logged observations.
-        agent: the agent's index. z: the bounds' width in posterior standard deviations.
+        agent: the agent's index. z: the bound's width in posterior standard deviations.
     """
     critic = candidate.reward_critic
     if critic is None or not len(obs):
         return False
-    x = obs[-SURE_PROMPTS:]
+    x = obs[-TRAILS_PROMPTS:]
     q = critic(x).reshape(len(x), -1)  # [M, K]
-    width = z * critic.width(x, [agent]).reshape(len(x))
+    upper = q[:, agent] + z * critic.width(x, [agent]).reshape(len(x))
     others = torch.ones(q.shape[1], dtype=torch.bool)
     others[agent] = False
     for name in candidate.meta.retired:
         others[candidate.agents.index(name)] = False
     if not bool(others.any()):
         return False
-    best = q[:, others].max(dim=1).values
-    trails = float((q[:, agent] + width >= best).double().mean()) <= SURE_SHARE
-    leads = float((q[:, agent] - width <= best).double().mean()) <= SURE_SHARE
-    return trails or leads
+    leader = q[:, others].max(dim=1).values
+    return float((upper >= leader).double().mean()) <= TRAILS_SHARE
 
 
 def logged_gate(logged: dict[str, Any] | None) -> dict[str, Any]:
@@ -223,12 +217,12 @@ def bandit_round(cfg: RetrainConfig, serving: Policy, history: list[tuple[str, A
         train |= fit_actor(candidate.actor, batch.obs, target, cfg.actor_epochs, cfg.actor_lr,
                            cfg.actor_batch_size, generator, cfg.actor_max_steps)
     # an agent added at run time (policy.agent_set) is explored as young until the critic has enough of its
-    # records, or has enough to be sure it trails, or leads, the others on (nearly) every prompt
+    # records, or has enough to be sure it trails the leader on (nearly) every prompt
     def still_young(k: int) -> bool:
         if fit.per_agent[k] >= cfg.young_records:
             return False
         sure = cfg.young_exit_z is not None and fit.per_agent[k] >= cfg.young_min_records
-        return not (sure and sure_of_rank(candidate, batch.obs, k, cfg.young_exit_z))
+        return not (sure and trails_everywhere(candidate, batch.obs, k, cfg.young_exit_z))
 
     young = [name for name in (serving.meta.exploration.young if serving.meta.exploration else [])
              if still_young(serving.agents.index(name))]

@@ -81,9 +81,8 @@ class RetrainConfig(BaseModel):
         young_records: an agent added at run time is explored as if level with the leader, on every
             prompt, until the critic has this many of its records (:mod:`policy.exploration`).
         young_min_records, young_exit_z: ... or until it has ``young_min_records`` and its upper
-            bound ``q̂ + young_exit_z · σ`` is below the best other estimate on almost every logged
-            prompt, or its lower bound ``q̂ - young_exit_z · σ`` above it
-            (:func:`~training.retrain.bandit_round.sure_of_rank`); None: no early end.
+            bound ``q̂ + young_exit_z · σ`` is below the leader's estimate on almost every logged
+            prompt (:func:`~training.retrain.bandit_round.trails_everywhere`); None: no early end.
         half_life_records, half_life_s: the forgetting horizon of the reward critic: a record
             counts ``0.5^(age / half_life)``, its age in newer decisions or in seconds
             (:func:`~training.retrain.learner.recency_weights`); None: not forgotten that way.
