@@ -443,8 +443,8 @@ class RoutingService:
         if meta is None or reward is None:
             return exploration_distribution(probs, mask, floor, temperature)
         young = np.isin(self.agents, meta.young) if meta.young else None
-        leading = probs if young is None or not (mask & ~young).any() else np.where(young, 0.0, probs)
-        leader = int(np.argmax(np.where(mask, leading, -1.0)))
+        seasoned = mask if young is None else mask & ~young
+        leader = int(np.argmax(np.where(seasoned if seasoned.any() else mask, probs, -1.0)))
         return inverse_gap_weighting(np.asarray(reward, dtype=np.float64), mask, leader, meta.gamma,
                                      width, meta.optimism, young)
 
